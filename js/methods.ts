@@ -1,0 +1,21 @@
+// Gateway methods clawmatrix.status and clawmatrix.peers (scope operator.read).
+import type { PluginApi } from "./host.js";
+import type { ClawMatrixNode } from "./native.js";
+
+export function registerMethods(api: PluginApi, current: () => ClawMatrixNode): void {
+  const method = (name: string, read: (n: ClawMatrixNode) => unknown) =>
+    api.registerGatewayMethod(
+      name,
+      ({ respond }) => {
+        try {
+          respond(true, read(current()));
+        } catch (e) {
+          const err = e as { code?: string; message?: string };
+          respond(false, undefined, { code: err.code ?? "CLAWMATRIX_INTERNAL", message: String(err.message ?? e) });
+        }
+      },
+      { scope: "operator.read" },
+    );
+  method("clawmatrix.status", (n) => n.status());
+  method("clawmatrix.peers", (n) => n.peers());
+}

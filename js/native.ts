@@ -1,0 +1,14 @@
+// Loads the napi-rs addon. The generated loader (native/index.cjs) picks the platform binary;
+// it is `require`d at module load so OpenClaw's plugin capture copies the .node with the package.
+import { createRequire } from "node:module";
+import type * as Native from "../native/index.js";
+
+const require = createRequire(import.meta.url);
+
+export const native: typeof Native = require("../native/index.cjs");
+export type { ClawMatrixNode, ToolStep, NodeEvent } from "../native/index.js";
+
+/** A JS Error carrying the core's stable `code`. */
+export function codedError(code: string, message: string): Error & { code: string } {
+  return Object.assign(new Error(message), { code });
+}

@@ -1,0 +1,113 @@
+// npm test: every check and test, on a fresh clone with nothing run before.
+//  1. npm deps, addon (debug) and shim build
+//  2. lint gates: cargo fmt --check, cargo clippy -D warnings, tsc --noEmit, binding typings drift
+//  3. cargo test (unit, simulation, loopback)
+//  4. JS tests (shim with a recording host, mock LLM)
+//  5. real-gateway end-to-end tests (provisions Node 24 + the pinned OpenClaw into the cache)
+// Prints one closing line "total: N passed, N failed". Exit code 1 if anything failed.
+import { existsSync, readdirSync } from "node:fs";
+import { join } from "node:path";
+import { ROOT, run, build, bin } from "./lib.mjs";
+
+const only = process.env.CLAWMATRIX_TEST_ONLY?.split(",").filter(Boolean); // e.g. "cargo,js"
+const want = (step) => !only || only.includes(step);
+const results = [];
+let passed = 0;
+let failed = 0;
+
+async function step(name, fn) {
+  const t0 = Date.now();
+  console.log(`\n=== ${name}`);
+  try {
+    const counts = (await fn()) ?? { passed: 1, failed: 0 };
+    passed += counts.passed;
+    failed += counts.failed;
+    results.push({ name, ok: counts.failed === 0, ms: Date.now() - t0, ...counts });
+  } catch (e) {
+    const counts = e.counts ?? { passed: 0, failed: 1 };
+    passed += counts.passed;
+    failed += Math.max(1, counts.failed);
+    results.push({ name, ok: false, ms: Date.now() - t0, error: e.message, ...counts });
+    console.error(`!!! ${name} failed: ${e.message}`);
+  }
+}
+
+function cargoCounts(text) {
+  let p = 0;
+  let f = 0;
+  for (const m of text.matchAll(/test result: \w+\. (\d+) passed; (\d+) failed/g)) {
+    p += Number(m[1]);
+    f += Number(m[2]);
+  }
+  return { passed: p, failed: f };
+}
+
+function nodeTestCounts(text) {
+  const pass = [...text.matchAll(/^# pass (\d+)/gm)].reduce((a, m) => a + Number(m[1]), 0);
+  const fail = [...text.matchAll(/^# fail (\d+)/gm)].reduce((a, m) => a + Number(m[1]), 0);
+  return { passed: pass, failed: fail };
+}
+
+async function counted(parse, cmd, args, opts = {}) {
+  try {
+    const r = await run(cmd, args, { tee: true, ...opts });
+    const c = parse(r.stdout + r.stderr);
+    if (c.passed + c.failed === 0) throw new Error(`${cmd}: ran no test`);
+    return c;
+  } catch (e) {
+    if (e.stdout !== undefined) e.counts = parse(e.stdout + e.stderr);
+    throw e;
+  }
+}
+
+const testFiles = (dir, suffix) =>
+  existsSync(join(ROOT, dir))
+    ? readdirSync(join(ROOT, dir)).filter((f) => f.endsWith(suffix)).sort().map((f) => join(dir, f))
+    : [];
+
+const started = Date.now();
+try {
+  await build();
+} catch (e) {
+  console.error(`build failed: ${e.message}`);
+  console.log("\ntotal: 0 passed, 1 failed");
+  process.exit(1);
+}
+
+if (want("lint")) {
+  await step("cargo fmt --check", () => run("cargo", ["fmt", "--all", "--", "--check"]));
+  await step("cargo clippy --all-targets -D warnings", () =>
+    run("cargo", ["clippy", "--all-targets", "--", "-D", "warnings"]),
+  );
+  await step("tsc --noEmit", () => run(bin("tsc"), ["-p", "tsconfig.json", "--noEmit"]));
+  if (existsSync(join(ROOT, ".git"))) {
+    await step("generated binding typings are committed (native/index.d.ts)", () =>
+      run("git", ["diff", "--exit-code", "--", "native/index.d.ts", "native/index.cjs"]),
+    );
+  }
+}
+if (want("cargo")) {
+  await step("cargo test", () => counted(cargoCounts, "cargo", ["test", "--all-targets"]));
+}
+if (want("js")) {
+  const files = testFiles("tests/js", ".test.mjs");
+  await step("JS tests", () => counted(nodeTestCounts, process.execPath, ["--test", "--test-reporter=tap", ...files]));
+}
+if (want("e2e")) {
+  const files = testFiles("tests/e2e", ".test.mjs");
+  // One file at a time: each suite starts its own real gateways (~1 GiB, ~25 s each).
+  await step("real-gateway e2e", () =>
+    counted(nodeTestCounts, process.execPath, ["--test", "--test-concurrency=1", "--test-reporter=tap", ...files], {
+      timeoutMs: 25 * 60_000,
+    }),
+  );
+}
+
+console.log("\n=== summary");
+for (const r of results) {
+  const counts = r.passed + r.failed > 1 ? ` (${r.passed} passed, ${r.failed} failed)` : "";
+  console.log(`${r.ok ? "ok  " : "FAIL"} ${r.name}${counts} ${(r.ms / 1000).toFixed(1)} s${r.error ? ` - ${r.error}` : ""}`);
+}
+console.log(`wall time ${((Date.now() - started) / 1000).toFixed(0)} s`);
+console.log(`\ntotal: ${passed} passed, ${failed} failed`);
+process.exit(failed === 0 ? 0 : 1);

@@ -1,0 +1,306 @@
+//! The only `#[napi]` code: the `ClawMatrixNode` handle class, plain-data objects, and the
+//! mapping of [`crate::error::Error`] to JS errors whose `code` is the stable [`ErrorCode`].
+//!
+//! Threading: `start`/`stop` bind and release sockets and may wait for tasks to drain, so they
+//! run as `AsyncTask`s on the libuv pool (short, bounded). Waiting calls (`nextEvent`,
+//! `ToolCall.next`) are `async` on napi's tokio runtime, so they never occupy a libuv thread.
+//! Errors from async waits are delivered as `{ kind: "error", code, message }` steps, because a
+//! rejected napi future cannot carry a custom `code`; the shim turns that step into a thrown
+//! error with the same code.
+
+use std::sync::Arc;
+
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+
+use crate::config::Config;
+use crate::error::{Error as CoreError, ErrorCode};
+use crate::node::{Node, StartOptions as CoreStartOptions};
+
+fn js_err(e: CoreError) -> napi::Error<ErrorCode> {
+    napi::Error::new(e.code, e.message)
+}
+
+/// A config problem: the field path and the reason.
+#[napi(object)]
+pub struct ConfigIssue {
+    pub path: String,
+    pub reason: String,
+}
+
+/// The result of [`validate_config`].
+#[napi(object)]
+pub struct ConfigCheck {
+    pub ok: bool,
+    pub errors: Vec<ConfigIssue>,
+    pub warnings: Vec<ConfigIssue>,
+}
+
+/// Validate a plugin config without starting anything.
+#[napi]
+pub fn validate_config(config: serde_json::Value) -> ConfigCheck {
+    let conv = |issues: Vec<crate::config::ConfigIssue>| {
+        issues
+            .into_iter()
+            .map(|i| ConfigIssue {
+                path: i.path,
+                reason: i.reason,
+            })
+            .collect()
+    };
+    match Config::from_json(&config) {
+        Ok(v) => ConfigCheck {
+            ok: true,
+            errors: Vec::new(),
+            warnings: conv(v.warnings),
+        },
+        Err(e) => ConfigCheck {
+            ok: false,
+            errors: conv(e.issues),
+            warnings: Vec::new(),
+        },
+    }
+}
+
+/// The seven tool definitions: `[{ name, label, description, parameters, sideEffecting }]`.
+#[napi]
+pub fn tool_definitions() -> serde_json::Value {
+    crate::tools::catalog::definitions_json()
+}
+
+/// Render a status report (as returned by `clawmatrix.status`) as the readable CLI summary.
+#[napi]
+pub fn render_status_text(status: serde_json::Value) -> napi::Result<String, ErrorCode> {
+    crate::status::render_value(&status).map_err(js_err)
+}
+
+/// The core's version.
+#[napi]
+pub fn core_version() -> String {
+    env!("CARGO_PKG_VERSION").to_string()
+}
+
+/// Options for `start()`.
+#[napi(object)]
+pub struct StartOptions {
+    /// Plugin state directory (the service context's `stateDir`).
+    pub state_dir: Option<String>,
+}
+
+/// What `start()` bound.
+#[napi(object)]
+pub struct StartInfo {
+    /// The mesh listener address `host:port`, when listening.
+    pub listen_addr: Option<String>,
+    /// The model proxy address `127.0.0.1:port`.
+    pub proxy_addr: String,
+}
+
+/// A log line or event for the host logger.
+#[napi(object)]
+pub struct NodeEvent {
+    /// `debug` | `info` | `warn` | `error`
+    pub level: String,
+    pub message: String,
+}
+
+/// One step of a tool call: `progress` (partial output), `result` (final), or `error`.
+#[napi(object)]
+pub struct ToolStep {
+    /// `progress` | `result` | `error`
+    pub kind: String,
+    /// Text for the model (progress/result) or the error message.
+    pub text: String,
+    /// Structured details (progress/result).
+    pub details: serde_json::Value,
+    /// The stable error code when `kind` is `error`.
+    pub code: Option<String>,
+}
+
+/// The handle OpenClaw's service drives: created from the plugin config, started and stopped
+/// by the service, queried by tools, gateway methods and the CLI.
+#[napi]
+pub struct ClawMatrixNode {
+    node: Arc<Node>,
+    warnings: Vec<crate::config::ConfigIssue>,
+}
+
+#[napi]
+impl ClawMatrixNode {
+    /// Validate `config` and create a stopped node. Throws `CLAWMATRIX_CONFIG_INVALID` naming
+    /// every bad field.
+    #[napi(factory)]
+    pub fn create(config: serde_json::Value) -> napi::Result<Self, ErrorCode> {
+        let validated = Config::from_json(&config).map_err(|e| js_err(e.into()))?;
+        Ok(ClawMatrixNode {
+            node: Arc::new(Node::new(validated.config)),
+            warnings: validated.warnings,
+        })
+    }
+
+    /// Config warnings (valid but probably not what the user meant).
+    #[napi]
+    pub fn warnings(&self) -> Vec<ConfigIssue> {
+        self.warnings
+            .iter()
+            .map(|i| ConfigIssue {
+                path: i.path.clone(),
+                reason: i.reason.clone(),
+            })
+            .collect()
+    }
+
+    /// This node's id.
+    #[napi(getter)]
+    pub fn node_id(&self) -> String {
+        self.node.config().node_id.clone()
+    }
+
+    /// Bind the sockets and start. Idempotent; restartable after `stop()`.
+    #[napi(ts_return_type = "Promise<StartInfo>")]
+    pub fn start(&self, opts: Option<StartOptions>) -> AsyncTask<StartTask> {
+        AsyncTask::new(StartTask {
+            node: self.node.clone(),
+            opts: CoreStartOptions {
+                state_dir: opts.and_then(|o| o.state_dir).map(Into::into),
+            },
+        })
+    }
+
+    /// Stop and release every socket. Idempotent.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn stop(&self) -> AsyncTask<StopTask> {
+        AsyncTask::new(StopTask {
+            node: self.node.clone(),
+        })
+    }
+
+    /// Whether the node is started.
+    #[napi(getter)]
+    pub fn running(&self) -> bool {
+        self.node.is_running()
+    }
+
+    /// The status report (0.1.8 shape plus diagnostics).
+    #[napi]
+    pub fn status(&self) -> napi::Result<serde_json::Value, ErrorCode> {
+        serde_json::to_value(self.node.status())
+            .map_err(|e| napi::Error::new(ErrorCode::Internal, e.to_string()))
+    }
+
+    /// The peer list (the `peers` of the status report).
+    #[napi]
+    pub fn peers(&self) -> napi::Result<serde_json::Value, ErrorCode> {
+        serde_json::to_value(self.node.status().peers)
+            .map_err(|e| napi::Error::new(ErrorCode::Internal, e.to_string()))
+    }
+
+    /// The next log line or event; `null` once the node is dropped. Bounded queue, drained by
+    /// pull so the core never waits for JS.
+    #[napi]
+    pub async fn next_event(&self) -> Option<NodeEvent> {
+        let events = self.node.events();
+        events.next().await.map(|e| NodeEvent {
+            level: e.level.as_str().to_string(),
+            message: e.message,
+        })
+    }
+
+    /// End the event stream (`nextEvent()` resolves `null` once drained).
+    #[napi]
+    pub fn close_events(&self) {
+        self.node.events().close();
+    }
+
+    /// Run one of the seven tools. Arguments are validated first; the returned steps end with a
+    /// `result` or an `error` step.
+    #[napi]
+    pub async fn invoke_tool(&self, name: String, args: serde_json::Value) -> ToolStep {
+        match self.node.invoke_tool(&name, &args) {
+            Ok(out) => ToolStep {
+                kind: "result".into(),
+                text: out.text,
+                details: out.details,
+                code: None,
+            },
+            Err(e) => ToolStep {
+                kind: "error".into(),
+                text: e.message,
+                details: serde_json::Value::Null,
+                code: Some(e.code.as_str().to_string()),
+            },
+        }
+    }
+}
+
+/// `start()` on the libuv pool.
+pub struct StartTask {
+    node: Arc<Node>,
+    opts: CoreStartOptions,
+}
+
+impl Task for StartTask {
+    type Output = crate::node::StartInfo;
+    type JsValue = StartInfo;
+
+    fn compute(&mut self) -> napi::Result<Self::Output> {
+        self.node.events().reopen();
+        self.node.start(&self.opts).map_err(encode)
+    }
+
+    fn resolve(&mut self, _env: Env, out: Self::Output) -> napi::Result<StartInfo> {
+        Ok(StartInfo {
+            listen_addr: out.listen_addr.map(|a| a.to_string()),
+            proxy_addr: out.proxy_addr.to_string(),
+        })
+    }
+
+    fn reject(&mut self, env: Env, err: napi::Error) -> napi::Result<StartInfo> {
+        Err(decode(&env, err))
+    }
+}
+
+/// `stop()` on the libuv pool.
+pub struct StopTask {
+    node: Arc<Node>,
+}
+
+impl Task for StopTask {
+    type Output = ();
+    type JsValue = ();
+
+    fn compute(&mut self) -> napi::Result<()> {
+        self.node.stop();
+        Ok(())
+    }
+
+    fn resolve(&mut self, _env: Env, _out: ()) -> napi::Result<()> {
+        Ok(())
+    }
+}
+
+/// Carry a core error through napi's `Status`-typed task error: the code travels in front of
+/// the message and [`decode`] rebuilds a JS error with a proper `code` on the JS thread.
+fn encode(e: CoreError) -> napi::Error {
+    napi::Error::new(
+        Status::GenericFailure,
+        format!("{}\u{0}{}", e.code, e.message),
+    )
+}
+
+fn decode(env: &Env, err: napi::Error) -> napi::Error {
+    let (code, message) = match err.reason.split_once('\u{0}') {
+        Some((c, m)) => (c.to_string(), m.to_string()),
+        None => (ErrorCode::Internal.as_str().to_string(), err.reason.clone()),
+    };
+    let built = env
+        .create_error(napi::Error::new(Status::GenericFailure, message.clone()))
+        .and_then(|mut obj| {
+            obj.set_named_property("code", code.as_str())?;
+            obj.into_unknown(env)
+        });
+    match built {
+        Ok(unknown) => napi::Error::from(unknown),
+        Err(_) => napi::Error::new(Status::GenericFailure, message),
+    }
+}

@@ -1,0 +1,494 @@
+//! The plugin configuration (`plugins.entries.clawmatrix.config`).
+//!
+//! This module owns the typed [`Config`], every documented default (spec §1 plus the limits added
+//! since 0.1.8), and validation. The host hands us the JSON it validated against the manifest's
+//! `configSchema` (with the schema's defaults applied); we validate again here because the
+//! binding and the tests call us directly, and because some rules (duplicates, URL syntax,
+//! cross-field checks) cannot be written in JSON Schema.
+//!
+//! Validation never stops at the first problem: [`Config::from_json`] collects every issue, each
+//! naming the full field path (`peers[1].url`) and the reason, and never panics, whatever the
+//! input. The manifest schema and this module are kept in step by `tests/config_schema_sync.rs`.
+//!
+//! # Layout
+//! - `mod.rs`: the types, the defaults and limits (constants), serialization back to JSON.
+//! - `parse`: the JSON reader that collects issues.
+//! - `url`: the small `ws://` / `wss://` URL parser behind [`PeerUrl`].
+
+mod parse;
+mod url;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+
+use serde_json::{json, Value};
+
+pub use url::PeerUrl;
+
+/// Minimum length of the mesh secret, in characters (Unicode scalar values). HMAC keys shorter
+/// than this are guessable; 0.1.8 documented the same minimum.
+pub const SECRET_MIN_CHARS: usize = 16;
+/// Maximum length of node ids and agent ids, in characters.
+pub const ID_MAX_CHARS: usize = 64;
+/// The JSON Schema `pattern` for node ids and agent ids: 1..=64 of `[A-Za-z0-9._-]`, starting
+/// with a letter or digit. Kept identical to the manifest by `tests/config_schema_sync.rs`.
+pub const ID_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$";
+/// Maximum length of a model id, in characters.
+pub const MODEL_ID_MAX_CHARS: usize = 256;
+/// Maximum length of a tag, in characters.
+pub const TAG_MAX_CHARS: usize = 64;
+/// Maximum length of a tool name in `toolProxy.allow` / `toolProxy.deny`, in characters.
+pub const TOOL_NAME_MAX_CHARS: usize = 128;
+/// Prefix that marks a tag query in tool targets (`"tags:coding"`), hence forbidden in tags.
+pub const TAG_QUERY_PREFIX: &str = "tags:";
+
+/// Lowest valid TCP port.
+pub const PORT_MIN: u16 = 1;
+/// Highest valid TCP port.
+pub const PORT_MAX: u16 = 65535;
+
+/// Default `listen`: nodes dial out unless told to accept peers (home and office nodes).
+pub const DEFAULT_LISTEN: bool = false;
+/// Default `listenHost`: every interface, as in 0.1.8.
+pub const DEFAULT_LISTEN_HOST: &str = "0.0.0.0";
+/// Default `listenPort` (TCP), as in 0.1.8.
+pub const DEFAULT_LISTEN_PORT: u16 = 19000;
+/// Default `proxyPort` (TCP, bound on loopback), as in 0.1.8.
+pub const DEFAULT_PROXY_PORT: u16 = 19001;
+
+/// Upper bound of every millisecond duration except the heartbeat interval: 7 days. Longer
+/// values are mistakes, and the cap keeps `Instant + Duration` far from overflowing.
+pub const DURATION_MAX_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+/// Default `handoffTimeout`, in ms: 10 minutes of inactivity, as in 0.1.8.
+pub const DEFAULT_HANDOFF_TIMEOUT_MS: u64 = 600_000;
+/// Minimum `handoffTimeout`, in ms: below a second every handoff would time out.
+pub const HANDOFF_TIMEOUT_MIN_MS: u64 = 1_000;
+/// Default `handoffMaxMs`, in ms: a handoff ends after one hour even if it keeps streaming.
+pub const DEFAULT_HANDOFF_MAX_MS: u64 = 3_600_000;
+/// Minimum `handoffMaxMs`, in ms.
+pub const HANDOFF_MAX_MIN_MS: u64 = 1_000;
+/// Default `heartbeatIntervalMs`, in ms: 15 s, as in 0.1.8.
+pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 15_000;
+/// Minimum `heartbeatIntervalMs`, in ms: faster pings only add load.
+pub const HEARTBEAT_INTERVAL_MIN_MS: u64 = 100;
+/// Maximum `heartbeatIntervalMs`, in ms: 10 minutes; NATs drop idle flows long before that.
+pub const HEARTBEAT_INTERVAL_MAX_MS: u64 = 600_000;
+/// Default `heartbeatMisses`: 3 missed heartbeats mark a link down, as in 0.1.8.
+pub const DEFAULT_HEARTBEAT_MISSES: u32 = 3;
+/// Minimum `heartbeatMisses`.
+pub const HEARTBEAT_MISSES_MIN: u32 = 1;
+/// Maximum `heartbeatMisses`.
+pub const HEARTBEAT_MISSES_MAX: u32 = 100;
+/// Default `forgetAfterMs`, in ms: an unreachable node is forgotten after 10 minutes.
+pub const DEFAULT_FORGET_AFTER_MS: u64 = 600_000;
+/// Minimum `forgetAfterMs`, in ms.
+pub const FORGET_AFTER_MIN_MS: u64 = 1_000;
+
+/// Default `toolProxy.maxOutputBytes`: 1 MiB, as in 0.1.8.
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1_048_576;
+/// Minimum `toolProxy.maxOutputBytes`: 1 KiB, enough for an error message.
+pub const MAX_OUTPUT_BYTES_MIN: usize = 1024;
+/// Maximum `toolProxy.maxOutputBytes`: 64 MiB; a bigger response belongs in a file, not a frame.
+pub const MAX_OUTPUT_BYTES_MAX: usize = 67_108_864;
+
+/// Default model `contextWindow`, in tokens (OpenClaw's default for unknown models).
+pub const DEFAULT_CONTEXT_WINDOW_TOKENS: u32 = 128_000;
+/// Default model `maxTokens`, in tokens.
+pub const DEFAULT_MAX_TOKENS: u32 = 4096;
+/// Minimum model `contextWindow` / `maxTokens`, in tokens.
+pub const TOKENS_MIN: u32 = 1;
+
+/// The validated plugin configuration. Build it with [`Config::from_json`].
+///
+/// `Debug` prints the secret as `***`.
+#[derive(Clone, PartialEq)]
+pub struct Config {
+    /// This node's unique name in the mesh (`cloud-01`). Required.
+    pub node_id: String,
+    /// The mesh-wide shared secret (HMAC key), at least [`SECRET_MIN_CHARS`]. Required.
+    pub secret: String,
+    /// Accept inbound WebSocket peers.
+    pub listen: bool,
+    /// Address the mesh listener binds (an IP literal or a hostname).
+    pub listen_host: String,
+    /// TCP port the mesh listener binds.
+    pub listen_port: u16,
+    /// Outbound peers this node dials.
+    pub peers: Vec<PeerConfig>,
+    /// Agents this node offers to the mesh.
+    pub agents: Vec<AgentConfig>,
+    /// Models this node serves to the mesh (configured and working locally).
+    pub models: Vec<ModelConfig>,
+    /// Remote models this node consumes through its local proxy.
+    pub proxy_models: Vec<ProxyModelConfig>,
+    /// Free tags for capability routing.
+    pub tags: Vec<String>,
+    /// TCP port of the local OpenAI-compatible model proxy (bound on loopback).
+    pub proxy_port: u16,
+    /// Handoff inactivity timeout in ms (JSON `handoffTimeout`), reset by every stream chunk.
+    pub handoff_timeout_ms: u64,
+    /// Hard cap on one handoff's total duration in ms (JSON `handoffMaxMs`).
+    pub handoff_max_ms: u64,
+    /// Interval between heartbeats on a link, in ms (JSON `heartbeatIntervalMs`).
+    pub heartbeat_interval_ms: u64,
+    /// Missed heartbeats after which a link is declared down (JSON `heartbeatMisses`).
+    pub heartbeat_misses: u32,
+    /// Time after which an unreachable node is forgotten, in ms (JSON `forgetAfterMs`).
+    pub forget_after_ms: u64,
+    /// Policy for tool calls that remote nodes make on this node.
+    pub tool_proxy: ToolProxyConfig,
+}
+
+/// One outbound peer (`peers[]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// The peer's node id, checked against the id it proves during the handshake.
+    pub node_id: String,
+    /// The URL as written in the config (what [`Config::to_json`] emits).
+    pub url: String,
+    /// The URL parsed once at validation.
+    pub parsed: PeerUrl,
+}
+
+/// One agent this node offers (`agents[]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// The agent id (`coder`), unique on this node; same syntax as node ids.
+    pub id: String,
+    /// What the agent is good at, shown to remote callers. Default empty.
+    pub description: String,
+    /// Tags for capability routing (`tags:coding`). Default empty.
+    pub tags: Vec<String>,
+}
+
+/// The API dialect of a served model (OpenClaw model metadata `api`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModelApi {
+    /// `openai-completions` (the default).
+    OpenAiCompletions,
+    /// `openai-responses`.
+    OpenAiResponses,
+    /// `anthropic-messages`.
+    AnthropicMessages,
+}
+
+impl ModelApi {
+    /// Every value, in schema `enum` order.
+    pub const ALL: [ModelApi; 3] = [
+        ModelApi::OpenAiCompletions,
+        ModelApi::OpenAiResponses,
+        ModelApi::AnthropicMessages,
+    ];
+
+    /// The JSON spelling (`openai-completions`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelApi::OpenAiCompletions => "openai-completions",
+            ModelApi::OpenAiResponses => "openai-responses",
+            ModelApi::AnthropicMessages => "anthropic-messages",
+        }
+    }
+
+    /// Parses the JSON spelling.
+    pub fn parse(s: &str) -> Option<ModelApi> {
+        ModelApi::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+/// An input modality a model accepts (OpenClaw model metadata `input[]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModelInput {
+    /// `text`.
+    Text,
+    /// `image`.
+    Image,
+}
+
+impl ModelInput {
+    /// Every value, in schema `enum` order.
+    pub const ALL: [ModelInput; 2] = [ModelInput::Text, ModelInput::Image];
+
+    /// The JSON spelling (`text`, `image`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelInput::Text => "text",
+            ModelInput::Image => "image",
+        }
+    }
+
+    /// Parses the JSON spelling.
+    pub fn parse(s: &str) -> Option<ModelInput> {
+        ModelInput::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+/// Model prices as OpenClaw's catalog carries them (USD per million tokens); all 0 by default.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ModelCost {
+    /// Price of input tokens.
+    pub input: f64,
+    /// Price of output tokens.
+    pub output: f64,
+    /// Price of cache-read tokens (JSON `cacheRead`).
+    pub cache_read: f64,
+    /// Price of cache-write tokens (JSON `cacheWrite`).
+    pub cache_write: f64,
+}
+
+/// One model this node serves (`models[]`), with its OpenClaw metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    /// The model id as the local provider knows it (`claude-sonnet`). Unique on this node.
+    pub id: String,
+    /// The local OpenClaw provider serving it (`anthropic`, `ollama`). Required.
+    pub provider: String,
+    /// Optional human description, given to the model as a `[Model: …]` system line.
+    pub description: Option<String>,
+    /// API dialect. Default `openai-completions`.
+    pub api: ModelApi,
+    /// Whether the model reasons. Default `false`.
+    pub reasoning: bool,
+    /// Accepted inputs. Default `["text"]`.
+    pub input: Vec<ModelInput>,
+    /// Prices. Default all 0.
+    pub cost: ModelCost,
+    /// Context window in tokens. Default [`DEFAULT_CONTEXT_WINDOW_TOKENS`].
+    pub context_window: u32,
+    /// Output token cap. Default [`DEFAULT_MAX_TOKENS`].
+    pub max_tokens: u32,
+}
+
+/// One remote model this node consumes (`proxyModels[]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyModelConfig {
+    /// The model id as declared by the serving node.
+    pub id: String,
+    /// Pins the serving node; `None` = discovered through the mesh.
+    pub node_id: Option<String>,
+    /// Optional human description, given to the model as a `[Model: …]` system line.
+    pub description: Option<String>,
+}
+
+/// Policy for tool calls from remote nodes (`toolProxy`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolProxyConfig {
+    /// Accept remote tool calls at all. Default `false`.
+    pub enabled: bool,
+    /// Allowed tool names; empty or `["*"]` allows all.
+    pub allow: Vec<String>,
+    /// Denied tool names; deny wins over allow.
+    pub deny: Vec<String>,
+    /// Cap on one tool response, in bytes.
+    pub max_output_bytes: usize,
+}
+
+impl Default for ToolProxyConfig {
+    fn default() -> Self {
+        ToolProxyConfig {
+            enabled: false,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+        }
+    }
+}
+
+/// One configuration problem: the field path (`peers[1].url`, empty for the root) and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Full path of the field, e.g. `toolProxy.allow[2]`; empty for the document itself.
+    pub path: String,
+    /// Why the value is rejected or suspicious. Never contains the secret.
+    pub reason: String,
+}
+
+impl ConfigIssue {
+    /// Builds an issue.
+    pub fn new(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigIssue {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.reason)
+        } else {
+            write!(f, "{}: {}", self.path, self.reason)
+        }
+    }
+}
+
+/// An invalid configuration: every issue found, in document order.
+///
+/// Displays as `path: reason` lines joined with `"; "`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", join_issues(.issues))]
+pub struct ConfigError {
+    /// All errors found (never empty).
+    pub issues: Vec<ConfigIssue>,
+}
+
+fn join_issues(issues: &[ConfigIssue]) -> String {
+    issues
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A configuration that passed validation, with the warnings it raised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated {
+    /// The typed configuration.
+    pub config: Config,
+    /// Suspicious but accepted settings, to be logged.
+    pub warnings: Vec<ConfigIssue>,
+}
+
+impl Config {
+    /// Parses and validates the plugin config JSON (camelCase keys, spec §1), applying every
+    /// default. Collects all issues; never panics.
+    pub fn from_json(v: &Value) -> Result<Validated, ConfigError> {
+        parse::parse(v)
+    }
+
+    /// Like [`Config::from_json`], from JSON text.
+    pub fn from_json_str(s: &str) -> Result<Validated, ConfigError> {
+        match serde_json::from_str::<Value>(s) {
+            Ok(v) => Config::from_json(&v),
+            Err(e) => Err(ConfigError {
+                issues: vec![ConfigIssue::new("", format!("invalid JSON: {e}"))],
+            }),
+        }
+    }
+
+    /// The configuration as plugin config JSON (camelCase, every field including defaults and
+    /// the secret). `from_json(&c.to_json())` gives `c` back.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "nodeId": self.node_id,
+            "secret": self.secret,
+            "listen": self.listen,
+            "listenHost": self.listen_host,
+            "listenPort": self.listen_port,
+            "peers": self.peers.iter().map(PeerConfig::to_json).collect::<Vec<_>>(),
+            "agents": self.agents.iter().map(AgentConfig::to_json).collect::<Vec<_>>(),
+            "models": self.models.iter().map(ModelConfig::to_json).collect::<Vec<_>>(),
+            "proxyModels": self.proxy_models.iter().map(ProxyModelConfig::to_json).collect::<Vec<_>>(),
+            "tags": self.tags,
+            "proxyPort": self.proxy_port,
+            "handoffTimeout": self.handoff_timeout_ms,
+            "handoffMaxMs": self.handoff_max_ms,
+            "heartbeatIntervalMs": self.heartbeat_interval_ms,
+            "heartbeatMisses": self.heartbeat_misses,
+            "forgetAfterMs": self.forget_after_ms,
+            "toolProxy": self.tool_proxy.to_json(),
+        })
+    }
+
+    /// [`Config::to_json`] with the secret replaced by `"***"`, safe to log or show.
+    pub fn redacted_json(&self) -> Value {
+        let mut v = self.to_json();
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("secret".to_owned(), Value::from("***"));
+        }
+        v
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("node_id", &self.node_id)
+            .field("secret", &"***")
+            .field("listen", &self.listen)
+            .field("listen_host", &self.listen_host)
+            .field("listen_port", &self.listen_port)
+            .field("peers", &self.peers)
+            .field("agents", &self.agents)
+            .field("models", &self.models)
+            .field("proxy_models", &self.proxy_models)
+            .field("tags", &self.tags)
+            .field("proxy_port", &self.proxy_port)
+            .field("handoff_timeout_ms", &self.handoff_timeout_ms)
+            .field("handoff_max_ms", &self.handoff_max_ms)
+            .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
+            .field("heartbeat_misses", &self.heartbeat_misses)
+            .field("forget_after_ms", &self.forget_after_ms)
+            .field("tool_proxy", &self.tool_proxy)
+            .finish()
+    }
+}
+
+impl PeerConfig {
+    fn to_json(&self) -> Value {
+        json!({ "nodeId": self.node_id, "url": self.url })
+    }
+}
+
+impl AgentConfig {
+    fn to_json(&self) -> Value {
+        json!({ "id": self.id, "description": self.description, "tags": self.tags })
+    }
+}
+
+impl ModelCost {
+    fn to_json(self) -> Value {
+        json!({
+            "input": self.input,
+            "output": self.output,
+            "cacheRead": self.cache_read,
+            "cacheWrite": self.cache_write,
+        })
+    }
+}
+
+impl ModelConfig {
+    fn to_json(&self) -> Value {
+        let mut v = json!({
+            "id": self.id,
+            "provider": self.provider,
+            "api": self.api.as_str(),
+            "reasoning": self.reasoning,
+            "input": self.input.iter().map(|i| i.as_str()).collect::<Vec<_>>(),
+            "cost": self.cost.to_json(),
+            "contextWindow": self.context_window,
+            "maxTokens": self.max_tokens,
+        });
+        if let (Some(d), Some(obj)) = (&self.description, v.as_object_mut()) {
+            obj.insert("description".to_owned(), Value::from(d.as_str()));
+        }
+        v
+    }
+}
+
+impl ProxyModelConfig {
+    fn to_json(&self) -> Value {
+        let mut obj = serde_json::Map::new();
+        obj.insert("id".to_owned(), Value::from(self.id.as_str()));
+        if let Some(n) = &self.node_id {
+            obj.insert("nodeId".to_owned(), Value::from(n.as_str()));
+        }
+        if let Some(d) = &self.description {
+            obj.insert("description".to_owned(), Value::from(d.as_str()));
+        }
+        Value::Object(obj)
+    }
+}
+
+impl ToolProxyConfig {
+    fn to_json(&self) -> Value {
+        json!({
+            "enabled": self.enabled,
+            "allow": self.allow,
+            "deny": self.deny,
+            "maxOutputBytes": self.max_output_bytes,
+        })
+    }
+}

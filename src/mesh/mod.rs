@@ -1,0 +1,266 @@
+//! The sans-IO mesh core: links and heartbeats, records and gossip, link-state routes, relay
+//! with TTL and dedup, calls and target resolution.
+//!
+//! [`Mesh`] is one plain struct. The shell feeds it `handle_*(now, …)` calls with a monotonic
+//! clock in ms, drains [`Mesh::poll_output`] after each call, and calls [`Mesh::handle_tick`]
+//! at [`Mesh::poll_timeout`]. The core never reads the clock, the network or an RNG.
+//!
+//! # Layout
+//! - [`core`] — the [`Mesh`] struct and its input handlers.
+//! - [`link`] — one live link (peer, direction, heartbeat).
+//! - [`ping`] — heartbeat tracker with smoothed RTT.
+//! - [`records`] — the record store (merge, leave, forget).
+//! - [`routes`] — link-state shortest paths.
+//! - [`dedup`] — bounded duplicate filter for relayed frames.
+//! - [`calls`] — caller-side call/stream correlation.
+//! - [`target`] — `Target` parsing and candidate ordering.
+//! - [`stats`] — counters.
+
+pub mod calls;
+pub mod core;
+pub mod dedup;
+pub mod link;
+pub mod ping;
+pub mod records;
+pub mod routes;
+pub mod stats;
+pub mod target;
+
+pub use self::core::Mesh;
+pub use link::{Direction, LinkId};
+pub use stats::MeshStats;
+pub use target::{Candidate, Target, TargetError};
+
+use crate::proto::{AgentInfo, CallId, Header, ModelInfo, NodeId};
+
+/// Close code: normal closure (after `leave`).
+pub const CLOSE_NORMAL: u16 = 1000;
+/// Close code: heartbeat timeout.
+pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4009;
+/// Close code: protocol error (oversized or spoofed frame).
+pub const CLOSE_PROTOCOL_ERROR: u16 = 4010;
+
+/// Largest own record, serialized, in bytes: keeps gossip headers well under
+/// `MAX_HEADER_BYTES` even with a couple of records per frame.
+pub const MAX_RECORD_BYTES: usize = 32 * 1024;
+
+/// Core configuration. Build with [`MeshConfig::new`] and adjust fields.
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    pub node_id: NodeId,
+    /// Our start epoch (e.g. wall clock ms at start); must grow across restarts.
+    pub incarnation: u64,
+    /// Seed for frame/call ids and jitter; the shell passes OS randomness.
+    pub rng_seed: u64,
+    /// Ping period per link, ms. Default 15 000.
+    pub heartbeat_interval_ms: u64,
+    /// Consecutive unanswered pings before a link is declared dead. Default 3.
+    pub heartbeat_misses: u32,
+    /// How long an unreachable node is kept before it is forgotten, ms. Default 600 000.
+    pub forget_after_ms: u64,
+    /// Period of the background digest exchange with one random link, ms. Default 10 000.
+    pub anti_entropy_interval_ms: u64,
+    /// TTL of frames we originate. Default 8.
+    pub default_ttl: u8,
+    /// Dedup cache capacity in frame ids. Default 65 536.
+    pub dedup_capacity: usize,
+    /// Most simultaneous links. Default 64.
+    pub max_links: usize,
+    /// Most in-flight calls we originate. Default 1024.
+    pub max_inflight_calls: usize,
+    /// Most known nodes. Default 4096.
+    pub max_nodes: usize,
+    /// Most undrained outputs; extra `Send`s are dropped and counted. Default 65 536.
+    pub max_pending_outputs: usize,
+}
+
+impl MeshConfig {
+    /// Defaults for everything but identity and seed.
+    pub fn new(node_id: impl Into<NodeId>, incarnation: u64, rng_seed: u64) -> Self {
+        MeshConfig {
+            node_id: node_id.into(),
+            incarnation,
+            rng_seed,
+            heartbeat_interval_ms: 15_000,
+            heartbeat_misses: 3,
+            forget_after_ms: 600_000,
+            anti_entropy_interval_ms: 10_000,
+            default_ttl: crate::proto::frame::DEFAULT_TTL,
+            dedup_capacity: dedup::DEFAULT_DEDUP_CAPACITY,
+            max_links: 64,
+            max_inflight_calls: calls::DEFAULT_MAX_INFLIGHT_CALLS,
+            max_nodes: 4096,
+            max_pending_outputs: 65_536,
+        }
+    }
+}
+
+/// What this node offers (the owner-controlled part of its record).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LocalInfo {
+    pub listen: bool,
+    pub agents: Vec<AgentInfo>,
+    pub models: Vec<ModelInfo>,
+    pub tags: Vec<String>,
+}
+
+/// Something the shell must do or know.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send one BINARY WebSocket message on `link` (use `try_send`; drop and count if full).
+    Send { link: LinkId, bytes: Vec<u8> },
+    /// Close `link` with a WebSocket close code. The core has already forgotten the link.
+    Close {
+        link: LinkId,
+        code: u16,
+        reason: String,
+    },
+    /// An application frame addressed to us.
+    Deliver {
+        from: NodeId,
+        header: Header,
+        payload: Vec<u8>,
+    },
+    /// A state change worth telling the application.
+    Event(MeshEvent),
+}
+
+/// Why a link went down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownReason {
+    /// The shell saw the socket close or fail.
+    Closed(String),
+    /// `heartbeat_misses` pings unanswered.
+    HeartbeatTimeout,
+    /// The peer broke the protocol.
+    ProtocolError(String),
+    /// A duplicate link to the same node lost the tie-break.
+    Duplicate,
+    /// We are shutting down.
+    Shutdown,
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallFailure {
+    /// No reply/chunk within the inactivity deadline.
+    Deadline,
+    /// The destination became unreachable (no alternative path), or a relay said so.
+    Unreachable,
+}
+
+/// Events for the application (status, routing, call failures).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MeshEvent {
+    PeerUp {
+        node: NodeId,
+        link: LinkId,
+    },
+    PeerDown {
+        node: NodeId,
+        link: LinkId,
+        reason: DownReason,
+    },
+    /// Newly reachable, or its next hop changed.
+    Reachable {
+        node: NodeId,
+        next_hop: NodeId,
+        hops: u32,
+    },
+    Unreachable {
+        node: NodeId,
+    },
+    RecordChanged {
+        node: NodeId,
+        version: u64,
+    },
+    /// The node sent `leave`.
+    Left {
+        node: NodeId,
+    },
+    /// Unreachable for `forget_after_ms`: its record was dropped.
+    Forgotten {
+        node: NodeId,
+    },
+    CallFailed {
+        call_id: CallId,
+        dst: NodeId,
+        reason: CallFailure,
+    },
+}
+
+/// Why `send`/`start_call` refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("no route to {0}")]
+    NoRoute(NodeId),
+    #[error("{node} is {hops} hops away, beyond ttl {ttl}")]
+    TooFar { node: NodeId, hops: u32, ttl: u8 },
+    #[error("destination is this node")]
+    ToSelf,
+    #[error("too many calls in flight ({0})")]
+    TooManyCalls(usize),
+    #[error("frame too large: {0}")]
+    TooLarge(String),
+    #[error("link-local body kinds cannot be sent to a node")]
+    InvalidBody,
+    #[error("mesh is shut down")]
+    ShutDown,
+}
+
+impl SendError {
+    /// Stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SendError::NoRoute(_) => "no_route",
+            SendError::TooFar { .. } => "too_far",
+            SendError::ToSelf => "to_self",
+            SendError::TooManyCalls(_) => "too_many_calls",
+            SendError::TooLarge(_) => "too_large",
+            SendError::InvalidBody => "invalid_body",
+            SendError::ShutDown => "shut_down",
+        }
+    }
+}
+
+/// Why `update_local` refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpdateError {
+    #[error("own record is {size} bytes, limit {limit}")]
+    RecordTooLarge { size: usize, limit: usize },
+}
+
+impl UpdateError {
+    /// Stable code.
+    pub fn code(&self) -> &'static str {
+        "record_too_large"
+    }
+}
+
+/// How another node looks from here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerState {
+    /// We hold a live link to it.
+    Direct,
+    /// Reached through `next_hop`.
+    Via { next_hop: NodeId, hops: u32 },
+    /// No route since `since` (ms), or it left.
+    Unreachable { since: u64 },
+}
+
+/// One row of `peers()`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerView {
+    pub node: NodeId,
+    pub state: PeerState,
+    /// Path latency (sum of link RTTs), when reachable.
+    pub latency_ms: Option<u64>,
+    pub hops: Option<u32>,
+    pub listen: bool,
+    pub agents: Vec<AgentInfo>,
+    pub models: Vec<ModelInfo>,
+    pub tags: Vec<String>,
+    pub last_seen_ms: u64,
+    pub incarnation: u64,
+    pub version: u64,
+}

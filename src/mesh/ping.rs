@@ -1,0 +1,143 @@
+//! Per-link heartbeat: when to ping, which ping is outstanding, consecutive misses, and the
+//! smoothed RTT (EWMA α = 1/8 as RFC 6298's SRTT, kept ×8 in integers).
+//!
+//! Flow: `poll(now)` at each tick; when a ping is due and the previous one is unanswered it
+//! counts a miss, and after `misses_allowed` consecutive misses it reports [`PingAction::Dead`].
+//! `on_pong` matches the outstanding `seq` and samples RTT; `on_activity` (any frame from the
+//! peer) resets the miss count, since a talking peer is alive.
+
+/// What the link should do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PingAction {
+    /// Nothing due.
+    Idle,
+    /// Send `ping {seq, t: now}`.
+    Send { seq: u64 },
+    /// Too many consecutive misses: close the link.
+    Dead,
+}
+
+/// Heartbeat state of one link.
+#[derive(Debug, Clone)]
+pub struct PingTracker {
+    interval_ms: u64,
+    misses_allowed: u32,
+    next_ping_at: u64,
+    outstanding: Option<u64>,
+    seq: u64,
+    misses: u32,
+    srtt_x8: Option<u64>,
+}
+
+impl PingTracker {
+    /// A tracker whose first ping is due at `now`.
+    pub fn new(now: u64, interval_ms: u64, misses_allowed: u32) -> Self {
+        PingTracker {
+            interval_ms: interval_ms.max(1),
+            misses_allowed: misses_allowed.max(1),
+            next_ping_at: now,
+            outstanding: None,
+            seq: 0,
+            misses: 0,
+            srtt_x8: None,
+        }
+    }
+
+    /// Next time `poll` has something to do.
+    pub fn deadline(&self) -> u64 {
+        self.next_ping_at
+    }
+
+    /// Advance to `now`. `jitter` (any value) shortens the next interval by up to 10 %.
+    pub fn poll(&mut self, now: u64, jitter: u64) -> PingAction {
+        if now < self.next_ping_at {
+            return PingAction::Idle;
+        }
+        if self.outstanding.is_some() {
+            self.misses += 1;
+            if self.misses >= self.misses_allowed {
+                return PingAction::Dead;
+            }
+        }
+        self.seq += 1;
+        self.outstanding = Some(self.seq);
+        let spread = self.interval_ms / 10 + 1;
+        self.next_ping_at = now + self.interval_ms - (jitter % spread).min(self.interval_ms - 1);
+        PingAction::Send { seq: self.seq }
+    }
+
+    /// A pong arrived; returns the RTT sample if it answers the outstanding ping.
+    pub fn on_pong(&mut self, now: u64, seq: u64, t: u64) -> Option<u64> {
+        if self.outstanding != Some(seq) {
+            return None;
+        }
+        self.outstanding = None;
+        self.misses = 0;
+        let rtt = now.saturating_sub(t);
+        self.srtt_x8 = Some(match self.srtt_x8 {
+            None => rtt * 8,
+            // srtt += (rtt - srtt) / 8, in ×8 fixed point: srtt8 = srtt8 - srtt8/8 + rtt
+            Some(s) => s - s / 8 + rtt,
+        });
+        Some(rtt)
+    }
+
+    /// Any frame from the peer proves it alive.
+    pub fn on_activity(&mut self) {
+        self.misses = 0;
+    }
+
+    /// Smoothed RTT in ms, once measured.
+    pub fn srtt_ms(&self) -> Option<u64> {
+        self.srtt_x8.map(|s| (s + 4) / 8)
+    }
+
+    /// Consecutive misses so far.
+    pub fn misses(&self) -> u32 {
+        self.misses
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_misses_mark_the_link_dead_after_the_configured_count() {
+        let mut p = PingTracker::new(0, 1_000, 3);
+        assert_eq!(p.poll(0, 0), PingAction::Send { seq: 1 });
+        assert_eq!(p.poll(999, 0), PingAction::Idle);
+        assert_eq!(p.poll(1_000, 0), PingAction::Send { seq: 2 });
+        assert_eq!(p.poll(2_000, 0), PingAction::Send { seq: 3 });
+        assert_eq!(p.misses(), 2);
+        assert_eq!(p.poll(3_000, 0), PingAction::Dead);
+    }
+
+    #[test]
+    fn a_pong_resets_misses_and_smooths_rtt() {
+        let mut p = PingTracker::new(0, 1_000, 3);
+        let PingAction::Send { seq } = p.poll(0, 0) else {
+            panic!()
+        };
+        assert_eq!(p.on_pong(80, seq, 0), Some(80));
+        assert_eq!(p.srtt_ms(), Some(80));
+        let PingAction::Send { seq } = p.poll(1_000, 0) else {
+            panic!()
+        };
+        assert_eq!(
+            p.on_pong(1_000, seq + 1, 1_000),
+            None,
+            "unknown seq ignored"
+        );
+        assert_eq!(p.on_pong(1_160, seq, 1_000), Some(160));
+        assert_eq!(p.srtt_ms(), Some(90), "80 + (160 - 80) / 8");
+        assert_eq!(p.misses(), 0);
+    }
+
+    #[test]
+    fn jitter_shortens_the_interval_by_at_most_a_tenth() {
+        let mut p = PingTracker::new(0, 1_000, 3);
+        p.poll(0, u64::MAX);
+        assert!((900..=1_000).contains(&p.deadline()));
+    }
+}

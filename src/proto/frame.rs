@@ -1,0 +1,214 @@
+//! The binary-frame envelope ([`Header`]) and its tagged [`Body`], plus the gossiped
+//! [`NodeRecord`]. See `docs/PROTOCOL.md` §4 for the field meanings and literal examples.
+//!
+//! A [`Frame`] is a decoded header plus the raw payload bytes; relays re-encode only the header
+//! and pass the payload through untouched.
+
+use super::hex::{CallId, FrameId};
+use serde::{Deserialize, Serialize};
+
+/// A node's configured id (`nodeId`). Non-empty, at most [`MAX_NODE_ID_BYTES`] bytes.
+pub type NodeId = String;
+
+/// Longest accepted node id, in bytes (keeps headers and transcripts small).
+pub const MAX_NODE_ID_BYTES: usize = 128;
+
+/// Default TTL: links a frame may cross. 8 covers any sane home/office/cloud topology.
+pub const DEFAULT_TTL: u8 = 8;
+
+/// Envelope version (`v`).
+pub const ENVELOPE_VERSION: u8 = 1;
+
+/// Whether `id` is an acceptable node id.
+pub fn valid_node_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_NODE_ID_BYTES && !id.chars().any(char::is_control)
+}
+
+/// The JSON header of a binary frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    /// Envelope version, always [`ENVELOPE_VERSION`].
+    pub v: u8,
+    /// Frame id, unique per sender; the dedup key.
+    pub id: FrameId,
+    /// Originating node.
+    pub src: NodeId,
+    /// Final destination; `None` = link-local, never relayed.
+    pub dst: Option<NodeId>,
+    /// Links the frame may still cross.
+    pub ttl: u8,
+    /// Links crossed so far.
+    pub hops: u8,
+    /// Sender clock (ms), informational.
+    pub ts: u64,
+    /// What the frame is.
+    pub body: Body,
+}
+
+/// Frame bodies. Link-local kinds first, then routed application kinds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Body {
+    /// Heartbeat request; `t` is the sender clock in ms.
+    Ping { seq: u64, t: u64 },
+    /// Heartbeat answer echoing `seq` and `t`.
+    Pong { seq: u64, t: u64 },
+    /// Anti-entropy summary: `(node, incarnation, version)` of every known record.
+    Digest { entries: Vec<(NodeId, u64, u64)> },
+    /// Records the receiver lacks or that changed.
+    Gossip { records: Vec<NodeRecord> },
+    /// `node` left gracefully at `incarnation`.
+    Leave { node: NodeId, incarnation: u64 },
+    /// A request; the payload holds the request bytes.
+    Call {
+        call_id: CallId,
+        method: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline_ms: Option<u64>,
+    },
+    /// The single final response to a call.
+    Reply {
+        call_id: CallId,
+        ok: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    /// One stream chunk.
+    Chunk { call_id: CallId, seq: u64 },
+    /// End of a stream.
+    End {
+        call_id: CallId,
+        ok: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    /// The caller gave up.
+    Cancel { call_id: CallId, reason: String },
+    /// A relay could not forward a frame of this call towards `node`.
+    Unreachable { call_id: CallId, node: NodeId },
+}
+
+/// Every `type` tag, in declaration order (used to tell `unknown_type` from `bad_header`).
+pub const BODY_TYPES: &[&str] = &[
+    "ping",
+    "pong",
+    "digest",
+    "gossip",
+    "leave",
+    "call",
+    "reply",
+    "chunk",
+    "end",
+    "cancel",
+    "unreachable",
+];
+
+impl Body {
+    /// The wire `type` tag.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::Ping { .. } => "ping",
+            Body::Pong { .. } => "pong",
+            Body::Digest { .. } => "digest",
+            Body::Gossip { .. } => "gossip",
+            Body::Leave { .. } => "leave",
+            Body::Call { .. } => "call",
+            Body::Reply { .. } => "reply",
+            Body::Chunk { .. } => "chunk",
+            Body::End { .. } => "end",
+            Body::Cancel { .. } => "cancel",
+            Body::Unreachable { .. } => "unreachable",
+        }
+    }
+
+    /// Link-local bodies are only valid with `dst: null`.
+    pub fn is_link_local(&self) -> bool {
+        matches!(
+            self,
+            Body::Ping { .. }
+                | Body::Pong { .. }
+                | Body::Digest { .. }
+                | Body::Gossip { .. }
+                | Body::Leave { .. }
+        )
+    }
+
+    /// The call this body belongs to, for routed kinds.
+    pub fn call_id(&self) -> Option<CallId> {
+        match self {
+            Body::Call { call_id, .. }
+            | Body::Reply { call_id, .. }
+            | Body::Chunk { call_id, .. }
+            | Body::End { call_id, .. }
+            | Body::Cancel { call_id, .. }
+            | Body::Unreachable { call_id, .. } => Some(*call_id),
+            _ => None,
+        }
+    }
+}
+
+/// An agent a node offers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub id: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// A model a node shares; unknown keys (OpenClaw model metadata) are kept verbatim.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Opaque metadata (`provider`, `contextWindow`, …), forwarded as is.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One direct link as advertised by its owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkInfo {
+    pub peer: NodeId,
+    /// Smoothed RTT in ms; 0 = not measured yet.
+    pub rtt_ms: u32,
+}
+
+/// The versioned description a node owns and gossips.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub node: NodeId,
+    /// Owner's start epoch; larger on every restart.
+    pub incarnation: u64,
+    /// Bumped by the owner on every change.
+    pub version: u64,
+    pub listen: bool,
+    #[serde(default)]
+    pub agents: Vec<AgentInfo>,
+    #[serde(default)]
+    pub models: Vec<ModelInfo>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub links: Vec<LinkInfo>,
+}
+
+impl NodeRecord {
+    /// `(incarnation, version)`: records compare by this, lexicographically.
+    pub fn stamp(&self) -> (u64, u64) {
+        (self.incarnation, self.version)
+    }
+}
+
+/// A decoded binary frame: header plus raw payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    pub header: Header,
+    pub payload: Vec<u8>,
+}

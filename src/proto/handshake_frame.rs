@@ -1,0 +1,134 @@
+//! Handshake frames (WebSocket TEXT, JSON) and the stable rejection codes with their WebSocket
+//! close codes. The flow is in [`super::handshake`] and `docs/PROTOCOL.md` §3.
+
+use super::frame::NodeId;
+use super::hex::Bytes32;
+use serde::{Deserialize, Serialize};
+
+/// Largest handshake frame in bytes; anything longer is `malformed` before parsing.
+pub const MAX_HANDSHAKE_BYTES: usize = 4096;
+
+/// One handshake message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum HandshakeFrame {
+    /// Dialer → listener: who I am and my fresh nonce.
+    Hello {
+        version: u16,
+        features: u64,
+        node: NodeId,
+        nonce: Bytes32,
+    },
+    /// Listener → dialer: who I am, my fresh nonce, and proof that I know the secret.
+    Challenge {
+        version: u16,
+        features: u64,
+        node: NodeId,
+        nonce: Bytes32,
+        mac: Bytes32,
+    },
+    /// Dialer → listener: proof that the dialer knows the secret.
+    Auth { mac: Bytes32 },
+    /// Listener → dialer: accepted; `features` is the negotiated set.
+    Welcome { features: u64 },
+    /// Either way: refused, then the socket is closed with `code.close_code()`.
+    Reject { code: RejectCode, reason: String },
+}
+
+impl HandshakeFrame {
+    /// JSON text for a WebSocket TEXT message.
+    pub fn encode(&self) -> String {
+        // Serializing these plain structs cannot fail; fall back to an empty object rather
+        // than panic.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+
+    /// Parse a TEXT message; oversized or invalid input is `malformed`.
+    pub fn decode(text: &str) -> Result<Self, RejectCode> {
+        if text.len() > MAX_HANDSHAKE_BYTES {
+            return Err(RejectCode::Malformed);
+        }
+        serde_json::from_str(text).map_err(|_| RejectCode::Malformed)
+    }
+}
+
+/// Why a handshake (or a duplicate link) was refused. Codes are stable API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectCode {
+    Malformed,
+    BadMac,
+    Replay,
+    DuplicateNode,
+    SelfId,
+    IncompatibleVersion,
+    Timeout,
+    WrongNode,
+    Capacity,
+}
+
+impl RejectCode {
+    /// Every code, for stats tables.
+    pub const ALL: [RejectCode; 9] = [
+        RejectCode::Malformed,
+        RejectCode::BadMac,
+        RejectCode::Replay,
+        RejectCode::DuplicateNode,
+        RejectCode::SelfId,
+        RejectCode::IncompatibleVersion,
+        RejectCode::Timeout,
+        RejectCode::WrongNode,
+        RejectCode::Capacity,
+    ];
+
+    /// Stable string code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectCode::Malformed => "malformed",
+            RejectCode::BadMac => "bad_mac",
+            RejectCode::Replay => "replay",
+            RejectCode::DuplicateNode => "duplicate_node",
+            RejectCode::SelfId => "self_id",
+            RejectCode::IncompatibleVersion => "incompatible_version",
+            RejectCode::Timeout => "timeout",
+            RejectCode::WrongNode => "wrong_node",
+            RejectCode::Capacity => "capacity",
+        }
+    }
+
+    /// WebSocket close code (4000 range, `docs/PROTOCOL.md` §3.4).
+    pub fn close_code(self) -> u16 {
+        match self {
+            RejectCode::Malformed => 4000,
+            RejectCode::BadMac => 4001,
+            RejectCode::Replay => 4002,
+            RejectCode::DuplicateNode => 4003,
+            RejectCode::SelfId => 4004,
+            RejectCode::IncompatibleVersion => 4005,
+            RejectCode::Timeout => 4006,
+            RejectCode::WrongNode => 4007,
+            RejectCode::Capacity => 4008,
+        }
+    }
+
+    /// Default human reason sent in `reject`. Deliberately vague for `bad_mac`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            RejectCode::Malformed => "malformed handshake frame",
+            RejectCode::BadMac => "authentication failed",
+            RejectCode::Replay => "nonce replayed",
+            RejectCode::DuplicateNode => "node id already connected",
+            RejectCode::SelfId => "peer claims our own node id",
+            RejectCode::IncompatibleVersion => "incompatible protocol version or features",
+            RejectCode::Timeout => "handshake timed out",
+            RejectCode::WrongNode => "unexpected node id for this peer",
+            RejectCode::Capacity => "too many links",
+        }
+    }
+}
+
+impl std::fmt::Display for RejectCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,265 @@
+//! The status and peer reports shown by `clawmatrix.status`, `clawmatrix.peers`, the
+//! `cluster_peers` tool and `openclaw clawmatrix status`.
+//!
+//! The shape keeps 0.1.8's fields (`nodeId`, `listen` = port or `false`, `proxyPort`, `agents`,
+//! `models`, `tags`, `peers[]` with `nodeId, agents, models, tags, connected, reachableVia,
+//! latencyMs`) and adds what an operator needs to debug a mesh (state, hops, last seen, counters).
+//! One serde model is the single source for every surface; the readable CLI text is rendered from
+//! it in Rust ([`render_text`]) so the shim only prints.
+
+use serde::{Deserialize, Serialize};
+
+/// An agent offered by a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentView {
+    pub id: String,
+    pub description: String,
+    pub tags: Vec<String>,
+}
+
+/// A model shared by a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelView {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// How this node reaches a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PeerState {
+    /// An authenticated link to the peer is up.
+    Direct,
+    /// Reachable through another node.
+    Relayed,
+    /// Known from gossip but no path exists right now.
+    Unreachable,
+}
+
+/// One known node as seen from here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerView {
+    pub node_id: String,
+    pub state: PeerState,
+    /// 0.1.8 field: true when a direct link is up.
+    pub connected: bool,
+    /// 0.1.8 field: the next hop when relayed, `null` otherwise.
+    pub reachable_via: Option<String>,
+    /// Links on the path (1 = direct); `null` when unreachable.
+    pub hops: Option<u32>,
+    /// Smoothed path round-trip latency in milliseconds; `null` when unknown.
+    pub latency_ms: Option<f64>,
+    /// Milliseconds since anything was last heard from or about this node.
+    pub last_seen_ms_ago: Option<u64>,
+    pub agents: Vec<AgentView>,
+    pub models: Vec<ModelView>,
+    pub tags: Vec<String>,
+}
+
+/// The whole status report of this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReport {
+    pub node_id: String,
+    /// Crate version of the running core.
+    pub version: String,
+    pub running: bool,
+    /// 0.1.8 field: the bound mesh listener port, or `false` when not listening.
+    pub listen: serde_json::Value,
+    /// The bound listener address (`host:port`), when listening.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen_addr: Option<String>,
+    pub proxy_port: u16,
+    pub uptime_ms: u64,
+    pub agents: Vec<AgentView>,
+    pub models: Vec<ModelView>,
+    pub tags: Vec<String>,
+    pub peers: Vec<PeerView>,
+}
+
+/// Render the readable summary printed by `openclaw clawmatrix status`.
+pub fn render_text(s: &StatusReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let listen = match &s.listen_addr {
+        Some(addr) => format!("listening on {addr}"),
+        None => "not listening (dial-out only)".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "ClawMatrix node {} (v{}) - {}",
+        s.node_id,
+        s.version,
+        if s.running { "running" } else { "stopped" }
+    );
+    let _ = writeln!(out, "  Mesh: {listen}");
+    let _ = writeln!(out, "  Model proxy: http://127.0.0.1:{}/v1", s.proxy_port);
+    let _ = writeln!(out, "  Agents: {}", join_agents(&s.agents));
+    let _ = writeln!(out, "  Models: {}", join_models(&s.models));
+    let _ = writeln!(out, "  Tags: {}", join_or_none(&s.tags));
+    let connected = s.peers.iter().filter(|p| p.connected).count();
+    let _ = writeln!(out, "Peers ({}/{} connected)", connected, s.peers.len());
+    for p in &s.peers {
+        let how = match p.state {
+            PeerState::Direct => "connected directly".to_string(),
+            PeerState::Relayed => format!(
+                "reachable via {} ({} hops)",
+                p.reachable_via.as_deref().unwrap_or("?"),
+                p.hops.unwrap_or(0)
+            ),
+            PeerState::Unreachable => "unreachable".to_string(),
+        };
+        let latency = p
+            .latency_ms
+            .map(|l| format!("{l:.1} ms"))
+            .unwrap_or_else(|| "-".to_string());
+        let seen = p
+            .last_seen_ms_ago
+            .map(|ms| format!("{:.1} s ago", ms as f64 / 1000.0))
+            .unwrap_or_else(|| "never".to_string());
+        let _ = writeln!(
+            out,
+            "  - {}: {how}, latency {latency}, last seen {seen}",
+            p.node_id
+        );
+        let _ = writeln!(out, "      agents: {}", join_agents(&p.agents));
+        let _ = writeln!(out, "      models: {}", join_models(&p.models));
+        let _ = writeln!(out, "      tags: {}", join_or_none(&p.tags));
+    }
+    out
+}
+
+fn join_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "(none)".to_string()
+    } else {
+        items.join(", ")
+    }
+}
+
+fn join_agents(agents: &[AgentView]) -> String {
+    join_or_none(&agents.iter().map(|a| a.id.clone()).collect::<Vec<_>>())
+}
+
+fn join_models(models: &[ModelView]) -> String {
+    join_or_none(&models.iter().map(|m| m.id.clone()).collect::<Vec<_>>())
+}
+
+/// Render a status report received as JSON (the CLI gets it from the gateway method).
+pub fn render_value(v: &serde_json::Value) -> crate::error::Result<String> {
+    let report: StatusReport = serde_json::from_value(v.clone()).map_err(|e| {
+        crate::error::Error::new(
+            crate::error::ErrorCode::InvalidArgument,
+            format!("status report: {e}"),
+        )
+    })?;
+    Ok(render_text(&report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> StatusReport {
+        StatusReport {
+            node_id: "home-01".into(),
+            version: "0.2.0".into(),
+            running: true,
+            listen: serde_json::Value::Bool(false),
+            listen_addr: None,
+            proxy_port: 19001,
+            uptime_ms: 5,
+            agents: vec![AgentView {
+                id: "assistant".into(),
+                description: "personal".into(),
+                tags: vec!["general".into()],
+            }],
+            models: vec![],
+            tags: vec!["home".into()],
+            peers: vec![
+                PeerView {
+                    node_id: "cloud-01".into(),
+                    state: PeerState::Direct,
+                    connected: true,
+                    reachable_via: None,
+                    hops: Some(1),
+                    latency_ms: Some(1.25),
+                    last_seen_ms_ago: Some(300),
+                    agents: vec![],
+                    models: vec![],
+                    tags: vec!["cloud".into()],
+                },
+                PeerView {
+                    node_id: "office-01".into(),
+                    state: PeerState::Relayed,
+                    connected: false,
+                    reachable_via: Some("cloud-01".into()),
+                    hops: Some(2),
+                    latency_ms: Some(2.5),
+                    last_seen_ms_ago: Some(1200),
+                    agents: vec![],
+                    models: vec![ModelView {
+                        id: "claude-sonnet".into(),
+                        provider: None,
+                        description: None,
+                    }],
+                    tags: vec!["gpu".into()],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn status_json_keeps_the_0_1_8_field_names() {
+        let v = serde_json::to_value(report()).unwrap_or_default();
+        for key in [
+            "nodeId",
+            "listen",
+            "proxyPort",
+            "agents",
+            "models",
+            "tags",
+            "peers",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key}");
+        }
+        let peer = &v["peers"][1];
+        for key in [
+            "nodeId",
+            "agents",
+            "models",
+            "tags",
+            "connected",
+            "reachableVia",
+            "latencyMs",
+        ] {
+            assert!(peer.get(key).is_some(), "peer missing {key}");
+        }
+        assert_eq!(v["listen"], serde_json::Value::Bool(false));
+        assert_eq!(peer["reachableVia"], "cloud-01");
+        assert_eq!(peer["state"], "relayed");
+    }
+
+    #[test]
+    fn text_summary_counts_connected_peers_and_shows_the_path() {
+        let text = render_text(&report());
+        assert!(text.contains("ClawMatrix node home-01"), "{text}");
+        assert!(text.contains("Peers (1/2 connected)"), "{text}");
+        assert!(
+            text.contains("office-01: reachable via cloud-01 (2 hops)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cloud-01: connected directly, latency 1.2 ms"),
+            "{text}"
+        );
+        assert!(text.contains("not listening (dial-out only)"), "{text}");
+        assert!(text.contains("models: claude-sonnet"), "{text}");
+    }
+}

@@ -1,0 +1,74 @@
+// Loopback port allocation for gateways (which own a whole range: base..base+110, because the
+// browser control port is base+2 and CDP ports are base+11..base+110) and for single listeners.
+
+import net from 'node:net';
+
+/** Ports a gateway may use above its base port (OpenClaw: base..base+110). */
+export const GATEWAY_PORT_SPAN = 111;
+/** Distance kept between two gateway bases (OpenClaw's docs ask for >= 120). */
+export const GATEWAY_PORT_STRIDE = 120;
+/**
+ * Gateway bases are drawn from [20000, 32000): below Linux's default ephemeral range
+ * (32768-60999), so outgoing connections and port-0 listeners never land inside a gateway range.
+ */
+export const GATEWAY_BASE_MIN = 20_000;
+export const GATEWAY_BASE_MAX = 32_000;
+
+/** Bases handed out by this process and not yet released (avoids handing one range out twice). */
+const reserved = new Set();
+
+/**
+ * Whether `port` can be bound on 127.0.0.1 right now.
+ * @param {number} port @returns {Promise<boolean>}
+ */
+export function isPortFree(port) {
+  return new Promise((resolve) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.once('error', () => resolve(false));
+    srv.listen({ port, host: '127.0.0.1', exclusive: true }, () => srv.close(() => resolve(true)));
+  });
+}
+
+/**
+ * Picks `count` gateway base ports whose whole ranges are free, at least GATEWAY_PORT_STRIDE apart
+ * from each other and from bases this process already holds. Random slots, bounded attempts.
+ * @param {number} count @returns {Promise<number[]>}
+ */
+export async function allocateGatewayPorts(count) {
+  const slots = Math.floor((GATEWAY_BASE_MAX - GATEWAY_BASE_MIN) / GATEWAY_PORT_STRIDE);
+  /** @type {number[]} */
+  const picked = [];
+  for (let attempt = 0; attempt < 200 && picked.length < count; attempt++) {
+    const base = GATEWAY_BASE_MIN + Math.floor(Math.random() * slots) * GATEWAY_PORT_STRIDE;
+    if (reserved.has(base) || picked.includes(base)) continue;
+    const checks = await Promise.all(Array.from({ length: GATEWAY_PORT_SPAN }, (_, i) => isPortFree(base + i)));
+    if (checks.every(Boolean)) { picked.push(base); reserved.add(base); }
+  }
+  if (picked.length < count) {
+    for (const b of picked) reserved.delete(b);
+    throw new Error(`ports: found only ${picked.length} of ${count} free gateway port ranges in ${GATEWAY_BASE_MIN}-${GATEWAY_BASE_MAX}`);
+  }
+  return picked;
+}
+
+/** Gives a gateway base back to the pool (after its gateway stopped for good). @param {number} base */
+export function releaseGatewayPort(base) {
+  reserved.delete(base);
+}
+
+/**
+ * A free loopback port chosen by the kernel (ephemeral range, so never inside a gateway range),
+ * for the plugin's own listeners, proxies or a mock. It is free now, not reserved.
+ * @returns {Promise<number>}
+ */
+export function findFreePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen({ port: 0, host: '127.0.0.1' }, () => {
+      const { port } = /** @type {net.AddressInfo} */ (srv.address());
+      srv.close(() => resolve(port));
+    });
+  });
+}

@@ -1,0 +1,162 @@
+//! The node's lifecycle against real sockets: start binds, stop releases, restart rebinds, a
+//! second node (as after an OpenClaw reload loads a second addon copy) can take the same ports,
+//! and bind failures name the field.
+
+use std::net::TcpListener;
+
+use clawmatrix::config::Config;
+use clawmatrix::error::ErrorCode;
+use clawmatrix::node::{Node, StartOptions};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn port_is_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+fn config(listen_port: u16, proxy_port: u16) -> Config {
+    let v = serde_json::json!({
+        "nodeId": "life-01",
+        "secret": "0123456789abcdef",
+        "listen": true,
+        "listenHost": "127.0.0.1",
+        "listenPort": listen_port,
+        "proxyPort": proxy_port,
+        "agents": [{ "id": "main", "description": "d", "tags": [] }],
+    });
+    Config::from_json(&v).expect("valid config").config
+}
+
+#[test]
+fn start_binds_stop_releases_and_restart_rebinds() {
+    let (lp, pp) = (free_port(), free_port());
+    let node = Node::new(config(lp, pp));
+    let info = node.start(&StartOptions::default()).expect("start");
+    assert_eq!(info.listen_addr.map(|a| a.port()), Some(lp));
+    assert_eq!(info.proxy_addr.port(), pp);
+    assert!(!port_is_free(lp) && !port_is_free(pp));
+    // start is idempotent
+    assert_eq!(node.start(&StartOptions::default()).expect("again"), info);
+
+    node.stop();
+    assert!(port_is_free(lp), "listen port released");
+    assert!(port_is_free(pp), "proxy port released");
+    node.stop(); // idempotent
+
+    node.start(&StartOptions::default()).expect("restart");
+    assert!(!port_is_free(pp));
+    assert!(node.status().running);
+    node.stop();
+    assert!(!node.status().running);
+}
+
+#[test]
+fn a_second_node_takes_over_the_ports_after_the_first_stops() {
+    let (lp, pp) = (free_port(), free_port());
+    let first = Node::new(config(lp, pp));
+    first.start(&StartOptions::default()).expect("first");
+    let second = Node::new(config(lp, pp));
+    let err = second
+        .start(&StartOptions::default())
+        .expect_err("ports taken");
+    assert_eq!(err.code, ErrorCode::BindFailed);
+    assert!(
+        err.message
+            .starts_with("listenPort: cannot bind 127.0.0.1:"),
+        "{}",
+        err.message
+    );
+    assert!(
+        !second.is_running(),
+        "a failed start leaves nothing running"
+    );
+    first.stop();
+    second
+        .start(&StartOptions::default())
+        .expect("second after first stopped");
+    second.stop();
+}
+
+#[test]
+fn proxy_port_conflict_names_proxy_port_and_leaves_the_listener_unbound() {
+    let (lp, pp) = (free_port(), free_port());
+    let _blocker = TcpListener::bind(("127.0.0.1", pp)).expect("blocker");
+    let node = Node::new(config(lp, pp));
+    let err = node
+        .start(&StartOptions::default())
+        .expect_err("proxy taken");
+    assert_eq!(err.code, ErrorCode::BindFailed);
+    assert!(
+        err.message
+            .contains(&format!("proxyPort: cannot bind 127.0.0.1:{pp}")),
+        "{}",
+        err.message
+    );
+    assert!(
+        port_is_free(lp),
+        "the listener bound before the failure was released"
+    );
+}
+
+#[test]
+fn dropping_a_running_node_releases_its_ports() {
+    let (lp, pp) = (free_port(), free_port());
+    {
+        let node = Node::new(config(lp, pp));
+        node.start(&StartOptions::default()).expect("start");
+    }
+    assert!(port_is_free(lp) && port_is_free(pp));
+}
+
+#[test]
+fn state_dir_is_created() {
+    let dir = std::env::temp_dir().join(format!("clawmatrix-life-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let node = Node::new(config(free_port(), free_port()));
+    node.start(&StartOptions {
+        state_dir: Some(dir.join("nested")),
+    })
+    .expect("start");
+    assert!(dir.join("nested").is_dir());
+    node.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tools_validate_arguments_before_anything_else_and_name_missing_capabilities() {
+    let node = Node::new(config(free_port(), free_port()));
+    let err = node
+        .invoke_tool("cluster_peers", &serde_json::json!({}))
+        .expect_err("not running");
+    assert_eq!(err.code, ErrorCode::NotRunning);
+    let err = node
+        .invoke_tool("cluster_read", &serde_json::json!({"node": "x"}))
+        .expect_err("bad args");
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+    assert_eq!(err.message, "cluster_read.path: required");
+
+    node.start(&StartOptions::default()).expect("start");
+    let out = node
+        .invoke_tool("cluster_peers", &serde_json::Value::Null)
+        .expect("peers");
+    assert!(out.text.contains("ClawMatrix node life-01"), "{}", out.text);
+    assert_eq!(out.details["nodeId"], "life-01");
+    let err = node
+        .invoke_tool(
+            "cluster_handoff",
+            &serde_json::json!({"target": "coder", "task": "t"}),
+        )
+        .expect_err("not built");
+    assert_eq!(err.code, ErrorCode::NotImplemented);
+    assert!(err.message.contains("handoff"), "{}", err.message);
+    let err = node
+        .invoke_tool("cluster_nope", &serde_json::json!({}))
+        .expect_err("unknown tool");
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+    node.stop();
+}

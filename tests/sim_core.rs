@@ -1,0 +1,216 @@
+//! Single-node and two-node behaviour of the mesh core driven by hand: admission, duplicate
+//! links, decode-error accounting, spoofed link-local frames, shutdown, limits.
+
+use clawmatrix::mesh::{
+    Direction, LinkId, LocalInfo, Mesh, MeshConfig, MeshEvent, Output, SendError,
+};
+use clawmatrix::proto::{encode, AgentInfo, Body, FrameId, Header, RejectCode};
+
+fn mesh(id: &str) -> Mesh {
+    Mesh::new(MeshConfig::new(id, 1, 42), LocalInfo::default(), 0)
+}
+
+fn drain(m: &mut Mesh) -> Vec<Output> {
+    std::iter::from_fn(|| m.poll_output()).collect()
+}
+
+fn closes(out: &[Output]) -> Vec<(LinkId, u16)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Close { link, code, .. } => Some((*link, *code)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn admit_refuses_self_duplicates_and_capacity() {
+    let mut cfg = MeshConfig::new("a", 1, 1);
+    cfg.max_links = 1;
+    let mut m = Mesh::new(cfg, LocalInfo::default(), 0);
+    assert_eq!(m.admit("a"), Err(RejectCode::SelfId));
+    assert_eq!(m.admit("b"), Ok(()));
+    m.handle_link_up(0, LinkId(1), "b".into(), Direction::Inbound);
+    assert_eq!(m.admit("b"), Err(RejectCode::DuplicateNode));
+    assert_eq!(m.admit("c"), Err(RejectCode::Capacity));
+    m.note_handshake_reject(RejectCode::BadMac);
+    m.note_handshake_reject(RejectCode::BadMac);
+    assert_eq!(m.stats().handshake_rejects.get("bad_mac"), Some(&2));
+}
+
+#[test]
+fn simultaneous_links_settle_on_the_one_dialed_by_the_smaller_id() {
+    // a and b dial each other at once; each side sees its own link first.
+    let mut a = mesh("a");
+    let mut b = mesh("b");
+    a.handle_link_up(0, LinkId(1), "b".into(), Direction::Outbound); // a dialed (kept)
+    b.handle_link_up(0, LinkId(2), "a".into(), Direction::Outbound); // b dialed
+    drain(&mut a);
+    drain(&mut b);
+    a.handle_link_up(1, LinkId(2), "b".into(), Direction::Inbound);
+    b.handle_link_up(1, LinkId(1), "a".into(), Direction::Inbound);
+    assert_eq!(closes(&drain(&mut a)), [(LinkId(2), 4003)]);
+    assert_eq!(closes(&drain(&mut b)), [(LinkId(2), 4003)]);
+    assert_eq!(a.link_peer(LinkId(1)), Some("b"));
+    assert_eq!(b.link_peer(LinkId(1)), Some("a"));
+}
+
+#[test]
+fn garbage_is_counted_by_code_and_oversized_frames_close_the_link() {
+    let mut m = mesh("a");
+    m.handle_link_up(0, LinkId(1), "b".into(), Direction::Inbound);
+    drain(&mut m);
+    m.handle_data(1, LinkId(1), b"\x00\x00");
+    m.handle_data(1, LinkId(1), b"\x00\x00\x00\x02{}");
+    m.handle_data(1, LinkId(9), b"whatever");
+    let s = m.stats();
+    assert_eq!(s.decode_errors, 2);
+    assert_eq!(s.decode_errors_by_code.get("truncated"), Some(&1));
+    assert_eq!(s.decode_errors_by_code.get("bad_header"), Some(&1));
+    assert_eq!(s.unknown_link, 1);
+    let big = vec![0u8; clawmatrix::proto::MAX_FRAME_BYTES + 1];
+    m.handle_data(2, LinkId(1), &big);
+    let out = drain(&mut m);
+    assert_eq!(closes(&out), [(LinkId(1), 4010)]);
+    assert_eq!(m.link_count(), 0);
+}
+
+#[test]
+fn link_local_frames_must_come_from_the_link_peer() {
+    let mut m = mesh("a");
+    m.handle_link_up(0, LinkId(1), "b".into(), Direction::Inbound);
+    drain(&mut m);
+    let h = Header {
+        v: 1,
+        id: FrameId([1; 16]),
+        src: "mallory".into(),
+        dst: None,
+        ttl: 8,
+        hops: 0,
+        ts: 0,
+        body: Body::Leave {
+            node: "c".into(),
+            incarnation: 9,
+        },
+    };
+    m.handle_data(1, LinkId(1), &encode(&h, &[]).expect("encodes"));
+    assert_eq!(m.stats().dropped_spoofed, 1);
+}
+
+#[test]
+fn pings_are_answered_and_the_first_ping_goes_out_at_link_up() {
+    let mut m = mesh("a");
+    m.handle_link_up(0, LinkId(1), "b".into(), Direction::Inbound);
+    assert_eq!(m.poll_timeout(), Some(0), "deferred work: tick now");
+    m.handle_tick(0);
+    let out = drain(&mut m);
+    let pings = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send { bytes, .. } => clawmatrix::proto::decode(bytes).ok(),
+            _ => None,
+        })
+        .filter(|f| matches!(f.header.body, Body::Ping { .. }))
+        .count();
+    assert_eq!(pings, 1);
+    let next = m.poll_timeout().expect("a timer");
+    assert!(next > 0 && next <= 15_000);
+}
+
+#[test]
+fn shutdown_sends_leave_then_closes_normally() {
+    let mut m = mesh("a");
+    m.handle_link_up(0, LinkId(1), "b".into(), Direction::Outbound);
+    m.handle_tick(0);
+    drain(&mut m);
+    m.shutdown(5);
+    let out = drain(&mut m);
+    let leave = out.iter().position(|o| match o {
+        Output::Send { bytes, .. } => matches!(
+            clawmatrix::proto::decode(bytes).map(|f| f.header.body),
+            Ok(Body::Leave { .. })
+        ),
+        _ => false,
+    });
+    let close = out
+        .iter()
+        .position(|o| matches!(o, Output::Close { code: 1000, .. }));
+    assert!(leave.is_some() && close.is_some() && leave < close);
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Event(MeshEvent::PeerDown { .. }))));
+    assert_eq!(
+        m.send(
+            6,
+            "b".into(),
+            Body::Cancel {
+                call_id: clawmatrix::proto::CallId([0; 16]),
+                reason: String::new()
+            },
+            vec![]
+        ),
+        Err(SendError::ShutDown)
+    );
+}
+
+#[test]
+fn send_refuses_self_link_local_and_unknown_destinations() {
+    let mut m = mesh("a");
+    let cancel = Body::Cancel {
+        call_id: clawmatrix::proto::CallId([0; 16]),
+        reason: String::new(),
+    };
+    assert_eq!(
+        m.send(0, "a".into(), cancel.clone(), vec![]),
+        Err(SendError::ToSelf)
+    );
+    assert_eq!(
+        m.send(0, "b".into(), Body::Ping { seq: 1, t: 0 }, vec![]),
+        Err(SendError::InvalidBody)
+    );
+    assert_eq!(
+        m.send(0, "zed".into(), cancel, vec![])
+            .map_err(|e| e.code()),
+        Err("no_route")
+    );
+}
+
+#[test]
+fn calls_are_bounded() {
+    let mut cfg = MeshConfig::new("a", 1, 1);
+    cfg.max_inflight_calls = 2;
+    let mut m = Mesh::new(cfg, LocalInfo::default(), 0);
+    m.handle_link_up(0, LinkId(1), "b".into(), Direction::Outbound);
+    m.handle_tick(0);
+    for _ in 0..2 {
+        m.start_call(0, "b".into(), "x".into(), vec![], 1_000)
+            .expect("room");
+    }
+    assert_eq!(
+        m.start_call(0, "b".into(), "x".into(), vec![], 1_000),
+        Err(SendError::TooManyCalls(2))
+    );
+}
+
+#[test]
+fn an_oversized_own_record_is_refused() {
+    let mut m = mesh("a");
+    let agents = (0..2_000)
+        .map(|i| AgentInfo {
+            id: format!("agent-{i}"),
+            description: "x".repeat(20),
+            tags: vec![],
+        })
+        .collect();
+    let e = m
+        .update_local(
+            0,
+            LocalInfo {
+                agents,
+                ..LocalInfo::default()
+            },
+        )
+        .expect_err("too big");
+    assert_eq!(e.code(), "record_too_large");
+    assert_eq!(m.own_record().agents.len(), 0);
+}
