@@ -1,7 +1,7 @@
 // The OpenClaw plugin entry. It only marshals: every decision (config validation, tool argument
 // checks, routing, status rendering) is made by the Rust core in ../native.
 import type { PluginApi, PluginEntry, ServiceContext } from "./host.js";
-import { native, codedError, type ClawMatrixNode } from "./native.js";
+import { native, addonLoadMs, codedError, type ClawMatrixNode } from "./native.js";
 import { registerTools } from "./tools.js";
 import { registerMethods } from "./methods.js";
 import { registerCli } from "./cli.js";
@@ -25,6 +25,7 @@ const entry: PluginEntry = {
     api.registerService({
       id: "clawmatrix",
       async start(ctx: ServiceContext) {
+        const t0 = performance.now();
         const created = native.ClawMatrixNode.create(api.pluginConfig ?? {});
         for (const w of created.warnings()) ctx.logger.warn(`clawmatrix: config ${w.path}: ${w.reason}`);
         void pumpEvents(created, ctx);
@@ -36,6 +37,9 @@ const entry: PluginEntry = {
         }
         owned = created;
         slot.node = created;
+        ctx.logger.info(
+          `clawmatrix: service started in ${(performance.now() - t0).toFixed(1)} ms (addon loaded in ${addonLoadMs.toFixed(1)} ms)`,
+        );
       },
       async stop() {
         const stopping = owned;

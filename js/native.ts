@@ -5,7 +5,10 @@ import type * as Native from "../native/index.js";
 
 const require = createRequire(import.meta.url);
 
+const loadStarted = performance.now();
 export const native: typeof Native = require("../native/index.cjs");
+/** Milliseconds this module spent loading the addon (reported once the service starts). */
+export const addonLoadMs = performance.now() - loadStarted;
 export type { ClawMatrixNode, ToolStep, NodeEvent } from "../native/index.js";
 
 /** A JS Error carrying the core's stable `code`. */

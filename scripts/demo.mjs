@@ -1,11 +1,9 @@
 // npm run demo: the product's main job on this machine, from a fresh clone.
 // Builds the addon and shim, provisions Node 24 + the pinned OpenClaw into the cache, starts a
-// mock LLM upstream and real OpenClaw gateways on loopback with clawmatrix loaded, and prints
-// what an operator sees (`openclaw clawmatrix status`). Everything is stopped at the end unless
-// --keep is given (then Ctrl-C stops it).
-//
-// Today: one gateway with the "office" template. The mesh issues grow this into cloud + office +
-// home meshed on loopback.
+// mock LLM upstream and three real OpenClaw gateways on loopback — cloud (listens), office and
+// home (dial cloud only) — with clawmatrix loaded from the packed plugin, waits for the mesh, and
+// prints what an operator sees on home: office reachable via cloud. Everything is stopped at the
+// end unless --keep is given (then Ctrl-C stops it).
 import { rmSync } from "node:fs";
 import { build } from "./lib.mjs";
 
@@ -18,30 +16,62 @@ const { provision, startMockLlm, startGateways, stopAll } = await import("../tes
 const { stagePlugin } = await import("../tests/e2e/plugin-package.mjs");
 const { freePort } = await import("../tests/js/free-port.mjs");
 
-step("provisioning Node 24 + OpenClaw (cached after the first run)");
+step("provisioning Node 24 + OpenClaw 2026.9.6 (cached after the first run)");
 const provisioned = await provision({ log: (m) => step(m) });
 const mock = await startMockLlm();
-step(`mock LLM upstream on ${mock.url}`);
+step(`mock LLM upstream on ${mock.url} (configured as provider "mock" on every gateway)`);
 const pkg = stagePlugin();
 let exitCode = 0;
 try {
-  const office = {
-    nodeId: "office-01",
-    secret: "demo-mesh-secret-change-me",
-    listen: false,
-    peers: [],
-    agents: [{ id: "coder", description: "Has the code repos; can read, write and run commands", tags: ["coding"] }],
-    models: [{ id: "mock-model", provider: "mock", description: "Demo model served by the mock upstream" }],
-    tags: ["office", "gpu"],
-    proxyPort: await freePort(),
-    toolProxy: { enabled: true, allow: ["exec", "read", "write", "edit"], deny: [] },
-  };
-  step("starting the office gateway (a real OpenClaw gateway takes ~25 s)");
-  const [gw] = await startGateways([{ name: "office", pluginConfig: office }], { provisioned, mockUrl: mock.url, pluginDir: pkg.dir });
-  step(`office gateway ready on ${gw.url} (state in ${gw.dir})`);
-  const status = await gw.cli(["clawmatrix", "status"]);
-  if (status.code !== 0) throw new Error(`clawmatrix status failed:\n${status.stderr}`);
-  console.log(`\n$ openclaw clawmatrix status   # on office\n${status.stdout}`);
+  const secret = "demo-mesh-secret-change-me";
+  const cloudPort = await freePort();
+  const cloudUrl = `ws://127.0.0.1:${cloudPort}`;
+  const nodes = [
+    {
+      name: "cloud",
+      pluginConfig: {
+        nodeId: "cloud-01", secret, listen: true, listenHost: "127.0.0.1", listenPort: cloudPort, peers: [],
+        agents: [{ id: "reviewer", description: "Reviews code", tags: ["review"] }], tags: ["cloud"],
+        proxyPort: await freePort(),
+      },
+    },
+    {
+      name: "office",
+      pluginConfig: {
+        nodeId: "office-01", secret, peers: [{ nodeId: "cloud-01", url: cloudUrl }],
+        agents: [{ id: "coder", description: "Has the code repos; can read, write and run commands", tags: ["coding"] }],
+        models: [{ id: "mock-model", provider: "mock", description: "Demo model served by the mock upstream" }],
+        tags: ["office", "gpu"], proxyPort: await freePort(),
+        toolProxy: { enabled: true, allow: ["exec", "read", "write", "edit"], deny: [] },
+      },
+    },
+    {
+      name: "home",
+      pluginConfig: {
+        nodeId: "home-01", secret, peers: [{ nodeId: "cloud-01", url: cloudUrl }],
+        agents: [{ id: "assistant", description: "Personal assistant", tags: ["general"] }],
+        proxyModels: [{ id: "mock-model", nodeId: "office-01" }], tags: ["home"], proxyPort: await freePort(),
+      },
+    },
+  ];
+  step("starting cloud, office and home (real OpenClaw gateways, ~30-60 s on 2 cores)");
+  const [cloud, office, home] = await startGateways(nodes, { provisioned, mockUrl: mock.url, pluginDir: pkg.dir });
+  for (const g of [cloud, office, home]) step(`${g.name} gateway ready on ${g.url} (state in ${g.dir})`);
+
+  step("waiting for home to see office through cloud");
+  const deadline = Date.now() + 120_000;
+  let meshed = false;
+  while (Date.now() < deadline && !meshed) {
+    const s = await home.call("clawmatrix.status").catch(() => undefined);
+    meshed = s?.peers?.some((p) => p.nodeId === "office-01" && p.state === "relayed") ?? false;
+    if (!meshed) await new Promise((r) => setTimeout(r, 500));
+  }
+  if (!meshed) throw new Error("home did not see office through cloud within 120 s");
+  for (const g of [home, cloud]) {
+    const status = await g.cli(["clawmatrix", "status"]);
+    if (status.code !== 0) throw new Error(`clawmatrix status on ${g.name} failed:\n${status.stderr}`);
+    console.log(`\n$ openclaw clawmatrix status   # on ${g.name}\n${status.stdout}`);
+  }
   if (keep) {
     step("running; press Ctrl-C to stop");
     await new Promise((resolve) => process.once("SIGINT", resolve));

@@ -90,7 +90,7 @@ if (want("cargo")) {
   await step("cargo test", () => counted(cargoCounts, "cargo", ["test", "--all-targets"]));
 }
 if (want("js")) {
-  const files = testFiles("tests/js", ".test.mjs");
+  const files = [...testFiles("tests/js", ".test.mjs"), ...testFiles("tests/harness", ".test.mjs")];
   await step("JS tests", () => counted(nodeTestCounts, process.execPath, ["--test", "--test-reporter=tap", ...files]));
 }
 if (want("e2e")) {

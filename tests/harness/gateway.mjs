@@ -26,8 +26,6 @@ const POLL_MS = 250;
 const CLI_SLACK_MS = 45_000;
 
 /**
- * @typedef {import('./provision.mjs').Provisioned} Provisioned
- *
  * @typedef {object} GatewaySpec
  * @property {string} name            short, [A-Za-z0-9_-]; also the dir name
  * @property {object} [pluginConfig]  plugins.entries.clawmatrix.config; omitted = plugin not loaded
@@ -35,7 +33,7 @@ const CLI_SLACK_MS = 45_000;
  *
  * @typedef {object} StartOptions
  * @property {string} mockUrl          mock LLM base url (…/v1)
- * @property {Provisioned} provisioned result of provision()
+ * @property {import('./provision.mjs').Provisioned} provisioned result of provision()
  * @property {string} [pluginDir]      absolute path of the plugin package (plugins.load.paths)
  * @property {string} [runDir]         default: fresh mkdtemp under os.tmpdir()
  * @property {number} [readyTimeoutMs] default 120000
@@ -77,6 +75,7 @@ export async function startGateways(specs, opts) {
   const failed = results.flatMap((r, i) => (r.status === 'rejected' ? [`[${gateways[i].name}] ${r.reason?.message ?? r.reason}`] : []));
   if (failed.length > 0) {
     await Promise.allSettled(gateways.map((g) => g.stop({ timeoutMs: 5_000 })));
+    for (const g of gateways) g.release();
     throw new Error(`startGateways: ${failed.length} of ${gateways.length} gateway(s) failed to start\n${failed.join('\n')}`);
   }
   return gateways;
@@ -84,7 +83,9 @@ export async function startGateways(specs, opts) {
 
 /** Stops every gateway started by this process (SIGTERM, SIGKILL after 15 s). */
 export async function stopAll() {
-  await Promise.allSettled([...live].map((g) => g.stop()));
+  const all = [...live];
+  await Promise.allSettled(all.map((g) => g.stop()));
+  for (const g of all) g.release();
   signalAllGroups('SIGKILL'); // CLI runs still in flight
 }
 
@@ -124,7 +125,7 @@ export class Gateway {
     /** @readonly */ this.url = `http://127.0.0.1:${port}`;
     /** @type {number} */ this.pid = 0;
     /** @type {Timings} */ this.timings = { healthMs: -1, readyMs: -1, starts: 0 };
-    /** @private */ this.provisioned = opts.provisioned;
+    /** @private @type {import('./provision.mjs').Provisioned} */ this.provisioned = opts.provisioned;
     /** @private @type {import('node:child_process').ChildProcess|null} */ this.child = null;
     /** @private @type {Promise<void>|null} */ this.exited = null;
     /** @private @type {{gw:number, oc:number}} log offsets at the last start */ this.startMark = { gw: 0, oc: 0 };

@@ -362,11 +362,11 @@ async function respond(res, body, rec, plan) {
     ({ id, object: 'chat.completion.chunk', created, model, choices: [{ index: 0, delta, logprobs: null, finish_reason: fr }] });
   const send = (/** @type {any} */ obj) => { if (!res.destroyed) res.write(`data: ${typeof obj === 'string' ? obj : JSON.stringify(obj)}\n\n`); };
 
-  send(chunk({ role: 'assistant', content: '' }));
   if (plan.kind === 'hang') {
-    send(chunk({ content: 'hanging…' }));
+    send(chunk({ role: 'assistant', content: 'hanging…' }));
     return; // left open; the 'close' listener records the disconnect, close() destroys it
   }
+  send(chunk({ role: 'assistant', content: '' }));
   for (const r of reasoning) send(chunk({ reasoning_content: r }));
   const everyMs = plan.kind === 'stream_chunks' ? plan.everyMs : 0;
   for (let i = 0; i < contentPieces.length; i++) {

@@ -1,7 +1,10 @@
 // Loopback port allocation for gateways (which own a whole range: base..base+110, because the
 // browser control port is base+2 and CDP ports are base+11..base+110) and for single listeners.
 
+import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 
 /** Ports a gateway may use above its base port (OpenClaw: base..base+110). */
 export const GATEWAY_PORT_SPAN = 111;
@@ -16,6 +19,49 @@ export const GATEWAY_BASE_MAX = 32_000;
 
 /** Bases handed out by this process and not yet released (avoids handing one range out twice). */
 const reserved = new Set();
+
+/**
+ * Cross-process reservations: `<tmpdir>/clawmatrix-ports-<uid>/<base>/` holding the owner pid, so
+ * test files run in parallel by `node --test` do not pick the same range in the ~30 s between
+ * the free-port check and the gateway binding it. Reservations of dead processes are reclaimed.
+ */
+const RESERVATION_DIR = path.join(os.tmpdir(), `clawmatrix-ports-${process.getuid?.() ?? 'u'}`);
+let exitHookInstalled = false;
+
+/** @param {number} base @returns {boolean} whether this process now holds the reservation */
+function reserveAcrossProcesses(base) {
+  fs.mkdirSync(RESERVATION_DIR, { recursive: true });
+  const dir = path.join(RESERVATION_DIR, String(base));
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      fs.mkdirSync(dir);
+      fs.writeFileSync(path.join(dir, 'pid'), String(process.pid));
+      if (!exitHookInstalled) {
+        exitHookInstalled = true;
+        process.on('exit', () => { for (const b of reserved) unreserveAcrossProcesses(b); });
+      }
+      return true;
+    } catch (e) {
+      if (/** @type {NodeJS.ErrnoException} */ (e).code !== 'EEXIST') throw e;
+      let pid = 0;
+      try { pid = Number(fs.readFileSync(path.join(dir, 'pid'), 'utf8')); } catch { return false; } // being created
+      if (pid === process.pid || !pid) return false;
+      try { process.kill(pid, 0); return false; } catch (err) {
+        if (/** @type {NodeJS.ErrnoException} */ (err).code !== 'ESRCH') return false;
+      }
+      fs.rmSync(dir, { recursive: true, force: true }); // owner is gone: reclaim, then retry once
+    }
+  }
+  return false;
+}
+
+/** @param {number} base */
+function unreserveAcrossProcesses(base) {
+  const dir = path.join(RESERVATION_DIR, String(base));
+  try {
+    if (Number(fs.readFileSync(path.join(dir, 'pid'), 'utf8')) === process.pid) fs.rmSync(dir, { recursive: true, force: true });
+  } catch { /* not ours or gone */ }
+}
 
 /**
  * Whether `port` can be bound on 127.0.0.1 right now.
@@ -42,11 +88,12 @@ export async function allocateGatewayPorts(count) {
   for (let attempt = 0; attempt < 200 && picked.length < count; attempt++) {
     const base = GATEWAY_BASE_MIN + Math.floor(Math.random() * slots) * GATEWAY_PORT_STRIDE;
     if (reserved.has(base) || picked.includes(base)) continue;
+    if (!reserveAcrossProcesses(base)) continue;
     const checks = await Promise.all(Array.from({ length: GATEWAY_PORT_SPAN }, (_, i) => isPortFree(base + i)));
-    if (checks.every(Boolean)) { picked.push(base); reserved.add(base); }
+    if (checks.every(Boolean)) { picked.push(base); reserved.add(base); } else unreserveAcrossProcesses(base);
   }
   if (picked.length < count) {
-    for (const b of picked) reserved.delete(b);
+    for (const b of picked) releaseGatewayPort(b);
     throw new Error(`ports: found only ${picked.length} of ${count} free gateway port ranges in ${GATEWAY_BASE_MIN}-${GATEWAY_BASE_MAX}`);
   }
   return picked;
@@ -55,6 +102,7 @@ export async function allocateGatewayPorts(count) {
 /** Gives a gateway base back to the pool (after its gateway stopped for good). @param {number} base */
 export function releaseGatewayPort(base) {
   reserved.delete(base);
+  unreserveAcrossProcesses(base);
 }
 
 /**
