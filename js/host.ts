@@ -34,6 +34,7 @@ export type ToolContext = { agentId?: string; sessionKey?: string };
 
 export type ServiceContext = {
   stateDir: string;
+  workspaceDir?: string;
   logger: Logger;
   serviceHealth?: { reportFailure(e: unknown): void; clearFailure(): void };
 };
@@ -52,10 +53,17 @@ export type CliCommand = {
   action(fn: (...args: any[]) => unknown): CliCommand;
 };
 
+export type HostConfig = {
+  gateway?: { port?: number; auth?: { token?: string } };
+  agents?: { defaults?: { workspace?: string } };
+};
+
 export type PluginApi = {
   id: string;
   registrationMode?: string;
   pluginConfig?: Record<string, unknown>;
+  /** Read-only snapshot of openclaw.json (only the fields the shim reads are declared). */
+  config?: HostConfig;
   logger: Logger;
   registerService(service: {
     id: string;

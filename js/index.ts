@@ -30,7 +30,12 @@ const entry: PluginEntry = {
         for (const w of created.warnings()) ctx.logger.warn(`clawmatrix: config ${w.path}: ${w.reason}`);
         void pumpEvents(created, ctx);
         try {
-          await created.start({ stateDir: ctx.stateDir });
+          await created.start({
+            stateDir: ctx.stateDir,
+            workspaceDir: ctx.workspaceDir ?? api.config?.agents?.defaults?.workspace,
+            gatewayPort: api.config?.gateway?.port,
+            gatewayToken: api.config?.gateway?.auth?.token ?? process.env.OPENCLAW_GATEWAY_TOKEN,
+          });
         } catch (e) {
           created.closeEvents();
           throw e;

@@ -836,6 +836,7 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.ClawMatrixNode = nativeBinding.ClawMatrixNode
+module.exports.ToolCall = nativeBinding.ToolCall
 module.exports.coreVersion = nativeBinding.coreVersion
 module.exports.renderStatusText = nativeBinding.renderStatusText
 module.exports.toolDefinitions = nativeBinding.toolDefinitions

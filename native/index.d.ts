@@ -41,10 +41,18 @@ export declare class ClawMatrixNode {
   /** End the event stream (`nextEvent()` resolves `null` once drained). */
   closeEvents(): void
   /**
-   * Run one of the seven tools. Arguments are validated first; the returned steps end with a
-   * `result` or an `error` step.
+   * Start one of the seven tools. Arguments are validated first; pull the steps with
+   * `ToolCall.next()`: zero or more `progress`, then one `result` or `error`, then `null`.
    */
-  invokeTool(name: string, args: any): Promise<ToolStep>
+  invokeTool(name: string, args: any, caller?: ToolCaller | undefined | null): ToolCall
+}
+
+/** A running tool call. */
+export declare class ToolCall {
+  /** The next step, or `null` after the last one. */
+  next(): Promise<ToolStep | null>
+  /** Cancel the call (a remote exec's process group is killed). Idempotent. */
+  cancel(): void
 }
 
 /** The result of [`validate_config`]. */
@@ -83,8 +91,20 @@ export interface StartInfo {
 
 /** Options for `start()`. */
 export interface StartOptions {
-  /** Plugin state directory (the service context's `stateDir`). */
+  /** Plugin state directory (the service context's `stateDir`); the tool audit log lives here. */
   stateDir?: string
+  /** The agent workspace: the remote tools' filesystem root when `toolProxy.root` is unset. */
+  workspaceDir?: string
+  /** This gateway's port (`gateway.port`), for tools run through `POST /tools/invoke`. */
+  gatewayPort?: number
+  /** This gateway's token (`gateway.auth.token` or `OPENCLAW_GATEWAY_TOKEN`). */
+  gatewayToken?: string
+}
+
+/** Who invoked a tool on this gateway (forwarded to the serving node's audit). */
+export interface ToolCaller {
+  agentId?: string
+  sessionKey?: string
 }
 
 /** The seven tool definitions: `[{ name, label, description, parameters, sideEffecting }]`. */

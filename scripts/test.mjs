@@ -19,12 +19,14 @@ async function step(name, fn) {
   const t0 = Date.now();
   console.log(`\n=== ${name}`);
   try {
-    const counts = (await fn()) ?? { passed: 1, failed: 0 };
+    // A step either counts its tests ({passed, failed}) or is one check that passed.
+    const result = await fn();
+    const counts = Number.isInteger(result?.passed) && Number.isInteger(result?.failed) ? result : { passed: 1, failed: 0 };
     passed += counts.passed;
     failed += counts.failed;
     results.push({ name, ok: counts.failed === 0, ms: Date.now() - t0, ...counts });
   } catch (e) {
-    const counts = e.counts ?? { passed: 0, failed: 1 };
+    const counts = Number.isInteger(e.counts?.passed) && Number.isInteger(e.counts?.failed) ? e.counts : { passed: 0, failed: 1 };
     passed += counts.passed;
     failed += Math.max(1, counts.failed);
     results.push({ name, ok: false, ms: Date.now() - t0, error: e.message, ...counts });
@@ -87,7 +89,8 @@ if (want("lint")) {
   }
 }
 if (want("cargo")) {
-  await step("cargo test", () => counted(cargoCounts, "cargo", ["test", "--all-targets"]));
+  // --lib --tests: every unit, simulation and loopback test; benches run only under `npm run bench`.
+  await step("cargo test", () => counted(cargoCounts, "cargo", ["test", "--lib", "--tests"]));
 }
 if (want("js")) {
   const files = [...testFiles("tests/js", ".test.mjs"), ...testFiles("tests/harness", ".test.mjs")];

@@ -83,8 +83,21 @@ pub fn core_version() -> String {
 /// Options for `start()`.
 #[napi(object)]
 pub struct StartOptions {
-    /// Plugin state directory (the service context's `stateDir`).
+    /// Plugin state directory (the service context's `stateDir`); the tool audit log lives here.
     pub state_dir: Option<String>,
+    /// The agent workspace: the remote tools' filesystem root when `toolProxy.root` is unset.
+    pub workspace_dir: Option<String>,
+    /// This gateway's port (`gateway.port`), for tools run through `POST /tools/invoke`.
+    pub gateway_port: Option<u32>,
+    /// This gateway's token (`gateway.auth.token` or `OPENCLAW_GATEWAY_TOKEN`).
+    pub gateway_token: Option<String>,
+}
+
+/// Who invoked a tool on this gateway (forwarded to the serving node's audit).
+#[napi(object)]
+pub struct ToolCaller {
+    pub agent_id: Option<String>,
+    pub session_key: Option<String>,
 }
 
 /// What `start()` bound.
@@ -161,8 +174,14 @@ impl ClawMatrixNode {
     pub fn start(&self, opts: Option<StartOptions>) -> AsyncTask<StartTask> {
         AsyncTask::new(StartTask {
             node: self.node.clone(),
-            opts: CoreStartOptions {
-                state_dir: opts.and_then(|o| o.state_dir).map(Into::into),
+            opts: match opts {
+                Some(o) => CoreStartOptions {
+                    state_dir: o.state_dir.map(Into::into),
+                    workspace_dir: o.workspace_dir.map(Into::into),
+                    gateway_port: o.gateway_port.and_then(|p| u16::try_from(p).ok()),
+                    gateway_token: o.gateway_token,
+                },
+                None => CoreStartOptions::default(),
             },
         })
     }
@@ -212,12 +231,47 @@ impl ClawMatrixNode {
         self.node.events().close();
     }
 
-    /// Run one of the seven tools. Arguments are validated first; the returned steps end with a
-    /// `result` or an `error` step.
+    /// Start one of the seven tools. Arguments are validated first; pull the steps with
+    /// `ToolCall.next()`: zero or more `progress`, then one `result` or `error`, then `null`.
     #[napi]
-    pub async fn invoke_tool(&self, name: String, args: serde_json::Value) -> ToolStep {
-        match self.node.invoke_tool(&name, &args) {
-            Ok(out) => ToolStep {
+    pub fn invoke_tool(
+        &self,
+        name: String,
+        args: serde_json::Value,
+        caller: Option<ToolCaller>,
+    ) -> ToolCall {
+        let caller = caller
+            .map(|c| crate::node::remote_tools::ToolCaller {
+                agent_id: c.agent_id,
+                session_key: c.session_key,
+            })
+            .unwrap_or_default();
+        ToolCall {
+            inner: self.node.start_tool(&name, &args, caller),
+        }
+    }
+}
+
+/// A running tool call.
+#[napi]
+pub struct ToolCall {
+    inner: crate::node::remote_tools::ToolCall,
+}
+
+#[napi]
+impl ToolCall {
+    /// The next step, or `null` after the last one.
+    #[napi]
+    pub async fn next(&self) -> Option<ToolStep> {
+        use crate::node::remote_tools::ToolEvent;
+        Some(match self.inner.next().await? {
+            Ok(ToolEvent::Progress { text, details }) => ToolStep {
+                kind: "progress".into(),
+                text,
+                details,
+                code: None,
+            },
+            Ok(ToolEvent::Result(out)) => ToolStep {
                 kind: "result".into(),
                 text: out.text,
                 details: out.details,
@@ -229,7 +283,13 @@ impl ClawMatrixNode {
                 details: serde_json::Value::Null,
                 code: Some(e.code.as_str().to_string()),
             },
-        }
+        })
+    }
+
+    /// Cancel the call (a remote exec's process group is killed). Idempotent.
+    #[napi]
+    pub fn cancel(&self) {
+        self.inner.cancel();
     }
 }
 

@@ -21,6 +21,25 @@ pub enum ErrorCode {
     InvalidArgument,
     /// An internal invariant failed; this is a bug.
     Internal,
+    /// The destination node has no route from here (not in the mesh, or cut off).
+    Unreachable,
+    /// The request got no answer within its timeout.
+    Timeout,
+    /// The remote node answered with an error; the message carries its code and text.
+    Remote,
+    /// The request was abandoned before an answer: the node stopped, or too many were in flight.
+    Cancelled,
+    /// This node's tool policy refused the call (`toolProxy` disabled, allow/deny, a path outside
+    /// the filesystem root, no root configured). The message names the rule.
+    Denied,
+    /// A file or program the call names does not exist.
+    NotFound,
+    /// A path names a directory or a special file where a regular file is needed.
+    NotAFile,
+    /// A file or argument is over its size limit; the message states the size and the limit.
+    TooLarge,
+    /// An operating-system I/O error other than the above (permissions, disk full, ...).
+    Io,
 }
 
 impl ErrorCode {
@@ -33,6 +52,15 @@ impl ErrorCode {
             ErrorCode::NotImplemented => "CLAWMATRIX_NOT_IMPLEMENTED",
             ErrorCode::InvalidArgument => "CLAWMATRIX_INVALID_ARGUMENT",
             ErrorCode::Internal => "CLAWMATRIX_INTERNAL",
+            ErrorCode::Unreachable => "CLAWMATRIX_UNREACHABLE",
+            ErrorCode::Timeout => "CLAWMATRIX_TIMEOUT",
+            ErrorCode::Remote => "CLAWMATRIX_REMOTE",
+            ErrorCode::Cancelled => "CLAWMATRIX_CANCELLED",
+            ErrorCode::Denied => "CLAWMATRIX_DENIED",
+            ErrorCode::NotFound => "CLAWMATRIX_NOT_FOUND",
+            ErrorCode::NotAFile => "CLAWMATRIX_NOT_A_FILE",
+            ErrorCode::TooLarge => "CLAWMATRIX_TOO_LARGE",
+            ErrorCode::Io => "CLAWMATRIX_IO",
         }
     }
 }
@@ -71,5 +99,32 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl AsRef<str> for ErrorCode {
     fn as_ref(&self) -> &str {
         self.as_str()
+    }
+}
+
+impl ErrorCode {
+    /// Every code, for parsing.
+    const ALL: [ErrorCode; 15] = [
+        ErrorCode::ConfigInvalid,
+        ErrorCode::BindFailed,
+        ErrorCode::NotRunning,
+        ErrorCode::NotImplemented,
+        ErrorCode::InvalidArgument,
+        ErrorCode::Internal,
+        ErrorCode::Unreachable,
+        ErrorCode::Timeout,
+        ErrorCode::Remote,
+        ErrorCode::Cancelled,
+        ErrorCode::Denied,
+        ErrorCode::NotFound,
+        ErrorCode::NotAFile,
+        ErrorCode::TooLarge,
+        ErrorCode::Io,
+    ];
+
+    /// The code whose [`as_str`](ErrorCode::as_str) is `s` (e.g. an error code a remote node
+    /// sent back), if any.
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
     }
 }

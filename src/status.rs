@@ -7,6 +7,8 @@
 //! One serde model is the single source for every surface; the readable CLI text is rendered from
 //! it in Rust ([`render_text`]) so the shim only prints.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// An agent offered by a node.
@@ -62,6 +64,34 @@ pub struct PeerView {
     pub tags: Vec<String>,
 }
 
+/// Mesh counters of this node since it started (cumulative; all 0 when stopped).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct MeshCounters {
+    /// Authenticated links up now.
+    pub links_up: u64,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Routed frames delivered to this node.
+    pub delivered: u64,
+    /// Routed frames forwarded for others.
+    pub relayed: u64,
+    /// Dropped frames by reason (`ttl`, `dup`, `noRoute`, `loop`, `backpressure`, `spoofed`,
+    /// `unknownLink`, `slowPeer`).
+    pub dropped: BTreeMap<String, u64>,
+    /// Handshake rejections by code (`bad_mac`, `replay`, ...).
+    pub handshake_rejects: BTreeMap<String, u64>,
+    pub decode_errors: u64,
+    pub decode_errors_by_code: BTreeMap<String, u64>,
+    pub heartbeat_timeouts: u64,
+    /// Links closed because their send queue stayed full.
+    pub slow_peer_closes: u64,
+    pub calls_started: u64,
+    pub calls_failed: u64,
+}
+
 /// The whole status report of this node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -81,6 +111,13 @@ pub struct StatusReport {
     pub models: Vec<ModelView>,
     pub tags: Vec<String>,
     pub peers: Vec<PeerView>,
+    /// Mesh counters; absent in reports from older versions.
+    #[serde(default)]
+    pub mesh: MeshCounters,
+    /// Remote tool policy (`enabled`, `allow`, `deny`, `root`) and the audit summary
+    /// (`audit`: calls, ok, denied, errors, byTool, last, ...); absent while stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<serde_json::Value>,
 }
 
 /// Render the readable summary printed by `openclaw clawmatrix status`.
@@ -99,7 +136,11 @@ pub fn render_text(s: &StatusReport) -> String {
         if s.running { "running" } else { "stopped" }
     );
     let _ = writeln!(out, "  Mesh: {listen}");
+    let _ = writeln!(out, "  Mesh: {}", render_counters(&s.mesh));
     let _ = writeln!(out, "  Model proxy: http://127.0.0.1:{}/v1", s.proxy_port);
+    if let Some(t) = &s.tools {
+        let _ = writeln!(out, "  Tools: {}", render_tools(t));
+    }
     let _ = writeln!(out, "  Agents: {}", join_agents(&s.agents));
     let _ = writeln!(out, "  Models: {}", join_models(&s.models));
     let _ = writeln!(out, "  Tags: {}", join_or_none(&s.tags));
@@ -133,6 +174,71 @@ pub fn render_text(s: &StatusReport) -> String {
         let _ = writeln!(out, "      tags: {}", join_or_none(&p.tags));
     }
     out
+}
+
+/// One line of remote-tool policy and audit counters.
+fn render_tools(t: &serde_json::Value) -> String {
+    let list = |v: &serde_json::Value| {
+        let items: Vec<&str> = v
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+            .unwrap_or_default();
+        if items.is_empty() {
+            "-".to_string()
+        } else {
+            items.join(",")
+        }
+    };
+    let a = &t["audit"];
+    let n = |k: &str| a[k].as_u64().unwrap_or(0);
+    let policy = if t["enabled"].as_bool() == Some(true) {
+        format!(
+            "proxy enabled (allow {}, deny {}, root {})",
+            list(&t["allow"]),
+            list(&t["deny"]),
+            t["root"].as_str().unwrap_or("(none)")
+        )
+    } else {
+        "proxy disabled".to_string()
+    };
+    format!(
+        "{policy}; served {} calls ({} ok, {} denied, {} errors)",
+        n("calls"),
+        n("ok"),
+        n("denied"),
+        n("errors")
+    )
+}
+
+/// One line of mesh counters.
+fn render_counters(m: &MeshCounters) -> String {
+    let map = |m: &BTreeMap<String, u64>| {
+        let parts: Vec<String> = m
+            .iter()
+            .filter(|(_, v)| **v > 0)
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", parts.join(", "))
+        }
+    };
+    let sum = |m: &BTreeMap<String, u64>| m.values().sum::<u64>();
+    format!(
+        "{} links up, frames {} in / {} out, relayed {}, dropped {}{}, handshake rejects {}{}, \
+         decode errors {}, slow-peer closes {}",
+        m.links_up,
+        m.frames_in,
+        m.frames_out,
+        m.relayed,
+        sum(&m.dropped),
+        map(&m.dropped),
+        sum(&m.handshake_rejects),
+        map(&m.handshake_rejects),
+        m.decode_errors,
+        m.slow_peer_closes
+    )
 }
 
 fn join_or_none(items: &[String]) -> String {
@@ -212,6 +318,12 @@ mod tests {
                     tags: vec!["gpu".into()],
                 },
             ],
+            tools: None,
+            mesh: MeshCounters {
+                links_up: 1,
+                handshake_rejects: [("bad_mac".to_string(), 2)].into_iter().collect(),
+                ..MeshCounters::default()
+            },
         }
     }
 
@@ -261,5 +373,19 @@ mod tests {
         );
         assert!(text.contains("not listening (dial-out only)"), "{text}");
         assert!(text.contains("models: claude-sonnet"), "{text}");
+        assert!(
+            text.contains("Mesh: 1 links up") && text.contains("handshake rejects 2 (bad_mac 2)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_report_without_mesh_counters_still_parses() {
+        let mut v = serde_json::to_value(report()).unwrap_or_default();
+        if let Some(obj) = v.as_object_mut() {
+            obj.remove("mesh");
+        }
+        let back: StatusReport = serde_json::from_value(v).expect("parses");
+        assert_eq!(back.mesh, MeshCounters::default());
     }
 }

@@ -36,7 +36,8 @@ fn full_emitted() -> Value {
         "proxyModels": [{"id": "m2", "nodeId": "cloud-01", "description": "d"}],
         "tags": ["office"], "handoffTimeout": 600000, "handoffMaxMs": 3600000,
         "heartbeatIntervalMs": 15000, "heartbeatMisses": 3, "forgetAfterMs": 600000,
-        "toolProxy": {"enabled": true, "allow": ["exec"], "deny": ["write"], "maxOutputBytes": 2048}
+        "toolProxy": {"enabled": true, "allow": ["exec"], "deny": ["write"], "maxOutputBytes": 2048, "root": "/srv/agent"},
+        "tls": {"certFile": "/etc/cm/cert.pem", "keyFile": "/etc/cm/key.pem", "caFile": "/etc/cm/ca.pem"}
     });
     match Config::from_json(&input) {
         Ok(v) => v.config.to_json(),
@@ -381,8 +382,8 @@ fn every_schema_object_forbids_unknown_fields_and_every_field_is_documented() {
     let mut objects = Vec::new();
     object_schemas(&s, "config".into(), &mut objects);
     assert!(
-        objects.len() >= 7,
-        "root, 4 item kinds, cost, toolProxy: {}",
+        objects.len() >= 8,
+        "root, 4 item kinds, cost, toolProxy, tls: {}",
         objects.len()
     );
     for (path, o) in objects {

@@ -120,6 +120,7 @@ fn state_dir_is_created() {
     let node = Node::new(config(free_port(), free_port()));
     node.start(&StartOptions {
         state_dir: Some(dir.join("nested")),
+        ..StartOptions::default()
     })
     .expect("start");
     assert!(dir.join("nested").is_dir());

@@ -203,6 +203,19 @@ fn fixtures() -> Vec<(Header, String)> {
                 &format!(r#"{{"type":"unreachable","call_id":"{CID}","node":"gpu-02"}}"#),
             ),
         ),
+        (
+            header(
+                Some("office-01"),
+                Body::Credit {
+                    call_id: cid(),
+                    chunks: 32,
+                },
+            ),
+            envelope(
+                routed,
+                &format!(r#"{{"type":"credit","call_id":"{CID}","chunks":32}}"#),
+            ),
+        ),
     ]
 }
 

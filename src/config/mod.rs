@@ -90,6 +90,8 @@ pub const FORGET_AFTER_MIN_MS: u64 = 1_000;
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1_048_576;
 /// Minimum `toolProxy.maxOutputBytes`: 1 KiB, enough for an error message.
 pub const MAX_OUTPUT_BYTES_MIN: usize = 1024;
+/// Maximum length of `toolProxy.root`, in bytes (Linux `PATH_MAX`).
+pub const TOOL_ROOT_MAX_BYTES: usize = 4096;
 /// Maximum `toolProxy.maxOutputBytes`: 64 MiB; a bigger response belongs in a file, not a frame.
 pub const MAX_OUTPUT_BYTES_MAX: usize = 67_108_864;
 
@@ -139,6 +141,22 @@ pub struct Config {
     pub forget_after_ms: u64,
     /// Policy for tool calls that remote nodes make on this node.
     pub tool_proxy: ToolProxyConfig,
+    /// TLS for mesh links (JSON `tls`): a server certificate for the listener (`wss://`), and
+    /// the CA bundle `wss://` peers are verified against. Default: none of it.
+    pub tls: TlsConfig,
+}
+
+/// TLS settings (`tls`). Paths are checked for existence and parsed when the node starts, not
+/// here, so a config can be validated on another machine.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsConfig {
+    /// PEM certificate chain the listener serves (`tls.certFile`); set together with `key_file`.
+    pub cert_file: Option<String>,
+    /// PEM private key of `cert_file` (`tls.keyFile`).
+    pub key_file: Option<String>,
+    /// PEM CA bundle: when set, `wss://` peers must present a chain to exactly these CAs
+    /// (pinned); when unset, the system roots are used (`tls.caFile`).
+    pub ca_file: Option<String>,
 }
 
 /// One outbound peer (`peers[]`).
@@ -282,6 +300,10 @@ pub struct ToolProxyConfig {
     pub deny: Vec<String>,
     /// Cap on one tool response, in bytes.
     pub max_output_bytes: usize,
+    /// Filesystem root for remote `read` / `write` / `edit` and exec workdirs (JSON
+    /// `toolProxy.root`, an absolute path). `None` = the OpenClaw agent workspace the shim passes
+    /// at start; see [`crate::tools::paths`] for the rules.
+    pub root: Option<String>,
 }
 
 impl Default for ToolProxyConfig {
@@ -291,6 +313,7 @@ impl Default for ToolProxyConfig {
             allow: Vec::new(),
             deny: Vec::new(),
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            root: None,
         }
     }
 }
@@ -389,6 +412,7 @@ impl Config {
             "heartbeatMisses": self.heartbeat_misses,
             "forgetAfterMs": self.forget_after_ms,
             "toolProxy": self.tool_proxy.to_json(),
+            "tls": self.tls.to_json(),
         })
     }
 
@@ -422,6 +446,7 @@ impl fmt::Debug for Config {
             .field("heartbeat_misses", &self.heartbeat_misses)
             .field("forget_after_ms", &self.forget_after_ms)
             .field("tool_proxy", &self.tool_proxy)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -482,13 +507,34 @@ impl ProxyModelConfig {
     }
 }
 
+impl TlsConfig {
+    fn to_json(&self) -> Value {
+        let mut obj = serde_json::Map::new();
+        let fields = [
+            ("certFile", &self.cert_file),
+            ("keyFile", &self.key_file),
+            ("caFile", &self.ca_file),
+        ];
+        for (key, value) in fields {
+            if let Some(v) = value {
+                obj.insert(key.to_owned(), Value::from(v.as_str()));
+            }
+        }
+        Value::Object(obj)
+    }
+}
+
 impl ToolProxyConfig {
     fn to_json(&self) -> Value {
-        json!({
+        let mut v = json!({
             "enabled": self.enabled,
             "allow": self.allow,
             "deny": self.deny,
             "maxOutputBytes": self.max_output_bytes,
-        })
+        });
+        if let (Some(root), Some(obj)) = (&self.root, v.as_object_mut()) {
+            obj.insert("root".to_owned(), Value::from(root.as_str()));
+        }
+        v
     }
 }

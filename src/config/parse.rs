@@ -36,6 +36,7 @@ const ROOT_KEYS: &[&str] = &[
     "heartbeatMisses",
     "forgetAfterMs",
     "toolProxy",
+    "tls",
 ];
 const PEER_KEYS: &[&str] = &["nodeId", "url"];
 const AGENT_KEYS: &[&str] = &["id", "description", "tags"];
@@ -52,7 +53,8 @@ const MODEL_KEYS: &[&str] = &[
 ];
 const COST_KEYS: &[&str] = &["input", "output", "cacheRead", "cacheWrite"];
 const PROXY_MODEL_KEYS: &[&str] = &["id", "nodeId", "description"];
-const TOOL_PROXY_KEYS: &[&str] = &["enabled", "allow", "deny", "maxOutputBytes"];
+const TOOL_PROXY_KEYS: &[&str] = &["enabled", "allow", "deny", "maxOutputBytes", "root"];
+const TLS_KEYS: &[&str] = &["certFile", "keyFile", "caFile"];
 
 /// Entry point of [`Config::from_json`].
 pub(super) fn parse(v: &Value) -> Result<Validated, ConfigError> {
@@ -458,6 +460,16 @@ impl Reader {
             None => ToolProxyConfig::default(),
             Some(v) => self.tool_proxy(v),
         };
+        let tls = match map.get("tls") {
+            None => TlsConfig::default(),
+            Some(v) => self.tls(v),
+        };
+        if !listen && (tls.cert_file.is_some() || tls.key_file.is_some()) {
+            self.warn(
+                "tls.certFile",
+                "ignored: this node does not listen (listen is false)",
+            );
+        }
 
         if listen && listen_port == proxy_port && is_loopback_or_unspecified(&listen_host) {
             self.error(
@@ -490,6 +502,7 @@ impl Reader {
             heartbeat_misses,
             forget_after_ms,
             tool_proxy,
+            tls,
         })
     }
 
@@ -773,6 +786,69 @@ impl Reader {
             allow: self.string_list(obj, path, "allow", tool_name_problem),
             deny: self.string_list(obj, path, "deny", tool_name_problem),
             max_output_bytes: self.max_output_bytes(obj, path),
+            root: self.tool_root(obj, path),
+        }
+    }
+
+    /// `toolProxy.root`: an absolute path (no `~` expansion: the gateway may run as another
+    /// user), without NUL, at most [`TOOL_ROOT_MAX_BYTES`]. Existence is checked per call.
+    fn tool_root(&mut self, obj: &Map<String, Value>, path: &str) -> Option<String> {
+        let root = self.string(obj, path, "root", false)?;
+        let field = join(path, "root");
+        let why = if root.is_empty() {
+            "must not be empty (omit it to use the agent workspace)"
+        } else if root.len() > TOOL_ROOT_MAX_BYTES {
+            "is too long"
+        } else if root.contains('\0') {
+            "must not contain NUL"
+        } else if !std::path::Path::new(&root).is_absolute() {
+            "must be an absolute path (\"~\" is not expanded)"
+        } else {
+            return Some(root);
+        };
+        self.error(field, why);
+        None
+    }
+
+    fn tls(&mut self, v: &Value) -> TlsConfig {
+        let path = "tls";
+        let Some(obj) = self.object(v, path, TLS_KEYS) else {
+            return TlsConfig::default();
+        };
+        let mut file = |key: &str| {
+            let s = self.string(obj, path, key, false)?;
+            if s.is_empty() || s.chars().any(char::is_control) {
+                self.error(
+                    join(path, key),
+                    "must be a non-empty file path without control characters",
+                );
+                return None;
+            }
+            Some(s)
+        };
+        let cert_file = file("certFile");
+        let key_file = file("keyFile");
+        let ca_file = file("caFile");
+        match (
+            &cert_file,
+            &key_file,
+            obj.get("certFile"),
+            obj.get("keyFile"),
+        ) {
+            (Some(_), None, _, None) => self.error(
+                "tls.keyFile",
+                "is required when tls.certFile is set (set both or neither)",
+            ),
+            (None, Some(_), None, _) => self.error(
+                "tls.certFile",
+                "is required when tls.keyFile is set (set both or neither)",
+            ),
+            _ => {}
+        }
+        TlsConfig {
+            cert_file,
+            key_file,
+            ca_file,
         }
     }
 

@@ -155,6 +155,17 @@ fn validation_rows() -> Vec<Row> {
         err("maxOutputBytes below 1 KiB is rejected", json!({"toolProxy": {"maxOutputBytes": 100}}), "toolProxy.maxOutputBytes", "must be between 1024 and 67108864, got 100"),
         err("maxOutputBytes above 64 MiB is rejected", json!({"toolProxy": {"maxOutputBytes": 67108865}}), "toolProxy.maxOutputBytes", "got 67108865"),
         ok("maxOutputBytes of exactly 64 MiB is fine", json!({"toolProxy": {"maxOutputBytes": 67108864}})),
+        ok("tls with cert and key is accepted", json!({"listen": true, "tls": {"certFile": "/c.pem", "keyFile": "/k.pem"}})),
+        ok("tls with only a CA bundle is accepted", json!({"tls": {"caFile": "/ca.pem"}})),
+        err("tls.certFile without keyFile is rejected", json!({"listen": true, "tls": {"certFile": "/c.pem"}}), "tls.keyFile", "is required when tls.certFile is set"),
+        err("tls.keyFile without certFile is rejected", json!({"listen": true, "tls": {"keyFile": "/k.pem"}}), "tls.certFile", "is required when tls.keyFile is set"),
+        err("an empty tls.caFile is rejected", json!({"tls": {"caFile": ""}}), "tls.caFile", "must be a non-empty file path"),
+        err("an unknown tls field is rejected", json!({"tls": {"pinned": true}}), "tls.pinned", "unknown field"),
+        ok("an absolute toolProxy.root is accepted", json!({"toolProxy": {"root": "/srv/agent"}})),
+        err("a relative toolProxy.root is rejected", json!({"toolProxy": {"root": "work"}}), "toolProxy.root", "must be an absolute path"),
+        err("a tilde toolProxy.root is rejected", json!({"toolProxy": {"root": "~/work"}}), "toolProxy.root", "\"~\" is not expanded"),
+        err("an empty toolProxy.root is rejected", json!({"toolProxy": {"root": ""}}), "toolProxy.root", "must not be empty"),
+        err("toolProxy.root must be a string", json!({"toolProxy": {"root": 1}}), "toolProxy.root", "expected a string, got number"),
         err("heartbeatIntervalMs below 100 is rejected", json!({"heartbeatIntervalMs": 99}), "heartbeatIntervalMs", "between 100 and 600000"),
         ok("heartbeatIntervalMs of 600000 is fine", json!({"heartbeatIntervalMs": 600000})),
         err("heartbeatMisses of 0 is rejected", json!({"heartbeatMisses": 0}), "heartbeatMisses", "between 1 and 100"),
@@ -229,7 +240,8 @@ fn minimal_config_gets_every_documented_default() {
             enabled: false,
             allow: vec![],
             deny: vec![],
-            max_output_bytes: 1_048_576
+            max_output_bytes: 1_048_576,
+            root: None,
         }
     );
     // Not listening and no peers: accepted, with the isolation warning.
@@ -356,7 +368,8 @@ fn to_json_round_trips_a_full_config() {
         "proxyModels": [{"id": "claude-sonnet", "nodeId": "cloud-01", "description": "big"}],
         "tags": ["office", "gpu"], "handoffTimeout": 1000, "handoffMaxMs": 2000,
         "heartbeatIntervalMs": 100, "heartbeatMisses": 100, "forgetAfterMs": 5000,
-        "toolProxy": {"enabled": true, "allow": ["exec"], "deny": ["write"], "maxOutputBytes": 4096}
+        "toolProxy": {"enabled": true, "allow": ["exec"], "deny": ["write"], "maxOutputBytes": 4096, "root": "/srv/agent"},
+        "tls": {"certFile": "/etc/cm/cert.pem", "keyFile": "/etc/cm/key.pem", "caFile": "/etc/cm/ca.pem"}
     });
     let c = Config::from_json(&input).unwrap().config;
     assert_eq!(c.to_json(), input);

@@ -12,7 +12,8 @@ pub const DEFAULT_MAX_INFLIGHT_CALLS: usize = 1024;
 pub struct CallState {
     pub dst: NodeId,
     pub method: String,
-    /// Inactivity window in ms; each chunk moves `deadline_at` to `now + deadline_ms`.
+    /// Inactivity window in ms; each chunk received and each credit granted moves
+    /// `deadline_at` to `now + deadline_ms`.
     pub deadline_ms: u64,
     pub deadline_at: u64,
 }

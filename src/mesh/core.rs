@@ -933,6 +933,29 @@ impl Mesh {
         true
     }
 
+    /// The consumer of call `call_id` made progress (took a buffered chunk): push its
+    /// inactivity deadline to `now + deadline_ms`. `false` if the call is unknown.
+    pub fn touch_call(&mut self, now: u64, call_id: CallId) -> bool {
+        self.touch(now);
+        if self.calls.get(&call_id).is_none() {
+            return false;
+        }
+        self.calls.touch(&call_id, now);
+        true
+    }
+
+    /// Grant the server of stream `call_id` `chunks` more chunks (flow control): sends `credit`
+    /// and, because the consumer is making progress, pushes the inactivity deadline too.
+    /// `false` if the call is unknown.
+    pub fn send_credit(&mut self, now: u64, call_id: CallId, chunks: u64) -> bool {
+        let Some(dst) = self.calls.get(&call_id).map(|c| c.dst.clone()) else {
+            return false;
+        };
+        self.calls.touch(&call_id, now);
+        let _ = self.send(now, dst, Body::Credit { call_id, chunks }, Vec::new());
+        true
+    }
+
     // ----- timers ------------------------------------------------------------------------
 
     /// Run everything due at `now` (see the module docs for the order).
@@ -1044,10 +1067,13 @@ impl Mesh {
             return;
         }
         self.routes_dirty = false;
+        // Weigh our own links with the RTT we advertised, not the live one: every node must
+        // compute routes over the same edge weights, or hop-by-hop forwarding can bounce a frame
+        // back the way it came (dropped as a loop) while views disagree.
         let own_links: Vec<(NodeId, u32)> = self
             .links
             .values()
-            .map(|l| (l.peer.clone(), l.rtt_ms()))
+            .map(|l| (l.peer.clone(), l.advertised_rtt))
             .collect();
         let new = routes::compute(&self.cfg.node_id, &own_links, self.records.live());
         let old = std::mem::replace(&mut self.routes, new);

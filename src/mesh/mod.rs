@@ -64,7 +64,7 @@ pub struct MeshConfig {
     pub default_ttl: u8,
     /// Dedup cache capacity in frame ids. Default 65 536.
     pub dedup_capacity: usize,
-    /// Most simultaneous links. Default 64.
+    /// Most simultaneous links. Default 1024 (a cloud relay serves many home/office nodes).
     pub max_links: usize,
     /// Most in-flight calls we originate. Default 1024.
     pub max_inflight_calls: usize,
@@ -87,7 +87,7 @@ impl MeshConfig {
             anti_entropy_interval_ms: 10_000,
             default_ttl: crate::proto::frame::DEFAULT_TTL,
             dedup_capacity: dedup::DEFAULT_DEDUP_CAPACITY,
-            max_links: 64,
+            max_links: 1024,
             max_inflight_calls: calls::DEFAULT_MAX_INFLIGHT_CALLS,
             max_nodes: 4096,
             max_pending_outputs: 65_536,

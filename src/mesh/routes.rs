@@ -93,7 +93,9 @@ pub fn compute<'a>(
     for (p, rtt) in own_links {
         let v = index[p.as_str()];
         let back = reported[v].get(&me).copied().unwrap_or(0);
-        adj[me].push((v, weight(*rtt, if *rtt == 0 { back } else { 0 })));
+        // The same symmetric weight every other node computes for this edge (our advertised
+        // RTT and the peer's), so all views agree once records have spread.
+        adj[me].push((v, weight(*rtt, back)));
     }
     for u in 0..ids.len() {
         if u == me {

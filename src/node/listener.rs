@@ -1,40 +1,172 @@
-//! The mesh listener: accepts inbound TCP connections on `listenHost:listenPort`.
+//! The mesh listener: accepts inbound connections on `listenHost:listenPort`, optionally wraps
+//! them in TLS, upgrades to WebSocket and hands each one to its own link task.
 //!
-//! Until the mesh protocol lands (docs/PROTOCOL.md), accepted sockets are closed at once and
-//! counted; the listener exists so the port is owned, reported and released correctly.
+//! Flow per connection (one task): TLS accept (if configured) → WebSocket upgrade with small
+//! pre-auth limits → handshake ([`super::link::accept_handshake`]) → re-frame the socket with
+//! the full frame limits → [`super::link::run`].
+//!
+//! At most [`MAX_PENDING_HANDSHAKES`] connections may be unauthenticated at once; extra ones are
+//! closed at accept. Each pending one is bounded in time (the handshake deadline, also applied to
+//! TLS and the upgrade) and in memory (`link::HANDSHAKE_MAX_MESSAGE`), so a flood of idle or
+//! junk sockets costs at most 64 × a few KiB and goes away within the handshake timeout.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
 
-use super::events::EventQueue;
+use super::events::Level;
+use super::link::{self, LinkCtx};
+use crate::mesh::Direction;
+use crate::proto::handshake::HANDSHAKE_TIMEOUT_MS;
+use crate::proto::{NonceCache, RejectCode};
 
-/// Accept until shutdown. Dropping the listener on return releases the port.
-pub async fn serve(
-    listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
-    events: Arc<EventQueue>,
-) {
+/// Most inbound connections that may be in TLS/upgrade/handshake at once. 64 covers a burst of
+/// every peer of a large mesh reconnecting together; beyond it sockets are closed at accept.
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
+
+/// Everything the accept loop shares with its connection tasks.
+pub(crate) struct Listener {
+    pub ctx: Arc<LinkCtx>,
+    pub tls: Option<TlsAcceptor>,
+    /// The listener-wide replay cache. A std `Mutex`: it is held only for one synchronous
+    /// `Acceptor::on_frame` call, never across an `.await`.
+    pub nonces: Arc<Mutex<NonceCache>>,
+}
+
+/// Accept until shutdown. Dropping the listener on return releases the port; connection tasks
+/// already running are then awaited (the actor closes registered links gracefully).
+pub(crate) async fn serve(listener: TcpListener, this: Listener) {
+    let this = Arc::new(this);
+    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let mut shutdown = this.ctx.shutdown.clone();
+    let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             biased;
-            // Shutdown first: a stop must never wait behind a flood of connections.
+            // 1. Shutdown first: a stop must never wait behind a flood of connections.
             _ = shutdown.changed() => break,
+            // 2. Inbound connections.
             accepted = listener.accept() => match accepted {
-                Ok((sock, peer)) => {
-                    events.push(
-                        super::events::Level::Debug,
-                        format!("mesh listener: connection from {peer} closed (mesh links not built yet)"),
-                    );
-                    drop(sock);
-                }
+                Ok((sock, addr)) => match pending.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        conns.spawn(connection(this.clone(), sock, addr, permit));
+                    }
+                    Err(_) => {
+                        this.ctx.events.push(
+                            Level::Debug,
+                            format!("mesh listener: {addr} closed at accept: \
+                                     {MAX_PENDING_HANDSHAKES} handshakes already pending"),
+                        );
+                        drop(sock);
+                    }
+                },
                 Err(e) => {
-                    events.warn(format!("mesh listener: accept failed: {e}"));
+                    this.ctx.events.warn(format!("mesh listener: accept failed: {e}"));
                     // Back off briefly on errors like EMFILE instead of spinning.
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
+            // 3. Reap finished connection tasks so the set does not grow without bound.
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
+}
+
+async fn connection(
+    this: Arc<Listener>,
+    sock: TcpStream,
+    addr: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
+    let _ = sock.set_nodelay(true);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
+    match &this.tls {
+        None => upgrade(&this, sock, addr, deadline, permit).await,
+        Some(acceptor) => {
+            let mut shutdown = this.ctx.shutdown.clone();
+            // Shutdown first, then the TLS handshake (bounded by the handshake deadline).
+            let tls = tokio::select! {
+                biased;
+                _ = shutdown.changed() => return,
+                r = tokio::time::timeout_at(deadline, acceptor.accept(sock)) => r,
+            };
+            match tls {
+                Ok(Ok(stream)) => upgrade(&this, stream, addr, deadline, permit).await,
+                Ok(Err(e)) => {
+                    pre_handshake_reject(&this, addr, RejectCode::Malformed, &format!("TLS: {e}"))
+                        .await
+                }
+                Err(_) => {
+                    pre_handshake_reject(
+                        &this,
+                        addr,
+                        RejectCode::Timeout,
+                        "TLS handshake timed out",
+                    )
+                    .await
+                }
+            }
+        }
+    }
+}
+
+/// A failure before any WebSocket exists: log once and count, like a handshake rejection.
+async fn pre_handshake_reject(this: &Listener, addr: SocketAddr, code: RejectCode, why: &str) {
+    this.ctx.events.warn(format!(
+        "mesh: handshake rejected (inbound from {addr}): {code}: {why}"
+    ));
+    this.ctx.actor.handshake_rejected(code).await;
+}
+
+async fn upgrade<S>(
+    this: &Listener,
+    stream: S,
+    addr: SocketAddr,
+    deadline: tokio::time::Instant,
+    permit: OwnedSemaphorePermit,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let ctx = &this.ctx;
+    let mut shutdown = ctx.shutdown.clone();
+    // Shutdown first, then the upgrade (bounded by the handshake deadline).
+    let accepted = tokio::select! {
+        biased;
+        _ = shutdown.changed() => return,
+        r = tokio::time::timeout_at(
+            deadline,
+            tokio_tungstenite::accept_async_with_config(stream, Some(link::ws_handshake_config())),
+        ) => r,
+    };
+    let mut ws = match accepted {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            let why = format!("WebSocket upgrade failed: {e}");
+            return pre_handshake_reject(this, addr, RejectCode::Malformed, &why).await;
+        }
+        Err(_) => {
+            let why = "no WebSocket upgrade before the handshake deadline";
+            return pre_handshake_reject(this, addr, RejectCode::Timeout, why).await;
+        }
+    };
+    let peer = match link::accept_handshake(&mut ws, ctx, &this.nonces, addr).await {
+        Ok(peer) => peer,
+        Err(_) => return,
+    };
+    drop(permit);
+    // Authenticated: switch from the small pre-auth limits to the frame limits. The dialer sends
+    // nothing after `auth` until it has read our `welcome`, so no buffered bytes are lost here.
+    let raw = ws.into_inner();
+    let ws = WebSocketStream::from_raw_socket(raw, Role::Server, Some(link::ws_config())).await;
+    link::run(ws, ctx, peer, Direction::Inbound, addr.to_string()).await;
 }

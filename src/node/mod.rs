@@ -8,13 +8,35 @@
 //!
 //! # Layout
 //! - [`events`]: the bounded log/event queue the shim drains into OpenClaw's logger.
-//! - [`listener`]: the mesh listener socket.
+//! - [`actor`]: the task that owns the sans-IO [`Mesh`] (links, routes, calls, snapshot).
+//! - [`service`]: the serving side of calls ([`Service`], [`CallCtx`], [`ChunkSink`]).
+//! - [`stream`]: the calling side of streams ([`CallStream`], credit).
+//! - [`remote_tools`]: the `tool.call` service and the caller side of the remote tools.
+//! - [`link`]: one task per WebSocket: handshake, then the pump between socket and actor.
+//! - [`listener`]: the mesh listener socket (optional TLS), spawning inbound link tasks.
+//! - [`dialer`] + [`backoff`]: one task per configured peer, reconnecting with backoff.
+//! - [`tls`]: rustls server/client configs from `tls.*`.
 //! - `crate::proxy`: the local model proxy server.
+//!
+//! Tasks: actor (1), listener (1, plus one per inbound connection), dialer (1 per peer; its
+//! links run inside it), proxy (1 plus its connections), served calls (1 per call, at most
+//! [`MAX_SERVED_CALLS`]), remote tool calls started here (1 per call). All stop on the shutdown signal; the
+//! actor sends `leave` and closes every link with 1000 after a bounded flush.
 
+pub mod actor;
+pub mod backoff;
+pub mod dialer;
 pub mod events;
+pub mod link;
 pub mod listener;
+#[cfg(unix)]
+pub mod remote_tools;
+pub mod service;
+pub mod stream;
+pub mod tls;
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,10 +45,17 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::error::{Error, ErrorCode, Result};
-use crate::status::{AgentView, ModelView, StatusReport};
+use crate::mesh::{LocalInfo, Mesh, MeshConfig, MeshStats, PeerState as MeshPeerState};
+use crate::proto::{AgentInfo, HandshakeConfig, ModelInfo, NonceCache};
+use crate::status::{AgentView, MeshCounters, ModelView, PeerState, PeerView, StatusReport};
 use crate::tools::catalog;
 
+pub use actor::{MeshSnapshot, Services};
 pub use events::{EventQueue, NodeEvent};
+pub use service::{
+    BoxFuture, CallCtx, ChunkSink, Service, MAX_SERVED_CALLS, METHOD_ECHO, METHOD_STREAM,
+};
+pub use stream::{CallOptions, CallStream, StreamItem};
 
 /// How long `stop()` waits for tasks to finish after the shutdown signal before aborting them.
 const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -34,8 +63,15 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 /// Options for [`Node::start`].
 #[derive(Debug, Clone, Default)]
 pub struct StartOptions {
-    /// Plugin state directory (OpenClaw's service `stateDir`); created if missing.
+    /// Plugin state directory (OpenClaw's service `stateDir`); created if missing. The tool
+    /// audit log is `<stateDir>/audit.log`.
     pub state_dir: Option<std::path::PathBuf>,
+    /// The agent workspace: the remote tools' filesystem root when `toolProxy.root` is unset.
+    pub workspace_dir: Option<std::path::PathBuf>,
+    /// This gateway's port, for tools run through its `POST /tools/invoke`.
+    pub gateway_port: Option<u16>,
+    /// This gateway's auth token for `POST /tools/invoke`.
+    pub gateway_token: Option<String>,
 }
 
 /// What `start()` bound.
@@ -49,8 +85,14 @@ struct Running {
     runtime: tokio::runtime::Runtime,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// Start time; also the epoch of the mesh clock (ms since start).
     started: Instant,
     info: StartInfo,
+    actor: actor::ActorHandle,
+    snapshot: watch::Receiver<MeshSnapshot>,
+    /// The serving side of remote tools (policy, audit), for status.
+    #[cfg(unix)]
+    tools: Arc<crate::tools::serve::ToolServer>,
 }
 
 /// A mesh node: configuration plus, while started, its runtime and sockets.
@@ -60,6 +102,8 @@ pub struct Node {
     config: Arc<Config>,
     running: Mutex<Option<Running>>,
     events: Arc<EventQueue>,
+    /// Services registered by the embedder, added at the next `start()`.
+    extra_services: Mutex<Services>,
 }
 
 impl Node {
@@ -69,6 +113,7 @@ impl Node {
             config: Arc::new(config),
             running: Mutex::new(None),
             events: Arc::new(EventQueue::new()),
+            extra_services: Mutex::new(Services::new()),
         }
     }
 
@@ -79,6 +124,15 @@ impl Node {
     /// The queue the shim drains for logs and events.
     pub fn events(&self) -> Arc<EventQueue> {
         self.events.clone()
+    }
+
+    /// Serve `method` with `service` from the next `start()` on (a running node is not
+    /// changed). Replaces a built-in service of the same name.
+    pub fn register_service(&self, method: &str, service: Arc<dyn Service>) {
+        self.extra_services
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(method.to_string(), service);
     }
 
     /// Bind the sockets and start serving. Idempotent: a running node returns what it bound.
@@ -95,8 +149,24 @@ impl Node {
                 )
             })?;
         }
+        // Load TLS material before binding anything: a bad file fails start() naming the field.
+        let tls_acceptor = if self.config.listen {
+            tls::server(&self.config.tls)?
+        } else {
+            None
+        };
+        let needs_client_tls =
+            self.config.peers.iter().any(|p| p.parsed.tls) || self.config.tls.ca_file.is_some();
+        let tls_connector = if needs_client_tls {
+            Some(tls::client(&self.config.tls)?)
+        } else {
+            None
+        };
+        let started = Instant::now();
+        let mesh = build_mesh(&self.config)?;
+
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(worker_threads())
             .thread_name("clawmatrix")
             .enable_all()
             .build()
@@ -123,8 +193,77 @@ impl Node {
                 .map_err(|e| Error::new(ErrorCode::Internal, format!("proxy addr: {e}")))?,
         };
         let _enter = runtime.enter();
+        #[cfg(unix)]
+        let tools = Arc::new(crate::tools::serve::ToolServer::new(
+            &self.config,
+            opts.workspace_dir.clone(),
+            opts.state_dir.clone(),
+        ));
+        let mut services = Services::new();
+        services.insert(METHOD_ECHO.to_string(), Arc::new(service::EchoService));
+        services.insert(
+            METHOD_STREAM.to_string(),
+            Arc::new(service::StreamTestService),
+        );
+        #[cfg(unix)]
+        services.insert(
+            remote_tools::METHOD_TOOL_CALL.to_string(),
+            Arc::new(remote_tools::ToolService {
+                server: Arc::clone(&tools),
+                gateway: remote_tools::GatewayTarget {
+                    port: opts.gateway_port,
+                    token: opts.gateway_token.clone(),
+                },
+                node_id: self.config.node_id.clone(),
+            }),
+        );
+        for (k, v) in self
+            .extra_services
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            services.insert(k.clone(), Arc::clone(v));
+        }
+        let (actor, snapshot, actor_task) = actor::spawn(
+            mesh,
+            started,
+            self.events.clone(),
+            shutdown_rx.clone(),
+            services,
+        );
+        tasks.spawn(actor_task);
+        let ctx = Arc::new(link::LinkCtx {
+            actor: actor.clone(),
+            events: self.events.clone(),
+            handshake: HandshakeConfig::new(
+                self.config.node_id.clone(),
+                self.config.secret.as_bytes().to_vec(),
+            ),
+            epoch: started,
+            next_link: AtomicU64::new(1),
+            shutdown: shutdown_rx.clone(),
+        });
         if let Some(l) = listener {
-            tasks.spawn(listener::serve(l, shutdown_rx.clone(), self.events.clone()));
+            let this = listener::Listener {
+                ctx: ctx.clone(),
+                tls: tls_acceptor,
+                nonces: Arc::new(Mutex::new(NonceCache::default())),
+            };
+            tasks.spawn(listener::serve(l, this));
+        }
+        for peer in &self.config.peers {
+            let target = dialer::DialTarget {
+                peer: peer.clone(),
+                tls: if peer.parsed.tls {
+                    tls_connector.clone()
+                } else {
+                    None
+                },
+                heartbeat: Duration::from_millis(self.config.heartbeat_interval_ms),
+                seed: os_u64(),
+            };
+            tasks.spawn(dialer::run(ctx.clone(), target));
         }
         tasks.spawn(crate::proxy::serve(
             proxy,
@@ -137,7 +276,14 @@ impl Node {
             "node {} started: mesh {}, model proxy on {}",
             self.config.node_id,
             info.listen_addr
-                .map(|a| format!("listening on {a}"))
+                .map(|a| {
+                    let scheme = if self.config.tls.cert_file.is_some() {
+                        "wss"
+                    } else {
+                        "ws"
+                    };
+                    format!("listening on {a} ({scheme})")
+                })
                 .unwrap_or_else(|| "dial-out only".into()),
             info.proxy_addr
         ));
@@ -145,8 +291,12 @@ impl Node {
             runtime,
             shutdown,
             tasks,
-            started: Instant::now(),
+            started,
             info: info.clone(),
+            actor,
+            snapshot,
+            #[cfg(unix)]
+            tools,
         });
         Ok(info)
     }
@@ -176,7 +326,8 @@ impl Node {
         self.lock().is_some()
     }
 
-    /// The status report (spec §4 shape plus diagnostics).
+    /// The status report (spec §4 shape plus diagnostics). Synchronous: it reads the snapshot
+    /// the actor last published.
     pub fn status(&self) -> StatusReport {
         let guard = self.lock();
         let c = &self.config;
@@ -188,10 +339,20 @@ impl Node {
             ),
             None => (false, 0, None),
         };
+        let snapshot = guard.as_ref().map(|r| r.snapshot.borrow().clone());
+        #[cfg(unix)]
+        let tools = guard.as_ref().map(|r| tools_view(&r.tools));
+        #[cfg(not(unix))]
+        let tools: Option<serde_json::Value> = None;
+        drop(guard);
         let listen = match (c.listen, listen_addr) {
             (true, Some(a)) => serde_json::Value::from(a.port()),
             (true, None) => serde_json::Value::from(c.listen_port),
             (false, _) => serde_json::Value::Bool(false),
+        };
+        let (peers, mesh) = match &snapshot {
+            Some(s) => (peer_views(s, uptime_ms), mesh_counters(s)),
+            None => (Vec::new(), MeshCounters::default()),
         };
         StatusReport {
             node_id: c.node_id.clone(),
@@ -220,8 +381,70 @@ impl Node {
                 })
                 .collect(),
             tags: c.tags.clone(),
-            peers: Vec::new(),
+            peers,
+            mesh,
+            tools,
         }
+    }
+
+    /// Send `method` with `payload` to node `dst` and wait for its reply payload, at most
+    /// `timeout` (the call's inactivity deadline in the mesh). Errors: `NotRunning`,
+    /// `Unreachable` (no route), `Timeout`, `Remote` (the reply's code and message),
+    /// `Cancelled` (the node stopped first, or too many requests in flight).
+    ///
+    /// Talks to the node's actor over channels only, so it may be awaited from any runtime.
+    pub async fn request(
+        &self,
+        dst: &str,
+        method: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        let actor = self.lock().as_ref().map(|r| r.actor.clone());
+        let Some(actor) = actor else {
+            return Err(Error::new(
+                ErrorCode::NotRunning,
+                format!("request to {dst}: the node is not running"),
+            ));
+        };
+        actor.request(dst, method, payload, timeout).await
+    }
+
+    /// Open a call to `dst` whose answer may be streamed: the server answers with chunks and
+    /// an end, or one reply (seen as [`StreamItem::End`]). See [`CallStream`] for flow control
+    /// and errors; dropping the stream cancels the call on the server.
+    pub async fn call_stream(
+        &self,
+        dst: &str,
+        method: &str,
+        payload: Vec<u8>,
+        opts: CallOptions,
+    ) -> Result<CallStream> {
+        let actor = self.lock().as_ref().map(|r| r.actor.clone());
+        let Some(actor) = actor else {
+            return Err(Error::new(
+                ErrorCode::NotRunning,
+                format!("call to {dst}: the node is not running"),
+            ));
+        };
+        actor.open_stream(dst, method, payload, opts.deadline).await
+    }
+
+    /// The mesh core's counters as last published, while running.
+    pub fn mesh_stats(&self) -> Option<MeshStats> {
+        self.lock()
+            .as_ref()
+            .map(|r| r.snapshot.borrow().stats.clone())
+    }
+
+    /// The whole mesh snapshot (peers, counters) as last published, while running.
+    pub fn mesh_snapshot(&self) -> Option<MeshSnapshot> {
+        self.lock().as_ref().map(|r| r.snapshot.borrow().clone())
+    }
+
+    /// The node's runtime, while running, so tests and benchmarks can run futures on it.
+    pub fn runtime_handle(&self) -> Option<tokio::runtime::Handle> {
+        self.lock().as_ref().map(|r| r.runtime.handle().clone())
     }
 
     /// Run a tool call: validate the arguments, then dispatch. The result is the text the model
@@ -245,9 +468,76 @@ impl Node {
                     .map_err(|e| Error::new(ErrorCode::Internal, e.to_string()))?;
                 Ok(ToolOutput { text, details })
             }
-            other => Err(not_built(other)),
+            "cluster_handoff" | "cluster_send" => Err(not_built(name)),
+            other => Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!("{other} streams its result: use Node::start_tool"),
+            )),
         }
     }
+
+    /// Run a tool call, streaming: validate the arguments, then `cluster_peers` answers at
+    /// once, `cluster_exec` / `cluster_read` / `cluster_write` / `cluster_tool` run on the
+    /// target node (see [`remote_tools`]), handoff and send are not built yet. Pull the steps
+    /// with [`remote_tools::ToolCall::next`].
+    #[cfg(unix)]
+    pub fn start_tool(
+        &self,
+        name: &str,
+        args: &serde_json::Value,
+        caller: remote_tools::ToolCaller,
+    ) -> remote_tools::ToolCall {
+        use remote_tools::{ToolCall, ToolEvent};
+        let Some(spec) = catalog::find(name) else {
+            return ToolCall::ready(Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!("unknown tool {name:?}"),
+            )));
+        };
+        let args = match catalog::validate_args(spec, args) {
+            Ok(a) => a,
+            Err(e) => return ToolCall::ready(Err(e)),
+        };
+        let running = self
+            .lock()
+            .as_ref()
+            .map(|r| (r.runtime.handle().clone(), r.actor.clone()));
+        let Some((runtime, actor)) = running else {
+            return ToolCall::ready(Err(Error::new(
+                ErrorCode::NotRunning,
+                format!("{name}: the clawmatrix service is not running on this gateway"),
+            )));
+        };
+        match name {
+            "cluster_exec" | "cluster_read" | "cluster_write" | "cluster_tool" => {
+                remote_tools::start_remote(
+                    &runtime,
+                    actor,
+                    self.config.node_id.clone(),
+                    name,
+                    &args,
+                    caller,
+                )
+            }
+            _ => ToolCall::ready(
+                self.invoke_tool(name, &serde_json::Value::Object(args))
+                    .map(ToolEvent::Result),
+            ),
+        }
+    }
+}
+
+/// The `tools` section of the status report: policy and audit summary.
+#[cfg(unix)]
+fn tools_view(t: &crate::tools::serve::ToolServer) -> serde_json::Value {
+    let p = t.policy();
+    serde_json::json!({
+        "enabled": p.enabled(),
+        "allow": p.allow_list(),
+        "deny": p.deny_list(),
+        "root": t.root_path().map(|r| r.display().to_string()),
+        "audit": t.audit_summary().to_json(),
+    })
 }
 
 impl Drop for Node {
@@ -286,6 +576,154 @@ fn drain(mut running: Running) {
     running.runtime.shutdown_timeout(STOP_GRACE);
 }
 
+/// A u64 from the OS RNG (mesh seed, jitter seeds). If the OS cannot provide one, fall back to
+/// the clock: these seeds only spread timers and ids, they protect no secret (nonces do not
+/// use this path; see `link::os_nonce`).
+fn os_u64() -> u64 {
+    getrandom::u64().unwrap_or_else(|_| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x5eed)
+    })
+}
+
+/// The mesh core for this config: identity, timers, and our own record (agents, models, tags).
+fn build_mesh(c: &Config) -> Result<Mesh> {
+    // Incarnation = wall-clock ms at start, so it grows across restarts (PROTOCOL.md §4.2).
+    let incarnation = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(1)
+        .max(1);
+    let mut cfg = MeshConfig::new(c.node_id.clone(), incarnation, os_u64());
+    cfg.heartbeat_interval_ms = c.heartbeat_interval_ms;
+    cfg.heartbeat_misses = c.heartbeat_misses;
+    cfg.forget_after_ms = c.forget_after_ms;
+    let local = LocalInfo {
+        listen: c.listen,
+        agents: c
+            .agents
+            .iter()
+            .map(|a| AgentInfo {
+                id: a.id.clone(),
+                description: a.description.clone(),
+                tags: a.tags.clone(),
+            })
+            .collect(),
+        models: c
+            .models
+            .iter()
+            .map(|m| {
+                let mut extra = serde_json::Map::new();
+                extra.insert("provider".into(), m.provider.clone().into());
+                extra.insert("api".into(), m.api.as_str().into());
+                extra.insert("reasoning".into(), m.reasoning.into());
+                let input: Vec<&str> = m.input.iter().map(|i| i.as_str()).collect();
+                extra.insert("input".into(), input.into());
+                extra.insert("contextWindow".into(), m.context_window.into());
+                extra.insert("maxTokens".into(), m.max_tokens.into());
+                ModelInfo {
+                    id: m.id.clone(),
+                    description: m.description.clone(),
+                    extra,
+                }
+            })
+            .collect(),
+        tags: c.tags.clone(),
+    };
+    let mut mesh = Mesh::new(cfg, LocalInfo::default(), 0);
+    mesh.update_local(0, local).map_err(|e| {
+        Error::new(
+            ErrorCode::ConfigInvalid,
+            format!("agents/models/tags: too much to announce: {e}"),
+        )
+    })?;
+    Ok(mesh)
+}
+
+/// Status rows from a snapshot; `now_ms` is the mesh clock now (ms since start).
+fn peer_views(s: &MeshSnapshot, now_ms: u64) -> Vec<PeerView> {
+    s.peers
+        .iter()
+        .map(|p| {
+            let (state, connected, via) = match &p.state {
+                MeshPeerState::Direct => (PeerState::Direct, true, None),
+                MeshPeerState::Via { next_hop, .. } => {
+                    (PeerState::Relayed, false, Some(next_hop.clone()))
+                }
+                MeshPeerState::Unreachable { .. } => (PeerState::Unreachable, false, None),
+            };
+            PeerView {
+                node_id: p.node.clone(),
+                state,
+                connected,
+                reachable_via: via,
+                hops: p.hops,
+                latency_ms: p.latency_ms.map(|l| l as f64),
+                last_seen_ms_ago: Some(now_ms.saturating_sub(p.last_seen_ms)),
+                agents: p
+                    .agents
+                    .iter()
+                    .map(|a| AgentView {
+                        id: a.id.clone(),
+                        description: a.description.clone(),
+                        tags: a.tags.clone(),
+                    })
+                    .collect(),
+                models: p
+                    .models
+                    .iter()
+                    .map(|m| ModelView {
+                        id: m.id.clone(),
+                        provider: m
+                            .extra
+                            .get("provider")
+                            .and_then(|v| v.as_str())
+                            .map(String::from),
+                        description: m.description.clone(),
+                    })
+                    .collect(),
+                tags: p.tags.clone(),
+            }
+        })
+        .collect()
+}
+
+fn mesh_counters(s: &MeshSnapshot) -> MeshCounters {
+    let st = &s.stats;
+    let dropped = [
+        ("ttl", st.dropped_ttl),
+        ("dup", st.dropped_dup),
+        ("noRoute", st.dropped_no_route),
+        ("loop", st.dropped_loop),
+        ("backpressure", st.dropped_backpressure),
+        ("spoofed", st.dropped_spoofed),
+        ("unknownLink", st.unknown_link),
+        ("slowPeer", s.slow_peer_drops),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    MeshCounters {
+        links_up: s.links_up as u64,
+        frames_in: st.frames_in,
+        frames_out: st.frames_out,
+        bytes_in: st.bytes_in,
+        bytes_out: st.bytes_out,
+        delivered: st.delivered,
+        relayed: st.relayed,
+        dropped,
+        handshake_rejects: st.handshake_rejects.clone(),
+        decode_errors: st.decode_errors,
+        decode_errors_by_code: st.decode_errors_by_code.clone(),
+        heartbeat_timeouts: st.heartbeat_timeouts,
+        slow_peer_closes: s.slow_peer_closes,
+        calls_started: st.calls_started,
+        calls_failed: st.calls_failed,
+    }
+}
+
 fn not_built(tool: &str) -> Error {
     let capability = match tool {
         "cluster_handoff" => "handoff (remote agent runs)",
@@ -317,4 +755,16 @@ fn bind(
     let _enter = runtime.enter();
     tokio::net::TcpListener::from_std(std_listener)
         .map_err(|e| Error::new(ErrorCode::BindFailed, format!("{field}: {addr}: {e}")))
+}
+
+/// Worker threads of a node's runtime (`CLAWMATRIX_WORKER_THREADS`, default 1). The mesh is one
+/// actor and each link one task: with a single worker every hop between them is a same-thread
+/// wake instead of a cross-thread one, which the benchmarks show is what dominates latency.
+/// Blocking work (file tools) goes to tokio's blocking pool, not to the worker.
+fn worker_threads() -> usize {
+    std::env::var("CLAWMATRIX_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| (1..=64).contains(n))
+        .unwrap_or(1)
 }

@@ -88,6 +88,9 @@ pub enum Body {
     },
     /// The caller gave up.
     Cancel { call_id: CallId, reason: String },
+    /// Flow control, receiver → sender of a stream: "you may send `chunks` more chunks".
+    /// The first `STREAM_WINDOW_CHUNKS` are implicit at call open.
+    Credit { call_id: CallId, chunks: u64 },
     /// A relay could not forward a frame of this call towards `node`.
     Unreachable { call_id: CallId, node: NodeId },
 }
@@ -105,6 +108,7 @@ pub const BODY_TYPES: &[&str] = &[
     "end",
     "cancel",
     "unreachable",
+    "credit",
 ];
 
 impl Body {
@@ -122,6 +126,7 @@ impl Body {
             Body::End { .. } => "end",
             Body::Cancel { .. } => "cancel",
             Body::Unreachable { .. } => "unreachable",
+            Body::Credit { .. } => "credit",
         }
     }
 
@@ -145,7 +150,8 @@ impl Body {
             | Body::Chunk { call_id, .. }
             | Body::End { call_id, .. }
             | Body::Cancel { call_id, .. }
-            | Body::Unreachable { call_id, .. } => Some(*call_id),
+            | Body::Unreachable { call_id, .. }
+            | Body::Credit { call_id, .. } => Some(*call_id),
             _ => None,
         }
     }

@@ -34,6 +34,13 @@ pub const MAX_VERSION: u16 = 1;
 pub const FEATURE_BINARY_FRAMES: u64 = 1 << 0;
 /// Feature bit 1: chunked streams (`chunk`/`end`).
 pub const FEATURE_STREAMS: u64 = 1 << 1;
+/// Stream flow-control window, in chunks: a server may have this many chunks in flight beyond
+/// the credit the receiver granted (implicit at call open). 64 × [`MAX_CHUNK_BYTES`] = 16 MiB,
+/// one maximum frame, so a stalled consumer pins at most that much per stream.
+pub const STREAM_WINDOW_CHUNKS: u64 = 64;
+/// Largest payload of one `chunk`, in bytes: 256 KiB keeps one chunk well under a link's writer
+/// queue and interleaves streams finely; larger payloads are split by the sender.
+pub const MAX_CHUNK_BYTES: usize = 256 * 1024;
 /// Features this build offers.
 pub const FEATURES: u64 = FEATURE_BINARY_FRAMES | FEATURE_STREAMS;
 /// Features a peer must offer to be accepted.

@@ -1,6 +1,21 @@
-//! The agent tools: their public definitions ([`catalog`]) and argument validation.
+//! The agent tools: their public definitions ([`catalog`]) and argument validation, and the
+//! serving side of remote tool calls.
 //!
-//! The remote executors (exec, read, write, edit) and their policy live here too as they are
-//! built; the shim registers whatever [`catalog::TOOLS`] lists and forwards calls unchanged.
+//! The shim registers whatever [`catalog::TOOLS`] lists and forwards calls unchanged. On the
+//! serving node, [`serve::ToolServer`] checks [`policy`] first, runs `exec` / `read` / `write` /
+//! `edit` natively ([`exec`], [`fs`], bounded by the [`paths`] root), hands other tools back for
+//! the local gateway, and records every call in the [`audit`] log.
+//!
+//! The executors use Unix process groups and file APIs; they are built on Unix only.
 
+pub mod audit;
 pub mod catalog;
+#[cfg(unix)]
+pub mod exec;
+#[cfg(unix)]
+pub mod fs;
+#[cfg(unix)]
+pub mod paths;
+pub mod policy;
+#[cfg(unix)]
+pub mod serve;

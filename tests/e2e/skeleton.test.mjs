@@ -13,10 +13,21 @@ import { freePort, portIsFree } from "../js/free-port.mjs";
 const SECRET = "e2e-secret-0123456789";
 let mock;
 let pkg;
-let solo; // plugin loaded from the extracted package via plugins.load.paths
-let packed; // starts without the plugin; installs the npm-pack tarball
+let solo; // plugin installed in dev mode: `openclaw plugins install -l <extracted package>`
+let packed; // installs the npm-pack tarball (release path) later
 const ports = {};
 const metrics = {};
+const SOLO_CONFIG = () => ({
+  nodeId: "solo-01",
+  secret: SECRET,
+  listen: true,
+  listenHost: "127.0.0.1",
+  listenPort: ports.listen,
+  proxyPort: ports.proxy,
+  agents: [{ id: "main", description: "the main agent", tags: ["general"] }],
+  models: [{ id: "mock-model", provider: "mock", description: "the mock" }],
+  tags: ["e2e", "solo"],
+});
 
 before(async () => {
   const provisioned = await provision({ log: (m) => console.log(`[provision] ${m}`) });
@@ -24,28 +35,22 @@ before(async () => {
   pkg = stagePlugin();
   ports.listen = await freePort();
   ports.proxy = await freePort();
-  [solo, packed] = await startGateways(
-    [
-      {
-        name: "solo",
-        pluginConfig: {
-          nodeId: "solo-01",
-          secret: SECRET,
-          listen: true,
-          listenHost: "127.0.0.1",
-          listenPort: ports.listen,
-          proxyPort: ports.proxy,
-          agents: [{ id: "main", description: "the main agent", tags: ["general"] }],
-          models: [{ id: "mock-model", provider: "mock", description: "the mock" }],
-          tags: ["e2e", "solo"],
-        },
-      },
-      { name: "packed" },
-    ],
-    { provisioned, mockUrl: mock.url, pluginDir: pkg.dir },
-  );
+  // Both start without clawmatrix: the baseline for the RSS comparison.
+  [solo, packed] = await startGateways([{ name: "solo" }, { name: "packed" }], { provisioned, mockUrl: mock.url });
   metrics.readyMs = { solo: solo.timings.readyMs, packed: packed.timings.readyMs };
-  // RSS with and without the plugin, measured at the same moment, both idle after start.
+  await new Promise((r) => setTimeout(r, 10_000));
+  metrics.idleRssBeforeKiB = { solo: solo.rss().mainKiB, packed: packed.rss().mainKiB };
+
+  const install = await solo.cli(["plugins", "install", "-l", pkg.dir, "--force", "--accept-capabilities"], { timeoutMs: 180_000 });
+  assert.equal(install.code, 0, `plugins install -l: ${install.stdout}\n${install.stderr}`);
+  const cfg = solo.readConfig();
+  cfg.plugins ??= {};
+  cfg.plugins.entries ??= {};
+  assert.ok(JSON.stringify(cfg.plugins.load?.paths ?? []).includes(pkg.dir), "install -l adds the folder to plugins.load.paths");
+  cfg.plugins.entries.clawmatrix = { ...(cfg.plugins.entries.clawmatrix ?? {}), enabled: true, config: SOLO_CONFIG() };
+  solo.writeConfig(cfg);
+  await solo.waitForLog(/clawmatrix: node solo-01 started/, 120_000);
+  // RSS with and without the plugin, measured at the same moment, both idle.
   await new Promise((r) => setTimeout(r, 10_000));
   metrics.idleRssKiB = { withPlugin: solo.rss().mainKiB, withoutPlugin: packed.rss().mainKiB };
 }, { timeout: 15 * 60_000 });
@@ -114,9 +119,15 @@ test("a real agent turn calls cluster_peers and gets this node's data", { timeou
 });
 
 test("a not-yet-built tool returns its explicit error code to the agent", { timeout: 180_000 }, async () => {
+  const res = await solo.agentTurn('call tool cluster_handoff with {"target":"main","task":"say hi"}');
+  const text = agentReplyText(res);
+  assert.match(text, /TOOL_RESULT\[cluster_handoff\]:.*cluster_handoff: the handoff .* capability is not built/s, text);
+});
+
+test("remote tools refuse this node itself as the target, naming the argument", { timeout: 180_000 }, async () => {
   const res = await solo.agentTurn('call tool cluster_exec with {"node":"solo-01","command":"true"}');
   const text = agentReplyText(res);
-  assert.match(text, /TOOL_RESULT\[cluster_exec\]:.*(not built|CLAWMATRIX_NOT_IMPLEMENTED)/s, text);
+  assert.match(text, /TOOL_RESULT\[cluster_exec\]:.*solo-01.*this node/s, text);
 });
 
 test("an invalid config is refused naming the field, and the running service is kept", { timeout: 180_000 }, async () => {

@@ -25,7 +25,10 @@ function recordingHost(pluginConfig) {
     pluginConfig,
     logger,
     registerService: (s) => rec.services.push(s),
-    registerTool: (t, opts) => rec.tools.push({ tool: t, opts }),
+    // Tools are registered in the factory form (to learn the calling agent); resolve them with a
+    // tool context the way OpenClaw does per run.
+    registerTool: (t, opts) =>
+      rec.tools.push({ tool: typeof t === "function" ? t({ agentId: "main", sessionKey: "agent:main:main" }) : t, opts, factory: typeof t === "function" }),
     registerGatewayMethod: (name, handler, opts) => rec.methods.push({ name, handler, opts }),
     registerCli: (registrar, opts) => rec.cli.push({ registrar, opts }),
   };
@@ -97,8 +100,18 @@ test("service start binds the proxy, tools and methods reach the core, stop rele
     assert.equal(peers.details.nodeId, "office-01");
 
     await assert.rejects(tool("cluster_exec").execute("c2", { node: "x", command: "ls" }), (e) => {
+      assert.equal(e.code, "CLAWMATRIX_UNREACHABLE");
+      assert.match(e.message, /cluster_exec: node x is not reachable from office-01/);
+      return true;
+    });
+    await assert.rejects(tool("cluster_handoff").execute("c4", { target: "coder", task: "t" }), (e) => {
       assert.equal(e.code, "CLAWMATRIX_NOT_IMPLEMENTED");
-      assert.match(e.message, /cluster_exec: the remote tools .* capability is not built/);
+      return true;
+    });
+    // An already-aborted signal cancels the call before it runs.
+    const aborted = AbortSignal.abort();
+    await assert.rejects(tool("cluster_exec").execute("c5", { node: "x", command: "ls" }, aborted), (e) => {
+      assert.ok(["CLAWMATRIX_CANCELLED", "CLAWMATRIX_UNREACHABLE"].includes(e.code), e.code);
       return true;
     });
     await assert.rejects(tool("cluster_exec").execute("c3", { node: "x" }), (e) => {

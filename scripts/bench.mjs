@@ -1,0 +1,190 @@
+// npm run bench [-- --quick] [-- --skip-build] [-- --idle-links N]
+//
+// Builds the addon (release) and the Rust bench, runs `cargo bench --bench mesh` (clawmatrix
+// nodes in-process on loopback) and `bench/ws-baseline.mjs` (the original plugin's Node `ws`
+// stack) in the same run, then prints one markdown table comparing them with the targets.
+// The table and the raw JSON lines go to bench/results/ (gitignored). What each number means:
+// bench/README.md.
+//
+// Exit status: 0 when both benchmarks ran (missed targets are reported, not fatal); 1 when a
+// build or a benchmark failed or produced no result.
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
+import { join } from "node:path";
+import { ROOT, run } from "./lib.mjs";
+
+const argv = process.argv.slice(2);
+const quick = argv.includes("--quick");
+const skipBuild = argv.includes("--skip-build");
+const idleIdx = argv.indexOf("--idle-links");
+const idleLinks = idleIdx >= 0 ? Number(argv[idleIdx + 1]) : 200;
+if (!(idleLinks >= 1 && idleLinks <= 2000)) {
+  console.error("--idle-links must be in 1..2000");
+  process.exit(2);
+}
+const passThrough = quick ? ["--quick"] : [];
+
+/** Targets from the issue (floors measured on this class of machine are in bench/README.md). */
+const TARGET = {
+  directP50: 45, // µs
+  hopP50: 90, // µs added per relay
+  hopP99: 250, // µs added per relay
+  hopVsNode: 3, // × better than Node ws on added hop latency (p50)
+  smallFramesPerS: 300_000,
+  largeMBps: 600,
+  idleBytes: 8 * 1024,
+};
+
+function machine() {
+  const cpuinfo = readFileSync("/proc/cpuinfo", "utf8");
+  const model = /model name\s*:\s*(.*)/.exec(cpuinfo)?.[1] ?? "unknown";
+  const mem = /MemTotal:\s+(\d+)/.exec(readFileSync("/proc/meminfo", "utf8"))?.[1];
+  return {
+    nproc: availableParallelism(),
+    cpu: model,
+    memGiB: mem ? Math.round(Number(mem) / 1024 / 1024 * 10) / 10 : null,
+    node: process.version,
+    kernel: readFileSync("/proc/sys/kernel/osrelease", "utf8").trim(),
+  };
+}
+
+function parseLines(stdout) {
+  return stdout.split("\n").filter((l) => l.startsWith("{")).map((l) => {
+    try { return JSON.parse(l); } catch { return null; }
+  }).filter(Boolean);
+}
+
+/** Run one benchmark; never throws: returns {rows, error}. */
+async function runBench(label, cmd, args, timeoutMs) {
+  console.log(`[bench] ${label}: ${cmd} ${args.join(" ")}`);
+  try {
+    // stderr streams to the terminal (the human summary); stdout is the JSON lines.
+    const r = await run(cmd, args, { capture: true, tee: true, timeoutMs });
+    const rows = parseLines(r.stdout);
+    return { rows, error: rows.length ? null : `${label}: no result lines`, stdout: r.stdout };
+  } catch (e) {
+    const rows = parseLines(e.stdout ?? "");
+    return { rows, error: `${label}: ${e.message}`, stdout: e.stdout ?? "" };
+  }
+}
+
+const find = (rows, bench, pred = () => true) => rows.find((r) => r.bench === bench && pred(r));
+const rttOf = (rows, topo) => find(rows, "rtt", (r) => r.topology === topo);
+const tputOf = (rows, bytes) => find(rows, "throughput", (r) => r.payload_bytes === bytes);
+
+function metrics(rows) {
+  const d = rttOf(rows, "direct"), r1 = rttOf(rows, "relay1"), r2 = rttOf(rows, "relay2");
+  const diff = (a, b, k, div = 1) => (a && b ? (a[k] - b[k]) / div : undefined);
+  const small = tputOf(rows, 1024), large = tputOf(rows, 1024 * 1024);
+  const idle = find(rows, "idle_link_memory");
+  return {
+    directP50: d?.p50_us, directP99: d?.p99_us,
+    relay1P50: r1?.p50_us, relay1P99: r1?.p99_us,
+    relay2P50: r2?.p50_us, relay2P99: r2?.p99_us,
+    hop1P50: diff(r1, d, "p50_us"), hop2P50: diff(r2, d, "p50_us", 2),
+    hop1P99: diff(r1, d, "p99_us"), hop2P99: diff(r2, d, "p99_us", 2),
+    smallFps: small?.frames_per_s, smallMBps: small?.mb_per_s,
+    largeFps: large?.frames_per_s, largeMBps: large?.mb_per_s,
+    idleBytes: idle?.bytes_per_link, idleLinks: idle?.links,
+    cpuDirect: d?.cpu_us_per_req, cpuRelay1: r1?.cpu_us_per_req, cpuRelay2: r2?.cpu_us_per_req,
+    cpuSmall: small?.cpu_us_per_req, cpuLarge: large?.cpu_us_per_req,
+  };
+}
+
+const num = (v, digits = 1) => v === undefined || v === null || Number.isNaN(v) ? "n/a"
+  : Math.abs(v) >= 1000 ? Math.round(v).toLocaleString("en-US") : v.toFixed(digits);
+
+function table(cm, nw) {
+  const rows = [];
+  // lower: true when smaller is better. check(cmValue, nwValue) -> true/false/undefined.
+  const add = (metric, key, { lower = true, target = "—", check, digits = 1 } = {}) => {
+    const a = cm[key], b = nw[key];
+    let ratio = "n/a";
+    if (a !== undefined && b !== undefined && a > 0 && b > 0) {
+      const x = lower ? b / a : a / b;
+      ratio = x >= 1 ? `${x.toFixed(1)}× better` : `${(1 / x).toFixed(1)}× worse`;
+    }
+    let met = "—";
+    if (check) {
+      const ok = a === undefined ? undefined : check(a, b);
+      met = ok === undefined ? "n/a" : ok ? "yes" : "**no**";
+    }
+    rows.push(`| ${metric} | ${num(a, digits)} | ${num(b, digits)} | ${ratio} | ${target} | ${met} |`);
+  };
+  const hopCheck = (limit) => (a, b) => a <= limit && (b === undefined ? undefined : b / a >= TARGET.hopVsNode);
+  add("RTT direct p50 (µs)", "directP50", { target: `≤ ${TARGET.directP50}`, check: (a) => a <= TARGET.directP50 });
+  add("RTT direct p99 (µs)", "directP99");
+  add("RTT 1 relay p50 (µs)", "relay1P50");
+  add("RTT 1 relay p99 (µs)", "relay1P99");
+  add("RTT 2 relays p50 (µs)", "relay2P50");
+  add("RTT 2 relays p99 (µs)", "relay2P99");
+  add("added per hop p50, 1 relay: relay1 − direct (µs)", "hop1P50", { target: `≤ +${TARGET.hopP50}, ≥ ${TARGET.hopVsNode}× Node ws`, check: hopCheck(TARGET.hopP50) });
+  add("added per hop p50, 2 relays: (relay2 − direct)/2 (µs)", "hop2P50", { target: `≤ +${TARGET.hopP50}, ≥ ${TARGET.hopVsNode}× Node ws`, check: hopCheck(TARGET.hopP50) });
+  add("added per hop p99, 1 relay: relay1 − direct (µs)", "hop1P99", { target: `≤ +${TARGET.hopP99}`, check: (a) => a <= TARGET.hopP99 });
+  add("added per hop p99, 2 relays: (relay2 − direct)/2 (µs)", "hop2P99", { target: `≤ +${TARGET.hopP99}`, check: (a) => a <= TARGET.hopP99 });
+  add("throughput 1 KiB, frames/s one way", "smallFps", { lower: false, target: `≥ ${TARGET.smallFramesPerS.toLocaleString("en-US")}`, check: (a) => a >= TARGET.smallFramesPerS, digits: 0 });
+  add("throughput 1 KiB, MB/s one way", "smallMBps", { lower: false });
+  add("throughput 1 MiB, frames/s one way", "largeFps", { lower: false });
+  add("throughput 1 MiB, MB/s one way", "largeMBps", { lower: false, target: `≥ ${TARGET.largeMBps}`, check: (a) => a >= TARGET.largeMBps });
+  add("memory per idle authenticated link (bytes)", "idleBytes", { target: `≤ ${TARGET.idleBytes}`, check: (a) => a <= TARGET.idleBytes, digits: 0 });
+  add("CPU per request, direct RTT (µs, all processes)", "cpuDirect");
+  add("CPU per request, 1 relay RTT (µs, all processes)", "cpuRelay1");
+  add("CPU per request, 2 relays RTT (µs, all processes)", "cpuRelay2");
+  add("CPU per request, 1 KiB throughput (µs)", "cpuSmall");
+  add("CPU per request, 1 MiB throughput (µs)", "cpuLarge");
+  return [
+    "| metric | clawmatrix | Node ws | ratio | target | met? |",
+    "|---|---:|---:|---:|---|---|",
+    ...rows,
+  ].join("\n");
+}
+
+async function main() {
+  const m = machine();
+  const started = Date.now();
+  console.log(`[bench] machine: ${m.nproc} CPUs (${m.cpu}), ${m.memGiB} GiB, Linux ${m.kernel}, node ${m.node}`);
+  if (!skipBuild) {
+    await run(process.execPath, [join(ROOT, "scripts", "build.mjs"), "--release"], { timeoutMs: 30 * 60_000 });
+    console.log("[bench] cargo bench --bench mesh --no-run");
+    await run("cargo", ["bench", "--bench", "mesh", "--no-run"], { timeoutMs: 30 * 60_000 });
+  }
+  const rust = await runBench("clawmatrix", "cargo",
+    ["bench", "--bench", "mesh", "--", ...passThrough, "--idle-links", String(idleLinks)], 5 * 60_000);
+  const base = await runBench("node-ws", process.execPath,
+    [join(ROOT, "bench", "ws-baseline.mjs"), ...passThrough, "--idle-links", String(idleLinks)], 7 * 60_000);
+
+  const cm = metrics(rust.rows), nw = metrics(base.rows);
+  const when = new Date().toISOString();
+  const header = [
+    `## clawmatrix mesh benchmark (${when})`,
+    "",
+    `Machine: ${m.nproc} CPUs, ${m.cpu}, ${m.memGiB} GiB RAM, Linux ${m.kernel}, Node ${m.node}.` +
+      (quick ? " **--quick run (short samples; not for the record).**" : ""),
+    `Payload 1 KiB for RTT; idle links: ${cm.idleLinks ?? "n/a"} (clawmatrix) / ${nw.idleLinks ?? "n/a"} (Node ws).` +
+      " Ratio = how many times better clawmatrix is. Definitions: bench/README.md.",
+    "",
+    "",
+  ].join("\n");
+  const md = `${header}${table(cm, nw)}\n`;
+  console.log(`\n${md}`);
+
+  const dir = join(ROOT, "bench", "results");
+  mkdirSync(dir, { recursive: true });
+  const stamp = when.replace(/[:.]/g, "-");
+  const raw = { when, machine: m, quick, clawmatrix: rust.rows, nodeWs: base.rows, errors: [rust.error, base.error].filter(Boolean) };
+  for (const name of [`bench-${stamp}`, "latest"]) {
+    writeFileSync(join(dir, `${name}.md`), md);
+    writeFileSync(join(dir, `${name}.json`), `${JSON.stringify(raw, null, 2)}\n`);
+  }
+  console.log(`[bench] wrote bench/results/bench-${stamp}.{md,json} (and latest.*) in ${Math.round((Date.now() - started) / 1000)} s`);
+  const errors = raw.errors;
+  if (errors.length) {
+    for (const e of errors) console.error(`[bench] FAILED: ${e}`);
+    process.exit(1);
+  }
+}
+
+main().catch((e) => {
+  console.error(`[bench] FAILED: ${e.stack ?? e}`);
+  process.exit(1);
+});

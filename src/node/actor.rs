@@ -1,0 +1,1110 @@
+//! The node actor: one task owns the sans-IO [`Mesh`] and everything that must agree with it
+//! (the live link writers, pending requests, the published snapshot).
+//!
+//! Flow:
+//! ```text
+//! link tasks / listener / dialers / Node handle ──Input (bounded mpsc, send().await)──▶ actor
+//!     actor: feed the mesh (handle_link_up / handle_data / start_call / ...), tick when due
+//!     actor: drain mesh.poll_output():
+//!         Send    → that link's bounded writer queue (try_send; full → drop, count, maybe close)
+//!         Close   → the link task's close request (oneshot)
+//!         Deliver → app dispatch: `call` → a registered [`Service`] task (bounded);
+//!                   reply/chunk/end → pending requests and open streams (bounded, try_send);
+//!                   credit/cancel/unreachable → the served call's credit and cancel signal
+//!         Event   → one log line, snapshot refreshed
+//!     actor ──watch──▶ MeshSnapshot (Node::status stays synchronous)
+//! ```
+//! Edges into the actor await (backpressure on a link reader is fine: it just stops reading);
+//! edges out of it never await, so a slow peer can neither stall the actor nor other links, and
+//! no cycle of bounded channels can deadlock.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::time::sleep_until;
+
+use super::events::{EventQueue, Level};
+use super::service::{CallCtx, ChunkSink, Service, MAX_SERVED_CALLS};
+use super::stream::{StreamItem, StreamMsg, STREAM_CHANNEL};
+use crate::error::{Error, ErrorCode, Result};
+use crate::mesh::{
+    CallFailure, Direction, DownReason, LinkId, Mesh, MeshEvent, MeshStats, Output, PeerView,
+    SendError,
+};
+use crate::proto::{Body, CallId, CodecError, Header, NodeId, RejectCode, STREAM_WINDOW_CHUNKS};
+
+/// Capacity of the actor's input channel, in messages. Large enough that link readers rarely
+/// wait on a busy actor; small enough that a stalled actor stops the readers (and so the
+/// peers, through TCP) instead of buffering without bound.
+pub const INPUT_QUEUE: usize = 4096;
+/// Per-link writer queue bound, in frames: 1024 frames ≈ a few seconds of heavy gossip/relay
+/// traffic on one link. Beyond it frames are dropped and counted, never awaited.
+pub const WRITER_QUEUE_FRAMES: usize = 1024;
+/// Per-link writer queue bound, in bytes: 16 MiB = one largest frame (`MAX_FRAME_BYTES`), so a
+/// single maximum frame always fits an empty queue while a stuck peer pins at most this much.
+pub const WRITER_QUEUE_BYTES: usize = crate::proto::MAX_FRAME_BYTES;
+/// A link whose queue refuses frames and does not drain back to half of its bounds within this
+/// time is closed as a slow peer: 5 s is far longer than any healthy burst takes to drain, and
+/// short enough that callers fail over.
+pub const SLOW_PEER_TIMEOUT: Duration = Duration::from_secs(5);
+/// ... or after this many frames dropped in that state, whichever comes first: a peer that is
+/// 256 frames behind a full queue is not catching up.
+pub const SLOW_PEER_MAX_DROPS: u32 = 256;
+/// WebSocket close code for a slow peer: 1013 "try again later" (RFC 6455 registry). The
+/// protocol's 4000-range codes are for handshake and protocol errors; this is neither.
+pub const CLOSE_SLOW_PEER: u16 = 1013;
+/// Reason sent with [`CLOSE_SLOW_PEER`] and logged.
+pub const SLOW_PEER_REASON: &str = "send queue full (slow peer)";
+/// Counters-only snapshot refreshes are throttled to one per 100 ms; events publish at once.
+const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(100);
+/// Most credit a served call may bank beyond its window: a buggy or hostile caller cannot
+/// overflow the semaphore or let a producer run unbounded ahead.
+const MAX_BANKED_CREDIT: usize = 4 * STREAM_WINDOW_CHUNKS as usize;
+
+/// The registered services, by method name.
+pub type Services = HashMap<String, Arc<dyn Service>>;
+
+/// Milliseconds since `epoch` (the node's monotonic mesh clock).
+pub(crate) fn now_ms(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What the actor tells a link task to do with its socket.
+#[derive(Debug, Clone)]
+pub(crate) struct CloseCmd {
+    pub code: u16,
+    pub reason: String,
+    /// Try to flush the frames already queued (bounded) before the close frame.
+    pub flush: bool,
+}
+
+/// Everything the actor needs to drive one authenticated link.
+pub(crate) struct LinkRegistration {
+    pub link: LinkId,
+    pub peer: NodeId,
+    pub direction: Direction,
+    pub addr: String,
+    pub frames: mpsc::Sender<Vec<u8>>,
+    /// Bytes in `frames` not yet taken by the writer (the actor adds, the writer subtracts).
+    pub queued_bytes: Arc<AtomicUsize>,
+    pub close: oneshot::Sender<CloseCmd>,
+    /// Set by the actor once a pong was received on this link (the dialer's health rule).
+    pub proved: Arc<AtomicBool>,
+}
+
+/// Inputs of the actor.
+pub(crate) enum Input {
+    /// May `node` open a link now (`Mesh::admit`)?
+    Admit {
+        node: NodeId,
+        reply: oneshot::Sender<std::result::Result<(), RejectCode>>,
+    },
+    /// Is a live link to `node` up (dialers skip peers connected inbound)?
+    Connected {
+        node: NodeId,
+        reply: oneshot::Sender<bool>,
+    },
+    /// A handshake failed with `code` (already logged by the link task).
+    HandshakeRejected { code: RejectCode },
+    /// An authenticated link is ready to pump.
+    LinkUp(Box<LinkRegistration>),
+    /// One BINARY message from a link.
+    Data { link: LinkId, bytes: Vec<u8> },
+    /// A TEXT message after the handshake: counted as a decode error and dropped.
+    TextAfterHandshake,
+    /// The link task ended (peer closed, I/O error, or after our close).
+    LinkDown { link: LinkId, reason: String },
+    /// Start a call and answer when it completes.
+    Request {
+        dst: NodeId,
+        method: String,
+        payload: Vec<u8>,
+        timeout_ms: u64,
+        reply: oneshot::Sender<Result<Vec<u8>>>,
+    },
+    /// Open a stream; answers with the call id and the stream's receiving end.
+    OpenStream {
+        dst: NodeId,
+        method: String,
+        payload: Vec<u8>,
+        deadline_ms: u64,
+        reply: oneshot::Sender<Result<OpenedStream>>,
+    },
+    /// The consumer of stream `call_id` took `chunks` more chunks: grant them.
+    StreamCredit { call_id: CallId, chunks: u64 },
+    /// The consumer dropped or cancelled stream `call_id`.
+    StreamCancel { call_id: CallId },
+    /// A served call produced a chunk (already within its credit).
+    ServedChunk {
+        from: NodeId,
+        call_id: CallId,
+        bytes: Vec<u8>,
+    },
+    /// A served call finished.
+    ServedDone {
+        from: NodeId,
+        call_id: CallId,
+        result: Result<Vec<u8>>,
+    },
+    /// Ordered candidates for a target (`Mesh::resolve`).
+    Resolve {
+        target: crate::mesh::Target,
+        exclude: Vec<NodeId>,
+        reply: oneshot::Sender<Vec<crate::mesh::Candidate>>,
+    },
+}
+
+/// What `OpenStream` answers: the call id, the stream's receiving end and its consumption
+/// counter.
+pub(crate) type OpenedStream = (CallId, mpsc::Receiver<StreamMsg>, Arc<AtomicU64>);
+
+/// The mesh as last published by the actor.
+#[derive(Debug, Clone, Default)]
+pub struct MeshSnapshot {
+    /// Every known node as seen from here.
+    pub peers: Vec<PeerView>,
+    /// The core's counters.
+    pub stats: MeshStats,
+    /// Live links.
+    pub links_up: usize,
+    /// Frames dropped because a link's writer queue was full.
+    pub slow_peer_drops: u64,
+    /// Links closed as slow peers.
+    pub slow_peer_closes: u64,
+    /// Mesh clock (ms since node start) when this snapshot was taken.
+    pub at_ms: u64,
+}
+
+/// Cloneable handle to the actor's input channel.
+#[derive(Clone)]
+pub(crate) struct ActorHandle {
+    pub(crate) tx: mpsc::Sender<Input>,
+}
+
+impl ActorHandle {
+    /// `Mesh::admit(node)`; a stopped actor refuses with `capacity`.
+    pub async fn admit(&self, node: &str) -> std::result::Result<(), RejectCode> {
+        let (reply, rx) = oneshot::channel();
+        let input = Input::Admit {
+            node: node.to_string(),
+            reply,
+        };
+        if self.tx.send(input).await.is_err() {
+            return Err(RejectCode::Capacity);
+        }
+        rx.await.unwrap_or(Err(RejectCode::Capacity))
+    }
+
+    /// Whether a live link to `node` exists.
+    pub async fn connected(&self, node: &str) -> bool {
+        let (reply, rx) = oneshot::channel();
+        let input = Input::Connected {
+            node: node.to_string(),
+            reply,
+        };
+        if self.tx.send(input).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    pub async fn handshake_rejected(&self, code: RejectCode) {
+        let _ = self.tx.send(Input::HandshakeRejected { code }).await;
+    }
+
+    /// Register a link; `false` when the actor is gone (the node is stopping).
+    pub async fn link_up(&self, reg: LinkRegistration) -> bool {
+        self.tx.send(Input::LinkUp(Box::new(reg))).await.is_ok()
+    }
+
+    /// Forward one binary message; `false` when the actor is gone.
+    pub async fn data(&self, link: LinkId, bytes: Vec<u8>) -> bool {
+        self.tx.send(Input::Data { link, bytes }).await.is_ok()
+    }
+
+    pub async fn text_after_handshake(&self) {
+        let _ = self.tx.send(Input::TextAfterHandshake).await;
+    }
+
+    pub async fn link_down(&self, link: LinkId, reason: String) {
+        let _ = self.tx.send(Input::LinkDown { link, reason }).await;
+    }
+
+    /// Open a stream to `dst`. Channels only, so any runtime may await this.
+    pub async fn open_stream(
+        &self,
+        dst: &str,
+        method: &str,
+        payload: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<super::stream::CallStream> {
+        let (reply, rx) = oneshot::channel();
+        let input = Input::OpenStream {
+            dst: dst.to_string(),
+            method: method.to_string(),
+            payload,
+            deadline_ms: u64::try_from(deadline.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+            reply,
+        };
+        let stopped = || Error::new(ErrorCode::NotRunning, "the node is not running");
+        self.tx.send(input).await.map_err(|_| stopped())?;
+        let (call_id, rx, taken) = rx.await.map_err(|_| stopped())??;
+        Ok(super::stream::CallStream {
+            call_id,
+            dst: dst.to_string(),
+            rx,
+            actor: self.tx.clone(),
+            consumed: 0,
+            taken,
+            done: false,
+        })
+    }
+
+    /// Ordered candidates for `target` (routes as of the last tick).
+    pub async fn resolve(
+        &self,
+        target: crate::mesh::Target,
+        exclude: Vec<NodeId>,
+    ) -> Vec<crate::mesh::Candidate> {
+        let (reply, rx) = oneshot::channel();
+        let input = Input::Resolve {
+            target,
+            exclude,
+            reply,
+        };
+        if self.tx.send(input).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Send a call and wait for its reply. Channels only, so any runtime may await this.
+    pub async fn request(
+        &self,
+        dst: &str,
+        method: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        let (reply, rx) = oneshot::channel();
+        let input = Input::Request {
+            dst: dst.to_string(),
+            method: method.to_string(),
+            payload,
+            timeout_ms: u64::try_from(timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+            reply,
+        };
+        let stopped = || Error::new(ErrorCode::NotRunning, "the node is not running");
+        self.tx.send(input).await.map_err(|_| stopped())?;
+        rx.await.unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorCode::Cancelled,
+                format!("request to {dst}: the node stopped before an answer"),
+            ))
+        })
+    }
+}
+
+struct LinkEntry {
+    peer: NodeId,
+    direction: Direction,
+    addr: String,
+    frames: mpsc::Sender<Vec<u8>>,
+    queued_bytes: Arc<AtomicUsize>,
+    close: Option<oneshot::Sender<CloseCmd>>,
+    proved: Arc<AtomicBool>,
+    /// Frames dropped on this link because its queue was full.
+    dropped: u64,
+    /// Frames dropped since the queue was last at most half full.
+    drops_while_full: u32,
+    /// When the queue first refused a frame since it was last at most half full.
+    full_since: Option<Instant>,
+}
+
+/// A stream we opened.
+struct OpenStream {
+    dst: NodeId,
+    tx: mpsc::Sender<StreamMsg>,
+    /// Chunks the server may still send (window plus grants minus chunks received).
+    allowed: u64,
+    deadline_ms: u64,
+    /// Chunks the consumer took (written by the `CallStream`), and the value last seen here.
+    taken: Arc<AtomicU64>,
+    seen_taken: u64,
+}
+
+/// A call we serve.
+struct Served {
+    credit: Arc<Semaphore>,
+    cancel: watch::Sender<bool>,
+    chunks: u64,
+    cancelled: bool,
+}
+
+struct PendingRequest {
+    dst: NodeId,
+    timeout_ms: u64,
+    reply: oneshot::Sender<Result<Vec<u8>>>,
+}
+
+/// The actor's state. Built by [`spawn`]; lives in one task.
+struct Actor {
+    mesh: Mesh,
+    epoch: Instant,
+    node_id: NodeId,
+    links: HashMap<LinkId, LinkEntry>,
+    pending: HashMap<CallId, PendingRequest>,
+    streams: HashMap<CallId, OpenStream>,
+    served: HashMap<(NodeId, CallId), Served>,
+    services: Arc<Services>,
+    /// Our own input queue, for the tasks of served calls.
+    self_tx: mpsc::Sender<Input>,
+    events: Arc<EventQueue>,
+    snapshot: watch::Sender<MeshSnapshot>,
+    slow_peer_drops: u64,
+    slow_peer_closes: u64,
+    /// Counters changed since the last publish.
+    dirty: bool,
+    /// Something an operator would look at changed: publish now.
+    urgent: bool,
+    last_publish: Instant,
+}
+
+/// Start the actor task on the current runtime. Returns the handle, the snapshot receiver and
+/// the task's future (the caller spawns it into its `JoinSet`).
+pub(crate) fn spawn(
+    mesh: Mesh,
+    epoch: Instant,
+    events: Arc<EventQueue>,
+    shutdown: watch::Receiver<bool>,
+    services: Services,
+) -> (
+    ActorHandle,
+    watch::Receiver<MeshSnapshot>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+    let (snap_tx, snap_rx) = watch::channel(MeshSnapshot::default());
+    let actor = Actor {
+        node_id: mesh.node_id().to_string(),
+        mesh,
+        epoch,
+        links: HashMap::new(),
+        pending: HashMap::new(),
+        streams: HashMap::new(),
+        served: HashMap::new(),
+        services: Arc::new(services),
+        self_tx: tx.clone(),
+        events,
+        snapshot: snap_tx,
+        slow_peer_drops: 0,
+        slow_peer_closes: 0,
+        dirty: true,
+        urgent: true,
+        last_publish: Instant::now(),
+    };
+    (ActorHandle { tx }, snap_rx, actor.run(rx, shutdown))
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::Receiver<Input>, mut shutdown: watch::Receiver<bool>) {
+        self.publish();
+        loop {
+            let tick_at = self
+                .mesh
+                .poll_timeout()
+                .map(|t| tokio::time::Instant::from_std(self.epoch + Duration::from_millis(t)));
+            let publish_at = self
+                .dirty
+                .then(|| tokio::time::Instant::from_std(self.last_publish + SNAPSHOT_INTERVAL));
+            tokio::select! {
+                biased;
+                // 1. Shutdown first: a stop must never wait behind traffic.
+                _ = shutdown.changed() => break,
+                // 2. Inbound: link data, link lifecycle, handle commands.
+                input = rx.recv() => match input {
+                    Some(input) => self.handle(input),
+                    None => break,
+                },
+                // 3. Timers: the mesh's next deadline, then the throttled snapshot.
+                _ = sleep_until(tick_at.unwrap_or_else(far_future)), if tick_at.is_some() => {
+                    self.touch_streams();
+                    self.mesh.handle_tick(now_ms(self.epoch));
+                    self.dirty = true;
+                }
+                _ = sleep_until(publish_at.unwrap_or_else(far_future)), if publish_at.is_some() => {}
+            }
+            // Under a steady stream of inputs the timer arm could starve: run a due tick here.
+            let now = now_ms(self.epoch);
+            if self.mesh.poll_timeout().is_some_and(|t| t <= now) {
+                self.touch_streams();
+                self.mesh.handle_tick(now);
+            }
+            self.drain_outputs();
+            self.maybe_publish();
+        }
+        self.shutdown();
+    }
+
+    /// Graceful stop: `leave` on every link, close them with 1000 after a bounded flush (the
+    /// link tasks do the flushing), fail pending requests, publish a final snapshot.
+    fn shutdown(&mut self) {
+        let now = now_ms(self.epoch);
+        self.mesh.shutdown(now);
+        self.drain_outputs();
+        let left: Vec<LinkId> = self.links.keys().copied().collect();
+        for link in left {
+            self.close_link(link, crate::mesh::CLOSE_NORMAL, "leaving", true);
+        }
+        for (_, p) in self.pending.drain() {
+            let _ = p.reply.send(Err(Error::new(
+                ErrorCode::Cancelled,
+                format!("request to {}: the node stopped before an answer", p.dst),
+            )));
+        }
+        for (_, s) in self.streams.drain() {
+            let _ = s.tx.try_send(Err(Error::new(
+                ErrorCode::Cancelled,
+                format!("stream from {}: the node stopped before the end", s.dst),
+            )));
+        }
+        for (_, s) in self.served.drain() {
+            let _ = s.cancel.send(true);
+            s.credit.close();
+        }
+        self.urgent = true;
+        self.maybe_publish();
+    }
+
+    fn handle(&mut self, input: Input) {
+        let now = now_ms(self.epoch);
+        self.dirty = true;
+        match input {
+            Input::Admit { node, reply } => {
+                let _ = reply.send(self.mesh.admit(&node));
+            }
+            Input::Connected { node, reply } => {
+                let up = self.links.values().any(|l| l.peer == node);
+                let _ = reply.send(up);
+            }
+            Input::HandshakeRejected { code } => {
+                self.mesh.note_handshake_reject(code);
+                self.urgent = true;
+            }
+            Input::LinkUp(reg) => {
+                let reg = *reg;
+                self.links.insert(
+                    reg.link,
+                    LinkEntry {
+                        peer: reg.peer.clone(),
+                        direction: reg.direction,
+                        addr: reg.addr,
+                        frames: reg.frames,
+                        queued_bytes: reg.queued_bytes,
+                        close: Some(reg.close),
+                        proved: reg.proved,
+                        dropped: 0,
+                        drops_while_full: 0,
+                        full_since: None,
+                    },
+                );
+                // The core may refuse (duplicate tie-break, capacity, self): it then emits a
+                // Close for this link, which drain_outputs routes to the entry just added.
+                self.mesh
+                    .handle_link_up(now, reg.link, reg.peer, reg.direction);
+            }
+            Input::Data { link, bytes } => {
+                self.mesh.handle_data(now, link, &bytes);
+                if let Some(e) = self.links.get(&link) {
+                    if !e.proved.load(Ordering::Relaxed) && self.mesh.link_rtt(&e.peer).is_some() {
+                        e.proved.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+            Input::TextAfterHandshake => {
+                self.mesh.count_decode_error(&CodecError::BadHeader {
+                    reason: "TEXT message after the handshake".to_string(),
+                });
+            }
+            Input::LinkDown { link, reason } => {
+                if self.links.remove(&link).is_some() {
+                    self.mesh.handle_link_down(now, link, reason);
+                }
+            }
+            Input::Request {
+                dst,
+                method,
+                payload,
+                timeout_ms,
+                reply,
+            } => {
+                match self
+                    .mesh
+                    .start_call(now, dst.clone(), method, payload, timeout_ms)
+                {
+                    Ok(call_id) => {
+                        self.pending.insert(
+                            call_id,
+                            PendingRequest {
+                                dst,
+                                timeout_ms,
+                                reply,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(send_error(&dst, &e)));
+                    }
+                }
+            }
+            Input::OpenStream {
+                dst,
+                method,
+                payload,
+                deadline_ms,
+                reply,
+            } => match self
+                .mesh
+                .start_call(now, dst.clone(), method, payload, deadline_ms)
+            {
+                Ok(call_id) => {
+                    let (tx, rx) = mpsc::channel(STREAM_CHANNEL);
+                    let taken = Arc::new(AtomicU64::new(0));
+                    self.streams.insert(
+                        call_id,
+                        OpenStream {
+                            dst,
+                            tx,
+                            allowed: STREAM_WINDOW_CHUNKS,
+                            deadline_ms,
+                            taken: Arc::clone(&taken),
+                            seen_taken: 0,
+                        },
+                    );
+                    if reply.send(Ok((call_id, rx, taken))).is_err() {
+                        self.streams.remove(&call_id);
+                        self.mesh.cancel_call(now, call_id, "caller gone");
+                    }
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(send_error(&dst, &e)));
+                }
+            },
+            Input::StreamCredit { call_id, chunks } => {
+                if let Some(s) = self.streams.get_mut(&call_id) {
+                    s.allowed = s.allowed.saturating_add(chunks);
+                    self.mesh.send_credit(now, call_id, chunks);
+                }
+            }
+            Input::StreamCancel { call_id } => {
+                if self.streams.remove(&call_id).is_some() {
+                    self.mesh
+                        .cancel_call(now, call_id, "cancelled by the caller");
+                }
+            }
+            Input::ServedChunk {
+                from,
+                call_id,
+                bytes,
+            } => {
+                let Some(s) = self.served.get_mut(&(from.clone(), call_id)) else {
+                    return;
+                };
+                if s.cancelled {
+                    return;
+                }
+                let seq = s.chunks;
+                s.chunks += 1;
+                let body = Body::Chunk { call_id, seq };
+                if let Err(e) = self.mesh.send(now, from.clone(), body, bytes) {
+                    self.events.push(
+                        Level::Debug,
+                        format!("mesh: cannot stream to {from}: {e}; cancelling the call"),
+                    );
+                    self.cancel_served(&from, call_id);
+                }
+            }
+            Input::ServedDone {
+                from,
+                call_id,
+                result,
+            } => {
+                let Some(s) = self.served.remove(&(from.clone(), call_id)) else {
+                    return;
+                };
+                if s.cancelled {
+                    return;
+                }
+                let (ok, code, message, payload) = match result {
+                    Ok(p) => (true, None, None, p),
+                    Err(e) => (
+                        false,
+                        Some(e.code.as_str().to_string()),
+                        Some(e.message),
+                        Vec::new(),
+                    ),
+                };
+                let body = if s.chunks > 0 {
+                    Body::End {
+                        call_id,
+                        ok,
+                        code,
+                        message,
+                    }
+                } else {
+                    Body::Reply {
+                        call_id,
+                        ok,
+                        code,
+                        message,
+                    }
+                };
+                if let Err(e) = self.mesh.send(now, from.clone(), body, payload) {
+                    self.events.push(
+                        Level::Debug,
+                        format!("mesh: cannot answer a call from {from}: {e}"),
+                    );
+                }
+            }
+            Input::Resolve {
+                target,
+                exclude,
+                reply,
+            } => {
+                let _ = reply.send(self.mesh.resolve(&target, &exclude));
+            }
+        }
+    }
+
+    /// Before call deadlines are checked: a stream whose consumer took chunks since the last
+    /// check is making progress (it may be draining a full buffer while the server waits for
+    /// credit), so its inactivity deadline restarts.
+    fn touch_streams(&mut self) {
+        let now = now_ms(self.epoch);
+        for (id, s) in &mut self.streams {
+            let taken = s.taken.load(Ordering::Relaxed);
+            if taken != s.seen_taken {
+                s.seen_taken = taken;
+                self.mesh.touch_call(now, *id);
+            }
+        }
+    }
+
+    /// Signal a served call's task to stop; its later chunks and result are dropped.
+    fn cancel_served(&mut self, from: &str, call_id: CallId) {
+        if let Some(s) = self.served.get_mut(&(from.to_string(), call_id)) {
+            s.cancelled = true;
+            let _ = s.cancel.send(true);
+            s.credit.close();
+        }
+    }
+
+    /// Start serving a `call`: a registered service runs as its own task (bounded).
+    fn serve_call(&mut self, from: NodeId, call_id: CallId, method: String, payload: Vec<u8>) {
+        let now = now_ms(self.epoch);
+        let refuse = |code: &str, message: String| Body::Reply {
+            call_id,
+            ok: false,
+            code: Some(code.to_string()),
+            message: Some(message),
+        };
+        let key = (from.clone(), call_id);
+        if let Some(answer) = self
+            .services
+            .get(&method)
+            .and_then(|s| s.answer_inline(&payload))
+        {
+            let (body, payload) = match answer {
+                Ok(p) => (
+                    Body::Reply {
+                        call_id,
+                        ok: true,
+                        code: None,
+                        message: None,
+                    },
+                    p,
+                ),
+                Err(e) => (refuse(e.code.as_str(), e.message), Vec::new()),
+            };
+            if let Err(e) = self.mesh.send(now, from.clone(), body, payload) {
+                self.events.push(
+                    Level::Debug,
+                    format!("mesh: cannot answer {method} from {from}: {e}"),
+                );
+            }
+            return;
+        }
+        let body = match self.services.get(&method) {
+            None => Some(refuse(
+                "unknown_method",
+                format!("unknown method {method:?} on {}", self.node_id),
+            )),
+            Some(_) if self.served.contains_key(&key) => None,
+            Some(_) if self.served.len() >= MAX_SERVED_CALLS => Some(refuse(
+                "busy",
+                format!(
+                    "{} is serving {MAX_SERVED_CALLS} calls already; try again later",
+                    self.node_id
+                ),
+            )),
+            Some(svc) => {
+                let svc = Arc::clone(svc);
+                let credit = Arc::new(Semaphore::new(STREAM_WINDOW_CHUNKS as usize));
+                let (cancel, cancel_rx) = watch::channel(false);
+                self.served.insert(
+                    key,
+                    Served {
+                        credit: Arc::clone(&credit),
+                        cancel,
+                        chunks: 0,
+                        cancelled: false,
+                    },
+                );
+                let tx = self.self_tx.clone();
+                let task_from = from.clone();
+                let ctx = CallCtx {
+                    from: from.clone(),
+                    method,
+                    sink: ChunkSink {
+                        tx: tx.clone(),
+                        from: from.clone(),
+                        call_id,
+                        credit,
+                        cancel: cancel_rx.clone(),
+                    },
+                    cancel: cancel_rx,
+                };
+                tokio::spawn(async move {
+                    // The service runs in its own task so that a panic in it still frees the
+                    // served slot and answers the caller.
+                    let result = match tokio::spawn(svc.call(ctx, payload)).await {
+                        Ok(r) => r,
+                        Err(e) => Err(Error::new(
+                            ErrorCode::Internal,
+                            format!("the service failed: {e}"),
+                        )),
+                    };
+                    let _ = tx
+                        .send(Input::ServedDone {
+                            from: task_from,
+                            call_id,
+                            result,
+                        })
+                        .await;
+                });
+                None
+            }
+        };
+        if let Some(body) = body {
+            if let Err(e) = self.mesh.send(now, from.clone(), body, Vec::new()) {
+                self.events.push(
+                    Level::Debug,
+                    format!("mesh: cannot answer a call from {from}: {e}"),
+                );
+            }
+        }
+    }
+
+    fn drain_outputs(&mut self) {
+        while let Some(out) = self.mesh.poll_output() {
+            self.dirty = true;
+            match out {
+                Output::Send { link, bytes } => self.send_to_link(link, bytes),
+                Output::Close { link, code, reason } => {
+                    self.close_link(link, code, &reason, true);
+                }
+                Output::Deliver {
+                    from,
+                    header,
+                    payload,
+                } => self.dispatch(from, header, payload),
+                Output::Event(e) => self.on_event(e),
+            }
+        }
+    }
+
+    /// Queue one frame on a link without ever waiting (house rule: edges out use try_send).
+    fn send_to_link(&mut self, link: LinkId, bytes: Vec<u8>) {
+        let Some(e) = self.links.get_mut(&link) else {
+            // The link task already ended; its LinkDown is on the way.
+            return;
+        };
+        let len = bytes.len();
+        // Reserve before try_send so the writer's subtraction can never run first.
+        let queued = e.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        let over_bytes = queued > 0 && queued + len > WRITER_QUEUE_BYTES;
+        let full = if over_bytes {
+            true
+        } else {
+            match e.frames.try_send(bytes) {
+                Ok(()) => false,
+                Err(mpsc::error::TrySendError::Full(_)) => true,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    e.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+                    return;
+                }
+            }
+        };
+        if !full {
+            // Small frames may still slip into a queue that is full for big ones: only a
+            // queue that drained to half of both bounds counts as having caught up.
+            let drained = e.queued_bytes.load(Ordering::Relaxed) <= WRITER_QUEUE_BYTES / 2
+                && e.frames.capacity() >= WRITER_QUEUE_FRAMES / 2;
+            if drained {
+                e.drops_while_full = 0;
+                e.full_since = None;
+            }
+            return;
+        }
+        e.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        e.dropped += 1;
+        e.drops_while_full += 1;
+        self.slow_peer_drops += 1;
+        let since = *e.full_since.get_or_insert_with(Instant::now);
+        if e.drops_while_full >= SLOW_PEER_MAX_DROPS || since.elapsed() >= SLOW_PEER_TIMEOUT {
+            self.events.warn(format!(
+                "mesh: closing link to {} ({}): {SLOW_PEER_REASON}; {} frames dropped, \
+                 queue full for {} ms",
+                e.peer,
+                e.addr,
+                e.dropped,
+                since.elapsed().as_millis()
+            ));
+            self.slow_peer_closes += 1;
+            self.mesh
+                .handle_link_down(now_ms(self.epoch), link, SLOW_PEER_REASON.to_string());
+            self.close_link(link, CLOSE_SLOW_PEER, SLOW_PEER_REASON, false);
+        }
+    }
+
+    /// Forget a link and ask its task to close the socket.
+    fn close_link(&mut self, link: LinkId, code: u16, reason: &str, flush: bool) {
+        if let Some(mut e) = self.links.remove(&link) {
+            if let Some(close) = e.close.take() {
+                let _ = close.send(CloseCmd {
+                    code,
+                    reason: reason.to_string(),
+                    flush,
+                });
+            }
+        }
+    }
+
+    /// Application dispatch of a frame addressed to us.
+    fn dispatch(&mut self, from: NodeId, header: Header, payload: Vec<u8>) {
+        match header.body {
+            Body::Call {
+                call_id, method, ..
+            } => self.serve_call(from, call_id, method, payload),
+            Body::Reply {
+                call_id,
+                ok,
+                code,
+                message,
+            }
+            | Body::End {
+                call_id,
+                ok,
+                code,
+                message,
+            } => {
+                let remote = |dst: &str| {
+                    Error::new(
+                        ErrorCode::Remote,
+                        format!(
+                            "{dst}: {}: {}",
+                            code.as_deref().unwrap_or("error"),
+                            message.as_deref().unwrap_or("")
+                        ),
+                    )
+                };
+                if let Some(p) = self.pending.remove(&call_id) {
+                    let result = if ok { Ok(payload) } else { Err(remote(&p.dst)) };
+                    let _ = p.reply.send(result);
+                } else if let Some(s) = self.streams.remove(&call_id) {
+                    let item = if ok {
+                        Ok(StreamItem::End(payload))
+                    } else {
+                        Err(remote(&s.dst))
+                    };
+                    // The channel always has room for the terminal item (see stream.rs).
+                    let _ = s.tx.try_send(item);
+                }
+            }
+            Body::Chunk { call_id, .. } => {
+                let now = now_ms(self.epoch);
+                let Some(s) = self.streams.get_mut(&call_id) else {
+                    return;
+                };
+                if s.dst != from {
+                    return;
+                }
+                let ok = s.allowed > 0 && s.tx.try_send(Ok(StreamItem::Chunk(payload))).is_ok();
+                if ok {
+                    s.allowed -= 1;
+                    return;
+                }
+                // The server ignored its window: fail the stream rather than buffer without
+                // bound (or silently drop a chunk).
+                if let Some(s) = self.streams.remove(&call_id) {
+                    let _ = s.tx.try_send(Err(Error::new(
+                        ErrorCode::Remote,
+                        format!(
+                            "{}: protocol_error: stream exceeded its credit window",
+                            s.dst
+                        ),
+                    )));
+                }
+                self.mesh.cancel_call(now, call_id, "window exceeded");
+            }
+            Body::Credit { call_id, chunks } => {
+                if let Some(s) = self.served.get(&(from, call_id)) {
+                    let room = MAX_BANKED_CREDIT.saturating_sub(s.credit.available_permits());
+                    let add = usize::try_from(chunks).unwrap_or(usize::MAX).min(room);
+                    s.credit.add_permits(add);
+                }
+            }
+            Body::Cancel { call_id, .. } => self.cancel_served(&from, call_id),
+            // A relay could not deliver a frame of a call we serve to its caller.
+            Body::Unreachable { call_id, node } => self.cancel_served(&node, call_id),
+            _ => {}
+        }
+    }
+
+    fn on_event(&mut self, e: MeshEvent) {
+        self.urgent = true;
+        let msg = match e {
+            MeshEvent::PeerUp { node, link } => {
+                let (dir, addr) = self
+                    .links
+                    .get(&link)
+                    .map(|l| {
+                        let dir = match l.direction {
+                            Direction::Inbound => "inbound from",
+                            Direction::Outbound => "outbound to",
+                        };
+                        (dir, l.addr.as_str())
+                    })
+                    .unwrap_or(("", ""));
+                format!("mesh: link up with {node} ({dir} {addr})")
+            }
+            MeshEvent::PeerDown { node, reason, .. } => {
+                let why = match reason {
+                    DownReason::Closed(r) => format!("closed: {r}"),
+                    DownReason::HeartbeatTimeout => "heartbeat timeout".to_string(),
+                    DownReason::ProtocolError(r) => format!("protocol error: {r}"),
+                    DownReason::Duplicate => "duplicate link".to_string(),
+                    DownReason::Shutdown => "shutting down".to_string(),
+                };
+                format!("mesh: link down with {node}: {why}")
+            }
+            MeshEvent::Reachable {
+                node,
+                next_hop,
+                hops,
+            } => format!("mesh: {node} reachable via {next_hop} ({hops} hops)"),
+            MeshEvent::Unreachable { node } => {
+                let gone: Vec<CallId> = self
+                    .served
+                    .keys()
+                    .filter(|(f, _)| *f == node)
+                    .map(|(_, c)| *c)
+                    .collect();
+                for call_id in gone {
+                    self.cancel_served(&node, call_id);
+                }
+                format!("mesh: {node} unreachable")
+            }
+            MeshEvent::Left { node } => format!("mesh: {node} left the mesh"),
+            MeshEvent::Forgotten { node } => format!("mesh: {node} forgotten"),
+            MeshEvent::RecordChanged { node, version } => {
+                self.events.push(
+                    Level::Debug,
+                    format!("mesh: record of {node} is now v{version}"),
+                );
+                return;
+            }
+            MeshEvent::CallFailed {
+                call_id,
+                dst,
+                reason,
+            } => {
+                if let Some(s) = self.streams.remove(&call_id) {
+                    let err = match reason {
+                        CallFailure::Deadline => Error::new(
+                            ErrorCode::Timeout,
+                            format!(
+                                "stream from {dst}: nothing for {} ms (inactivity deadline)",
+                                s.deadline_ms
+                            ),
+                        ),
+                        CallFailure::Unreachable => Error::new(
+                            ErrorCode::Unreachable,
+                            format!("stream from {dst}: the node became unreachable"),
+                        ),
+                    };
+                    let _ = s.tx.try_send(Err(err));
+                }
+                if let Some(p) = self.pending.remove(&call_id) {
+                    let err = match reason {
+                        CallFailure::Deadline => Error::new(
+                            ErrorCode::Timeout,
+                            format!("request to {dst}: no answer within {} ms", p.timeout_ms),
+                        ),
+                        CallFailure::Unreachable => Error::new(
+                            ErrorCode::Unreachable,
+                            format!("request to {dst}: the node became unreachable"),
+                        ),
+                    };
+                    let _ = p.reply.send(Err(err));
+                }
+                return;
+            }
+        };
+        self.events.info(msg);
+    }
+
+    fn maybe_publish(&mut self) {
+        if self.urgent || (self.dirty && self.last_publish.elapsed() >= SNAPSHOT_INTERVAL) {
+            self.publish();
+        }
+    }
+
+    fn publish(&mut self) {
+        let snap = MeshSnapshot {
+            peers: self.mesh.peers(),
+            stats: self.mesh.stats().clone(),
+            links_up: self.mesh.link_count(),
+            slow_peer_drops: self.slow_peer_drops,
+            slow_peer_closes: self.slow_peer_closes,
+            at_ms: now_ms(self.epoch),
+        };
+        self.snapshot.send_replace(snap);
+        self.dirty = false;
+        self.urgent = false;
+        self.last_publish = Instant::now();
+    }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400)
+}
+
+/// Map a refused `start_call` to the crate error.
+fn send_error(dst: &str, e: &SendError) -> Error {
+    let code = match e {
+        SendError::NoRoute(_) | SendError::TooFar { .. } => ErrorCode::Unreachable,
+        SendError::ShutDown => ErrorCode::NotRunning,
+        SendError::TooManyCalls(_) => ErrorCode::Cancelled,
+        SendError::TooLarge(_) => ErrorCode::TooLarge,
+        SendError::ToSelf | SendError::InvalidBody => ErrorCode::InvalidArgument,
+    };
+    Error::new(code, format!("request to {dst}: {e}"))
+}

@@ -1,0 +1,192 @@
+//! Dialers: one task per configured peer that keeps a link to it up.
+//!
+//! Loop: (skip while the peer is connected inbound; re-checked every attempt) → TCP connect →
+//! TLS for `wss://` → WebSocket upgrade → handshake expecting the configured `nodeId`
+//! (`wrong_node` otherwise) → run the link in this same task → on loss, back off.
+//!
+//! Backoff (see [`super::backoff`]): 1 s doubling to 60 s, ±20 % jitter from a seed drawn from
+//! the OS. It resets to 1 s only after a link proved healthy: it stayed up for at least one
+//! heartbeat interval AND a pong was received on it (so the peer really processed our frames).
+//! A link that authenticates and dies at once keeps backing off.
+//!
+//! Shutdown: connect, TLS and upgrade race the shutdown signal; the handshake watches it too;
+//! a running link is closed gracefully by the actor (leave, flush, close 1000), after which the
+//! loop sees the signal and ends. Sleeping in backoff ends at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::backoff::Backoff;
+use super::events::Level;
+use super::link::{self, HandshakeFailure, LinkCtx};
+use crate::config::PeerConfig;
+use crate::mesh::Direction;
+use crate::proto::handshake::HANDSHAKE_TIMEOUT_MS;
+
+/// TCP connect timeout: 10 s, like the handshake. A blackholed address must not keep the dialer
+/// from backing off.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// While the peer is connected inbound, check again this often whether we should dial.
+pub const CONNECTED_RECHECK: Duration = Duration::from_secs(1);
+
+/// One dialer's configuration.
+pub(crate) struct DialTarget {
+    pub peer: PeerConfig,
+    /// Present when the URL is `wss://`.
+    pub tls: Option<TlsConnector>,
+    /// Heartbeat interval: the minimum uptime of a healthy link.
+    pub heartbeat: Duration,
+    /// Jitter seed.
+    pub seed: u64,
+}
+
+enum Attempt {
+    /// A link ran and ended.
+    Linked(link::LinkEnd),
+    /// No link: why (already logged when it was a handshake rejection).
+    Failed { why: String, logged: bool },
+    /// Shutdown while connecting.
+    Stopped,
+}
+
+/// Keep a link to `target.peer` until shutdown.
+pub(crate) async fn run(ctx: Arc<LinkCtx>, target: DialTarget) {
+    let mut backoff = Backoff::new(target.seed);
+    let mut shutdown = ctx.shutdown.clone();
+    let node = target.peer.node_id.as_str();
+    let url = target.peer.url.as_str();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let delay = if ctx.actor.connected(node).await {
+            // Connected inbound (or by another path to the same id): nothing to do now.
+            CONNECTED_RECHECK
+        } else {
+            match attempt(&ctx, &target).await {
+                Attempt::Stopped => return,
+                Attempt::Linked(end) => {
+                    if end.proved && end.up_for >= target.heartbeat {
+                        backoff.reset();
+                    }
+                    let delay = backoff.next_delay();
+                    ctx.events.info(format!(
+                        "mesh: link to {node} ({url}) lost after {} ms ({}); reconnecting in {} ms",
+                        end.up_for.as_millis(),
+                        end.reason,
+                        delay.as_millis()
+                    ));
+                    delay
+                }
+                Attempt::Failed { why, logged } => {
+                    let delay = backoff.next_delay();
+                    let msg = format!(
+                        "mesh: cannot link to {node} at {url}: {why}; retrying in {} ms",
+                        delay.as_millis()
+                    );
+                    // Handshake rejections were logged once already (with their code).
+                    ctx.events
+                        .push(if logged { Level::Debug } else { Level::Warn }, msg);
+                    delay
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            // Shutdown first: a stop must not wait out a 60 s backoff.
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+async fn attempt(ctx: &LinkCtx, target: &DialTarget) -> Attempt {
+    let mut shutdown = ctx.shutdown.clone();
+    let p = &target.peer.parsed;
+    let connect = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        TcpStream::connect((p.host.as_str(), p.port)),
+    );
+    // Every connect phase races the shutdown signal, which wins ties.
+    let tcp = tokio::select! {
+        biased;
+        _ = shutdown.changed() => return Attempt::Stopped,
+        r = connect => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return failed(format!("connect: {e}")),
+            Err(_) => return failed("connect: timed out".into()),
+        },
+    };
+    let _ = tcp.set_nodelay(true);
+    match &target.tls {
+        None => session(ctx, target, tcp).await,
+        Some(connector) => {
+            let name = match super::tls::server_name(&p.host) {
+                Ok(n) => n,
+                Err(e) => return failed(e),
+            };
+            let tls = tokio::select! {
+                biased;
+                _ = shutdown.changed() => return Attempt::Stopped,
+                r = tokio::time::timeout(
+                    Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
+                    connector.connect(name, tcp),
+                ) => r,
+            };
+            match tls {
+                Ok(Ok(stream)) => session(ctx, target, stream).await,
+                Ok(Err(e)) => failed(format!("TLS: {e}")),
+                Err(_) => failed("TLS: timed out".into()),
+            }
+        }
+    }
+}
+
+fn failed(why: String) -> Attempt {
+    Attempt::Failed { why, logged: false }
+}
+
+async fn session<S>(ctx: &LinkCtx, target: &DialTarget, stream: S) -> Attempt
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut shutdown = ctx.shutdown.clone();
+    let url = target.peer.url.as_str();
+    let upgrade = tokio::time::timeout(
+        Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
+        tokio_tungstenite::client_async_with_config(url, stream, Some(link::ws_config())),
+    );
+    let mut ws = tokio::select! {
+        biased;
+        _ = shutdown.changed() => return Attempt::Stopped,
+        r = upgrade => match r {
+            Ok(Ok((ws, _response))) => ws,
+            Ok(Err(e)) => return failed(format!("WebSocket upgrade: {e}")),
+            Err(_) => return failed("WebSocket upgrade: timed out".into()),
+        },
+    };
+    // Dialers keep the full frame limits from the start: the listener may send its first
+    // binary frames right behind `welcome`, and re-framing the socket could lose them. The
+    // peer is one we chose to dial, so the pre-auth memory exposure is ours to accept.
+    let peer = match link::dial_handshake(&mut ws, ctx, &target.peer.node_id, url).await {
+        Ok(peer) => peer,
+        Err(HandshakeFailure::Rejected(code)) => {
+            return Attempt::Failed {
+                why: format!("handshake rejected: {code}"),
+                logged: true,
+            }
+        }
+        Err(HandshakeFailure::Aborted(why)) => {
+            if *shutdown.borrow() {
+                return Attempt::Stopped;
+            }
+            return failed(format!("handshake: {why}"));
+        }
+    };
+    let end = link::run(ws, ctx, peer, Direction::Outbound, url.to_string()).await;
+    Attempt::Linked(end)
+}

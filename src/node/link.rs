@@ -1,0 +1,540 @@
+//! One task per WebSocket: the handshake, then the pump between the socket and the actor.
+//!
+//! Flow:
+//! ```text
+//! handshake (TEXT frames, Dialer or Acceptor, deadline = the machine's deadline())
+//!     rejected → one log line (peer address, code, reason), counted, `reject` frame if the
+//!                peer is still talking, WS close with the code's close code; task ends
+//!     done     → register with the actor (LinkUp), then pump:
+//! select! (biased):
+//!     1. close request from the actor (it owns shutdown for registered links: on stop it sends
+//!        `leave`, then asks every link to flush briefly and close with 1000)
+//!     2. inbound: BINARY → actor (send().await: a busy actor slows this reader, nobody else)
+//!     3. outbound: the bounded writer queue → socket
+//! ```
+//! No application frame is read before the handshake succeeded and the link is registered.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use super::actor::{now_ms, ActorHandle, CloseCmd, LinkRegistration, WRITER_QUEUE_FRAMES};
+use super::events::{EventQueue, Level};
+use crate::mesh::{Direction, LinkId};
+use crate::proto::handshake_frame::MAX_HANDSHAKE_BYTES;
+use crate::proto::{
+    Acceptor, Dialer, HandshakeConfig, HandshakeFrame, NodeId, NonceCache, RejectCode, Step,
+    MAX_FRAME_BYTES,
+};
+
+/// Largest WebSocket message during the handshake (inbound): 4× the largest handshake frame, so
+/// an oversized frame still reaches the decoder (and gets a proper `malformed` reject) while an
+/// unauthenticated peer can pin at most this much memory per pending handshake.
+pub const HANDSHAKE_MAX_MESSAGE: usize = 4 * MAX_HANDSHAKE_BYTES;
+/// Read buffer during the handshake: handshake frames are tiny.
+const HANDSHAKE_READ_BUFFER: usize = 4 * 1024;
+/// How long the writer may take to flush already-queued frames on a graceful close (500 ms):
+/// enough for the `leave` frames to leave, short enough that `stop()` stays prompt.
+pub const CLOSE_FLUSH: Duration = Duration::from_millis(500);
+/// How long we wait for the peer's close reply after sending ours (so the kernel does not reset
+/// the connection under unread data and swallow our last frames).
+const CLOSE_LINGER: Duration = Duration::from_millis(500);
+
+/// What every link task needs.
+pub(crate) struct LinkCtx {
+    pub actor: ActorHandle,
+    pub events: Arc<EventQueue>,
+    pub handshake: HandshakeConfig,
+    pub epoch: Instant,
+    pub next_link: AtomicU64,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl LinkCtx {
+    fn new_link_id(&self) -> LinkId {
+        LinkId(self.next_link.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// WebSocket limits after the handshake: one message = one frame of at most `MAX_FRAME_BYTES`.
+pub fn ws_config() -> WebSocketConfig {
+    // tungstenite's default 128 KiB read buffer is allocated (and zero-filled) per socket and
+    // dominated the memory of an idle link; 8 KiB keeps idle links small, and large frames are
+    // still read in one message (the buffer only sizes each socket read).
+    WebSocketConfig::default()
+        .read_buffer_size(LINK_READ_BUFFER)
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
+}
+
+/// Read buffer of an authenticated link socket, bytes (see [`ws_config`]).
+pub const LINK_READ_BUFFER: usize = 8 * 1024;
+
+/// WebSocket limits for an inbound socket until its peer authenticated.
+pub fn ws_handshake_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(HANDSHAKE_READ_BUFFER)
+        .max_message_size(Some(HANDSHAKE_MAX_MESSAGE))
+        .max_frame_size(Some(HANDSHAKE_MAX_MESSAGE))
+}
+
+/// 32 fresh bytes from the OS for a handshake nonce.
+pub(crate) fn os_nonce() -> Result<[u8; 32], String> {
+    let mut n = [0u8; 32];
+    getrandom::fill(&mut n).map_err(|e| format!("OS randomness unavailable: {e}"))?;
+    Ok(n)
+}
+
+/// How a link ended, for the dialer's backoff.
+#[derive(Debug, Clone)]
+pub(crate) struct LinkEnd {
+    /// How long the link was registered with the actor.
+    pub up_for: Duration,
+    /// A pong was received on the link.
+    pub proved: bool,
+    pub reason: String,
+}
+
+/// Why a handshake did not produce a link.
+#[derive(Debug, Clone)]
+pub(crate) enum HandshakeFailure {
+    /// Refused with a code (logged and counted already).
+    Rejected(RejectCode),
+    /// The socket failed or closed, or we are shutting down (logged at debug level).
+    Aborted(String),
+}
+
+enum Next {
+    Text(String),
+    Stop(String),
+    Malformed(String),
+}
+
+/// Read the next handshake TEXT message (or the reason there is none) before `deadline`.
+async fn next_text<S>(
+    ws: &mut WebSocketStream<S>,
+    deadline: tokio::time::Instant,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Next>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        let msg = tokio::select! {
+            biased;
+            // Shutdown first, then the peer's next message (bounded by the deadline).
+            _ = shutdown.changed() => return Some(Next::Stop("node stopping".into())),
+            r = tokio::time::timeout_at(deadline, ws.next()) => match r {
+                Err(_) => return None,
+                Ok(m) => m,
+            },
+        };
+        return Some(match msg {
+            Some(Ok(Message::Text(t))) => Next::Text(t.as_str().to_string()),
+            Some(Ok(Message::Binary(_))) => {
+                Next::Malformed("BINARY message before the handshake completed".into())
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+            Some(Ok(Message::Close(f))) => Next::Stop(format!(
+                "peer closed during the handshake{}",
+                f.map(|f| format!(" ({} {})", u16::from(f.code), f.reason))
+                    .unwrap_or_default()
+            )),
+            Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(e))) => {
+                Next::Malformed(format!("handshake message too large: {e}"))
+            }
+            Some(Err(e)) => Next::Stop(format!("socket error during the handshake: {e}")),
+            None => Next::Stop("peer closed during the handshake".into()),
+        });
+    }
+}
+
+/// Send `frame` if any, close with the code's close code, log once, count.
+#[allow(clippy::too_many_arguments)]
+async fn reject<S>(
+    ws: &mut WebSocketStream<S>,
+    ctx: &LinkCtx,
+    who: &str,
+    peer: Option<&str>,
+    send: Option<HandshakeFrame>,
+    code: RejectCode,
+    reason: &str,
+    by_peer: bool,
+) -> HandshakeFailure
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let node = peer.map(|p| format!(", node {p:?}")).unwrap_or_default();
+    let by = if by_peer { " by peer" } else { "" };
+    ctx.events.warn(format!(
+        "mesh: handshake rejected{by} ({who}{node}): {code}: {reason}"
+    ));
+    ctx.actor.handshake_rejected(code).await;
+    if let Some(f) = send {
+        let _ = tokio::time::timeout(CLOSE_FLUSH, ws.send(Message::text(f.encode()))).await;
+    }
+    close_ws(ws, code.close_code(), code.as_str()).await;
+    HandshakeFailure::Rejected(code)
+}
+
+/// Close frame, then wait briefly for the peer's reply.
+async fn close_ws<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.to_string().into(),
+    };
+    if tokio::time::timeout(CLOSE_FLUSH, ws.close(Some(frame)))
+        .await
+        .is_ok()
+    {
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
+    }
+}
+
+fn deadline_instant(epoch: Instant, deadline_ms: u64) -> tokio::time::Instant {
+    tokio::time::Instant::from_std(epoch + Duration::from_millis(deadline_ms))
+}
+
+/// The listener side of the handshake. Returns the authenticated peer id.
+pub(crate) async fn accept_handshake<S>(
+    ws: &mut WebSocketStream<S>,
+    ctx: &LinkCtx,
+    nonces: &Mutex<NonceCache>,
+    addr: SocketAddr,
+) -> Result<NodeId, HandshakeFailure>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let who = format!("inbound from {addr}");
+    let nonce = os_nonce().map_err(HandshakeFailure::Aborted)?;
+    let mut acceptor = Acceptor::new(ctx.handshake.clone(), nonce, now_ms(ctx.epoch));
+    let deadline = deadline_instant(ctx.epoch, acceptor.deadline());
+    let mut shutdown = ctx.shutdown.clone();
+    let mut peer: Option<NodeId> = None;
+    loop {
+        let text = match next_text(ws, deadline, &mut shutdown).await {
+            Some(Next::Text(t)) => t,
+            Some(Next::Malformed(why)) => {
+                let code = RejectCode::Malformed;
+                let f = reject_frame(code);
+                return Err(reject(ws, ctx, &who, peer.as_deref(), f, code, &why, false).await);
+            }
+            Some(Next::Stop(why)) => {
+                ctx.events.push(
+                    Level::Debug,
+                    format!("mesh: handshake aborted ({who}): {why}"),
+                );
+                return Err(HandshakeFailure::Aborted(why));
+            }
+            None => {
+                let step = acceptor
+                    .on_tick(now_ms(ctx.epoch).max(acceptor.deadline()))
+                    .unwrap_or_else(timeout_step);
+                return Err(finish_rejected(ws, ctx, &who, peer.as_deref(), step).await);
+            }
+        };
+        // `admit` is the actor's answer, fetched before feeding the frame that needs it (the
+        // state machine calls it synchronously, with the nonce cache locked).
+        let decoded = HandshakeFrame::decode(&text).ok();
+        if let Some(HandshakeFrame::Hello { node, .. }) = &decoded {
+            peer.get_or_insert_with(|| node.clone());
+        }
+        let verdict = match (&decoded, &peer) {
+            (Some(HandshakeFrame::Auth { .. }), Some(p)) => ctx.actor.admit(p).await,
+            _ => Ok(()),
+        };
+        let step = {
+            // Held only for this synchronous call; never across an await.
+            let mut cache = nonces.lock().unwrap_or_else(|p| p.into_inner());
+            acceptor.on_frame(&text, &mut cache, |_| verdict)
+        };
+        match step {
+            Step::Send(f) => {
+                if let Err(e) = ws.send(Message::text(f.encode())).await {
+                    return Err(HandshakeFailure::Aborted(e.to_string()));
+                }
+            }
+            Step::Done { send, peer, .. } => {
+                if let Some(f) = send {
+                    if let Err(e) = ws.send(Message::text(f.encode())).await {
+                        return Err(HandshakeFailure::Aborted(e.to_string()));
+                    }
+                }
+                return Ok(peer);
+            }
+            step @ Step::Rejected { .. } => {
+                return Err(finish_rejected(ws, ctx, &who, peer.as_deref(), step).await);
+            }
+        }
+    }
+}
+
+/// The dialer side of the handshake against the node configured as `expected`.
+pub(crate) async fn dial_handshake<S>(
+    ws: &mut WebSocketStream<S>,
+    ctx: &LinkCtx,
+    expected: &str,
+    url: &str,
+) -> Result<NodeId, HandshakeFailure>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let who = format!("outbound to {url}");
+    let nonce = os_nonce().map_err(HandshakeFailure::Aborted)?;
+    let (mut dialer, hello) = Dialer::new(
+        ctx.handshake.clone(),
+        Some(expected.to_string()),
+        nonce,
+        now_ms(ctx.epoch),
+    );
+    let deadline = deadline_instant(ctx.epoch, dialer.deadline());
+    let mut shutdown = ctx.shutdown.clone();
+    if let Err(e) = ws.send(Message::text(hello.encode())).await {
+        return Err(HandshakeFailure::Aborted(e.to_string()));
+    }
+    let mut peer: Option<NodeId> = None;
+    loop {
+        let text = match next_text(ws, deadline, &mut shutdown).await {
+            Some(Next::Text(t)) => t,
+            Some(Next::Malformed(why)) => {
+                let code = RejectCode::Malformed;
+                let f = reject_frame(code);
+                return Err(reject(ws, ctx, &who, peer.as_deref(), f, code, &why, false).await);
+            }
+            Some(Next::Stop(why)) => {
+                ctx.events.push(
+                    Level::Debug,
+                    format!("mesh: handshake aborted ({who}): {why}"),
+                );
+                return Err(HandshakeFailure::Aborted(why));
+            }
+            None => {
+                let step = dialer
+                    .on_tick(now_ms(ctx.epoch).max(dialer.deadline()))
+                    .unwrap_or_else(timeout_step);
+                return Err(finish_rejected(ws, ctx, &who, peer.as_deref(), step).await);
+            }
+        };
+        let decoded = HandshakeFrame::decode(&text).ok();
+        if let Some(HandshakeFrame::Challenge { node, .. }) = &decoded {
+            peer.get_or_insert_with(|| node.clone());
+        }
+        let verdict = match (&decoded, &peer) {
+            (Some(HandshakeFrame::Welcome { .. }), Some(p)) => ctx.actor.admit(p).await,
+            _ => Ok(()),
+        };
+        match dialer.on_frame(&text, |_| verdict) {
+            Step::Send(f) => {
+                if let Err(e) = ws.send(Message::text(f.encode())).await {
+                    return Err(HandshakeFailure::Aborted(e.to_string()));
+                }
+            }
+            Step::Done { peer, .. } => return Ok(peer),
+            step @ Step::Rejected { .. } => {
+                return Err(finish_rejected(ws, ctx, &who, peer.as_deref(), step).await);
+            }
+        }
+    }
+}
+
+fn reject_frame(code: RejectCode) -> Option<HandshakeFrame> {
+    Some(HandshakeFrame::Reject {
+        code,
+        reason: code.reason().to_string(),
+    })
+}
+
+fn timeout_step() -> Step {
+    Step::Rejected {
+        send: reject_frame(RejectCode::Timeout),
+        code: RejectCode::Timeout,
+        reason: RejectCode::Timeout.reason().to_string(),
+        by_peer: false,
+    }
+}
+
+async fn finish_rejected<S>(
+    ws: &mut WebSocketStream<S>,
+    ctx: &LinkCtx,
+    who: &str,
+    peer: Option<&str>,
+    step: Step,
+) -> HandshakeFailure
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match step {
+        Step::Rejected {
+            send,
+            code,
+            reason,
+            by_peer,
+        } => reject(ws, ctx, who, peer, send, code, &reason, by_peer).await,
+        // Not reachable: callers pass rejections only.
+        _ => HandshakeFailure::Aborted("handshake ended unexpectedly".into()),
+    }
+}
+
+enum End {
+    /// The actor asked us to close (or is gone: `None`).
+    Close(Option<CloseCmd>),
+    Read(String),
+    Write(String),
+}
+
+/// Register an authenticated link with the actor and pump until it ends.
+pub(crate) async fn run<S>(
+    ws: WebSocketStream<S>,
+    ctx: &LinkCtx,
+    peer: NodeId,
+    direction: Direction,
+    addr: String,
+) -> LinkEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let link = ctx.new_link_id();
+    let (frames_tx, mut frames_rx) = mpsc::channel::<Vec<u8>>(WRITER_QUEUE_FRAMES);
+    let queued = Arc::new(AtomicUsize::new(0));
+    let proved = Arc::new(AtomicBool::new(false));
+    let (close_tx, mut close_rx) = oneshot::channel::<CloseCmd>();
+    let started = Instant::now();
+    let reg = LinkRegistration {
+        link,
+        peer: peer.clone(),
+        direction,
+        addr,
+        frames: frames_tx,
+        queued_bytes: queued.clone(),
+        close: close_tx,
+        proved: proved.clone(),
+    };
+    let mut ws = ws;
+    if !ctx.actor.link_up(reg).await {
+        close_ws(&mut ws, 1001, "node stopping").await;
+        return LinkEnd {
+            up_for: Duration::ZERO,
+            proved: false,
+            reason: "node stopping".into(),
+        };
+    }
+    let (mut sink, mut stream) = ws.split();
+
+    let end = {
+        let actor = &ctx.actor;
+        let reader = async {
+            loop {
+                match stream.next().await {
+                    Some(Ok(Message::Binary(b))) => {
+                        if !actor.data(link, Vec::from(b)).await {
+                            return "node stopping".to_string();
+                        }
+                    }
+                    Some(Ok(Message::Text(_))) => actor.text_after_handshake().await,
+                    Some(Ok(Message::Close(f))) => {
+                        return match f {
+                            Some(f) => format!("peer closed ({} {})", u16::from(f.code), f.reason),
+                            None => "peer closed".to_string(),
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return format!("read error: {e}"),
+                    None => return "connection closed".to_string(),
+                }
+            }
+        };
+        let writer = async {
+            while let Some(bytes) = frames_rx.recv().await {
+                queued.fetch_sub(bytes.len(), Ordering::Relaxed);
+                if let Err(e) = sink.feed(Message::binary(bytes)).await {
+                    return format!("write error: {e}");
+                }
+                if frames_rx.is_empty() {
+                    if let Err(e) = sink.flush().await {
+                        return format!("write error: {e}");
+                    }
+                }
+            }
+            String::new()
+        };
+        tokio::select! {
+            biased;
+            // 1. The actor's close request (shutdown, heartbeat timeout, slow peer, duplicate).
+            c = &mut close_rx => End::Close(c.ok()),
+            // 2. Inbound frames.
+            r = reader => End::Read(r),
+            // 3. Outbound frames.
+            w = writer => {
+                // The queue closes only when the actor dropped the link; its close request (if
+                // any) was sent first.
+                if w.is_empty() { End::Close(close_rx.try_recv().ok()) } else { End::Write(w) }
+            }
+        }
+    };
+
+    let reason = match end {
+        End::Close(cmd) => {
+            let cmd = cmd.unwrap_or(CloseCmd {
+                code: 1001,
+                reason: "node stopping".into(),
+                flush: true,
+            });
+            if cmd.flush {
+                let _ = tokio::time::timeout(CLOSE_FLUSH, async {
+                    while let Ok(bytes) = frames_rx.try_recv() {
+                        if sink.feed(Message::binary(bytes)).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = sink.flush().await;
+                })
+                .await;
+            }
+            let frame = CloseFrame {
+                code: CloseCode::from(cmd.code),
+                reason: cmd.reason.clone().into(),
+            };
+            if tokio::time::timeout(CLOSE_FLUSH, sink.send(Message::Close(Some(frame))))
+                .await
+                .is_ok()
+            {
+                let _ = tokio::time::timeout(CLOSE_LINGER, async {
+                    while let Some(Ok(_)) = stream.next().await {}
+                })
+                .await;
+            }
+            format!("closed by us ({} {})", cmd.code, cmd.reason)
+        }
+        End::Read(r) => {
+            // Answer the peer's close (tungstenite queued the reply) without waiting long.
+            let _ = tokio::time::timeout(Duration::from_millis(100), sink.close()).await;
+            r
+        }
+        End::Write(w) => w,
+    };
+    ctx.actor.link_down(link, reason.clone()).await;
+    ctx.events.push(
+        Level::Debug,
+        format!("mesh: link {} with {peer} ended: {reason}", link.0),
+    );
+    LinkEnd {
+        up_for: started.elapsed(),
+        proved: proved.load(Ordering::Relaxed),
+        reason,
+    }
+}

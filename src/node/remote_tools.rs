@@ -1,0 +1,569 @@
+//! Remote tools end to end: the `tool.call` service on the serving node and the caller side of
+//! `cluster_exec` / `cluster_read` / `cluster_write` / `cluster_tool`.
+//!
+//! ```text
+//! caller (home)                                   server (office)
+//! Node::start_tool(name, args, caller)
+//!   validate (catalog) → resolve `node` (id or tags:)
+//!   call_stream(dst, "tool.call", {tool, args, callerAgent?}) ──▶ ToolService
+//!                                                      ToolServer::call (policy, args, audit)
+//!   ToolEvent::Progress ◀── chunk {"stream":"stdout","text":…} ◀── exec output (bounded)
+//!                                                      Dispatch::Gateway → POST /tools/invoke
+//!   ToolEvent::Result / error ◀── end {"ok":true,"text","details"} | {"ok":false,"code","message"}
+//! ToolCall::cancel() / drop ──────── cancel ─────────▶ cancel watch → exec's process group killed
+//! ```
+//! Tool outcomes (including refusals) travel inside a successful `end`, so a tool's own error
+//! code (`CLAWMATRIX_DENIED`, …) reaches the caller unchanged; transport failures
+//! (unreachable, timeout, busy) are mesh errors.
+//!
+//! # Other tools: which gateway interface
+//! OpenClaw offers two ways to run a tool by name: the WS RPC `tools.invoke` and HTTP
+//! `POST /tools/invoke`. Both resolve tools the same way (surface `"http"`: web_*, sessions_*,
+//! memory_*, plugin tools, never the coding tools, hence the native executors). A plugin service
+//! cannot use `api.runtime.gateway.request` (refused for third-party plugins), and the WS RPC
+//! needs the full `connect` handshake; the HTTP endpoint is always enabled and takes the
+//! gateway's shared token as `Authorization: Bearer`, so the core calls
+//! `POST http://127.0.0.1:<gateway.port>/tools/invoke` with body `{"tool", "args"}` itself
+//! (hyper client, answer limited to 16 MiB, 110 s timeout, cancelled with the call). HTTP 200
+//! `{ok:true,result:{content,details}}` → the result; 404 → `NotFound`, 401/403 → `Denied`,
+//! 400 → `InvalidArgument`, other → `Remote`, each with the gateway's own message. Without a
+//! known port or token the call fails with `ConfigInvalid` naming what is missing.
+//!
+//! A `node` equal to this node's id is refused (`InvalidArgument`): the agent has its own
+//! local tools, and the tool policy is about remote callers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Map, Value};
+use tokio::sync::{mpsc, watch};
+
+use super::actor::ActorHandle;
+use super::service::{BoxFuture, CallCtx, Service};
+use super::stream::{CallOptions, StreamItem};
+use crate::error::{Error, ErrorCode, Result};
+use crate::mesh::Target;
+use crate::tools::exec::ExecChunk;
+use crate::tools::serve::{Caller, Dispatch, ToolReply, ToolServer};
+
+/// The method remote tool calls use.
+pub const METHOD_TOOL_CALL: &str = "tool.call";
+/// Inactivity deadline of non-exec tool calls: 120 s covers a large file over a slow link and
+/// a gateway tool such as `web_fetch`.
+pub const TOOL_DEADLINE: Duration = Duration::from_secs(120);
+/// Slack added to an exec's own timeout for the call deadline (process start, transfer).
+pub const EXEC_DEADLINE_SLACK: Duration = Duration::from_secs(30);
+/// exec's default timeout when the caller gives none (seconds; matches the executor's).
+const EXEC_DEFAULT_TIMEOUT_SECS: u64 = 1800;
+/// How long the serving gateway may take to answer `POST /tools/invoke`.
+pub const GATEWAY_TIMEOUT: Duration = Duration::from_secs(110);
+/// Largest `POST /tools/invoke` answer read, in bytes (the reply is capped further by
+/// `toolProxy.maxOutputBytes`).
+pub const MAX_GATEWAY_REPLY_BYTES: usize = 16 * 1024 * 1024;
+/// Progress events buffered between the exec and the stream (dropped beyond, never blocking).
+const PROGRESS_QUEUE: usize = 64;
+/// Steps buffered between the caller task and the consumer of a [`ToolCall`].
+const STEP_QUEUE: usize = 16;
+
+/// How this node reaches its own gateway's tool-invoke interface.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayTarget {
+    pub port: Option<u16>,
+    pub token: Option<String>,
+}
+
+/// The `tool.call` service.
+pub struct ToolService {
+    pub server: Arc<ToolServer>,
+    pub gateway: GatewayTarget,
+    pub node_id: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ToolRequest {
+    tool: String,
+    #[serde(default)]
+    args: Value,
+    #[serde(default)]
+    caller_agent: Option<String>,
+}
+
+impl Service for ToolService {
+    fn call(&self, ctx: CallCtx, payload: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>>> {
+        let server = Arc::clone(&self.server);
+        let gateway = self.gateway.clone();
+        let node_id = self.node_id.clone();
+        Box::pin(async move {
+            let req: ToolRequest = serde_json::from_slice(&payload).map_err(|e| {
+                Error::new(
+                    ErrorCode::InvalidArgument,
+                    format!("tool.call: bad request: {e}"),
+                )
+            })?;
+            let caller = Caller {
+                node: ctx.from.clone(),
+                agent: req.caller_agent,
+            };
+            let cancel = ctx.cancel.clone();
+            let mut sink = ctx.sink;
+            let (ptx, mut prx) = mpsc::channel::<ExecChunk>(PROGRESS_QUEUE);
+            let call = server.call(&caller, &req.tool, req.args, Some(ptx), cancel.clone());
+            let forward = async {
+                let mut open = true;
+                while let Some(c) = prx.recv().await {
+                    if !open {
+                        continue;
+                    }
+                    let line = json!({
+                        "stream": c.stream.as_str(),
+                        "text": String::from_utf8_lossy(&c.bytes),
+                    });
+                    open = sink.send(line.to_string().into_bytes()).await.is_ok();
+                }
+            };
+            let (result, ()) = tokio::join!(call, forward);
+            let result = match result {
+                Ok(Dispatch::Native(reply)) => Ok(reply),
+                Ok(Dispatch::Gateway(g)) => {
+                    let r = gateway_invoke(&gateway, &node_id, &g.tool, &g.args, cancel).await;
+                    g.finish(r)
+                }
+                Err(e) => Err(e),
+            };
+            let out = match result {
+                Ok(r) => json!({"ok": true, "text": r.text, "details": r.details}),
+                Err(e) => json!({"ok": false, "code": e.code.as_str(), "message": e.message}),
+            };
+            Ok(out.to_string().into_bytes())
+        })
+    }
+}
+
+/// Run `tool` through this node's gateway: `POST http://127.0.0.1:<port>/tools/invoke` with
+/// `Authorization: Bearer <token>`.
+async fn gateway_invoke(
+    gw: &GatewayTarget,
+    node: &str,
+    tool: &str,
+    args: &Value,
+    mut cancel: watch::Receiver<bool>,
+) -> Result<ToolReply> {
+    let missing = |what: &str| {
+        Error::new(
+            ErrorCode::ConfigInvalid,
+            format!(
+                "{node} cannot run {tool} through its gateway: {what} is unknown (the gateway \
+                 must expose gateway.port and gateway.auth.token, or OPENCLAW_GATEWAY_TOKEN)"
+            ),
+        )
+    };
+    let port = gw.port.ok_or_else(|| missing("the gateway port"))?;
+    let token = gw
+        .token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| missing("the gateway token"))?;
+    let work = async {
+        let io_err = |e: &dyn std::fmt::Display| {
+            Error::new(
+                ErrorCode::Io,
+                format!("{node}: gateway tools.invoke on 127.0.0.1:{port}: {e}"),
+            )
+        };
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| io_err(&e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| io_err(&e))?;
+        let conn = tokio::spawn(conn);
+        let body = json!({"tool": tool, "args": args}).to_string();
+        let req = Request::post("/tools/invoke")
+            .header(hyper::header::HOST, format!("127.0.0.1:{port}"))
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| io_err(&e))?;
+        let resp = sender.send_request(req).await.map_err(|e| io_err(&e))?;
+        let status = resp.status();
+        let bytes = Limited::new(resp.into_body(), MAX_GATEWAY_REPLY_BYTES)
+            .collect()
+            .await
+            .map_err(|e| io_err(&e))?
+            .to_bytes();
+        conn.abort();
+        Ok::<_, Error>(gateway_reply(node, tool, status, &bytes))
+    };
+    tokio::select! {
+        biased;
+        _ = cancel.wait_for(|c| *c) => Err(Error::new(
+            ErrorCode::Cancelled,
+            format!("{tool}: cancelled by the caller"),
+        )),
+        r = tokio::time::timeout(GATEWAY_TIMEOUT, work) => match r {
+            Ok(r) => r?,
+            Err(_) => Err(Error::new(
+                ErrorCode::Timeout,
+                format!("{node}: the gateway did not answer {tool} within {} s", GATEWAY_TIMEOUT.as_secs()),
+            )),
+        },
+    }
+}
+
+/// Turn the gateway's answer into the tool's reply or error, as the tool returned it.
+fn gateway_reply(node: &str, tool: &str, status: StatusCode, bytes: &[u8]) -> Result<ToolReply> {
+    let v: Value = serde_json::from_slice(bytes).unwrap_or_else(
+        |_| json!({"ok": false, "error": {"message": String::from_utf8_lossy(bytes)}}),
+    );
+    if status.is_success() && v["ok"].as_bool() != Some(false) {
+        let result = v.get("result").cloned().unwrap_or(Value::Null);
+        let text = match result.get("content").and_then(Value::as_array) {
+            Some(parts) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            None => match &result {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            },
+        };
+        let details = result.get("details").cloned().unwrap_or(Value::Null);
+        return Ok(ToolReply { text, details });
+    }
+    let message = v["error"]["message"]
+        .as_str()
+        .map(String::from)
+        .unwrap_or_else(|| v.to_string());
+    let code = match status {
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => ErrorCode::Denied,
+        StatusCode::BAD_REQUEST => ErrorCode::InvalidArgument,
+        _ => ErrorCode::Remote,
+    };
+    Err(Error::new(
+        code,
+        format!(
+            "{tool} on {node}'s gateway (HTTP {}): {message}",
+            status.as_u16()
+        ),
+    ))
+}
+
+// ----- caller side ---------------------------------------------------------------------------
+
+/// Who asked for a tool call on this node (forwarded to the serving node's audit).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolCaller {
+    pub agent_id: Option<String>,
+    pub session_key: Option<String>,
+}
+
+/// One step of a tool call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolEvent {
+    /// Partial output (exec's stdout/stderr as it comes).
+    Progress { text: String, details: Value },
+    /// The final result.
+    Result(super::ToolOutput),
+}
+
+/// A running tool call: pull its steps with [`ToolCall::next`]; [`ToolCall::cancel`] (or
+/// dropping it) cancels the remote call.
+pub struct ToolCall {
+    rx: tokio::sync::Mutex<mpsc::Receiver<Result<ToolEvent>>>,
+    cancel: watch::Sender<bool>,
+    /// A result or an error was handed out.
+    finished: std::sync::atomic::AtomicBool,
+}
+
+impl ToolCall {
+    /// A call that is already over.
+    pub fn ready(r: Result<ToolEvent>) -> ToolCall {
+        let (tx, rx) = mpsc::channel(1);
+        let _ = tx.try_send(r);
+        let (cancel, _) = watch::channel(false);
+        ToolCall::new(rx, cancel)
+    }
+
+    fn new(rx: mpsc::Receiver<Result<ToolEvent>>, cancel: watch::Sender<bool>) -> ToolCall {
+        ToolCall {
+            rx: tokio::sync::Mutex::new(rx),
+            cancel,
+            finished: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The next step; `None` after the result or an error. A call whose task vanished without
+    /// a result (the node stopped) ends with a `Cancelled` error.
+    pub async fn next(&self) -> Option<Result<ToolEvent>> {
+        use std::sync::atomic::Ordering;
+        if self.finished.load(Ordering::Acquire) {
+            return None;
+        }
+        let step = self.rx.lock().await.recv().await;
+        let step = step.unwrap_or_else(|| {
+            Err(Error::new(
+                ErrorCode::Cancelled,
+                "the tool call ended without a result (the clawmatrix service stopped)",
+            ))
+        });
+        if !matches!(step, Ok(ToolEvent::Progress { .. })) {
+            self.finished.store(true, Ordering::Release);
+        }
+        Some(step)
+    }
+
+    /// Cancel the call (the remote process group is killed for exec). Idempotent.
+    pub fn cancel(&self) {
+        let _ = self.cancel.send(true);
+    }
+}
+
+impl Drop for ToolCall {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+/// What a `cluster_*` tool asks the serving node to run.
+struct RemoteRequest {
+    node: String,
+    tool: String,
+    args: Value,
+    deadline: Duration,
+}
+
+/// Map a validated `cluster_*` call to its remote tool.
+fn remote_request(name: &str, a: &Map<String, Value>) -> Option<RemoteRequest> {
+    let s = |k: &str| a.get(k).and_then(Value::as_str).map(String::from);
+    let node = s("node")?;
+    let (tool, args, deadline) = match name {
+        "cluster_exec" => {
+            let timeout = a.get("timeout").and_then(Value::as_u64);
+            let mut args = Map::new();
+            for k in ["command", "workdir", "timeout"] {
+                if let Some(v) = a.get(k).filter(|v| !v.is_null()) {
+                    args.insert(k.to_string(), v.clone());
+                }
+            }
+            let secs = timeout.unwrap_or(EXEC_DEFAULT_TIMEOUT_SECS);
+            let deadline = Duration::from_secs(secs) + EXEC_DEADLINE_SLACK;
+            ("exec".to_string(), Value::Object(args), deadline)
+        }
+        "cluster_read" => ("read".into(), json!({"path": s("path")?}), TOOL_DEADLINE),
+        "cluster_write" => (
+            "write".into(),
+            json!({"path": s("path")?, "content": s("content")?}),
+            TOOL_DEADLINE,
+        ),
+        "cluster_tool" => {
+            let tool = s("tool")?;
+            let args = a.get("args").cloned().unwrap_or_else(|| json!({}));
+            let deadline = if tool == "exec" {
+                let secs = args
+                    .get("timeout")
+                    .or_else(|| args.get("timeoutSeconds"))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(EXEC_DEFAULT_TIMEOUT_SECS);
+                Duration::from_secs(secs) + EXEC_DEADLINE_SLACK
+            } else {
+                TOOL_DEADLINE
+            };
+            (tool, args, deadline)
+        }
+        _ => return None,
+    };
+    Some(RemoteRequest {
+        node,
+        tool,
+        args,
+        deadline,
+    })
+}
+
+/// Start a remote `cluster_*` call on the node's runtime.
+pub(crate) fn start_remote(
+    runtime: &tokio::runtime::Handle,
+    actor: ActorHandle,
+    self_id: String,
+    name: &str,
+    args: &Map<String, Value>,
+    caller: ToolCaller,
+) -> ToolCall {
+    let Some(req) = remote_request(name, args) else {
+        return ToolCall::ready(Err(Error::new(
+            ErrorCode::Internal,
+            format!("{name}: not a remote tool"),
+        )));
+    };
+    let (tx, rx) = mpsc::channel(STEP_QUEUE);
+    let (cancel, cancel_rx) = watch::channel(false);
+    let name = name.to_string();
+    runtime.spawn(async move {
+        let r = run_remote(&actor, &self_id, &name, req, caller, &tx, cancel_rx).await;
+        if let Err(e) = r {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    ToolCall::new(rx, cancel)
+}
+
+async fn run_remote(
+    actor: &ActorHandle,
+    self_id: &str,
+    name: &str,
+    req: RemoteRequest,
+    caller: ToolCaller,
+    tx: &mpsc::Sender<Result<ToolEvent>>,
+    mut cancel: watch::Receiver<bool>,
+) -> Result<()> {
+    let target = Target::parse(&req.node).map_err(|e| {
+        Error::new(
+            ErrorCode::InvalidArgument,
+            format!("{name}.node: {e} (give a node id or tags:a,b)"),
+        )
+    })?;
+    let candidates: Vec<String> = match &target {
+        Target::Name(n) if n == self_id => {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "{name}.node: {n} is this node; use the local tools here (remote tools run \
+                     on other mesh nodes)"
+                ),
+            ))
+        }
+        Target::Name(n) => vec![n.clone()],
+        Target::Tags(tags) => {
+            let mut nodes: Vec<String> = Vec::new();
+            for c in actor.resolve(target.clone(), Vec::new()).await {
+                if !nodes.contains(&c.node) {
+                    nodes.push(c.node);
+                }
+            }
+            if nodes.is_empty() {
+                return Err(Error::new(
+                    ErrorCode::Unreachable,
+                    format!(
+                        "{name}: no reachable node matches tags:{} from {self_id}",
+                        tags.join(",")
+                    ),
+                ));
+            }
+            nodes
+        }
+    };
+    let mut payload = json!({"tool": req.tool, "args": req.args});
+    if let Some(agent) = &caller.agent_id {
+        payload["callerAgent"] = Value::String(agent.clone());
+    }
+    let payload = payload.to_string().into_bytes();
+    let opts = CallOptions {
+        deadline: req.deadline,
+    };
+    // Only a node that was unreachable before anything was sent is skipped for the next one:
+    // a call that reached a node may have run there.
+    let mut last_err = None;
+    let mut opened = None;
+    for node in &candidates {
+        match actor
+            .open_stream(node, METHOD_TOOL_CALL, payload.clone(), opts.deadline)
+            .await
+        {
+            Ok(s) => {
+                opened = Some((node.clone(), s));
+                break;
+            }
+            Err(e) if e.code == ErrorCode::Unreachable => last_err = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    let Some((node, mut stream)) = opened else {
+        let e = last_err.map(|e| e.message).unwrap_or_default();
+        return Err(Error::new(
+            ErrorCode::Unreachable,
+            format!(
+                "{name}: node {} is not reachable from {self_id} (unknown or cut off): {e}",
+                req.node
+            ),
+        ));
+    };
+    loop {
+        let item = tokio::select! {
+            biased;
+            _ = cancel.wait_for(|c| *c) => {
+                stream.cancel();
+                return Err(Error::new(
+                    ErrorCode::Cancelled,
+                    format!("{name} on {node}: cancelled"),
+                ));
+            }
+            item = stream.next() => item,
+        };
+        match item {
+            None => {
+                return Err(Error::new(
+                    ErrorCode::Internal,
+                    format!("{name} on {node}: the stream ended without a result"),
+                ))
+            }
+            Some(Err(e)) => {
+                return Err(Error::new(
+                    e.code,
+                    format!("{name} on {node}: {}", e.message),
+                ))
+            }
+            Some(Ok(StreamItem::Chunk(bytes))) => {
+                let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let text = v["text"].as_str().unwrap_or_default().to_string();
+                let details = json!({
+                    "node": node,
+                    "tool": req.tool,
+                    "stream": v["stream"],
+                });
+                // Backpressure: waiting here stops reading the stream, which stops the credit.
+                if tx
+                    .send(Ok(ToolEvent::Progress { text, details }))
+                    .await
+                    .is_err()
+                {
+                    stream.cancel();
+                    return Ok(());
+                }
+            }
+            Some(Ok(StreamItem::End(bytes))) => {
+                let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::new(
+                        ErrorCode::Remote,
+                        format!("{name} on {node}: unreadable result: {e}"),
+                    )
+                })?;
+                if v["ok"].as_bool() != Some(true) {
+                    let code = v["code"]
+                        .as_str()
+                        .and_then(ErrorCode::parse)
+                        .unwrap_or(ErrorCode::Remote);
+                    let msg = v["message"].as_str().unwrap_or("failed");
+                    return Err(Error::new(code, format!("{name} on {node}: {msg}")));
+                }
+                let text = v["text"].as_str().unwrap_or_default();
+                let mut details = Map::new();
+                details.insert("node".into(), Value::String(node.clone()));
+                details.insert("tool".into(), Value::String(req.tool.clone()));
+                details.insert("result".into(), v["details"].clone());
+                let out = super::ToolOutput {
+                    text: format!("[{} ran on {node}]\n{text}", req.tool),
+                    details: Value::Object(details),
+                };
+                let _ = tx.send(Ok(ToolEvent::Result(out))).await;
+                return Ok(());
+            }
+        }
+    }
+}

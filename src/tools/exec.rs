@@ -1,0 +1,460 @@
+//! Remote `exec`: run a command on this node, stream its output, capture a bounded copy.
+//!
+//! # How a command runs
+//! - [`Command::Shell`] runs `/bin/sh -c <command>`, as 0.1.8 did, so pipes, redirections and
+//!   `&&` work; the caller is trusted with a shell (that is what allowing `exec` means).
+//!   [`Command::Argv`] runs a program directly with exact arguments, no shell parsing.
+//! - stdin is `/dev/null`; the environment is the gateway's; the working directory is inside
+//!   the filesystem root (default: the root itself).
+//! - The child leads its own process group. On timeout or cancel the whole group gets
+//!   `SIGKILL`, so grandchildren (`sh -c 'make & sleep 100'`) die too; the child is reaped.
+//! - A normal run ends when the child has exited *and* its stdout and stderr are closed: a
+//!   background job that keeps the pipes open keeps the call open until the timeout. Start
+//!   services detached (`nohup svc >log 2>&1 &`).
+//!
+//! # Output
+//! Chunks are sent as progress on a bounded channel with `try_send`: when the consumer is slow,
+//! chunks are dropped and counted, the child is never blocked. Progress and capture stop at
+//! the same per-stream budget. The captured copy is bounded by `max_output_bytes` for stdout
+//! and stderr together: each stream is guaranteed half, and a stream that needs less leaves
+//! the rest to the other; the head of each stream is kept (cut at a UTF-8 boundary) and a
+//! marker `[clawmatrix: output truncated: <total> bytes total, <kept> shown]` states the
+//! original size. Output that is not UTF-8 (or holds NUL) is returned lossily decoded with
+//! `binary: true`.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch};
+
+use crate::error::{Error, ErrorCode};
+use crate::tools::paths::Root;
+
+/// Default timeout of one command, in seconds: 30 minutes, as 0.1.8 (`cluster_exec.timeout`).
+pub const DEFAULT_TIMEOUT_SECS: u64 = 1800;
+/// Longest timeout a caller may ask for, in seconds: 24 hours; longer jobs belong in a service.
+pub const MAX_TIMEOUT_SECS: u64 = 24 * 60 * 60;
+/// Most arguments in [`Command::Argv`]; far above any real command line.
+pub const MAX_ARGV: usize = 4096;
+/// Read size from the child's pipes, in bytes.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// A shell command line, run as `/bin/sh -c <line>` (0.1.8 behaviour).
+    Shell(String),
+    /// A program and its arguments, run directly (no shell). Never empty.
+    Argv(Vec<String>),
+}
+
+/// A validated exec request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRequest {
+    /// What to run.
+    pub command: Command,
+    /// Resolved working directory (inside the root).
+    pub workdir: PathBuf,
+    /// Time after which the process group is killed.
+    pub timeout: Duration,
+    /// Budget for the captured stdout + stderr, in bytes.
+    pub max_output_bytes: usize,
+}
+
+impl ExecRequest {
+    /// Validates a request against the root: `workdir` (relative to the root, default the root)
+    /// must resolve to a directory inside it; `timeout_secs` defaults to
+    /// [`DEFAULT_TIMEOUT_SECS`] and must be 1..=[`MAX_TIMEOUT_SECS`].
+    pub fn new(
+        root: &Root,
+        command: Command,
+        workdir: Option<&str>,
+        timeout_secs: Option<u64>,
+        max_output_bytes: usize,
+    ) -> Result<ExecRequest, Error> {
+        let invalid = |m: String| Err(Error::new(ErrorCode::InvalidArgument, m));
+        match &command {
+            Command::Shell(line) => {
+                if line.trim().is_empty() {
+                    return invalid("exec.command: must not be empty".into());
+                }
+                if line.contains('\0') {
+                    return invalid("exec.command: must not contain NUL".into());
+                }
+            }
+            Command::Argv(argv) => {
+                if argv.is_empty() || argv[0].is_empty() {
+                    return invalid("exec.argv: must start with a program name".into());
+                }
+                if argv.len() > MAX_ARGV {
+                    return invalid(format!(
+                        "exec.argv: too many arguments ({}, limit {MAX_ARGV})",
+                        argv.len()
+                    ));
+                }
+                if argv.iter().any(|a| a.contains('\0')) {
+                    return invalid("exec.argv: arguments must not contain NUL".into());
+                }
+            }
+        }
+        let secs = timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
+        if secs == 0 || secs > MAX_TIMEOUT_SECS {
+            return invalid(format!(
+                "exec.timeout: must be between 1 and {MAX_TIMEOUT_SECS} seconds, got {secs}"
+            ));
+        }
+        let workdir = root.resolve_dir(workdir)?;
+        Ok(ExecRequest {
+            command,
+            workdir,
+            timeout: Duration::from_secs(secs),
+            max_output_bytes,
+        })
+    }
+}
+
+/// Which pipe a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+impl StreamKind {
+    /// `"stdout"` or `"stderr"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamKind::Stdout => "stdout",
+            StreamKind::Stderr => "stderr",
+        }
+    }
+}
+
+/// A piece of output, sent as progress while the command runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecChunk {
+    /// Its stream.
+    pub stream: StreamKind,
+    /// The raw bytes (not necessarily UTF-8, not aligned to lines or characters).
+    pub bytes: Vec<u8>,
+}
+
+/// How a command ended, with its captured output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutcome {
+    /// Exit status, if it exited normally.
+    pub exit_code: Option<i32>,
+    /// The signal that killed it, if one did (9 after a timeout or cancel).
+    pub signal: Option<i32>,
+    /// The timeout fired and the process group was killed.
+    pub timed_out: bool,
+    /// The cancel signal fired and the process group was killed.
+    pub cancelled: bool,
+    /// Captured stdout (lossy UTF-8), with the truncation marker if cut.
+    pub stdout: String,
+    /// Captured stderr (lossy UTF-8), with the truncation marker if cut.
+    pub stderr: String,
+    /// Either stream was cut.
+    pub truncated: bool,
+    /// Either stream was not valid UTF-8 text (or contained NUL).
+    pub binary: bool,
+    /// Bytes the command wrote to stdout in total.
+    pub stdout_bytes: u64,
+    /// Bytes the command wrote to stderr in total.
+    pub stderr_bytes: u64,
+    /// Progress chunks dropped because the consumer was slow.
+    pub dropped_progress: u64,
+    /// Wall time from spawn to the end, in ms.
+    pub duration_ms: u64,
+}
+
+/// One pipe being read.
+struct Pipe {
+    kind: StreamKind,
+    captured: Vec<u8>,
+    total: u64,
+    open: bool,
+}
+
+impl Pipe {
+    fn new(kind: StreamKind) -> Pipe {
+        Pipe {
+            kind,
+            captured: Vec::new(),
+            total: 0,
+            open: true,
+        }
+    }
+
+    /// Keeps what fits in `budget`; returns the kept part for progress.
+    fn take<'a>(&mut self, data: &'a [u8], budget: usize) -> &'a [u8] {
+        self.total += data.len() as u64;
+        let room = budget.saturating_sub(self.captured.len());
+        let kept = &data[..data.len().min(room)];
+        self.captured.extend_from_slice(kept);
+        kept
+    }
+}
+
+/// Runs the request to completion, timeout or cancel (`cancel` turning `true`).
+///
+/// Progress goes to `progress` with `try_send` (dropped and counted when full). Fails only if
+/// the command cannot be started; a non-zero exit, a timeout or a cancel is an [`ExecOutcome`].
+pub async fn run(
+    req: ExecRequest,
+    progress: Option<mpsc::Sender<ExecChunk>>,
+    mut cancel: watch::Receiver<bool>,
+) -> Result<ExecOutcome, Error> {
+    let mut cmd = match &req.command {
+        Command::Shell(line) => {
+            let mut c = tokio::process::Command::new("/bin/sh");
+            c.arg("-c").arg(line);
+            c
+        }
+        Command::Argv(argv) => {
+            let mut c = tokio::process::Command::new(&argv[0]);
+            c.args(&argv[1..]);
+            c
+        }
+    };
+    cmd.current_dir(&req.workdir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let program = match &req.command {
+        Command::Shell(_) => "/bin/sh".to_owned(),
+        Command::Argv(argv) => argv[0].clone(),
+    };
+    let started = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| spawn_error(&program, &e))?;
+    // The child leads its own group: its pid is the group id.
+    let pgid = child.id().and_then(|id| i32::try_from(id).ok());
+    let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
+        kill_group(pgid);
+        return Err(Error::new(ErrorCode::Internal, "exec: child pipes missing"));
+    };
+
+    // Each stream may fill the whole budget while running; the fair split happens at the end.
+    let budget = req.max_output_bytes;
+    let mut pipes = [Pipe::new(StreamKind::Stdout), Pipe::new(StreamKind::Stderr)];
+    let mut buf_out = vec![0u8; READ_CHUNK_BYTES];
+    let mut buf_err = vec![0u8; READ_CHUNK_BYTES];
+    let mut progress = progress;
+    let mut dropped_progress = 0u64;
+    let mut status = None;
+    let mut timed_out = false;
+    let mut cancelled = *cancel.borrow();
+    let mut cancel_live = true;
+    let deadline = tokio::time::sleep(req.timeout);
+    tokio::pin!(deadline);
+
+    while !cancelled && (status.is_none() || pipes[0].open || pipes[1].open) {
+        // Priority: cancel, then the deadline, then output, then the exit status (read the
+        // pipes before noticing the exit so no output is lost).
+        let (kind, read) = tokio::select! {
+            biased;
+            changed = cancel.changed(), if cancel_live => {
+                match changed {
+                    Ok(()) => cancelled = *cancel.borrow_and_update(),
+                    // The canceller is gone: nobody can cancel any more.
+                    Err(_) => cancel_live = false,
+                }
+                continue;
+            }
+            () = &mut deadline => {
+                timed_out = true;
+                break;
+            }
+            r = out.read(&mut buf_out), if pipes[0].open => (0usize, r),
+            r = err.read(&mut buf_err), if pipes[1].open => (1usize, r),
+            s = child.wait(), if status.is_none() => {
+                match s {
+                    Ok(s) => status = Some(s),
+                    Err(e) => {
+                        kill_group(pgid);
+                        return Err(Error::new(ErrorCode::Io, format!("exec: wait failed: {e}")));
+                    }
+                }
+                continue;
+            }
+        };
+        let pipe = &mut pipes[kind];
+        match read {
+            Ok(0) | Err(_) => pipe.open = false,
+            Ok(n) => {
+                let data = if kind == 0 {
+                    &buf_out[..n]
+                } else {
+                    &buf_err[..n]
+                };
+                let kept = pipe.take(data, budget);
+                if !kept.is_empty() {
+                    if let Some(tx) = &progress {
+                        let chunk = ExecChunk {
+                            stream: pipe.kind,
+                            bytes: kept.to_vec(),
+                        };
+                        match tx.try_send(chunk) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => dropped_progress += 1,
+                            Err(mpsc::error::TrySendError::Closed(_)) => progress = None,
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    if timed_out || cancelled {
+        kill_group(pgid);
+        // Reap the leader; the killed grandchildren are reaped by init (or a subreaper).
+        if status.is_none() {
+            status = child.wait().await.ok();
+        }
+    }
+    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+
+    let [p_out, p_err] = pipes;
+    let (keep_out, keep_err) = split_budget(p_out.captured.len(), p_err.captured.len(), budget);
+    let (stdout, cut_out, bin_out) = render(&p_out.captured, keep_out, p_out.total);
+    let (stderr, cut_err, bin_err) = render(&p_err.captured, keep_err, p_err.total);
+    Ok(ExecOutcome {
+        exit_code: status.and_then(|s| s.code()),
+        signal: status.and_then(|s| s.signal()),
+        timed_out,
+        cancelled,
+        stdout,
+        stderr,
+        truncated: cut_out || cut_err,
+        binary: bin_out || bin_err,
+        stdout_bytes: p_out.total,
+        stderr_bytes: p_err.total,
+        dropped_progress,
+        duration_ms,
+    })
+}
+
+/// How many bytes of each stream to keep: each stream is guaranteed half the budget, and the
+/// part a stream does not need goes to the other.
+pub fn split_budget(out_len: usize, err_len: usize, budget: usize) -> (usize, usize) {
+    if out_len + err_len <= budget {
+        return (out_len, err_len);
+    }
+    let half = budget / 2;
+    let keep_out = out_len.min(half.max(budget.saturating_sub(err_len)));
+    let keep_err = err_len.min(budget - keep_out);
+    (keep_out, keep_err)
+}
+
+/// Text of a captured stream cut to `keep` bytes: `(text, truncated, binary)`.
+fn render(captured: &[u8], keep: usize, total: u64) -> (String, bool, bool) {
+    let truncated = (captured.len() as u64) < total || keep < captured.len();
+    let mut end = keep.min(captured.len());
+    if truncated {
+        end = utf8_floor(captured, end);
+    }
+    let kept = &captured[..end];
+    let binary = std::str::from_utf8(kept).is_err() || kept.contains(&0);
+    let mut text = String::from_utf8_lossy(kept).into_owned();
+    if truncated {
+        text.push_str(&truncation_marker(total, end as u64));
+    }
+    (text, truncated, binary)
+}
+
+/// The marker appended to cut output.
+pub fn truncation_marker(total: u64, shown: u64) -> String {
+    format!("\n[clawmatrix: output truncated: {total} bytes total, {shown} shown]")
+}
+
+/// The largest index `<= end` that does not split a UTF-8 sequence (when the data is UTF-8).
+pub(crate) fn utf8_floor(data: &[u8], end: usize) -> usize {
+    let end = end.min(data.len());
+    if end == data.len() {
+        return end;
+    }
+    // Back up over at most 3 continuation bytes (0b10xx_xxxx) to a sequence start.
+    let mut i = end;
+    while i > 0 && end - i < 3 && (data[i] & 0xC0) == 0x80 {
+        i -= 1;
+    }
+    if (data[i] & 0xC0) == 0x80 {
+        end
+    } else {
+        i
+    }
+}
+
+/// `SIGKILL` to the whole process group (no-op without a pid).
+fn kill_group(pgid: Option<i32>) {
+    if let Some(pgid) = pgid.filter(|p| *p > 1) {
+        // SAFETY: kill(2) has no memory-safety preconditions; a negative pid addresses the
+        // process group we created with process_group(0), whose id is the child's pid. ESRCH
+        // (group already gone) is fine.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+}
+
+fn spawn_error(program: &str, e: &std::io::Error) -> Error {
+    let shown = format!("{program:?}");
+    match e.kind() {
+        std::io::ErrorKind::NotFound => Error::new(
+            ErrorCode::NotFound,
+            format!("exec: cannot run {shown}: program not found"),
+        ),
+        std::io::ErrorKind::PermissionDenied => Error::new(
+            ErrorCode::Io,
+            format!("exec: cannot run {shown}: permission denied"),
+        ),
+        _ => Error::new(
+            ErrorCode::Io,
+            format!(
+                "exec: cannot run {shown}: {}",
+                crate::tools::paths::io_reason(e)
+            ),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_split_is_fair_and_gives_unused_room_away() {
+        assert_eq!(split_budget(10, 10, 100), (10, 10));
+        assert_eq!(split_budget(1000, 1000, 100), (50, 50));
+        assert_eq!(split_budget(1000, 10, 100), (90, 10));
+        assert_eq!(split_budget(10, 1000, 100), (10, 90));
+        assert_eq!(split_budget(1000, 0, 100), (100, 0));
+    }
+
+    #[test]
+    fn cuts_never_split_a_utf8_character() {
+        let s = "aé€😀".as_bytes(); // 1 + 2 + 3 + 4 bytes
+        for end in 0..=s.len() {
+            let e = utf8_floor(s, end);
+            assert!(std::str::from_utf8(&s[..e]).is_ok(), "end {end} -> {e}");
+            assert!(end - e <= 3);
+        }
+    }
+
+    #[test]
+    fn render_marks_truncation_with_the_original_size() {
+        let (text, cut, bin) = render(b"hello world", 5, 5_242_880);
+        assert!(cut && !bin);
+        assert_eq!(
+            text,
+            "hello\n[clawmatrix: output truncated: 5242880 bytes total, 5 shown]"
+        );
+    }
+}

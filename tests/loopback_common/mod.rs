@@ -1,0 +1,202 @@
+//! Helpers shared by the loopback tests: free ports, node configs with fast heartbeats, polling
+//! with a deadline, event draining, and a raw WebSocket peer that speaks the handshake by hand.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use clawmatrix::config::Config;
+use clawmatrix::node::{Node, StartOptions};
+use clawmatrix::proto::codec;
+use clawmatrix::proto::frame::{Body, Header, ENVELOPE_VERSION};
+use clawmatrix::proto::{Dialer, FrameId, HandshakeConfig, HandshakeFrame, Step};
+use clawmatrix::status::{PeerState, PeerView};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+pub const SECRET: &str = "loopback-secret-0123456789";
+/// Fast heartbeats: 200 ms × 3 misses.
+pub const HEARTBEAT_MS: u64 = 200;
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A config: listening on `listen` (if any), dialing `peers` = [(nodeId, port)].
+pub fn config(id: &str, listen: Option<u16>, peers: &[(&str, u16)], extra: Value) -> Config {
+    let mut v = json!({
+        "nodeId": id,
+        "secret": SECRET,
+        "listen": listen.is_some(),
+        "listenHost": "127.0.0.1",
+        "listenPort": listen.unwrap_or(19000),
+        "proxyPort": free_port(),
+        "heartbeatIntervalMs": HEARTBEAT_MS,
+        "heartbeatMisses": 3,
+        "peers": peers.iter().map(|(n, p)| json!({"nodeId": n, "url": format!("ws://127.0.0.1:{p}")})).collect::<Vec<_>>(),
+        "agents": [{"id": format!("{id}-agent"), "description": "test agent", "tags": ["t-agent"]}],
+        "models": [{"id": format!("{id}-model"), "provider": "ollama"}],
+        "tags": [format!("{id}-tag")],
+    });
+    if let (Some(obj), Value::Object(extra)) = (v.as_object_mut(), extra) {
+        for (k, x) in extra {
+            obj.insert(k, x);
+        }
+    }
+    Config::from_json(&v)
+        .unwrap_or_else(|e| panic!("config {id}: {e}"))
+        .config
+}
+
+pub fn start(c: Config) -> Node {
+    let n = Node::new(c);
+    n.start(&StartOptions::default()).expect("start");
+    n
+}
+
+/// Poll `f` every 20 ms until it is true or `within` passed; returns the elapsed time.
+pub async fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if f() {
+            return t0.elapsed();
+        }
+        if t0.elapsed() > within {
+            panic!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn peer(n: &Node, id: &str) -> Option<PeerView> {
+    n.status().peers.into_iter().find(|p| p.node_id == id)
+}
+
+pub fn is_direct(n: &Node, id: &str) -> bool {
+    peer(n, id).is_some_and(|p| p.state == PeerState::Direct)
+}
+
+pub fn is_relayed_via(n: &Node, id: &str, via: &str) -> bool {
+    peer(n, id).is_some_and(|p| {
+        p.state == PeerState::Relayed
+            && p.reachable_via.as_deref() == Some(via)
+            && p.hops == Some(2)
+    })
+}
+
+/// Every log line queued so far.
+pub async fn drain(n: &Node) -> Vec<String> {
+    let q = n.events();
+    let mut out = Vec::new();
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(5), q.next()).await {
+        out.push(e.message);
+    }
+    out
+}
+
+pub fn reject_count(n: &Node, code: &str) -> u64 {
+    n.status()
+        .mesh
+        .handshake_rejects
+        .get(code)
+        .copied()
+        .unwrap_or(0)
+}
+
+// ----- raw peers -----------------------------------------------------------------------------
+
+pub async fn raw_connect(port: u16) -> Ws {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("tcp");
+    let (ws, _) = tokio_tungstenite::client_async(format!("ws://127.0.0.1:{port}/"), tcp)
+        .await
+        .expect("ws upgrade");
+    ws
+}
+
+/// Next TEXT message, or the close code if the server closed instead.
+pub async fn next_text_or_close(ws: &mut Ws) -> Result<String, Option<u16>> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
+            Err(_) => panic!("no message within 15 s"),
+            Ok(Some(Ok(Message::Text(t)))) => return Ok(t.as_str().to_string()),
+            Ok(Some(Ok(Message::Close(f)))) => return Err(f.map(|f| u16::from(f.code))),
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(_))) | Ok(None) => return Err(None),
+        }
+    }
+}
+
+/// Read until the server's close frame; returns its code.
+pub async fn close_code(ws: &mut Ws) -> Option<u16> {
+    loop {
+        match next_text_or_close(ws).await {
+            Ok(_) => continue,
+            Err(code) => return code,
+        }
+    }
+}
+
+pub fn nonce(seed: u8) -> [u8; 32] {
+    let mut n = [seed; 32];
+    let t = Instant::now().elapsed().as_nanos() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+    n[..8].copy_from_slice(&t.to_be_bytes());
+    n
+}
+
+/// A full handshake as `id` against the node on `port` (expecting node `expect`).
+pub async fn raw_handshake(port: u16, id: &str, expect: &str) -> Ws {
+    let mut ws = raw_connect(port).await;
+    let cfg = HandshakeConfig::new(id, SECRET.as_bytes().to_vec());
+    let (mut d, hello) = Dialer::new(cfg, Some(expect.to_string()), nonce(7), 0);
+    ws.send(Message::text(hello.encode())).await.expect("hello");
+    loop {
+        let text = next_text_or_close(&mut ws)
+            .await
+            .unwrap_or_else(|c| panic!("closed during handshake: {c:?}"));
+        match d.on_frame(&text, |_| Ok(())) {
+            Step::Send(f) => ws.send(Message::text(f.encode())).await.expect("send"),
+            Step::Done { .. } => return ws,
+            Step::Rejected { code, reason, .. } => {
+                panic!("raw handshake rejected: {code}: {reason}")
+            }
+        }
+    }
+}
+
+/// A link-local ping frame from `src` (keeps the node's heartbeat for this link satisfied).
+pub fn ping_frame(src: &str, seq: u64) -> Vec<u8> {
+    let header = Header {
+        v: ENVELOPE_VERSION,
+        id: FrameId(nonce(seq as u8)[..16].try_into().expect("16 bytes")),
+        src: src.to_string(),
+        dst: None,
+        ttl: 1,
+        hops: 0,
+        ts: seq,
+        body: Body::Ping { seq, t: seq },
+    };
+    codec::encode(&header, &[]).expect("encode")
+}
+
+pub fn hello_text(id: &str, seed: u8) -> String {
+    let cfg = HandshakeConfig::new(id, SECRET.as_bytes().to_vec());
+    let (_, hello) = Dialer::new(cfg, None, nonce(seed), 0);
+    hello.encode()
+}
+
+pub fn is_reject(text: &str, code: &str) -> bool {
+    matches!(HandshakeFrame::decode(text), Ok(HandshakeFrame::Reject { code: c, .. }) if c.as_str() == code)
+}
