@@ -41,6 +41,12 @@ export declare class ClawMatrixNode {
   /** End the event stream (`nextEvent()` resolves `null` once drained). */
   closeEvents(): void
   /**
+   * Round-trip time in ms of one `mesh.echo` request with a 64-byte payload to `nodeId`
+   * (for benchmarks and diagnostics). `timeoutMs` defaults to 5000. Rejects with an Error
+   * whose message is `CODE: message` of the core error (not running, unreachable, timeout).
+   */
+  meshPing(nodeId: string, timeoutMs?: number | undefined | null): Promise<number>
+  /**
    * Start one of the seven tools. Arguments are validated first; pull the steps with
    * `ToolCall.next()`: zero or more `progress`, then one `result` or `error`, then `null`.
    */

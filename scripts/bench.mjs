@@ -1,12 +1,14 @@
 // npm run bench [-- --quick] [-- --skip-build] [-- --idle-links N]
 //
 // Builds the addon (release) and the Rust bench, runs `cargo bench --bench mesh` (clawmatrix
-// nodes in-process on loopback) and `bench/ws-baseline.mjs` (the original plugin's Node `ws`
-// stack) in the same run, then prints one markdown table comparing them with the targets.
+// nodes in-process on loopback), `bench/ws-baseline.mjs` (the original plugin's Node `ws`
+// stack) and `bench/tool-read.mjs` (1 MiB `cluster_read` through the release addon, and a
+// control frame's wait meanwhile) in the same run, then prints one markdown table comparing
+// them with the targets.
 // The table and the raw JSON lines go to bench/results/ (gitignored). What each number means:
 // bench/README.md.
 //
-// Exit status: 0 when both benchmarks ran (missed targets are reported, not fatal); 1 when a
+// Exit status: 0 when all three benchmarks ran (missed targets are reported, not fatal); 1 when a
 // build or a benchmark failed or produced no result.
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
@@ -33,6 +35,9 @@ const TARGET = {
   smallFramesPerS: 300_000,
   largeMBps: 600,
   idleBytes: 8 * 1024,
+  toolReadP50: 8, // ms, 1 MiB cluster_read office → home's JS
+  toolReadP99: 15, // ms
+  controlDuringReadP99: 2, // ms, a control frame on the same link meanwhile
 };
 
 function machine() {
@@ -88,6 +93,10 @@ function metrics(rows) {
     idleBytes: idle?.bytes_per_link, idleLinks: idle?.links,
     cpuDirect: d?.cpu_us_per_req, cpuRelay1: r1?.cpu_us_per_req, cpuRelay2: r2?.cpu_us_per_req,
     cpuSmall: small?.cpu_us_per_req, cpuLarge: large?.cpu_us_per_req,
+    toolReadP50: find(rows, "tool_read")?.p50_ms, toolReadP99: find(rows, "tool_read")?.p99_ms,
+    controlDuringP50: find(rows, "control_during_read")?.p50_ms,
+    controlDuringP99: find(rows, "control_during_read")?.p99_ms,
+    controlIdleP50: find(rows, "control_idle")?.p50_ms, controlIdleP99: find(rows, "control_idle")?.p99_ms,
   };
 }
 
@@ -111,6 +120,12 @@ function table(cm, nw) {
     }
     rows.push(`| ${metric} | ${num(a, digits)} | ${num(b, digits)} | ${ratio} | ${target} | ${met} |`);
   };
+  // Two clawmatrix-only figures in one cell ("p50 / p99"); no Node ws counterpart.
+  const addPair = (metric, k1, k2, { target = "—", check } = {}) => {
+    const a = cm[k1], b = cm[k2];
+    const met = !check ? "—" : a === undefined || b === undefined ? "n/a" : check(a, b) ? "yes" : "**no**";
+    rows.push(`| ${metric} | ${num(a)} / ${num(b)} | n/a | n/a | ${target} | ${met} |`);
+  };
   const hopCheck = (limit) => (a, b) => a <= limit && (b === undefined ? undefined : b / a >= TARGET.hopVsNode);
   add("RTT direct p50 (µs)", "directP50", { target: `≤ ${TARGET.directP50}`, check: (a) => a <= TARGET.directP50 });
   add("RTT direct p99 (µs)", "directP99");
@@ -132,6 +147,11 @@ function table(cm, nw) {
   add("CPU per request, 2 relays RTT (µs, all processes)", "cpuRelay2");
   add("CPU per request, 1 KiB throughput (µs)", "cpuSmall");
   add("CPU per request, 1 MiB throughput (µs)", "cpuLarge");
+  addPair("1 MiB cluster_read to home's JS p50/p99 (ms)", "toolReadP50", "toolReadP99",
+    { target: `≤ ${TARGET.toolReadP50} / ≤ ${TARGET.toolReadP99}`, check: (p50, p99) => p50 <= TARGET.toolReadP50 && p99 <= TARGET.toolReadP99 });
+  add("control frame wait during 1 MiB reads p99 (ms)", "controlDuringP99",
+    { target: `≤ ${TARGET.controlDuringReadP99}`, check: (a) => a <= TARGET.controlDuringReadP99, digits: 2 });
+  addPair("control frame RTT, idle link p50/p99 (ms)", "controlIdleP50", "controlIdleP99");
   return [
     "| metric | clawmatrix | Node ws | ratio | target | met? |",
     "|---|---:|---:|---:|---|---|",
@@ -152,8 +172,10 @@ async function main() {
     ["bench", "--bench", "mesh", "--", ...passThrough, "--idle-links", String(idleLinks)], 5 * 60_000);
   const base = await runBench("node-ws", process.execPath,
     [join(ROOT, "bench", "ws-baseline.mjs"), ...passThrough, "--idle-links", String(idleLinks)], 7 * 60_000);
+  const toolRead = await runBench("tool-read", process.execPath,
+    [join(ROOT, "bench", "tool-read.mjs"), ...passThrough], 3 * 60_000);
 
-  const cm = metrics(rust.rows), nw = metrics(base.rows);
+  const cm = metrics([...rust.rows, ...toolRead.rows]), nw = metrics(base.rows);
   const when = new Date().toISOString();
   const header = [
     `## clawmatrix mesh benchmark (${when})`,
@@ -171,7 +193,10 @@ async function main() {
   const dir = join(ROOT, "bench", "results");
   mkdirSync(dir, { recursive: true });
   const stamp = when.replace(/[:.]/g, "-");
-  const raw = { when, machine: m, quick, clawmatrix: rust.rows, nodeWs: base.rows, errors: [rust.error, base.error].filter(Boolean) };
+  const raw = {
+    when, machine: m, quick, clawmatrix: rust.rows, nodeWs: base.rows, toolRead: toolRead.rows,
+    errors: [rust.error, base.error, toolRead.error].filter(Boolean),
+  };
   for (const name of [`bench-${stamp}`, "latest"]) {
     writeFileSync(join(dir, `${name}.md`), md);
     writeFileSync(join(dir, `${name}.json`), `${JSON.stringify(raw, null, 2)}\n`);

@@ -2,7 +2,8 @@
 // Builds the addon and shim, provisions Node 24 + the pinned OpenClaw into the cache, starts a
 // mock LLM upstream and three real OpenClaw gateways on loopback — cloud (listens), office and
 // home (dial cloud only) — with clawmatrix loaded from the packed plugin, waits for the mesh, and
-// prints what an operator sees on home: office reachable via cloud. Everything is stopped at the
+// prints what an operator sees on home: office reachable via cloud; then home's agent runs a
+// command on office through cloud (cluster_exec). Everything is stopped at the
 // end unless --keep is given (then Ctrl-C stops it).
 import { rmSync } from "node:fs";
 import { build } from "./lib.mjs";
@@ -72,6 +73,13 @@ try {
     if (status.code !== 0) throw new Error(`clawmatrix status on ${g.name} failed:\n${status.stderr}`);
     console.log(`\n$ openclaw clawmatrix status   # on ${g.name}\n${status.stdout}`);
   }
+  step("home's agent runs a command on office through cloud (cluster_exec; the mock LLM plays the model)");
+  const command = "echo \"hello from $(hostname) in $(pwd)\"; uname -sr";
+  const turn = await home.agentTurn(`call tool cluster_exec with ${JSON.stringify({ node: "office-01", command })}`);
+  const reply = (turn?.result?.payloads ?? []).map((p) => p.text ?? "").join("\n");
+  if (!/TOOL_RESULT\[cluster_exec\]/.test(reply)) throw new Error(`cluster_exec did not run: ${JSON.stringify(turn).slice(0, 1000)}`);
+  console.log(`\n$ openclaw agent --agent main --message 'call tool cluster_exec with {"node":"office-01",...}'   # on home\n${reply}\n`);
+
   if (keep) {
     step("running; press Ctrl-C to stop");
     await new Promise((resolve) => process.once("SIGINT", resolve));

@@ -231,6 +231,20 @@ impl ClawMatrixNode {
         self.node.events().close();
     }
 
+    /// Round-trip time in ms of one `mesh.echo` request with a 64-byte payload to `nodeId`
+    /// (for benchmarks and diagnostics). `timeoutMs` defaults to 5000. Rejects with an Error
+    /// whose message is `CODE: message` of the core error (not running, unreachable, timeout).
+    #[napi]
+    pub async fn mesh_ping(&self, node_id: String, timeout_ms: Option<u32>) -> napi::Result<f64> {
+        let timeout = std::time::Duration::from_millis(u64::from(timeout_ms.unwrap_or(5000)));
+        let t0 = std::time::Instant::now();
+        self.node
+            .request(&node_id, crate::node::METHOD_ECHO, vec![0x5a; 64], timeout)
+            .await
+            .map_err(|e| napi::Error::from_reason(format!("{}: {}", e.code, e.message)))?;
+        Ok(t0.elapsed().as_secs_f64() * 1000.0)
+    }
+
     /// Start one of the seven tools. Arguments are validated first; pull the steps with
     /// `ToolCall.next()`: zero or more `progress`, then one `result` or `error`, then `null`.
     #[napi]

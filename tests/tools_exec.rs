@@ -404,3 +404,19 @@ fn bad_exec_requests_are_refused() {
         assert!(err.message.contains(want), "{cmd:?}: {}", err.message);
     }
 }
+
+#[tokio::test]
+async fn the_gateway_environment_does_not_reach_remote_commands() {
+    bounded(async {
+        // Set in this test process: a remote command must see PATH/HOME but never keys/tokens.
+        std::env::set_var("CLAWMATRIX_TEST_API_KEY", "sk-should-not-leak");
+        std::env::set_var("OPENCLAW_GATEWAY_TOKEN", "tok-should-not-leak");
+        let tmp = TempDir::new("exec-env");
+        let out = run_shell(tmp.path(), "env").await;
+        assert_eq!(out.exit_code, Some(0));
+        assert!(out.stdout.contains("PATH="), "{}", out.stdout);
+        assert!(!out.stdout.contains("should-not-leak"), "{}", out.stdout);
+        assert!(!out.stdout.contains("OPENCLAW_"), "{}", out.stdout);
+    })
+    .await;
+}

@@ -11,8 +11,8 @@
 //! round trip succeeds, which proves the route both ways.
 //!
 //! Every node owns its own tokio runtime (as every OpenClaw gateway would), so the process runs
-//! 2 worker threads per node: 4 for `direct`, 6 for `relay1`, 8 for `relay2` on this machine's
-//! cores. That is the deployment cost too, and it is reported with the results.
+//! one worker thread per node by default (`CLAWMATRIX_WORKER_THREADS`): 2 for `direct`, 3 for
+//! `relay1`, 4 for `relay2` on this machine's cores.
 
 use std::net::TcpListener;
 use std::sync::Arc;

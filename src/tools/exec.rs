@@ -4,7 +4,8 @@
 //! - [`Command::Shell`] runs `/bin/sh -c <command>`, as 0.1.8 did, so pipes, redirections and
 //!   `&&` work; the caller is trusted with a shell (that is what allowing `exec` means).
 //!   [`Command::Argv`] runs a program directly with exact arguments, no shell parsing.
-//! - stdin is `/dev/null`; the environment is the gateway's; the working directory is inside
+//! - stdin is `/dev/null`; the environment is reduced to [`INHERITED_ENV`] (no API keys or
+//!   tokens of the gateway); the working directory is inside
 //!   the filesystem root (default: the root itself).
 //! - The child leads its own process group. On timeout or cancel the whole group gets
 //!   `SIGKILL`, so grandchildren (`sh -c 'make & sleep 100'`) die too; the child is reaped.
@@ -201,6 +202,16 @@ impl Pipe {
     }
 }
 
+/// Variables a remote command inherits from the gateway; everything else (API keys, tokens,
+/// `OPENCLAW_*`) is withheld. A caller who needs more sets it in the command line.
+pub const INHERITED_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TERM", "TZ", "TMPDIR",
+];
+
+fn inherited_env(name: &str) -> bool {
+    INHERITED_ENV.contains(&name) || name.starts_with("LC_")
+}
+
 /// Runs the request to completion, timeout or cancel (`cancel` turning `true`).
 ///
 /// Progress goes to `progress` with `try_send` (dropped and counted when full). Fails only if
@@ -222,6 +233,14 @@ pub async fn run(
             c
         }
     };
+    // A clean environment with only the variables a shell needs: the gateway's own environment
+    // holds provider API keys and its token, which must never reach a remote caller.
+    cmd.env_clear();
+    for (k, v) in std::env::vars_os() {
+        if k.to_str().is_some_and(inherited_env) {
+            cmd.env(k, v);
+        }
+    }
     cmd.current_dir(&req.workdir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
