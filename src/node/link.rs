@@ -210,6 +210,39 @@ fn deadline_instant(epoch: Instant, deadline_ms: u64) -> tokio::time::Instant {
     tokio::time::Instant::from_std(epoch + Duration::from_millis(deadline_ms))
 }
 
+/// The next handshake TEXT frame, or the failure that ends the handshake: malformed input
+/// (rejected with `malformed`), shutdown or a closed socket (aborted), or the deadline (the
+/// state machine's own rejection from `on_timeout`). Shared by both sides of the handshake.
+async fn handshake_text<S>(
+    ws: &mut WebSocketStream<S>,
+    ctx: &LinkCtx,
+    who: &str,
+    peer: Option<&str>,
+    deadline: tokio::time::Instant,
+    shutdown: &mut watch::Receiver<bool>,
+    on_timeout: impl FnOnce() -> Step,
+) -> Result<String, HandshakeFailure>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match next_text(ws, deadline, shutdown).await {
+        Some(Next::Text(t)) => Ok(t),
+        Some(Next::Malformed(why)) => {
+            let code = RejectCode::Malformed;
+            let f = reject_frame(code);
+            Err(reject(ws, ctx, who, peer, f, code, &why, false).await)
+        }
+        Some(Next::Stop(why)) => {
+            ctx.events.push(
+                Level::Debug,
+                format!("mesh: handshake aborted ({who}): {why}"),
+            );
+            Err(HandshakeFailure::Aborted(why))
+        }
+        None => Err(finish_rejected(ws, ctx, who, peer, on_timeout()).await),
+    }
+}
+
 /// The listener side of the handshake. Returns the authenticated peer id.
 pub(crate) async fn accept_handshake<S>(
     ws: &mut WebSocketStream<S>,
@@ -227,27 +260,21 @@ where
     let mut shutdown = ctx.shutdown.clone();
     let mut peer: Option<NodeId> = None;
     loop {
-        let text = match next_text(ws, deadline, &mut shutdown).await {
-            Some(Next::Text(t)) => t,
-            Some(Next::Malformed(why)) => {
-                let code = RejectCode::Malformed;
-                let f = reject_frame(code);
-                return Err(reject(ws, ctx, &who, peer.as_deref(), f, code, &why, false).await);
-            }
-            Some(Next::Stop(why)) => {
-                ctx.events.push(
-                    Level::Debug,
-                    format!("mesh: handshake aborted ({who}): {why}"),
-                );
-                return Err(HandshakeFailure::Aborted(why));
-            }
-            None => {
-                let step = acceptor
-                    .on_tick(now_ms(ctx.epoch).max(acceptor.deadline()))
-                    .unwrap_or_else(timeout_step);
-                return Err(finish_rejected(ws, ctx, &who, peer.as_deref(), step).await);
-            }
+        let on_timeout = || {
+            acceptor
+                .on_tick(now_ms(ctx.epoch).max(acceptor.deadline()))
+                .unwrap_or_else(timeout_step)
         };
+        let text = handshake_text(
+            ws,
+            ctx,
+            &who,
+            peer.as_deref(),
+            deadline,
+            &mut shutdown,
+            on_timeout,
+        )
+        .await?;
         // `admit` is the actor's answer, fetched before feeding the frame that needs it (the
         // state machine calls it synchronously, with the nonce cache locked).
         let decoded = HandshakeFrame::decode(&text).ok();
@@ -309,27 +336,21 @@ where
     }
     let mut peer: Option<NodeId> = None;
     loop {
-        let text = match next_text(ws, deadline, &mut shutdown).await {
-            Some(Next::Text(t)) => t,
-            Some(Next::Malformed(why)) => {
-                let code = RejectCode::Malformed;
-                let f = reject_frame(code);
-                return Err(reject(ws, ctx, &who, peer.as_deref(), f, code, &why, false).await);
-            }
-            Some(Next::Stop(why)) => {
-                ctx.events.push(
-                    Level::Debug,
-                    format!("mesh: handshake aborted ({who}): {why}"),
-                );
-                return Err(HandshakeFailure::Aborted(why));
-            }
-            None => {
-                let step = dialer
-                    .on_tick(now_ms(ctx.epoch).max(dialer.deadline()))
-                    .unwrap_or_else(timeout_step);
-                return Err(finish_rejected(ws, ctx, &who, peer.as_deref(), step).await);
-            }
+        let on_timeout = || {
+            dialer
+                .on_tick(now_ms(ctx.epoch).max(dialer.deadline()))
+                .unwrap_or_else(timeout_step)
         };
+        let text = handshake_text(
+            ws,
+            ctx,
+            &who,
+            peer.as_deref(),
+            deadline,
+            &mut shutdown,
+            on_timeout,
+        )
+        .await?;
         let decoded = HandshakeFrame::decode(&text).ok();
         if let Some(HandshakeFrame::Challenge { node, .. }) = &decoded {
             peer.get_or_insert_with(|| node.clone());
