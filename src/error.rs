@@ -128,3 +128,16 @@ impl ErrorCode {
         Self::ALL.into_iter().find(|c| c.as_str() == s)
     }
 }
+
+/// The JSON type of `v` as error messages name it (`expected a string, got number`).
+pub fn json_type_name(v: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}

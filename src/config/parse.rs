@@ -11,6 +11,7 @@ use serde_json::{Map, Number, Value};
 
 use super::url::{is_valid_hostname, quote};
 use super::*;
+use crate::error::json_type_name as type_name;
 
 /// The reason recorded for an absent required field.
 pub(super) const REASON_REQUIRED: &str = "is required";
@@ -80,17 +81,6 @@ fn join(parent: &str, key: &str) -> String {
 
 fn index(parent: &str, i: usize) -> String {
     format!("{parent}[{i}]")
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
 }
 
 /// An integer value of a JSON number: exact for all `u64`/`i64`, and for floats with no

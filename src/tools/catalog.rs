@@ -6,6 +6,7 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::error::json_type_name as type_name;
 use crate::error::{Error, ErrorCode};
 
 /// The JSON type a parameter accepts.
@@ -264,17 +265,6 @@ pub fn validate_args(spec: &ToolSpec, args: &Value) -> Result<Map<String, Value>
         }
     }
     Ok(obj)
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
 }
 
 #[cfg(test)]

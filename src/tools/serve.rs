@@ -30,6 +30,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
+use crate::error::json_type_name as type_name;
 use crate::error::{Error, ErrorCode};
 use crate::tools::audit::{args_digest, AuditEntry, AuditLog, AuditSummary, Outcome};
 use crate::tools::catalog::MAX_STRING_ARG_BYTES;
@@ -724,16 +725,5 @@ impl Args {
             out.push(Replacement { old_text, new_text });
         }
         Ok(Some(out))
-    }
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
     }
 }
