@@ -33,9 +33,16 @@ export function registerCli(api: PluginApi): void {
 }
 
 async function run(method: string, opts: { timeout?: string }, render: (payload: unknown) => string): Promise<void> {
+  let sdk: GatewayRuntime;
+  try {
+    sdk = (await import("openclaw/plugin-sdk/gateway-runtime" as string)) as GatewayRuntime;
+  } catch (e) {
+    process.stderr.write(`clawmatrix: cannot load OpenClaw's gateway client (openclaw/plugin-sdk/gateway-runtime): ${oneLine(e)}\n`);
+    process.exitCode = 1;
+    return;
+  }
   let payload: unknown;
   try {
-    const sdk = (await import("openclaw/plugin-sdk/gateway-runtime" as string)) as GatewayRuntime;
     payload = await sdk.callGatewayFromCli(method, { json: true, timeout: opts.timeout ?? "10000" }, {});
   } catch (e) {
     process.stderr.write(`clawmatrix: cannot reach the gateway: ${oneLine(e)}\n`);

@@ -136,7 +136,7 @@ pub fn render_text(s: &StatusReport) -> String {
         if s.running { "running" } else { "stopped" }
     );
     let _ = writeln!(out, "  Mesh: {listen}");
-    let _ = writeln!(out, "  Mesh: {}", render_counters(&s.mesh));
+    let _ = writeln!(out, "  Traffic: {}", render_counters(&s.mesh));
     let _ = writeln!(out, "  Model proxy: http://127.0.0.1:{}/v1", s.proxy_port);
     if let Some(t) = &s.tools {
         let _ = writeln!(out, "  Tools: {}", render_tools(t));
@@ -374,7 +374,7 @@ mod tests {
         assert!(text.contains("not listening (dial-out only)"), "{text}");
         assert!(text.contains("models: claude-sonnet"), "{text}");
         assert!(
-            text.contains("Mesh: 1 links up") && text.contains("handshake rejects 2 (bad_mac 2)"),
+            text.contains("Traffic: 1 links up") && text.contains("handshake rejects 2 (bad_mac 2)"),
             "{text}"
         );
     }

@@ -85,7 +85,7 @@ async fn home_reaches_office_through_cloud_and_echo_round_trips() {
             text.contains("office: reachable via cloud (2 hops)"),
             "{text}"
         );
-        assert!(text.contains("Mesh: 1 links up"), "{text}");
+        assert!(text.contains("Traffic: 1 links up"), "{text}");
         assert!(home.mesh_stats().is_some_and(|s| s.calls_started >= 2));
 
         let logs = drain(&home).await.join("\n");

@@ -180,6 +180,10 @@ test("release path: npm pack tarball installs with npm-pack: and runs", { timeou
   await packed.waitForLog(/clawmatrix: node packed-01 started/, 120_000);
   const s = await packed.call("clawmatrix.status");
   assert.equal(s.nodeId, "packed-01");
+  // The CLI of an npm-pack install reaches OpenClaw's gateway client too.
+  const cli = await packed.cli(["clawmatrix", "status"]);
+  assert.equal(cli.code, 0, `${cli.stdout}\n${cli.stderr}`);
+  assert.match(cli.stdout, /ClawMatrix node packed-01/);
   assert.equal(s.listen, false);
   assert.equal(await portIsFree(proxyPort), false);
 });
