@@ -374,7 +374,8 @@ mod tests {
         assert!(text.contains("not listening (dial-out only)"), "{text}");
         assert!(text.contains("models: claude-sonnet"), "{text}");
         assert!(
-            text.contains("Traffic: 1 links up") && text.contains("handshake rejects 2 (bad_mac 2)"),
+            text.contains("Traffic: 1 links up")
+                && text.contains("handshake rejects 2 (bad_mac 2)"),
             "{text}"
         );
     }
