@@ -6,6 +6,7 @@
 // command on office through cloud (cluster_exec). Everything is stopped at the
 // end unless --keep is given (then Ctrl-C stops it).
 import { rmSync } from "node:fs";
+import { dirname } from "node:path";
 import { build } from "./lib.mjs";
 
 const keep = process.argv.includes("--keep");
@@ -13,7 +14,7 @@ const t0 = Date.now();
 const step = (m) => console.log(`[demo +${((Date.now() - t0) / 1000).toFixed(1)}s] ${m}`);
 
 await build();
-const { provision, startMockLlm, startGateways, stopAll } = await import("../tests/harness/index.mjs");
+const { provision, startMockLlm, startGateways, stopAll, cleanRunDir } = await import("../tests/harness/index.mjs");
 const { stagePlugin } = await import("../tests/e2e/plugin-package.mjs");
 const { freePort } = await import("../tests/js/free-port.mjs");
 
@@ -23,6 +24,7 @@ const mock = await startMockLlm();
 step(`mock LLM upstream on ${mock.url} (configured as provider "mock" on every gateway)`);
 const pkg = stagePlugin();
 let exitCode = 0;
+let runDir;
 try {
   const secret = "demo-mesh-secret-change-me";
   const cloudPort = await freePort();
@@ -57,6 +59,7 @@ try {
   ];
   step("starting cloud, office and home (real OpenClaw gateways, ~30-60 s on 2 cores)");
   const [cloud, office, home] = await startGateways(nodes, { provisioned, mockUrl: mock.url, pluginDir: pkg.dir });
+  runDir = dirname(cloud.dir);
   for (const g of [cloud, office, home]) step(`${g.name} gateway ready on ${g.url} (state in ${g.dir})`);
 
   step("waiting for home to see office through cloud");
@@ -90,6 +93,9 @@ try {
 } finally {
   await stopAll();
   await mock.close();
+  // Keep the gateways' state and logs for inspection only when asked to (--keep).
+  if (runDir && !keep) cleanRunDir(runDir);
+  else if (runDir) step(`state and logs kept in ${runDir}`);
   rmSync(pkg.tmp, { recursive: true, force: true });
   step("stopped");
 }
