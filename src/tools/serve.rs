@@ -639,26 +639,41 @@ impl Args {
         }
     }
 
-    fn string_array(&mut self, field: &str) -> Result<Option<Vec<String>>, Error> {
+    /// Take `field` as a non-empty array of at most `max` items (`None` when absent).
+    /// `what` names the items in messages ("strings", "objects"; "items"/"edits" for the limit).
+    fn bounded_array(
+        &mut self,
+        field: &str,
+        what: &str,
+        counted: &str,
+        max: usize,
+    ) -> Result<Option<Vec<Value>>, Error> {
         let items = match self.take(field) {
             None => return Ok(None),
             Some(Value::Array(items)) => items,
             Some(other) => {
                 return Err(self.err(
                     field,
-                    format!("expected an array of strings, got {}", type_name(&other)),
+                    format!("expected an array of {what}, got {}", type_name(&other)),
                 ))
             }
         };
         if items.is_empty() {
             return Err(self.err(field, "must not be empty"));
         }
-        if items.len() > exec::MAX_ARGV {
+        if items.len() > max {
             return Err(self.err(
                 field,
-                format!("too many items ({}, limit {})", items.len(), exec::MAX_ARGV),
+                format!("too many {counted} ({}, limit {max})", items.len()),
             ));
         }
+        Ok(Some(items))
+    }
+
+    fn string_array(&mut self, field: &str) -> Result<Option<Vec<String>>, Error> {
+        let Some(items) = self.bounded_array(field, "strings", "items", exec::MAX_ARGV)? else {
+            return Ok(None);
+        };
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
             match item {
@@ -678,25 +693,9 @@ impl Args {
     }
 
     fn edits(&mut self, field: &str) -> Result<Option<Vec<Replacement>>, Error> {
-        let items = match self.take(field) {
-            None => return Ok(None),
-            Some(Value::Array(items)) => items,
-            Some(other) => {
-                return Err(self.err(
-                    field,
-                    format!("expected an array of objects, got {}", type_name(&other)),
-                ))
-            }
+        let Some(items) = self.bounded_array(field, "objects", "edits", MAX_EDITS)? else {
+            return Ok(None);
         };
-        if items.is_empty() {
-            return Err(self.err(field, "must not be empty"));
-        }
-        if items.len() > MAX_EDITS {
-            return Err(self.err(
-                field,
-                format!("too many edits ({}, limit {MAX_EDITS})", items.len()),
-            ));
-        }
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
             let at = format!("{field}[{i}]");
