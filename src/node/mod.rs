@@ -460,6 +460,12 @@ impl Node {
                 format!("{name}: the clawmatrix service is not running on this gateway"),
             ));
         }
+        self.answer_local(name)
+    }
+
+    /// The tools answered here without the mesh (arguments already validated): `cluster_peers`,
+    /// and the capabilities not built yet. Remote tools stream: see [`Node::start_tool`].
+    fn answer_local(&self, name: &str) -> Result<ToolOutput> {
         match name {
             "cluster_peers" => {
                 let status = self.status();
@@ -519,10 +525,7 @@ impl Node {
                     caller,
                 )
             }
-            _ => ToolCall::ready(
-                self.invoke_tool(name, &serde_json::Value::Object(args))
-                    .map(ToolEvent::Result),
-            ),
+            _ => ToolCall::ready(self.answer_local(name).map(ToolEvent::Result)),
         }
     }
 }
