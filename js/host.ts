@@ -54,7 +54,7 @@ export type CliCommand = {
 };
 
 export type HostConfig = {
-  gateway?: { port?: number; auth?: { token?: string } };
+  gateway?: { port?: unknown; auth?: { token?: unknown } };
   agents?: { defaults?: { workspace?: string } };
 };
 

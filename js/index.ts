@@ -33,8 +33,10 @@ const entry: PluginEntry = {
           await created.start({
             stateDir: ctx.stateDir,
             workspaceDir: ctx.workspaceDir ?? api.config?.agents?.defaults?.workspace,
-            gatewayPort: api.config?.gateway?.port,
-            gatewayToken: api.config?.gateway?.auth?.token ?? process.env.OPENCLAW_GATEWAY_TOKEN,
+            // Only plain values cross: a SecretRef-style token object is not marshalled (the
+            // env variable is the fallback), so an unusual config never fails the start.
+            gatewayPort: numberOrUndefined(api.config?.gateway?.port),
+            gatewayToken: stringOrUndefined(api.config?.gateway?.auth?.token) ?? process.env.OPENCLAW_GATEWAY_TOKEN,
           });
         } catch (e) {
           created.closeEvents();
@@ -69,6 +71,9 @@ const entry: PluginEntry = {
 const slot: { node?: ClawMatrixNode } = ((globalThis as Record<symbol, unknown>)[Symbol.for("clawmatrix.node")] ??= {}) as {
   node?: ClawMatrixNode;
 };
+
+const stringOrUndefined = (v: unknown): string | undefined => (typeof v === "string" ? v : undefined);
+const numberOrUndefined = (v: unknown): number | undefined => (typeof v === "number" ? v : undefined);
 
 /** Forward the core's log lines to OpenClaw's logger until the node's event stream ends. */
 async function pumpEvents(node: ClawMatrixNode, ctx: ServiceContext): Promise<void> {

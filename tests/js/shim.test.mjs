@@ -160,3 +160,19 @@ test("a port already in use fails start with CLAWMATRIX_BIND_FAILED naming the f
     blocker.close();
   }
 });
+
+test("a SecretRef-style gateway token in the host config does not break the service start", async () => {
+  const { api, rec, logger } = recordingHost({ nodeId: "n1", secret: "0123456789abcdef", proxyPort: await freePort() });
+  api.config = { gateway: { port: 18789, auth: { token: { source: "env", provider: "default", id: "GW_TOKEN" } } } };
+  entry.register(api);
+  const stateDir = mkdtempSync(join(tmpdir(), "cm-shim-"));
+  try {
+    await rec.services[0].start({ stateDir, logger });
+    const status = (await callMethod(rec, "clawmatrix.status")).payload;
+    assert.equal(status.nodeId, "n1");
+    assert.equal(status.running, true);
+    await rec.services[0].stop({ stateDir, logger });
+  } finally {
+    rmSync(stateDir, { recursive: true, force: true });
+  }
+});
