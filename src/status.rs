@@ -11,14 +11,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// An agent offered by a node.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AgentView {
-    pub id: String,
-    pub description: String,
-    pub tags: Vec<String>,
-}
+/// An agent offered by a node: the same record the mesh gossips (`id`, `description`, `tags`).
+pub use crate::proto::AgentInfo as AgentView;
 
 /// A model shared by a node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

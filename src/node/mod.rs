@@ -47,7 +47,7 @@ use crate::config::Config;
 use crate::error::{Error, ErrorCode, Result};
 use crate::mesh::{LocalInfo, Mesh, MeshConfig, MeshStats, PeerState as MeshPeerState};
 use crate::proto::{AgentInfo, HandshakeConfig, ModelInfo, NonceCache};
-use crate::status::{AgentView, MeshCounters, ModelView, PeerState, PeerView, StatusReport};
+use crate::status::{MeshCounters, ModelView, PeerState, PeerView, StatusReport};
 use crate::tools::catalog;
 
 pub use actor::{MeshSnapshot, Services};
@@ -362,15 +362,7 @@ impl Node {
             listen_addr: listen_addr.map(|a| a.to_string()),
             proxy_port: c.proxy_port,
             uptime_ms,
-            agents: c
-                .agents
-                .iter()
-                .map(|a| AgentView {
-                    id: a.id.clone(),
-                    description: a.description.clone(),
-                    tags: a.tags.clone(),
-                })
-                .collect(),
+            agents: agent_records(c),
             models: c
                 .models
                 .iter()
@@ -605,15 +597,7 @@ fn build_mesh(c: &Config) -> Result<Mesh> {
     cfg.forget_after_ms = c.forget_after_ms;
     let local = LocalInfo {
         listen: c.listen,
-        agents: c
-            .agents
-            .iter()
-            .map(|a| AgentInfo {
-                id: a.id.clone(),
-                description: a.description.clone(),
-                tags: a.tags.clone(),
-            })
-            .collect(),
+        agents: agent_records(c),
         models: c
             .models
             .iter()
@@ -665,15 +649,7 @@ fn peer_views(s: &MeshSnapshot, now_ms: u64) -> Vec<PeerView> {
                 hops: p.hops,
                 latency_ms: p.latency_ms.map(|l| l as f64),
                 last_seen_ms_ago: Some(now_ms.saturating_sub(p.last_seen_ms)),
-                agents: p
-                    .agents
-                    .iter()
-                    .map(|a| AgentView {
-                        id: a.id.clone(),
-                        description: a.description.clone(),
-                        tags: a.tags.clone(),
-                    })
-                    .collect(),
+                agents: p.agents.clone(),
                 models: p
                     .models
                     .iter()
@@ -770,4 +746,16 @@ fn worker_threads() -> usize {
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|n| (1..=64).contains(n))
         .unwrap_or(1)
+}
+
+/// The agents this node offers, as the mesh gossips them and status shows them.
+fn agent_records(c: &Config) -> Vec<AgentInfo> {
+    c.agents
+        .iter()
+        .map(|a| AgentInfo {
+            id: a.id.clone(),
+            description: a.description.clone(),
+            tags: a.tags.clone(),
+        })
+        .collect()
 }
