@@ -14,7 +14,7 @@ use clawmatrix::error::ErrorCode;
 use clawmatrix::tools::exec::{self, Command, ExecChunk, ExecOutcome, ExecRequest, StreamKind};
 use clawmatrix::tools::paths::Root;
 use tokio::sync::{mpsc, watch};
-use tools_support::TempDir;
+use tools_support::{live_group_members, TempDir};
 
 /// Every test that runs processes is bounded.
 async fn bounded<T>(f: impl Future<Output = T>) -> T {
@@ -45,31 +45,6 @@ async fn run_shell(root: &Path, line: &str) -> ExecOutcome {
     )
     .await
     .expect("runs")
-}
-
-/// Live (non-zombie) processes whose process group is `pgid`, from /proc.
-fn live_group_members(pgid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid pgrp ...": comm may contain spaces, so split after ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z" {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 /// Waits (up to 3 s) for the group to have no live member.

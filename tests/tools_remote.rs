@@ -14,7 +14,7 @@ use clawmatrix::node::{Node, StartOptions, ToolOutput};
 use loopback_common::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tools_support::TempDir;
+use tools_support::{live_group_members, TempDir};
 
 const TEST_BOUND: Duration = Duration::from_secs(40);
 
@@ -231,27 +231,6 @@ async fn refusals_come_back_as_the_serving_nodes_own_errors() {
     })
     .await
     .expect("bounded");
-}
-
-/// Live (non-zombie) processes in process group `pgid`, from /proc.
-fn live_group_members(pgid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.len() > 2 && f[2] == pgid.to_string() && f[0] != "Z" {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
