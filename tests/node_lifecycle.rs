@@ -8,12 +8,8 @@ use clawmatrix::config::Config;
 use clawmatrix::error::ErrorCode;
 use clawmatrix::node::{Node, StartOptions};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+mod ports;
+use ports::free_port;
 
 fn port_is_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()

@@ -115,12 +115,22 @@ pub struct Mesh {
     nodes: Vec<(&'static str, Arc<Node>)>,
 }
 
-/// A currently free loopback port (the OS picks it; we release it for the node to bind).
+/// A currently free loopback port (the OS picks it; we release it for the node to bind), never
+/// the same one twice in this process: two picks made before either node binds could collide.
 pub fn free_port() -> BenchResult<u16> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free loopback port: {e}"))
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| format!("no free loopback port: {e}"))?;
+        if !seen.contains(&port) {
+            seen.push(port);
+            return Ok(port);
+        }
+    }
+    Err("no fresh loopback port after 1000 tries".into())
 }
 
 /// A bench node config: loopback only, default heartbeats, no agents or models.

@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use clawmatrix::config::Config;
@@ -24,12 +23,9 @@ pub const HEARTBEAT_MS: u64 = 200;
 
 pub type Ws = WebSocketStream<TcpStream>;
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+#[path = "../ports/mod.rs"]
+mod ports;
+pub use ports::free_port;
 
 /// A config: listening on `listen` (if any), dialing `peers` = [(nodeId, port)].
 pub fn config(id: &str, listen: Option<u16>, peers: &[(&str, u16)], extra: Value) -> Config {
