@@ -5,6 +5,8 @@ import { native, addonLoadMs, codedError, type ClawMatrixNode } from "./native.j
 import { registerTools } from "./tools.js";
 import { registerMethods } from "./methods.js";
 import { registerCli } from "./cli.js";
+import { pumpHostRequests } from "./host-bridge.js";
+import { hostHandlers } from "./host-handlers.js";
 
 const entry: PluginEntry = {
   id: "clawmatrix",
@@ -29,6 +31,9 @@ const entry: PluginEntry = {
         const created = native.ClawMatrixNode.create(api.pluginConfig ?? {});
         for (const w of created.warnings()) ctx.logger.warn(`clawmatrix: config ${w.path}: ${w.reason}`);
         void pumpEvents(created, ctx);
+        // Pull the core's host requests from before start(), so nothing started by start()
+        // finds the host detached.
+        void pumpHostRequests(created, hostHandlers(api), ctx.logger);
         try {
           await created.start({
             stateDir: ctx.stateDir,

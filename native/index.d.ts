@@ -38,8 +38,22 @@ export declare class ClawMatrixNode {
    * pull so the core never waits for JS.
    */
   nextEvent(): Promise<NodeEvent | null>
-  /** End the event stream (`nextEvent()` resolves `null` once drained). */
+  /**
+   * End the streams the shim pulls: `nextEvent()` resolves `null` once drained, and
+   * `nextHostRequest()` resolves `null` (pending host calls fail).
+   */
   closeEvents(): void
+  /**
+   * The next request for the host; `null` once the node stopped. The first call attaches
+   * the host (before that, core features that need the host fail with `NOT_RUNNING`).
+   */
+  nextHostRequest(): Promise<HostRequest | null>
+  /**
+   * Answer host request `id`: `kind` is `event` (more follow), `result` (final) or `error`
+   * (final; `code` is a stable `CLAWMATRIX_*` code or the host's own, `message` the reason).
+   * Returns `false` when the call is gone (cancelled or answered before).
+   */
+  hostReply(id: number, kind: string, data: any, code?: string | undefined | null): boolean
   /**
    * Round-trip time in ms of one `mesh.echo` request with a 64-byte payload to `nodeId`
    * (for benchmarks and diagnostics). `timeoutMs` defaults to 5000. Rejects with an Error
@@ -76,6 +90,15 @@ export interface ConfigIssue {
 
 /** The core's version. */
 export declare function coreVersion(): string
+
+/** A request from the core to the host (see `src/node/host.rs`). */
+export interface HostRequest {
+  /** The call id to answer with `hostReply`. */
+  id: number
+  /** What to do (`model.upstream`, `providers.sync`, `cancel`, …). */
+  kind: string
+  params: any
+}
 
 /** A log line or event for the host logger. */
 export interface NodeEvent {

@@ -130,6 +130,16 @@ pub struct ToolStep {
     pub code: Option<String>,
 }
 
+/// A request from the core to the host (see `src/node/host.rs`).
+#[napi(object)]
+pub struct HostRequest {
+    /// The call id to answer with `hostReply`.
+    pub id: i64,
+    /// What to do (`model.upstream`, `providers.sync`, `cancel`, …).
+    pub kind: String,
+    pub params: serde_json::Value,
+}
+
 /// The handle OpenClaw's service drives: created from the plugin config, started and stopped
 /// by the service, queried by tools, gateway methods and the CLI.
 #[napi]
@@ -225,10 +235,61 @@ impl ClawMatrixNode {
         })
     }
 
-    /// End the event stream (`nextEvent()` resolves `null` once drained).
+    /// End the streams the shim pulls: `nextEvent()` resolves `null` once drained, and
+    /// `nextHostRequest()` resolves `null` (pending host calls fail).
     #[napi]
     pub fn close_events(&self) {
         self.node.events().close();
+        self.node.host().close();
+    }
+
+    /// The next request for the host; `null` once the node stopped. The first call attaches
+    /// the host (before that, core features that need the host fail with `NOT_RUNNING`).
+    #[napi]
+    pub async fn next_host_request(&self) -> Option<HostRequest> {
+        let bridge = self.node.host();
+        bridge.next_request().await.map(|r| HostRequest {
+            id: i64::try_from(r.id).unwrap_or(i64::MAX),
+            kind: r.kind,
+            params: r.params,
+        })
+    }
+
+    /// Answer host request `id`: `kind` is `event` (more follow), `result` (final) or `error`
+    /// (final; `code` is a stable `CLAWMATRIX_*` code or the host's own, `message` the reason).
+    /// Returns `false` when the call is gone (cancelled or answered before).
+    #[napi]
+    pub fn host_reply(
+        &self,
+        id: i64,
+        kind: String,
+        data: serde_json::Value,
+        code: Option<String>,
+    ) -> napi::Result<bool, ErrorCode> {
+        use crate::node::host::HostReply;
+        let reply = match kind.as_str() {
+            "event" => Ok(HostReply::Event(data)),
+            "result" => Ok(HostReply::Result(data)),
+            "error" => Err(CoreError::new(
+                code.as_deref()
+                    .and_then(ErrorCode::parse)
+                    .unwrap_or(ErrorCode::Remote),
+                match data {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                },
+            )),
+            other => {
+                return Err(napi::Error::new(
+                    ErrorCode::InvalidArgument,
+                    format!("hostReply: kind: expected event, result or error, got {other:?}"),
+                ))
+            }
+        };
+        let Ok(id) = u64::try_from(id) else {
+            return Ok(false);
+        };
+        Ok(self.node.host().reply(id, reply))
     }
 
     /// Round-trip time in ms of one `mesh.echo` request with a 64-byte payload to `nodeId`

@@ -31,10 +31,11 @@ fn full_emitted() -> Value {
             "id": "m1", "provider": "ollama", "description": "d", "api": "openai-completions",
             "reasoning": true, "input": ["text"],
             "cost": {"input": 1, "output": 2, "cacheRead": 3, "cacheWrite": 4},
-            "contextWindow": 1000, "maxTokens": 100
+            "contextWindow": 1000, "maxTokens": 100,
+            "upstream": {"baseUrl": "https://api.example.com/v1", "api": "openai-completions", "model": "m1-upstream", "apiKeyEnv": "M1_KEY"}
         }],
         "proxyModels": [{"id": "m2", "nodeId": "cloud-01", "description": "d"}],
-        "tags": ["office"], "handoffTimeout": 600000, "handoffMaxMs": 3600000,
+        "tags": ["office"], "handoffTimeout": 600000, "handoffMaxMs": 3600000, "proxyTimeoutMs": 600000,
         "heartbeatIntervalMs": 15000, "heartbeatMisses": 3, "forgetAfterMs": 600000,
         "toolProxy": {"enabled": true, "allow": ["exec"], "deny": ["write"], "maxOutputBytes": 2048, "root": "/srv/agent"},
         "tls": {"certFile": "/etc/cm/cert.pem", "keyFile": "/etc/cm/key.pem", "caFile": "/etc/cm/ca.pem"}

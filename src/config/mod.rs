@@ -25,7 +25,7 @@ use std::fmt;
 
 use serde_json::{json, Value};
 
-pub use url::PeerUrl;
+pub use url::{PeerUrl, UpstreamUrl};
 
 /// Minimum length of the mesh secret, in characters (Unicode scalar values). HMAC keys shorter
 /// than this are guessable; 0.1.8 documented the same minimum.
@@ -69,6 +69,11 @@ pub const HANDOFF_TIMEOUT_MIN_MS: u64 = 1_000;
 pub const DEFAULT_HANDOFF_MAX_MS: u64 = 3_600_000;
 /// Minimum `handoffMaxMs`, in ms.
 pub const HANDOFF_MAX_MIN_MS: u64 = 1_000;
+/// Default `proxyTimeoutMs`, in ms: one model request through the proxy may take 10 minutes
+/// in all (long generations stream for minutes), from the request to the last byte.
+pub const DEFAULT_PROXY_TIMEOUT_MS: u64 = 600_000;
+/// Minimum `proxyTimeoutMs`, in ms.
+pub const PROXY_TIMEOUT_MIN_MS: u64 = 1_000;
 /// Default `heartbeatIntervalMs`, in ms: 15 s, as in 0.1.8.
 pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 15_000;
 /// Minimum `heartbeatIntervalMs`, in ms: faster pings only add load.
@@ -133,6 +138,9 @@ pub struct Config {
     pub handoff_timeout_ms: u64,
     /// Hard cap on one handoff's total duration in ms (JSON `handoffMaxMs`).
     pub handoff_max_ms: u64,
+    /// Overall deadline of one model request through the proxy, in ms (JSON `proxyTimeoutMs`),
+    /// retries on other nodes included.
+    pub proxy_timeout_ms: u64,
     /// Interval between heartbeats on a link, in ms (JSON `heartbeatIntervalMs`).
     pub heartbeat_interval_ms: u64,
     /// Missed heartbeats after which a link is declared down (JSON `heartbeatMisses`).
@@ -276,6 +284,40 @@ pub struct ModelConfig {
     pub context_window: u32,
     /// Output token cap. Default [`DEFAULT_MAX_TOKENS`].
     pub max_tokens: u32,
+    /// Where to send requests for this model when OpenClaw's config cannot say (JSON
+    /// `upstream`); `None` = resolve the provider's base URL and key through OpenClaw.
+    pub upstream: Option<ModelUpstream>,
+}
+
+/// A per-model upstream override (`models[].upstream`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelUpstream {
+    /// Base URL of the upstream API, `http://` or `https://` (`https://api.example.com/v1`).
+    pub base_url: String,
+    /// The upstream's API dialect; default: the model's `api`.
+    pub api: Option<ModelApi>,
+    /// The model id the upstream expects; default: the model's `id`.
+    pub model: Option<String>,
+    /// Name of an environment variable of the gateway holding the API key; default: the key
+    /// OpenClaw resolves for `provider` (none when it has none).
+    pub api_key_env: Option<String>,
+}
+
+impl ModelUpstream {
+    fn to_json(&self) -> Value {
+        let mut obj = serde_json::Map::new();
+        obj.insert("baseUrl".to_owned(), Value::from(self.base_url.as_str()));
+        if let Some(a) = self.api {
+            obj.insert("api".to_owned(), Value::from(a.as_str()));
+        }
+        if let Some(m) = &self.model {
+            obj.insert("model".to_owned(), Value::from(m.as_str()));
+        }
+        if let Some(e) = &self.api_key_env {
+            obj.insert("apiKeyEnv".to_owned(), Value::from(e.as_str()));
+        }
+        Value::Object(obj)
+    }
 }
 
 /// One remote model this node consumes (`proxyModels[]`).
@@ -408,6 +450,7 @@ impl Config {
             "proxyPort": self.proxy_port,
             "handoffTimeout": self.handoff_timeout_ms,
             "handoffMaxMs": self.handoff_max_ms,
+            "proxyTimeoutMs": self.proxy_timeout_ms,
             "heartbeatIntervalMs": self.heartbeat_interval_ms,
             "heartbeatMisses": self.heartbeat_misses,
             "forgetAfterMs": self.forget_after_ms,
@@ -442,6 +485,7 @@ impl fmt::Debug for Config {
             .field("proxy_port", &self.proxy_port)
             .field("handoff_timeout_ms", &self.handoff_timeout_ms)
             .field("handoff_max_ms", &self.handoff_max_ms)
+            .field("proxy_timeout_ms", &self.proxy_timeout_ms)
             .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
             .field("heartbeat_misses", &self.heartbeat_misses)
             .field("forget_after_ms", &self.forget_after_ms)
@@ -488,6 +532,9 @@ impl ModelConfig {
         });
         if let (Some(d), Some(obj)) = (&self.description, v.as_object_mut()) {
             obj.insert("description".to_owned(), Value::from(d.as_str()));
+        }
+        if let (Some(u), Some(obj)) = (&self.upstream, v.as_object_mut()) {
+            obj.insert("upstream".to_owned(), u.to_json());
         }
         v
     }

@@ -33,6 +33,7 @@ const ROOT_KEYS: &[&str] = &[
     "proxyPort",
     "handoffTimeout",
     "handoffMaxMs",
+    "proxyTimeoutMs",
     "heartbeatIntervalMs",
     "heartbeatMisses",
     "forgetAfterMs",
@@ -51,7 +52,9 @@ const MODEL_KEYS: &[&str] = &[
     "cost",
     "contextWindow",
     "maxTokens",
+    "upstream",
 ];
+const UPSTREAM_KEYS: &[&str] = &["baseUrl", "api", "model", "apiKeyEnv"];
 const COST_KEYS: &[&str] = &["input", "output", "cacheRead", "cacheWrite"];
 const PROXY_MODEL_KEYS: &[&str] = &["id", "nodeId", "description"];
 const TOOL_PROXY_KEYS: &[&str] = &["enabled", "allow", "deny", "maxOutputBytes", "root"];
@@ -422,6 +425,14 @@ impl Reader {
             HANDOFF_MAX_MIN_MS,
             DURATION_MAX_MS,
         );
+        let proxy_timeout_ms = self.int_or(
+            map,
+            "",
+            "proxyTimeoutMs",
+            DEFAULT_PROXY_TIMEOUT_MS,
+            PROXY_TIMEOUT_MIN_MS,
+            DURATION_MAX_MS,
+        );
         let heartbeat_interval_ms = self.int_or(
             map,
             "",
@@ -488,6 +499,7 @@ impl Reader {
             proxy_port,
             handoff_timeout_ms,
             handoff_max_ms,
+            proxy_timeout_ms,
             heartbeat_interval_ms,
             heartbeat_misses,
             forget_after_ms,
@@ -655,6 +667,9 @@ impl Reader {
                 TOKENS_MIN,
                 u32::MAX,
             );
+            let upstream = obj
+                .get("upstream")
+                .and_then(|u| self.upstream(u, &join(&path, "upstream")));
             let (Some(id), Some(provider)) = (id, provider) else {
                 continue;
             };
@@ -676,9 +691,67 @@ impl Reader {
                 cost,
                 context_window,
                 max_tokens,
+                upstream,
             });
         }
         out
+    }
+
+    fn upstream(&mut self, v: &Value, path: &str) -> Option<ModelUpstream> {
+        let obj = self.object(v, path, UPSTREAM_KEYS)?;
+        let base_url = self.string(obj, path, "baseUrl", true);
+        if let Some(u) = &base_url {
+            if let Err(reason) = super::url::UpstreamUrl::parse(u) {
+                self.error(join(path, "baseUrl"), reason);
+            }
+        }
+        let api = self.string(obj, path, "api", false).and_then(|s| {
+            let parsed = ModelApi::parse(&s);
+            if parsed.is_none() {
+                self.error(
+                    join(path, "api"),
+                    format!(
+                        "expected one of \"openai-completions\", \"openai-responses\", \
+                         \"anthropic-messages\", got {}",
+                        quote(&s)
+                    ),
+                );
+            }
+            parsed
+        });
+        let model = self.string(obj, path, "model", false);
+        if let Some(m) = &model {
+            if m.is_empty() || m.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                self.error(
+                    join(path, "model"),
+                    format!(
+                        "invalid model id {}: must be non-empty without whitespace",
+                        quote(m)
+                    ),
+                );
+            }
+        }
+        let api_key_env = self.string(obj, path, "apiKeyEnv", false);
+        if let Some(e) = &api_key_env {
+            let ok = !e.is_empty()
+                && e.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !e.starts_with(|c: char| c.is_ascii_digit());
+            if !ok {
+                self.error(
+                    join(path, "apiKeyEnv"),
+                    format!(
+                        "invalid environment variable name {}: letters, digits and _, not starting with a digit",
+                        quote(e)
+                    ),
+                );
+            }
+        }
+        Some(ModelUpstream {
+            base_url: base_url?,
+            api,
+            model,
+            api_key_env,
+        })
     }
 
     fn model_input(&mut self, obj: &Map<String, Value>, path: &str) -> Vec<ModelInput> {

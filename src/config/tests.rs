@@ -142,6 +142,14 @@ fn validation_rows() -> Vec<Row> {
         err("an empty model provider is rejected", json!({"models": [model(json!({"provider": ""}))]}), "models[0].provider", "must be non-empty"),
         err("an empty model id is rejected", json!({"models": [model(json!({"id": ""}))]}), "models[0].id", "invalid model id"),
         err("an unknown model api is rejected", json!({"models": [model(json!({"api": "gemini"}))]}), "models[0].api", "expected one of \"openai-completions\""),
+        err("an upstream needs a baseUrl", json!({"models": [model(json!({"upstream": {}}))]}), "models[0].upstream.baseUrl", "is required"),
+        err("an upstream baseUrl must be http(s)", json!({"models": [model(json!({"upstream": {"baseUrl": "ws://x"}}))]}), "models[0].upstream.baseUrl", "expected http:// or https://"),
+        err("an upstream baseUrl without a host is rejected", json!({"models": [model(json!({"upstream": {"baseUrl": "http:///v1"}}))]}), "models[0].upstream.baseUrl", "missing host"),
+        err("an unknown upstream api is rejected", json!({"models": [model(json!({"upstream": {"baseUrl": "http://h", "api": "grpc"}}))]}), "models[0].upstream.api", "expected one of"),
+        err("an upstream model id with spaces is rejected", json!({"models": [model(json!({"upstream": {"baseUrl": "http://h", "model": "a b"}}))]}), "models[0].upstream.model", "without whitespace"),
+        err("a bad apiKeyEnv name is rejected", json!({"models": [model(json!({"upstream": {"baseUrl": "http://h", "apiKeyEnv": "1-KEY"}}))]}), "models[0].upstream.apiKeyEnv", "invalid environment variable name"),
+        err("unknown upstream fields are rejected", json!({"models": [model(json!({"upstream": {"baseUrl": "http://h", "apiKey": "sk-1"}}))]}), "models[0].upstream.apiKey", "unknown field"),
+        err("proxyTimeoutMs below a second is rejected", json!({"proxyTimeoutMs": 10}), "proxyTimeoutMs", "1000"),
         ok("every documented model api is accepted", json!({"models": [model(json!({"api": "anthropic-messages"})), model(json!({"id": "m2", "api": "openai-responses"}))]})),
         err("an unknown model input is rejected", json!({"models": [model(json!({"input": ["audio"]}))]}), "models[0].input[0]", "expected \"text\" or \"image\", got \"audio\""),
         err("an empty model input list is rejected", json!({"models": [model(json!({"input": []}))]}), "models[0].input", "at least one input"),
@@ -363,10 +371,11 @@ fn to_json_round_trips_a_full_config() {
             "id": "qwen2.5:7b", "provider": "ollama", "description": "local qwen",
             "api": "openai-responses", "reasoning": true, "input": ["text", "image"],
             "cost": {"input": 0.5, "output": 1.5, "cacheRead": 0.1, "cacheWrite": 0.2},
-            "contextWindow": 32768, "maxTokens": 8192
+            "contextWindow": 32768, "maxTokens": 8192,
+            "upstream": {"baseUrl": "http://127.0.0.1:11434/v1", "api": "openai-completions", "model": "qwen2.5:7b-instruct", "apiKeyEnv": "OLLAMA_KEY"}
         }],
         "proxyModels": [{"id": "claude-sonnet", "nodeId": "cloud-01", "description": "big"}],
-        "tags": ["office", "gpu"], "handoffTimeout": 1000, "handoffMaxMs": 2000,
+        "tags": ["office", "gpu"], "handoffTimeout": 1000, "handoffMaxMs": 2000, "proxyTimeoutMs": 30000,
         "heartbeatIntervalMs": 100, "heartbeatMisses": 100, "forgetAfterMs": 5000,
         "toolProxy": {"enabled": true, "allow": ["exec"], "deny": ["write"], "maxOutputBytes": 4096, "root": "/srv/agent"},
         "tls": {"certFile": "/etc/cm/cert.pem", "keyFile": "/etc/cm/key.pem", "caFile": "/etc/cm/ca.pem"}

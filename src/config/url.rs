@@ -287,3 +287,85 @@ mod tests {
         assert!(q.len() < 80 && q.ends_with('…'), "{q}");
     }
 }
+
+/// A parsed upstream base URL (`models[].upstream.baseUrl`, or an OpenClaw provider's
+/// `baseUrl`): `http://host[:port][/path]` or `https://…`, the same grammar as [`PeerUrl`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamUrl {
+    /// `true` for `https://`.
+    pub tls: bool,
+    pub host: String,
+    /// The port, explicit or the scheme's default (80 / 443).
+    pub port: u16,
+    /// The path prefix without a trailing `/` (`""` for none), e.g. `/v1`.
+    pub path: String,
+}
+
+impl UpstreamUrl {
+    /// Parses `http://host[:port][/path]` or `https://…`; the error is a short reason.
+    pub fn parse(s: &str) -> Result<UpstreamUrl, String> {
+        let s = s.trim();
+        let as_ws = if let Some(rest) = strip_prefix_ignore_case(s, "https://") {
+            format!("wss://{rest}")
+        } else if let Some(rest) = strip_prefix_ignore_case(s, "http://") {
+            format!("ws://{rest}")
+        } else {
+            return Err("expected http:// or https://".to_owned());
+        };
+        let p = PeerUrl::parse(&as_ws)?;
+        Ok(UpstreamUrl {
+            tls: p.tls,
+            host: p.host,
+            port: p.port,
+            path: p.path.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// The `Host` header value.
+    pub fn authority(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let default = if self.tls {
+            WSS_DEFAULT_PORT
+        } else {
+            WS_DEFAULT_PORT
+        };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+#[cfg(test)]
+mod upstream_tests {
+    use super::*;
+
+    #[test]
+    fn upstream_urls() {
+        let u = UpstreamUrl::parse("http://127.0.0.1:8080/v1/").unwrap();
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.path.as_str()),
+            (false, "127.0.0.1", 8080, "/v1")
+        );
+        assert_eq!(u.authority(), "127.0.0.1:8080");
+        let u = UpstreamUrl::parse("HTTPS://api.example.com").unwrap();
+        assert_eq!((u.tls, u.port, u.path.as_str()), (true, 443, ""));
+        assert_eq!(u.authority(), "api.example.com");
+        assert_eq!(
+            UpstreamUrl::parse("ftp://x").unwrap_err(),
+            "expected http:// or https://"
+        );
+        assert!(UpstreamUrl::parse("http://u:p@host/")
+            .unwrap_err()
+            .contains("userinfo"));
+        assert!(UpstreamUrl::parse("http://host/v1?x=1")
+            .unwrap_err()
+            .contains("query"));
+        assert!(UpstreamUrl::parse("http://[::1]:9/v1").unwrap().authority() == "[::1]:9");
+    }
+}

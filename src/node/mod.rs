@@ -27,6 +27,7 @@ pub mod actor;
 pub mod backoff;
 pub mod dialer;
 pub mod events;
+pub mod host;
 pub mod link;
 pub mod listener;
 #[cfg(unix)]
@@ -104,6 +105,8 @@ pub struct Node {
     events: Arc<EventQueue>,
     /// Services registered by the embedder, added at the next `start()`.
     extra_services: Mutex<Services>,
+    /// Requests from the core to the OpenClaw host (pulled by the shim).
+    host: Arc<host::HostBridge>,
 }
 
 impl Node {
@@ -114,6 +117,7 @@ impl Node {
             running: Mutex::new(None),
             events: Arc::new(EventQueue::new()),
             extra_services: Mutex::new(Services::new()),
+            host: host::HostBridge::new(),
         }
     }
 
@@ -124,6 +128,11 @@ impl Node {
     /// The queue the shim drains for logs and events.
     pub fn events(&self) -> Arc<EventQueue> {
         self.events.clone()
+    }
+
+    /// The bridge to the OpenClaw host: the shim pulls its requests.
+    pub fn host(&self) -> Arc<host::HostBridge> {
+        self.host.clone()
     }
 
     /// Serve `method` with `service` from the next `start()` on (a running node is not
@@ -163,6 +172,7 @@ impl Node {
             None
         };
         let started = Instant::now();
+        self.host.reopen();
         let mesh = build_mesh(&self.config)?;
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -308,6 +318,7 @@ impl Node {
             return;
         };
         let _ = running.shutdown.send(true);
+        self.host.close();
         // Drain on a fresh thread: `block_on` must not run inside another runtime, and stop() may
         // be reached from one (a napi async method, a Drop inside a task).
         let joined = std::thread::Builder::new()

@@ -1,0 +1,9 @@
+// The host-request handlers, one table per feature. Each feature file exports its handlers keyed
+// by the request kind the core sends (see src/node/host.rs and the feature's Rust module).
+import type { PluginApi } from "./host.js";
+import type { HostHandler } from "./host-bridge.js";
+
+export function hostHandlers(api: PluginApi): Record<string, HostHandler> {
+  void api;
+  return {};
+}
