@@ -56,6 +56,21 @@ export type CliCommand = {
 export type HostConfig = {
   gateway?: { port?: unknown; auth?: { token?: unknown } };
   agents?: { defaults?: { workspace?: string } };
+  models?: { providers?: Record<string, unknown> };
+};
+
+/** The parts of `api.runtime` (PluginRuntime) the shim calls. */
+export type PluginRuntime = {
+  config: {
+    current(): HostConfig;
+    mutateConfigFile(params: {
+      afterWrite: { mode: "auto" } | { mode: "restart"; reason: string } | { mode: "none"; reason: string };
+      mutate: (draft: any) => void | Promise<void>;
+    }): Promise<unknown>;
+  };
+  modelAuth: {
+    resolveApiKeyForProvider(params: { provider: string; cfg?: unknown }): Promise<{ apiKey?: string; source?: string; mode?: string }>;
+  };
 };
 
 export type PluginApi = {
@@ -64,6 +79,7 @@ export type PluginApi = {
   pluginConfig?: Record<string, unknown>;
   /** Read-only snapshot of openclaw.json (only the fields the shim reads are declared). */
   config?: HostConfig;
+  runtime?: PluginRuntime;
   logger: Logger;
   registerService(service: {
     id: string;

@@ -838,6 +838,7 @@ module.exports = nativeBinding
 module.exports.ClawMatrixNode = nativeBinding.ClawMatrixNode
 module.exports.ToolCall = nativeBinding.ToolCall
 module.exports.coreVersion = nativeBinding.coreVersion
+module.exports.planProviders = nativeBinding.planProviders
 module.exports.renderStatusText = nativeBinding.renderStatusText
 module.exports.toolDefinitions = nativeBinding.toolDefinitions
 module.exports.validateConfig = nativeBinding.validateConfig

@@ -107,6 +107,13 @@ export interface NodeEvent {
   message: string
 }
 
+/**
+ * Merge the mesh's providers (`desired`, from a `providers.sync` host request) into the current
+ * `models.providers` object of OpenClaw's config: `{ providers, changed, added, updated,
+ * removed, conflicts }`. Entries the user wrote are never changed.
+ */
+export declare function planProviders(current: any, desired: any): any
+
 /** Render a status report (as returned by `clawmatrix.status`) as the readable CLI summary. */
 export declare function renderStatusText(status: any): string
 

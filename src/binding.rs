@@ -74,6 +74,40 @@ pub fn render_status_text(status: serde_json::Value) -> napi::Result<String, Err
     crate::status::render_value(&status).map_err(js_err)
 }
 
+/// Merge the mesh's providers (`desired`, from a `providers.sync` host request) into the current
+/// `models.providers` object of OpenClaw's config: `{ providers, changed, added, updated,
+/// removed, conflicts }`. Entries the user wrote are never changed.
+#[napi]
+pub fn plan_providers(
+    current: serde_json::Value,
+    desired: serde_json::Value,
+) -> napi::Result<serde_json::Value, ErrorCode> {
+    let empty = serde_json::Map::new();
+    let current = match &current {
+        serde_json::Value::Null => &empty,
+        serde_json::Value::Object(m) => m,
+        other => {
+            return Err(napi::Error::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "planProviders: current: expected an object, got {}",
+                    crate::error::json_type_name(other)
+                ),
+            ))
+        }
+    };
+    let serde_json::Value::Object(desired) = &desired else {
+        return Err(napi::Error::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "planProviders: desired: expected an object, got {}",
+                crate::error::json_type_name(&desired)
+            ),
+        ));
+    };
+    Ok(crate::proxy::providers::plan(current, desired).to_json())
+}
+
 /// The core's version.
 #[napi]
 pub fn core_version() -> String {

@@ -227,6 +227,13 @@ impl Node {
                 node_id: self.config.node_id.clone(),
             }),
         );
+        services.insert(
+            crate::proxy::tunnel::METHOD_MODEL.to_string(),
+            Arc::new(crate::proxy::upstream::ModelService::new(
+                self.config.clone(),
+                self.host.clone(),
+            )),
+        );
         for (k, v) in self
             .extra_services
             .lock()
@@ -275,12 +282,20 @@ impl Node {
             };
             tasks.spawn(dialer::run(ctx.clone(), target));
         }
-        tasks.spawn(crate::proxy::serve(
-            proxy,
-            self.config.clone(),
-            shutdown_rx,
-            self.events.clone(),
+        let proxy_ctx = Arc::new(crate::proxy::ProxyCtx {
+            config: self.config.clone(),
+            token: crate::proxy::token::derive(&self.config.secret, &self.config.node_id),
+            snapshot: snapshot.clone(),
+            actor: actor.clone(),
+            events: self.events.clone(),
+        });
+        tasks.spawn(crate::proxy::sync_providers(
+            proxy_ctx.clone(),
+            info.proxy_addr.port(),
+            self.host.clone(),
+            shutdown_rx.clone(),
         ));
+        tasks.spawn(crate::proxy::serve(proxy, proxy_ctx, shutdown_rx));
         drop(_enter);
         self.events.info(format!(
             "node {} started: mesh {}, model proxy on {}",

@@ -6,7 +6,8 @@ use std::fmt;
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn to_hex(bytes: &[u8]) -> String {
+/// Lowercase hex of `bytes`.
+pub fn encode(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
         s.push(HEX[(b >> 4) as usize] as char);
@@ -48,23 +49,23 @@ macro_rules! hex_id {
                 from_hex::<$n>(s).map($name)
             }
             /// Lowercase hex form (what goes on the wire).
-            pub fn to_hex(&self) -> String {
-                to_hex(&self.0)
+            pub fn encode(&self) -> String {
+                encode(&self.0)
             }
         }
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}({})", stringify!($name), self.to_hex())
+                write!(f, "{}({})", stringify!($name), self.encode())
             }
         }
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.to_hex())
+                f.write_str(&self.encode())
             }
         }
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&self.to_hex())
+                s.serialize_str(&self.encode())
             }
         }
         impl<'de> Deserialize<'de> for $name {

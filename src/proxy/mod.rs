@@ -1,32 +1,51 @@
-//! The local OpenAI-compatible model proxy on `127.0.0.1:<proxyPort>` (hyper).
+//! Shared models: the local OpenAI-compatible proxy on `127.0.0.1:<proxyPort>` (hyper) and the
+//! mesh tunnel behind it.
 //!
-//! Today it serves `GET /v1/models` (the models this node shares) and answers every other route
-//! with an OpenAI-shaped error; the mesh tunnel for `/v1/chat/completions` is built on top of the
-//! mesh (see the README's roadmap). Errors always carry `x-clawmatrix-error` naming the cause.
+//! - [`http`]: the consumer side (auth, limits, routing, retries before the first byte, the
+//!   response streamed back byte for byte, cancellation when the client goes away).
+//! - [`route`]: model id (+ pin) → ordered candidate nodes.
+//! - [`tunnel`]: the `model.http` mesh call's payloads.
+//! - [`upstream`] + [`client`]: the serving side (upstream resolution through the host, the
+//!   upstream HTTP request, bytes streamed back).
+//! - [`providers`]: the OpenClaw providers (`models.providers.<nodeId>`) kept in step with gossip.
+//! - [`errors`]: OpenAI-shaped error responses; [`token`]: the local proxy token.
 
-use std::convert::Infallible;
+pub mod client;
+pub mod errors;
+pub mod http;
+pub mod providers;
+pub mod route;
+pub mod token;
+pub mod tunnel;
+pub mod upstream;
+
 use std::sync::Arc;
+use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::node::EventQueue;
+use crate::node::actor::ActorHandle;
+use crate::node::host::HostBridge;
+use crate::node::{EventQueue, MeshSnapshot};
+
+/// What the proxy needs from the node.
+pub struct ProxyCtx {
+    pub config: Arc<Config>,
+    /// The local proxy token (see [`token`]).
+    pub token: String,
+    pub snapshot: watch::Receiver<MeshSnapshot>,
+    pub(crate) actor: ActorHandle,
+    pub events: Arc<EventQueue>,
+}
 
 /// Accept and serve until shutdown; each connection runs in its own task and is told to finish
 /// gracefully when shutdown fires.
-pub async fn serve(
-    listener: TcpListener,
-    config: Arc<Config>,
-    mut shutdown: watch::Receiver<bool>,
-    events: Arc<EventQueue>,
-) {
+pub async fn serve(listener: TcpListener, ctx: Arc<ProxyCtx>, mut shutdown: watch::Receiver<bool>) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -34,24 +53,25 @@ pub async fn serve(
             _ = shutdown.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((sock, _peer)) => {
-                    let config = config.clone();
+                    let _ = sock.set_nodelay(true);
+                    let ctx = ctx.clone();
                     let mut conn_shutdown = shutdown.clone();
                     conns.spawn(async move {
-                        let svc = service_fn(move |req| handle(req, config.clone()));
+                        let svc = service_fn(move |req| http::handle(req, ctx.clone()));
                         let conn = http1::Builder::new().serve_connection(TokioIo::new(sock), svc);
                         tokio::pin!(conn);
                         tokio::select! {
                             _ = conn.as_mut() => {}
                             _ = conn_shutdown.changed() => {
                                 conn.as_mut().graceful_shutdown();
-                                let _ = conn.await;
+                                let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
                             }
                         }
                     });
                 }
                 Err(e) => {
-                    events.warn(format!("model proxy: accept failed: {e}"));
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    ctx.events.warn(format!("model proxy: accept failed: {e}"));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
             // Reap finished connections so the set does not grow without bound.
@@ -63,71 +83,107 @@ pub async fn serve(
     while conns.join_next().await.is_some() {}
 }
 
-async fn handle(
-    req: Request<Incoming>,
-    config: Arc<Config>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let path = req.uri().path().to_string();
-    let resp = match (req.method().as_str(), path.as_str()) {
-        ("GET", "/v1/models") => {
-            let data: Vec<serde_json::Value> = config
-                .models
-                .iter()
-                .map(|m| {
-                    serde_json::json!({
-                        "id": m.id,
-                        "object": "model",
-                        "owned_by": config.node_id,
-                    })
-                })
-                .collect();
-            json_response(
-                StatusCode::OK,
-                &serde_json::json!({ "object": "list", "data": data }),
-                None,
-            )
+/// How long the provider sync waits for gossip to settle before writing.
+const SYNC_DEBOUNCE: Duration = Duration::from_millis(500);
+/// Retry delay after a failed provider sync.
+const SYNC_RETRY: Duration = Duration::from_secs(10);
+/// How long the host may take to write the providers.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Keep OpenClaw's `models.providers` in step with the models the mesh announces: whenever the
+/// desired set changes, ask the host (`providers.sync`) to merge it into its config.
+pub async fn sync_providers(
+    ctx: Arc<ProxyCtx>,
+    port: u16,
+    host: Arc<HostBridge>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut snapshot = ctx.snapshot.clone();
+    let mut synced: Option<std::collections::BTreeMap<String, serde_json::Value>> = None;
+    let mut warned_detached = false;
+    loop {
+        let want = {
+            let s = snapshot.borrow_and_update();
+            providers::desired(&ctx.config, &s.peers, port, &ctx.token)
+        };
+        let mut wait = None;
+        if synced.as_ref() != Some(&want) {
+            let params = serde_json::json!({ "providers": want });
+            match host.call("providers.sync", params) {
+                Err(_) if !host.attached() => {
+                    if !warned_detached {
+                        ctx.events
+                            .info("providers: waiting for the OpenClaw host to attach".into());
+                        warned_detached = true;
+                    }
+                    wait = Some(Duration::from_millis(200));
+                }
+                Err(e) => {
+                    ctx.events.warn(format!("providers: {}", e.message));
+                    wait = Some(SYNC_RETRY);
+                }
+                Ok(call) => match tokio::time::timeout(SYNC_TIMEOUT, call.result()).await {
+                    Ok(Ok(v)) => {
+                        log_plan(&ctx.events, &v);
+                        synced = Some(want);
+                    }
+                    Ok(Err(e)) => {
+                        ctx.events.warn(format!(
+                            "providers: OpenClaw refused the update: {}",
+                            e.message
+                        ));
+                        wait = Some(SYNC_RETRY);
+                    }
+                    Err(_) => {
+                        ctx.events.warn(format!(
+                            "providers: no answer from OpenClaw within {} s",
+                            SYNC_TIMEOUT.as_secs()
+                        ));
+                        wait = Some(SYNC_RETRY);
+                    }
+                },
+            }
         }
-        ("POST", "/v1/chat/completions") => error_response(
-            StatusCode::NOT_IMPLEMENTED,
-            "the mesh model tunnel is not built in this version of clawmatrix yet",
-            "not_implemented",
-            "CLAWMATRIX_NOT_IMPLEMENTED",
-        ),
-        _ => error_response(
-            StatusCode::NOT_FOUND,
-            &format!("no route for {} {path}", req.method()),
-            "invalid_request_error",
-            "not_found",
-        ),
-    };
-    Ok(resp)
-}
-
-fn json_response(
-    status: StatusCode,
-    body: &serde_json::Value,
-    cause: Option<&str>,
-) -> Response<Full<Bytes>> {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut b = Response::builder()
-        .status(status)
-        .header("content-type", "application/json");
-    if let Some(c) = cause {
-        b = b.header("x-clawmatrix-error", c);
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
+            _ = async { tokio::time::sleep(wait.unwrap_or(Duration::MAX)).await }, if wait.is_some() => {}
+            changed = snapshot.changed(), if wait.is_none() => {
+                if changed.is_err() { return; }
+                tokio::time::sleep(SYNC_DEBOUNCE).await;
+            }
+        }
     }
-    b.body(Full::new(Bytes::from(bytes)))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
-fn error_response(
-    status: StatusCode,
-    message: &str,
-    kind: &str,
-    code: &str,
-) -> Response<Full<Bytes>> {
-    json_response(
-        status,
-        &serde_json::json!({ "error": { "message": message, "type": kind, "code": code } }),
-        Some(code),
-    )
+fn log_plan(events: &EventQueue, v: &serde_json::Value) {
+    let list = |k: &str| -> Vec<String> {
+        v[k].as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (added, updated, removed, conflicts) = (
+        list("added"),
+        list("updated"),
+        list("removed"),
+        list("conflicts"),
+    );
+    if !(added.is_empty() && updated.is_empty() && removed.is_empty()) {
+        events.info(format!(
+            "providers: models.providers updated (added [{}], updated [{}], removed [{}]); pick a mesh model with /model <nodeId>/<modelId>",
+            added.join(", "),
+            updated.join(", "),
+            removed.join(", ")
+        ));
+    }
+    for c in conflicts {
+        events.warn(format!(
+            "providers: models.providers.{c} is your own entry, so node {c}'s models are not added as provider {c}; \
+             rename one of them (the models stay usable through the proxy as {c}/<modelId>)"
+        ));
+    }
 }

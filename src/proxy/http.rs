@@ -1,0 +1,599 @@
+//! The consumer side: one HTTP request on `127.0.0.1:<proxyPort>` → auth, body limit, model
+//! routing, the mesh call with retries before the first byte, and the response streamed back
+//! byte for byte.
+//!
+//! Routes (each also under `/node/<nodeId>` to pin the serving node, which is how the per-node
+//! OpenClaw providers address their node):
+//! - `GET /v1/models`: every model in the mesh.
+//! - `POST /v1/chat/completions`, `/v1/responses`, `/v1/messages`: tunnelled to a serving node.
+//!
+//! Deadline: one overall deadline per request (`proxyTimeoutMs`) from arrival to the last byte;
+//! each attempt gets what is left of it, never a fresh timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Limited, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::errors::{full, json, ProxyBody, ProxyError, HEADER_NODE};
+use super::route::{self, ModelCandidate, ModelQuery, NoRoute};
+use super::tunnel::{self, TunnelEnd, TunnelHead, TunnelRequest};
+use super::ProxyCtx;
+use crate::error::ErrorCode;
+use crate::node::{CallStream, StreamItem};
+
+/// Largest request body accepted (16 MiB: long conversations with images inline fit; more is
+/// refused with 413 before anything is sent into the mesh).
+pub const MAX_REQUEST_BODY: usize = 16 << 20;
+
+/// Response chunks buffered between the mesh stream and the client socket. The mesh stream's
+/// credit window bounds what is in flight beyond this.
+const BODY_CHANNEL: usize = 16;
+
+type Reply = Response<ProxyBody>;
+
+/// Serve one request. Never fails: every problem is an OpenAI-shaped error response.
+pub async fn handle(
+    req: Request<Incoming>,
+    ctx: Arc<ProxyCtx>,
+) -> Result<Reply, std::convert::Infallible> {
+    let arrived = Instant::now();
+    Ok(match route_request(req, &ctx, arrived).await {
+        Ok(r) => r,
+        Err(e) => e.response(),
+    })
+}
+
+/// `(pinned node, path under /v1)` from a URL path.
+fn split_path(path: &str) -> (Option<&str>, &str) {
+    if let Some(rest) = path.strip_prefix("/node/") {
+        if let Some((node, tail)) = rest.split_once('/') {
+            if !node.is_empty() {
+                return (
+                    Some(node),
+                    if tail.is_empty() {
+                        "/"
+                    } else {
+                        &path[6 + node.len()..]
+                    },
+                );
+            }
+        }
+    }
+    (None, path)
+}
+
+async fn route_request(
+    req: Request<Incoming>,
+    ctx: &ProxyCtx,
+    arrived: Instant,
+) -> Result<Reply, ProxyError> {
+    let full_path = req.uri().path().to_string();
+    let (pin, path) = split_path(&full_path);
+    let method = req.method().clone();
+    let known = path == "/v1/models" || tunnel::api_for_path(path).is_some();
+    if !known {
+        return Err(ProxyError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no route for {method} {full_path}: this proxy serves /v1/models, /v1/chat/completions, /v1/responses and /v1/messages"),
+        ));
+    }
+    authorize(&req, &ctx.token)?;
+    match (method.as_str(), path) {
+        ("GET", "/v1/models") => Ok(models(ctx, pin)),
+        ("POST", p) if p != "/v1/models" => {
+            tunnel_request(req, ctx, pin, p.to_string(), arrived).await
+        }
+        (m, p) => Err(ProxyError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{m} is not allowed on {p}"),
+        )),
+    }
+}
+
+/// The local token, as `Authorization: Bearer <t>` or `x-api-key: <t>` (Anthropic clients).
+fn authorize(req: &Request<Incoming>, token: &str) -> Result<(), ProxyError> {
+    let h = req.headers();
+    let bearer = h
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let api_key = h
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    let given = bearer.or(api_key);
+    match given {
+        Some(t) if super::token::matches(t.as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err(ProxyError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "the API key is not this node's clawmatrix proxy token",
+        )),
+        None => Err(ProxyError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+            "missing API key: send the node's clawmatrix proxy token as `Authorization: Bearer <token>`",
+        )),
+    }
+}
+
+/// `GET /v1/models`: every model announced in the mesh (this node's own included), with the
+/// nodes serving it and its metadata.
+fn models(ctx: &ProxyCtx, pin: Option<&str>) -> Reply {
+    let snapshot = ctx.snapshot.borrow().clone();
+    let mut data = Vec::new();
+    for p in snapshot
+        .peers
+        .iter()
+        .filter(|p| pin.is_none_or(|n| n == p.node))
+    {
+        let reachable = !matches!(p.state, crate::mesh::PeerState::Unreachable { .. });
+        for m in &p.models {
+            let mut meta = m.extra.clone();
+            if let Some(d) = &m.description {
+                meta.insert("description".into(), d.clone().into());
+            }
+            meta.insert("node".into(), p.node.clone().into());
+            meta.insert("reachable".into(), reachable.into());
+            data.push(serde_json::json!({
+                "id": if pin.is_some() { m.id.clone() } else { format!("{}/{}", p.node, m.id) },
+                "object": "model",
+                "created": 0,
+                "owned_by": p.node,
+                "clawmatrix": meta,
+            }));
+        }
+    }
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "object": "list", "data": data }),
+    )
+}
+
+#[derive(Deserialize)]
+struct Peek {
+    model: Option<serde_json::Value>,
+    #[serde(default)]
+    stream: Option<serde_json::Value>,
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<(hyper::HeaderMap, Bytes), ProxyError> {
+    let too_large = || {
+        ProxyError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("request body over {MAX_REQUEST_BODY} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_REQUEST_BODY as u64) {
+        return Err(too_large());
+    }
+    let (parts, body) = req.into_parts();
+    match Limited::new(body, MAX_REQUEST_BODY).collect().await {
+        Ok(c) => Ok((parts.headers, c.to_bytes())),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Err(e) => Err(ProxyError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request_body",
+            format!("could not read the request body: {e}"),
+        )),
+    }
+}
+
+async fn tunnel_request(
+    req: Request<Incoming>,
+    ctx: &ProxyCtx,
+    pin: Option<&str>,
+    path: String,
+    arrived: Instant,
+) -> Result<Reply, ProxyError> {
+    let (headers, body) = read_body(req).await?;
+    let bad = |m: String| ProxyError::new(StatusCode::BAD_REQUEST, "invalid_request", m);
+    let peek: Peek = serde_json::from_slice(&body)
+        .map_err(|e| bad(format!("request body: invalid JSON: {e}")))?;
+    let model = match peek.model {
+        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => s,
+        Some(other) => {
+            return Err(bad(format!(
+                "model: expected a non-empty string, got {}",
+                crate::error::json_type_name(&other)
+            )))
+        }
+        None => return Err(bad("model: required".into())),
+    };
+    let stream = match peek.stream {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Bool(b)) => b,
+        Some(other) => {
+            return Err(bad(format!(
+                "stream: expected a boolean, got {}",
+                crate::error::json_type_name(&other)
+            )))
+        }
+    };
+    let deadline = arrived + Duration::from_millis(ctx.config.proxy_timeout_ms);
+    let peers = ctx.snapshot.borrow().peers.clone();
+    let candidates = route::candidates(
+        ModelQuery {
+            model: &model,
+            pinned_node: pin,
+        },
+        &ctx.config,
+        &peers,
+    )
+    .map_err(|e| match e {
+        NoRoute::UnknownModel => ProxyError::new(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!(
+                "model {model:?}: no node in the mesh serves it{}",
+                pin.map(|n| format!(" (pinned to {n})")).unwrap_or_default()
+            ),
+        ),
+        NoRoute::UnknownNode(n) => ProxyError::new(
+            StatusCode::NOT_FOUND,
+            "node_not_found",
+            format!("node {n:?} is not known in the mesh"),
+        ),
+        NoRoute::Unreachable(nodes) => {
+            let mut e = ProxyError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_reachable_node",
+                format!(
+                    "model {model:?}: served by {} but none is reachable now",
+                    nodes.join(", ")
+                ),
+            );
+            e.retry_after = Some("5".into());
+            e
+        }
+    })?;
+    let forwarded: Vec<(String, String)> = tunnel::FORWARDED_REQUEST_HEADERS
+        .iter()
+        .filter_map(|h| {
+            headers
+                .get(*h)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| (h.to_string(), v.to_string()))
+        })
+        .collect();
+    let mut last: Option<ProxyError> = None;
+    for cand in &candidates {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let body_for = with_description(
+            &body,
+            route::description(&ctx.config, &peers, cand).as_deref(),
+            &path,
+            &model,
+            cand,
+        );
+        let treq = TunnelRequest {
+            path: path.clone(),
+            model: cand.model.clone(),
+            stream,
+            headers: forwarded.clone(),
+        };
+        let payload = tunnel::encode_request(&treq, &body_for);
+        match attempt(ctx, cand, payload, deadline).await {
+            Ok((head, stream_call)) => {
+                return Ok(respond(head, stream_call, cand, stream, deadline))
+            }
+            Err((e, retry)) => {
+                ctx.events.info(format!(
+                    "model proxy: {model} on {}: {} ({})",
+                    cand.node, e.message, e.cause
+                ));
+                if !retry {
+                    return Err(e);
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(match last {
+        Some(e) if Instant::now() < deadline => e,
+        Some(e) => ProxyError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "deadline",
+            format!(
+                "model {model:?}: no node answered within proxyTimeoutMs ({} ms); last: {}",
+                ctx.config.proxy_timeout_ms, e.message
+            ),
+        ),
+        None => ProxyError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "deadline",
+            format!(
+                "model {model:?}: proxyTimeoutMs ({} ms) passed",
+                ctx.config.proxy_timeout_ms
+            ),
+        ),
+    })
+}
+
+/// The body with the `[Model: …]` system line inserted (chat completions only) and the
+/// qualified model name replaced by the served id; the raw bytes when neither applies.
+fn with_description(
+    body: &Bytes,
+    description: Option<&str>,
+    path: &str,
+    asked: &str,
+    cand: &ModelCandidate,
+) -> Bytes {
+    let renamed = asked != cand.model;
+    let describe = description.is_some() && path == "/v1/chat/completions";
+    if !renamed && !describe {
+        return body.clone();
+    }
+    let Ok(serde_json::Value::Object(mut obj)) = serde_json::from_slice::<serde_json::Value>(body)
+    else {
+        return body.clone();
+    };
+    if renamed {
+        obj.insert("model".into(), cand.model.clone().into());
+    }
+    if let (true, Some(d), Some(serde_json::Value::Array(msgs))) =
+        (describe, description, obj.get_mut("messages"))
+    {
+        msgs.insert(
+            0,
+            serde_json::json!({ "role": "system", "content": format!("[Model: {d}]") }),
+        );
+    }
+    serde_json::to_vec(&serde_json::Value::Object(obj))
+        .map(Bytes::from)
+        .unwrap_or_else(|_| body.clone())
+}
+
+/// One attempt on one node: open the call and wait for the head. `Err((error, retry))`.
+async fn attempt(
+    ctx: &ProxyCtx,
+    cand: &ModelCandidate,
+    payload: Vec<u8>,
+    deadline: Instant,
+) -> Result<(TunnelHead, CallStream), (ProxyError, bool)> {
+    // The mesh call's own inactivity deadline is set past ours, so the overall deadline (checked
+    // here and in the pump) is what fires and is reported as `deadline`.
+    let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
+    let mesh_err = |e: crate::error::Error| {
+        let (status, cause, retry) = match e.code {
+            ErrorCode::Timeout => (StatusCode::GATEWAY_TIMEOUT, "mesh_timeout", true),
+            ErrorCode::Unreachable => (StatusCode::BAD_GATEWAY, "node_unreachable", true),
+            ErrorCode::NotRunning => (StatusCode::SERVICE_UNAVAILABLE, "not_running", false),
+            _ => (StatusCode::BAD_GATEWAY, "mesh_error", true),
+        };
+        (
+            ProxyError::new(status, cause, e.message).on(&cand.node),
+            retry,
+        )
+    };
+    let mut call = ctx
+        .actor
+        .open_stream(&cand.node, tunnel::METHOD_MODEL, payload, left)
+        .await
+        .map_err(mesh_err)?;
+    let first = tokio::time::timeout_at(deadline, call.next()).await;
+    match first {
+        Err(_) => Err((
+            ProxyError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "deadline",
+                "no response head before proxyTimeoutMs",
+            )
+            .on(&cand.node),
+            false,
+        )),
+        Ok(None) => Err((
+            ProxyError::new(
+                StatusCode::BAD_GATEWAY,
+                "mesh_error",
+                "the call ended without an answer",
+            )
+            .on(&cand.node),
+            true,
+        )),
+        Ok(Some(Err(e))) => Err(mesh_err(e)),
+        Ok(Some(Ok(StreamItem::Chunk(bytes)))) => {
+            match serde_json::from_slice::<TunnelHead>(&bytes) {
+                Ok(head) => Ok((head, call)),
+                Err(e) => Err((
+                    ProxyError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "protocol_error",
+                        format!("unreadable response head: {e}"),
+                    )
+                    .on(&cand.node),
+                    true,
+                )),
+            }
+        }
+        Ok(Some(Ok(StreamItem::End(bytes)))) => {
+            let end: TunnelEnd = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                TunnelEnd::fail(502, "protocol_error", format!("unreadable end: {e}"), true)
+            });
+            let status = end
+                .status
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(StatusCode::BAD_GATEWAY);
+            let e = ProxyError::new(
+                status,
+                end.cause.as_deref().unwrap_or("remote_error"),
+                end.message
+                    .unwrap_or_else(|| "the serving node failed".into()),
+            )
+            .on(&cand.node);
+            Err((e, end.retry))
+        }
+    }
+}
+
+/// Turn the head and the open stream into the client response; a task pumps the body.
+fn respond(
+    head: TunnelHead,
+    call: CallStream,
+    cand: &ModelCandidate,
+    sse: bool,
+    deadline: Instant,
+) -> Reply {
+    let mut b = Response::builder()
+        .status(StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY))
+        .header(HEADER_NODE, cand.node.as_str());
+    for (k, v) in &head.headers {
+        let lk = k.to_ascii_lowercase();
+        if tunnel::DROPPED_RESPONSE_HEADERS.contains(&lk.as_str()) || lk == HEADER_NODE {
+            continue;
+        }
+        b = b.header(k.as_str(), v.as_str());
+    }
+    let is_sse = sse
+        || head.headers.iter().any(|(k, v)| {
+            k.eq_ignore_ascii_case("content-type") && v.starts_with("text/event-stream")
+        });
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(BODY_CHANNEL);
+    tokio::spawn(pump(call, tx, cand.node.clone(), is_sse, deadline));
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    b.body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap_or_else(|_| Response::new(full(Vec::new())))
+}
+
+/// Copy the mesh stream into the client body. Ends when the stream ends, the client goes away
+/// (the body channel closes: the call is dropped, which cancels it on the serving node), or the
+/// deadline passes. A failure after the head ends an SSE body with an error event, and any other
+/// body with an I/O error (the client sees a broken response, never a silently short one).
+async fn pump(
+    mut call: CallStream,
+    tx: mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
+    node: String,
+    sse: bool,
+    deadline: Instant,
+) {
+    let fail = |e: ProxyError| -> Result<Frame<Bytes>, std::io::Error> {
+        if sse {
+            Ok(Frame::data(e.sse_event()))
+        } else {
+            Err(std::io::Error::other(format!("{}: {}", e.cause, e.message)))
+        }
+    };
+    loop {
+        let item = tokio::select! {
+            biased;
+            _ = tx.closed() => { call.cancel(); return; }
+            _ = tokio::time::sleep_until(deadline) => {
+                call.cancel();
+                let e = ProxyError::new(StatusCode::GATEWAY_TIMEOUT, "deadline", "proxyTimeoutMs passed while streaming").on(&node);
+                let _ = tx.send(fail(e)).await;
+                return;
+            }
+            item = call.next() => item,
+        };
+        match item {
+            Some(Ok(StreamItem::Chunk(bytes))) => {
+                if tx.send(Ok(Frame::data(Bytes::from(bytes)))).await.is_err() {
+                    call.cancel();
+                    return;
+                }
+            }
+            Some(Ok(StreamItem::End(bytes))) => {
+                let end: TunnelEnd = serde_json::from_slice(&bytes).unwrap_or_default();
+                if !end.ok {
+                    let e = ProxyError::new(
+                        StatusCode::BAD_GATEWAY,
+                        end.cause.as_deref().unwrap_or("remote_error"),
+                        end.message
+                            .unwrap_or_else(|| "the upstream response broke off".into()),
+                    )
+                    .on(&node);
+                    let _ = tx.send(fail(e)).await;
+                }
+                return;
+            }
+            Some(Err(e)) => {
+                let cause = match e.code {
+                    ErrorCode::Unreachable => "node_unreachable",
+                    ErrorCode::Timeout => "mesh_timeout",
+                    _ => "mesh_error",
+                };
+                let _ = tx
+                    .send(fail(
+                        ProxyError::new(StatusCode::BAD_GATEWAY, cause, e.message).on(&node),
+                    ))
+                    .await;
+                return;
+            }
+            None => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_pins_are_split_from_the_path() {
+        assert_eq!(
+            split_path("/node/office-01/v1/chat/completions"),
+            (Some("office-01"), "/v1/chat/completions")
+        );
+        assert_eq!(split_path("/v1/models"), (None, "/v1/models"));
+        assert_eq!(split_path("/node//v1/models"), (None, "/node//v1/models"));
+        assert_eq!(split_path("/node/x/"), (Some("x"), "/"));
+    }
+
+    #[test]
+    fn description_and_renaming_touch_the_body_only_when_needed() {
+        let cand = ModelCandidate {
+            node: "office".into(),
+            model: "m".into(),
+            direct: true,
+            latency_ms: 1,
+            hops: 1,
+        };
+        let raw = Bytes::from_static(
+            b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"zzz\":1}",
+        );
+        assert_eq!(
+            with_description(&raw, None, "/v1/chat/completions", "m", &cand),
+            raw
+        );
+        let out = with_description(&raw, Some("fast"), "/v1/chat/completions", "m", &cand);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["messages"][0],
+            serde_json::json!({"role": "system", "content": "[Model: fast]"})
+        );
+        assert_eq!(v["messages"][1]["content"], "hi");
+        assert_eq!(v["zzz"], 1);
+        let out = with_description(&raw, None, "/v1/chat/completions", "office/m", &cand);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["model"], "m");
+        assert_eq!(v["messages"].as_array().unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,430 @@
+//! The serving side: the `model.http` mesh method. For a model in this node's `models[]`, find
+//! its upstream (base URL, API dialect, key), forward the consumer's body with only the
+//! credentials and the upstream model id substituted, and stream the upstream's bytes back.
+//!
+//! Upstream resolution, per model: `models[].upstream` when set (key from `apiKeyEnv`, else from
+//! OpenClaw); otherwise the host resolves the model's `provider` (`model.upstream` host request:
+//! OpenClaw's `models.providers.<provider>` for `baseUrl`/`api`/`headers`, and
+//! `runtime.modelAuth.resolveApiKeyForProvider` for the key). Results are cached for
+//! [`RESOLVE_TTL`] so a burst of requests costs one host round trip; failures are not cached.
+//! The key never leaves this node: it is put on the upstream request here and nowhere else.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::Request;
+use serde_json::Value;
+
+use super::client::{self, SendError};
+use super::tunnel::{self, TunnelEnd, TunnelHead};
+use crate::config::{Config, ModelApi, ModelConfig, UpstreamUrl};
+use crate::error::Result;
+use crate::node::host::HostBridge;
+use crate::node::service::{BoxFuture, CallCtx, Service};
+
+/// How long a resolved upstream is reused.
+pub const RESOLVE_TTL: Duration = Duration::from_secs(30);
+/// How long the host may take to resolve an upstream.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Non-secret placeholder keys OpenClaw returns for keyless local providers: not sent upstream.
+const NON_SECRET_KEYS: &[&str] = &["custom-local", "ollama-local", "lmstudio-local"];
+
+/// Where and how to call the upstream for one model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub url: UpstreamUrl,
+    pub api: ModelApi,
+    /// The model id the upstream expects.
+    pub model: String,
+    pub key: Option<String>,
+    /// Extra headers from the provider config (string values only).
+    pub headers: Vec<(String, String)>,
+}
+
+impl Upstream {
+    /// The request path on the upstream for this dialect.
+    pub fn request_path(&self) -> String {
+        let base = &self.url.path;
+        match self.api {
+            ModelApi::OpenAiCompletions => format!("{base}/chat/completions"),
+            ModelApi::OpenAiResponses => format!("{base}/responses"),
+            // Anthropic base URLs usually omit /v1 (OpenClaw's and the SDK's convention).
+            ModelApi::AnthropicMessages if base.ends_with("/v1") => format!("{base}/messages"),
+            ModelApi::AnthropicMessages => format!("{base}/v1/messages"),
+        }
+    }
+}
+
+/// The `model.http` service (cheap to clone: the state is shared).
+#[derive(Clone)]
+pub struct ModelService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    host: Arc<HostBridge>,
+    cache: Mutex<HashMap<String, (Instant, Upstream)>>,
+}
+
+impl ModelService {
+    pub fn new(config: Arc<Config>, host: Arc<HostBridge>) -> Self {
+        ModelService {
+            inner: Arc::new(Inner {
+                config,
+                host,
+                cache: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    fn cached(&self, model: &str) -> Option<Upstream> {
+        let g = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+        g.get(model)
+            .filter(|(at, _)| at.elapsed() < RESOLVE_TTL)
+            .map(|(_, u)| u.clone())
+    }
+
+    async fn resolve(&self, m: &ModelConfig) -> std::result::Result<Upstream, String> {
+        if let Some(u) = self.cached(&m.id) {
+            return Ok(u);
+        }
+        let u = resolve_with_host(m, &self.inner.host).await?;
+        self.inner
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(m.id.clone(), (Instant::now(), u.clone()));
+        Ok(u)
+    }
+}
+
+/// Ask the host (unless the override says everything) and combine with the override.
+async fn resolve_with_host(
+    m: &ModelConfig,
+    host: &Arc<HostBridge>,
+) -> std::result::Result<Upstream, String> {
+    let o = m.upstream.as_ref();
+    let needs_host = o.is_none_or(|o| o.api_key_env.is_none());
+    let reply = if needs_host {
+        let call = host
+            .call(
+                "model.upstream",
+                serde_json::json!({ "provider": m.provider, "model": m.id }),
+            )
+            .map_err(|e| {
+                format!(
+                    "cannot ask OpenClaw for provider {:?}: {}",
+                    m.provider, e.message
+                )
+            })?;
+        match tokio::time::timeout(RESOLVE_TIMEOUT, call.result()).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                return Err(format!(
+                    "OpenClaw could not resolve provider {:?}: {}",
+                    m.provider, e.message
+                ))
+            }
+            Err(_) => {
+                return Err(format!(
+                    "OpenClaw did not resolve provider {:?} within {} s",
+                    m.provider,
+                    RESOLVE_TIMEOUT.as_secs()
+                ))
+            }
+        }
+    } else {
+        Value::Null
+    };
+    from_parts(m, &reply, |name| std::env::var(name).ok())
+}
+
+/// Combine `models[i]`, its override and the host's reply (`{providerConfig, apiKey}`) into an
+/// upstream. Pure, for tests.
+pub fn from_parts(
+    m: &ModelConfig,
+    host: &Value,
+    env: impl Fn(&str) -> Option<String>,
+) -> std::result::Result<Upstream, String> {
+    let pc = &host["providerConfig"];
+    let o = m.upstream.as_ref();
+    let base = match (o.map(|o| o.base_url.as_str()), pc["baseUrl"].as_str()) {
+        (Some(b), _) => b.to_string(),
+        (None, Some(b)) => b.to_string(),
+        (None, None) => {
+            return Err(format!(
+                "no base URL for provider {:?}: OpenClaw has no models.providers.{} entry with a baseUrl \
+                 (built-in providers are not exposed to plugins); set models[].upstream.baseUrl for model {:?}",
+                m.provider, m.provider, m.id
+            ))
+        }
+    };
+    let url = UpstreamUrl::parse(&base).map_err(|e| format!("upstream base URL {base:?}: {e}"))?;
+    let api = o
+        .and_then(|o| o.api)
+        .or_else(|| pc["api"].as_str().and_then(ModelApi::parse))
+        .unwrap_or(m.api);
+    let model = o
+        .and_then(|o| o.model.clone())
+        .unwrap_or_else(|| m.id.clone());
+    let key = match o.and_then(|o| o.api_key_env.as_deref()) {
+        Some(var) => Some(env(var).filter(|k| !k.is_empty()).ok_or_else(|| {
+            format!("models[].upstream.apiKeyEnv: environment variable {var} is not set on this gateway")
+        })?),
+        None => host["apiKey"].as_str().map(String::from),
+    }
+    .filter(|k| !NON_SECRET_KEYS.contains(&k.as_str()));
+    let headers = pc["headers"]
+        .as_object()
+        .map(|h| {
+            h.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.to_ascii_lowercase(), v.to_string())))
+                .filter(|(k, _)| k != "host" && k != "content-length")
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Upstream {
+        url,
+        api,
+        model,
+        key,
+        headers,
+    })
+}
+
+impl Service for ModelService {
+    fn call(&self, ctx: CallCtx, payload: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>>> {
+        let svc = self.clone();
+        Box::pin(async move { Ok(serve(&svc, ctx, &payload).await.to_bytes()) })
+    }
+}
+
+async fn serve(svc: &ModelService, mut ctx: CallCtx, payload: &[u8]) -> TunnelEnd {
+    let (req, body) = match tunnel::decode_request(payload) {
+        Ok(x) => x,
+        Err(e) => return TunnelEnd::fail(400, "bad_request", e, false),
+    };
+    let Some(m) = svc.inner.config.models.iter().find(|m| m.id == req.model) else {
+        return TunnelEnd::fail(
+            404,
+            "model_not_served",
+            format!("model {:?} is not in this node's models[]", req.model),
+            true,
+        );
+    };
+    let up = match svc.resolve(m).await {
+        Ok(u) => u,
+        Err(e) => return TunnelEnd::fail(502, "upstream_unresolved", e, true),
+    };
+    let asked = tunnel::api_for_path(&req.path);
+    if asked != Some(up.api) {
+        return TunnelEnd::fail(
+            400,
+            "wrong_api",
+            format!(
+                "model {:?} speaks {}: send POST {} instead of {}",
+                m.id,
+                up.api.as_str(),
+                tunnel::path_for_api(up.api),
+                req.path
+            ),
+            false,
+        );
+    }
+    let body = if up.model != req.model {
+        rename_model(body, &up.model)
+    } else {
+        Bytes::copy_from_slice(body)
+    };
+    let mut b = Request::post(up.request_path())
+        .header("host", up.url.authority())
+        .header("content-type", "application/json")
+        .header("accept-encoding", "identity")
+        .header(
+            "user-agent",
+            concat!("clawmatrix/", env!("CARGO_PKG_VERSION")),
+        );
+    for (k, v) in &req.headers {
+        if tunnel::FORWARDED_REQUEST_HEADERS.contains(&k.as_str()) {
+            b = b.header(k.as_str(), v.as_str());
+        }
+    }
+    for (k, v) in &up.headers {
+        b = b.header(k.as_str(), v.as_str());
+    }
+    if let Some(key) = &up.key {
+        b = match up.api {
+            ModelApi::AnthropicMessages => b.header("x-api-key", key.as_str()),
+            _ => b.header("authorization", format!("Bearer {key}")),
+        };
+        if up.api == ModelApi::AnthropicMessages
+            && !req.headers.iter().any(|(k, _)| k == "anthropic-version")
+        {
+            b = b.header("anthropic-version", "2023-06-01");
+        }
+    }
+    let request = match b.body(Full::new(body)) {
+        Ok(r) => r,
+        Err(e) => {
+            return TunnelEnd::fail(
+                502,
+                "upstream_request",
+                format!("cannot build the upstream request: {e}"),
+                false,
+            )
+        }
+    };
+    let sent = tokio::select! {
+        biased;
+        _ = ctx.cancel.wait_for(|c| *c) => return cancelled(),
+        r = client::send(&up.url, request) => r,
+    };
+    let resp = match sent {
+        Ok(r) => r,
+        Err(SendError::Connect(e)) => return TunnelEnd::fail(502, "upstream_connect", e, true),
+        Err(SendError::Exchange(e)) => return TunnelEnd::fail(502, "upstream_exchange", e, false),
+    };
+    let head = TunnelHead {
+        status: resp.status().as_u16(),
+        headers: resp
+            .headers()
+            .iter()
+            .filter(|(k, _)| !tunnel::DROPPED_RESPONSE_HEADERS.contains(&k.as_str()))
+            .filter_map(|(k, v)| {
+                v.to_str()
+                    .ok()
+                    .map(|v| (k.as_str().to_string(), v.to_string()))
+            })
+            .collect(),
+    };
+    if ctx
+        .sink
+        .send(serde_json::to_vec(&head).unwrap_or_default())
+        .await
+        .is_err()
+    {
+        return cancelled();
+    }
+    let mut body = resp.into_body();
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = ctx.cancel.wait_for(|c| *c) => return cancelled(),
+            f = body.frame() => f,
+        };
+        match frame {
+            None => return TunnelEnd::ok(),
+            Some(Err(e)) => {
+                return TunnelEnd::fail(
+                    502,
+                    "upstream_body",
+                    format!("the upstream response broke off: {e}"),
+                    false,
+                )
+            }
+            Some(Ok(f)) => {
+                if let Ok(data) = f.into_data() {
+                    if !data.is_empty() && ctx.sink.send(data.to_vec()).await.is_err() {
+                        return cancelled();
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn cancelled() -> TunnelEnd {
+    TunnelEnd::fail(
+        499,
+        "cancelled",
+        "the consumer cancelled the request",
+        false,
+    )
+}
+
+/// The body with `model` set to `id` (the rest kept; key order may change).
+fn rename_model(body: &[u8], id: &str) -> Bytes {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(mut o)) => {
+            o.insert("model".into(), id.into());
+            serde_json::to_vec(&Value::Object(o))
+                .map(Bytes::from)
+                .unwrap_or_else(|_| Bytes::copy_from_slice(body))
+        }
+        _ => Bytes::copy_from_slice(body),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn model(extra: Value) -> ModelConfig {
+        let mut m = json!({"id": "m1", "provider": "mock"});
+        if let (Some(o), Value::Object(e)) = (m.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        let c = Config::from_json(&json!({"nodeId": "office", "secret": "0123456789abcdef", "listen": true, "models": [m]})).unwrap();
+        c.config.models[0].clone()
+    }
+
+    #[test]
+    fn the_host_config_supplies_url_api_key_and_headers() {
+        let host = json!({"providerConfig": {"baseUrl": "http://127.0.0.1:9/v1/", "api": "openai-completions", "headers": {"X-Org": "o1", "n": 3}}, "apiKey": "sk-office"});
+        let u = from_parts(&model(json!({})), &host, |_| None).unwrap();
+        assert_eq!(u.request_path(), "/v1/chat/completions");
+        assert_eq!(u.key.as_deref(), Some("sk-office"));
+        assert_eq!(u.headers, vec![("x-org".to_string(), "o1".to_string())]);
+        assert_eq!(u.model, "m1");
+    }
+
+    #[test]
+    fn the_override_wins_and_its_env_key_must_exist() {
+        let m = model(
+            json!({"upstream": {"baseUrl": "https://api.example.com", "api": "anthropic-messages", "model": "claude-x", "apiKeyEnv": "K"}}),
+        );
+        let u = from_parts(&m, &Value::Null, |v| {
+            (v == "K").then(|| "sk-env".to_string())
+        })
+        .unwrap();
+        assert_eq!(
+            (u.api, u.model.as_str(), u.key.as_deref()),
+            (ModelApi::AnthropicMessages, "claude-x", Some("sk-env"))
+        );
+        assert_eq!(u.request_path(), "/v1/messages");
+        let e = from_parts(&m, &Value::Null, |_| None).unwrap_err();
+        assert!(e.contains("apiKeyEnv") && e.contains("K"), "{e}");
+    }
+
+    #[test]
+    fn no_base_url_says_how_to_fix_it_and_local_markers_are_not_keys() {
+        let e = from_parts(&model(json!({})), &json!({"providerConfig": null}), |_| {
+            None
+        })
+        .unwrap_err();
+        assert!(e.contains("models[].upstream.baseUrl"), "{e}");
+        let host =
+            json!({"providerConfig": {"baseUrl": "http://127.0.0.1:9"}, "apiKey": "custom-local"});
+        assert_eq!(
+            from_parts(&model(json!({})), &host, |_| None).unwrap().key,
+            None
+        );
+        let bad = json!({"providerConfig": {"baseUrl": "ftp://x"}});
+        assert!(from_parts(&model(json!({})), &bad, |_| None)
+            .unwrap_err()
+            .contains("http://"));
+    }
+
+    #[test]
+    fn renaming_keeps_everything_else() {
+        let out = rename_model(br#"{"model":"a","stream":true,"x":[1]}"#, "b");
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v, json!({"model": "b", "stream": true, "x": [1]}));
+        assert_eq!(&rename_model(b"not json", "b")[..], b"not json");
+    }
+}
