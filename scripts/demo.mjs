@@ -2,9 +2,10 @@
 // Builds the addon and shim, provisions Node 24 + the pinned OpenClaw into the cache, starts a
 // mock LLM upstream and three real OpenClaw gateways on loopback — cloud (listens), office and
 // home (dial cloud only) — with clawmatrix loaded from the packed plugin, waits for the mesh, and
-// prints what an operator sees on home: office reachable via cloud; then home's agent runs a
-// command on office through cloud (cluster_exec). Everything is stopped at the
-// end unless --keep is given (then Ctrl-C stops it).
+// prints what an operator sees on home: office reachable via cloud; home has no LLM of its own and
+// answers with office's model through the mesh; a model call from home's local OpenAI-compatible
+// proxy streams office's model through cloud; home's agent runs a command on office through cloud
+// (cluster_exec). Everything is stopped at the end unless --keep is given (then Ctrl-C stops it).
 import { rmSync } from "node:fs";
 import { dirname } from "node:path";
 import { build } from "./lib.mjs";
@@ -21,7 +22,7 @@ const { freePort } = await import("../tests/js/free-port.mjs");
 step("provisioning Node 24 + OpenClaw 2026.9.6 (cached after the first run)");
 const provisioned = await provision({ log: (m) => step(m) });
 const mock = await startMockLlm();
-step(`mock LLM upstream on ${mock.url} (configured as provider "mock" on every gateway)`);
+step(`mock LLM upstream on ${mock.url} (configured as provider "mock" on office only, with a key only office has)`);
 const pkg = stagePlugin();
 let exitCode = 0;
 let runDir;
@@ -32,6 +33,7 @@ try {
   const nodes = [
     {
       name: "cloud",
+      extraConfig: { models: { providers: { mock: null } } },
       pluginConfig: {
         nodeId: "cloud-01", secret, listen: true, listenHost: "127.0.0.1", listenPort: cloudPort, peers: [],
         agents: [{ id: "reviewer", description: "Reviews code", tags: ["review"] }], tags: ["cloud"],
@@ -47,6 +49,7 @@ try {
         tags: ["office", "gpu"], proxyPort: await freePort(),
         toolProxy: { enabled: true, allow: ["exec", "read", "write", "edit"], deny: [] },
       },
+      extraConfig: { models: { providers: { mock: { apiKey: "sk-demo-office-only" } } } },
     },
     {
       name: "home",
@@ -55,6 +58,8 @@ try {
         agents: [{ id: "assistant", description: "Personal assistant", tags: ["general"] }],
         proxyModels: [{ id: "mock-model", nodeId: "office-01" }], tags: ["home"], proxyPort: await freePort(),
       },
+      // Home has no model provider: its default model is office's, through the mesh.
+      extraConfig: { models: { providers: { mock: null } }, agents: { defaults: { model: { primary: "office-01/mock-model" } } } },
     },
   ];
   step("starting cloud, office and home (real OpenClaw gateways, ~30-60 s on 2 cores)");
@@ -76,6 +81,39 @@ try {
     if (status.code !== 0) throw new Error(`clawmatrix status on ${g.name} failed:\n${status.stderr}`);
     console.log(`\n$ openclaw clawmatrix status   # on ${g.name}\n${status.stdout}`);
   }
+  step("home: clawmatrix writes models.providers.office-01 (home's proxy, local token) from gossip");
+  let provider;
+  for (const until = Date.now() + 120_000; !provider && Date.now() < until; ) {
+    provider = home.readConfig().models?.providers?.["office-01"];
+    if (!provider) await new Promise((r) => setTimeout(r, 500));
+  }
+  if (!provider) throw new Error("home did not get a provider for office-01 within 120 s");
+  console.log(`\nmodels.providers.office-01 on home: ${JSON.stringify({ ...provider, apiKey: provider.apiKey.slice(0, 8) + "…" })}\n`);
+  step("a model call from home's proxy streams office's model through cloud (POST /v1/chat/completions, stream: true)");
+  const res = await fetch(`${provider.baseUrl}/chat/completions`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${provider.apiKey}`, "content-type": "application/json" },
+    body: JSON.stringify({ model: "mock-model", stream: true, messages: [{ role: "user", content: "stream 8 chunks every 150 ms" }] }),
+    signal: AbortSignal.timeout(60_000),
+  });
+  if (res.status !== 200) throw new Error(`model call failed: ${res.status} ${await res.text()}`);
+  process.stdout.write(`$ curl ${provider.baseUrl}/chat/completions   # on home, answered by ${res.headers.get("x-clawmatrix-node")}\n`);
+  const decoder = new TextDecoder();
+  let pending = "";
+  for await (const part of res.body) {
+    pending += decoder.decode(part, { stream: true });
+    let i;
+    while ((i = pending.indexOf("\n\n")) >= 0) {
+      const event = pending.slice(0, i).replace(/^data: /, "");
+      pending = pending.slice(i + 2);
+      if (event === "[DONE]") continue;
+      process.stdout.write(JSON.parse(event).choices?.[0]?.delta?.content ?? "");
+    }
+  }
+  process.stdout.write("\n\n");
+  step("home's agent answers with office's model (home has no LLM of its own)");
+  const hello = await home.agentTurn("say hello");
+  console.log(`$ openclaw agent --agent main --message 'say hello'   # on home\n${(hello?.result?.payloads ?? []).map((p) => p.text ?? "").join("\n")}\n`);
   step("home's agent runs a command on office through cloud (cluster_exec; the mock LLM plays the model)");
   const command = "echo \"hello from $(hostname) in $(pwd)\"; uname -sr";
   const turn = await home.agentTurn(`call tool cluster_exec with ${JSON.stringify({ node: "office-01", command })}`);

@@ -547,3 +547,67 @@ async fn home_hands_its_host_one_provider_per_serving_node_and_office_resolves_o
     .await
     .expect("bounded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_kept_alive_between_requests() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    tokio::time::timeout(TEST_BOUND, async {
+        // A keep-alive upstream (hyper) that counts the connections it accepts.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let acc = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                acc.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .header("content-type", "application/json")
+                                .body(http_body_util::Full::new(hyper::body::Bytes::from_static(
+                                    b"{\"ok\":true}",
+                                )))
+                                .unwrap(),
+                        )
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        let providers = vec![HashMap::from([(
+            "mock".to_string(),
+            json!({"baseUrl": format!("http://{addr}/v1")}),
+        )])];
+        let m = mesh(
+            start_upstream().await,
+            &[models(&["ka"])],
+            &providers,
+            json!({}),
+        )
+        .await;
+        for _ in 0..5 {
+            let got = fetch(
+                m.home_addr(),
+                "POST",
+                "/v1/chat/completions",
+                Some(&m.token()),
+                chat("ka", false),
+                Duration::from_secs(10),
+            )
+            .await;
+            assert_eq!(got.status, 200);
+            assert_eq!(got.json(), json!({"ok": true}));
+        }
+        assert_eq!(
+            accepted.load(Ordering::Relaxed),
+            1,
+            "one upstream connection for five requests"
+        );
+    })
+    .await
+    .expect("bounded");
+}

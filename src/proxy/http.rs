@@ -515,39 +515,74 @@ async fn pump(
         };
         match item {
             Some(Ok(StreamItem::Chunk(bytes))) => {
-                if tx.send(Ok(Frame::data(Bytes::from(bytes)))).await.is_err() {
+                // Take every chunk that is already here into the same body frame (never wait).
+                let mut data = bytes;
+                let mut after = None;
+                while data.len() < COALESCE_BYTES {
+                    match futures_util::FutureExt::now_or_never(call.next()) {
+                        Some(Some(Ok(StreamItem::Chunk(more)))) => data.extend_from_slice(&more),
+                        Some(Some(other)) => {
+                            after = Some(other);
+                            break;
+                        }
+                        Some(None) | None => break,
+                    }
+                }
+                if tx.send(Ok(Frame::data(Bytes::from(data)))).await.is_err() {
                     call.cancel();
                     return;
                 }
-            }
-            Some(Ok(StreamItem::End(bytes))) => {
-                let end: TunnelEnd = serde_json::from_slice(&bytes).unwrap_or_default();
-                if !end.ok {
-                    let e = ProxyError::new(
-                        StatusCode::BAD_GATEWAY,
-                        end.cause.as_deref().unwrap_or("remote_error"),
-                        end.message
-                            .unwrap_or_else(|| "the upstream response broke off".into()),
-                    )
-                    .on(&node);
-                    let _ = tx.send(fail(e)).await;
+                if let Some(item) = after {
+                    if finish(item, &tx, &node, &fail).await {
+                        return;
+                    }
                 }
-                return;
             }
-            Some(Err(e)) => {
-                let cause = match e.code {
-                    ErrorCode::Unreachable => "node_unreachable",
-                    ErrorCode::Timeout => "mesh_timeout",
-                    _ => "mesh_error",
-                };
-                let _ = tx
-                    .send(fail(
-                        ProxyError::new(StatusCode::BAD_GATEWAY, cause, e.message).on(&node),
-                    ))
-                    .await;
+            Some(other) => {
+                finish(other, &tx, &node, &fail).await;
                 return;
             }
             None => return,
+        }
+    }
+}
+
+/// Most bytes gathered into one body frame from mesh chunks that are already there.
+const COALESCE_BYTES: usize = 64 * 1024;
+
+/// Handle a stream item after the coalescing loop (a chunk, an end or an error); `true` when
+/// the body is over.
+async fn finish(
+    item: crate::error::Result<StreamItem>,
+    tx: &mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
+    node: &str,
+    fail: &impl Fn(ProxyError) -> Result<Frame<Bytes>, std::io::Error>,
+) -> bool {
+    match item {
+        Ok(StreamItem::Chunk(bytes)) => tx.send(Ok(Frame::data(Bytes::from(bytes)))).await.is_err(),
+        Ok(StreamItem::End(bytes)) => {
+            let end: TunnelEnd = serde_json::from_slice(&bytes).unwrap_or_default();
+            if !end.ok {
+                let e = ProxyError::new(
+                    StatusCode::BAD_GATEWAY,
+                    end.cause.as_deref().unwrap_or("remote_error"),
+                    end.message
+                        .unwrap_or_else(|| "the upstream response broke off".into()),
+                )
+                .on(node);
+                let _ = tx.send(fail(e)).await;
+            }
+            true
+        }
+        Err(e) => {
+            let cause = match e.code {
+                ErrorCode::Unreachable => "node_unreachable",
+                ErrorCode::Timeout => "mesh_timeout",
+                _ => "mesh_error",
+            };
+            let e = ProxyError::new(StatusCode::BAD_GATEWAY, cause, e.message).on(node);
+            let _ = tx.send(fail(e)).await;
+            true
         }
     }
 }

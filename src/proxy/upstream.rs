@@ -68,6 +68,7 @@ struct Inner {
     config: Arc<Config>,
     host: Arc<HostBridge>,
     cache: Mutex<HashMap<String, (Instant, Upstream)>>,
+    pool: client::Pool,
 }
 
 impl ModelService {
@@ -77,6 +78,7 @@ impl ModelService {
                 config,
                 host,
                 cache: Mutex::new(HashMap::new()),
+                pool: client::Pool::default(),
             }),
         }
     }
@@ -281,9 +283,9 @@ async fn serve(svc: &ModelService, mut ctx: CallCtx, payload: &[u8]) -> TunnelEn
     let sent = tokio::select! {
         biased;
         _ = ctx.cancel.wait_for(|c| *c) => return cancelled(),
-        r = client::send(&up.url, request) => r,
+        r = client::send(&svc.inner.pool, &up.url, request) => r,
     };
-    let resp = match sent {
+    let (resp, conn) = match sent {
         Ok(r) => r,
         Err(SendError::Connect(e)) => return TunnelEnd::fail(502, "upstream_connect", e, true),
         Err(SendError::Exchange(e)) => return TunnelEnd::fail(502, "upstream_exchange", e, false),
@@ -316,25 +318,57 @@ async fn serve(svc: &ModelService, mut ctx: CallCtx, payload: &[u8]) -> TunnelEn
             _ = ctx.cancel.wait_for(|c| *c) => return cancelled(),
             f = body.frame() => f,
         };
-        match frame {
-            None => return TunnelEnd::ok(),
-            Some(Err(e)) => {
-                return TunnelEnd::fail(
-                    502,
-                    "upstream_body",
-                    format!("the upstream response broke off: {e}"),
-                    false,
-                )
+        let mut out = match frame {
+            None => {
+                svc.inner.pool.put(&up.url, conn);
+                return TunnelEnd::ok();
             }
-            Some(Ok(f)) => {
-                if let Ok(data) = f.into_data() {
-                    if !data.is_empty() && ctx.sink.send(data.to_vec()).await.is_err() {
-                        return cancelled();
+            Some(Err(e)) => return broken(e),
+            Some(Ok(f)) => f.into_data().map(|d| d.to_vec()).unwrap_or_default(),
+        };
+        // Coalesce what has already arrived (never wait for more): fewer, larger mesh chunks
+        // when the upstream is fast, the same latency when it is slow.
+        let mut ended = false;
+        while out.len() < COALESCE_BYTES {
+            match futures_util::FutureExt::now_or_never(body.frame()) {
+                Some(Some(Ok(f))) => {
+                    if let Ok(d) = f.into_data() {
+                        out.extend_from_slice(&d);
                     }
                 }
+                Some(Some(Err(e))) => {
+                    if !out.is_empty() {
+                        let _ = ctx.sink.send(out).await;
+                    }
+                    return broken(e);
+                }
+                Some(None) => {
+                    ended = true;
+                    break;
+                }
+                None => break,
             }
         }
+        if !out.is_empty() && ctx.sink.send(out).await.is_err() {
+            return cancelled();
+        }
+        if ended {
+            svc.inner.pool.put(&up.url, conn);
+            return TunnelEnd::ok();
+        }
     }
+}
+
+/// Most bytes gathered into one mesh chunk from upstream frames that are already there.
+const COALESCE_BYTES: usize = 64 * 1024;
+
+fn broken(e: hyper::Error) -> TunnelEnd {
+    TunnelEnd::fail(
+        502,
+        "upstream_body",
+        format!("the upstream response broke off: {e}"),
+        false,
+    )
 }
 
 fn cancelled() -> TunnelEnd {

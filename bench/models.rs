@@ -1,0 +1,418 @@
+//! `cargo bench --bench models`: what the model proxy adds to a request, against calling the
+//! same upstream directly, in one run.
+//!
+//! Setup (all on 127.0.0.1, real [`Node`]s, each with its own tokio runtime as in a gateway): an
+//! in-process OpenAI-compatible upstream (hyper) that answers `stream: true` requests with `n`
+//! SSE chunks; a client (hyper, one keep-alive connection, one request at a time). Topologies:
+//!
+//! ```text
+//! direct:  client ──▶ upstream
+//! 1 hop:   client ──▶ home proxy ══▶ office ──▶ upstream          (home dials office)
+//! 2 hops:  client ──▶ home proxy ══▶ cloud ══▶ office ──▶ upstream (both dial cloud)
+//! ```
+//!
+//! Office's upstream is resolved once through a fake host (as the shim would answer) and cached;
+//! the bench counts host calls during the measured runs: that is the JS work per chunk.
+//!
+//! Output: JSON lines on stdout (`{"bench":"proxy_latency"|"proxy_cpu"|"proxy_host_calls", ...}`)
+//! and a readable summary on stderr. Arguments: `--quick`.
+
+#[path = "mesh/report.rs"]
+#[allow(dead_code)] // shared with the mesh bench, which uses all of it
+mod report;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clawmatrix::config::Config;
+use clawmatrix::node::host::HostReply;
+use clawmatrix::node::{Node, StartOptions};
+use clawmatrix::status::PeerState;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use report::{cpu_time_us, emit, percentile, r1, r2};
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+
+type BenchResult<T> = Result<T, String>;
+
+const SECRET: &str = "clawmatrix-bench-secret-0123456789";
+/// Chunks per request in the latency runs (a short answer).
+const LATENCY_CHUNKS: u64 = 4;
+/// Chunks per request in the CPU runs (a long answer).
+const CPU_CHUNKS: u64 = 2_000;
+
+struct Plan {
+    warmup: usize,
+    samples: usize,
+    max_time: Duration,
+    cpu_requests: usize,
+}
+
+fn free_port() -> BenchResult<u16> {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..1000 {
+        let p = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| format!("no free port: {e}"))?;
+        if !seen.contains(&p) {
+            seen.push(p);
+            return Ok(p);
+        }
+    }
+    Err("no fresh port".into())
+}
+
+/// One SSE chunk like a real completion delta (~150 bytes).
+fn sse_chunk(i: u64) -> Bytes {
+    Bytes::from(format!(
+        "data: {{\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"bench-model\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"token-{i} \"}},\"finish_reason\":null}}]}}\n\n"
+    ))
+}
+
+async fn upstream_handle(
+    req: Request<Incoming>,
+) -> Result<
+    Response<http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>>,
+    std::convert::Infallible,
+> {
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let n = v["n"].as_u64().unwrap_or(LATENCY_CHUNKS).min(100_000);
+    let frames = (0..n)
+        .map(|i| Ok::<_, std::convert::Infallible>(Frame::data(sse_chunk(i))))
+        .chain(std::iter::once(Ok(Frame::data(Bytes::from_static(
+            b"data: [DONE]\n\n",
+        )))));
+    let stream = futures_util::stream::iter(frames);
+    Ok(Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed())))
+}
+
+async fn start_upstream() -> BenchResult<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = l.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), hyper::service::service_fn(upstream_handle))
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+fn config(
+    id: &str,
+    listen: Option<u16>,
+    peers: &[(&str, u16)],
+    models: Value,
+) -> BenchResult<Config> {
+    let listen_port = match listen {
+        Some(p) => p,
+        None => free_port()?,
+    };
+    let v = json!({
+        "nodeId": id, "secret": SECRET, "listen": listen.is_some(), "listenHost": "127.0.0.1",
+        "listenPort": listen_port, "proxyPort": free_port()?,
+        "peers": peers.iter().map(|(n, p)| json!({"nodeId": n, "url": format!("ws://127.0.0.1:{p}")})).collect::<Vec<_>>(),
+        "models": models,
+    });
+    Config::from_json(&v)
+        .map(|c| c.config)
+        .map_err(|e| format!("config {id}: {e}"))
+}
+
+fn start(c: Config) -> BenchResult<Arc<Node>> {
+    let n = Arc::new(Node::new(c));
+    n.start(&StartOptions::default())
+        .map_err(|e| format!("start: {}", e.message))?;
+    Ok(n)
+}
+
+/// Answer office's host requests like the shim: the upstream's base URL, no key.
+fn fake_host(node: &Node, upstream: SocketAddr, calls: Arc<AtomicU64>) -> BenchResult<()> {
+    let bridge = node.host();
+    let rt = node.runtime_handle().ok_or("office not running")?;
+    rt.spawn(async move {
+        while let Some(req) = bridge.next_request().await {
+            if req.kind == "cancel" {
+                continue;
+            }
+            calls.fetch_add(1, Ordering::Relaxed);
+            let reply = match req.kind.as_str() {
+                "model.upstream" => json!({"providerConfig": {"baseUrl": format!("http://{upstream}/v1"), "api": "openai-completions"}, "apiKey": null}),
+                _ => json!({"changed": false}),
+            };
+            bridge.reply(req.id, Ok(HostReply::Result(reply)));
+        }
+    });
+    Ok(())
+}
+
+struct Topo {
+    name: &'static str,
+    target: SocketAddr,
+    path: &'static str,
+    nodes: Vec<Arc<Node>>,
+    host_calls: Arc<AtomicU64>,
+}
+
+async fn build(name: &'static str, upstream: SocketAddr) -> BenchResult<Topo> {
+    let models = json!([{"id": "bench-model", "provider": "bench"}]);
+    let calls = Arc::new(AtomicU64::new(0));
+    let (nodes, home) = match name {
+        "1 hop" => {
+            let op = free_port()?;
+            let office = start(config("office", Some(op), &[], models)?)?;
+            let home = start(config("home", None, &[("office", op)], json!([]))?)?;
+            (vec![office, home.clone()], home)
+        }
+        "2 hops" => {
+            let cp = free_port()?;
+            let cloud = start(config("cloud", Some(cp), &[], json!([]))?)?;
+            let office = start(config("office", None, &[("cloud", cp)], models)?)?;
+            let home = start(config("home", None, &[("cloud", cp)], json!([]))?)?;
+            (vec![cloud, office, home.clone()], home)
+        }
+        other => return Err(format!("unknown topology {other}")),
+    };
+    let office = nodes
+        .iter()
+        .find(|n| n.config().node_id == "office")
+        .ok_or("no office")?;
+    fake_host(office, upstream, calls.clone())?;
+    // Home's host only receives providers.sync; answer it too so nothing waits.
+    fake_host(&home, upstream, Arc::new(AtomicU64::new(0)))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let up = home.status().peers.iter().any(|p| {
+            p.node_id == "office" && p.state != PeerState::Unreachable && !p.models.is_empty()
+        });
+        if up {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{name}: home never saw office's model"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let target: SocketAddr = format!("127.0.0.1:{}", home.config().proxy_port)
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    Ok(Topo {
+        name,
+        target,
+        path: "/v1/chat/completions",
+        nodes,
+        host_calls: calls,
+    })
+}
+
+struct Client {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    token: String,
+}
+
+async fn client(addr: SocketAddr, token: String) -> BenchResult<Client> {
+    let s = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let _ = s.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(Client { sender, token })
+}
+
+/// One streaming request; returns (time to first body byte, total time, chunks of data seen).
+async fn one(c: &mut Client, path: &str, n: u64) -> BenchResult<(Duration, Duration, u64)> {
+    let body = json!({"model": "bench-model", "stream": true, "n": n, "messages": [{"role": "user", "content": "bench"}]}).to_string();
+    let req = Request::post(path)
+        .header("host", "127.0.0.1")
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {}", c.token))
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    c.sender.ready().await.map_err(|e| e.to_string())?;
+    let t0 = Instant::now();
+    let resp = c
+        .sender
+        .send_request(req)
+        .await
+        .map_err(|e| e.to_string())?;
+    if resp.status() != 200 {
+        let b = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        return Err(format!("status != 200: {}", String::from_utf8_lossy(&b)));
+    }
+    let mut body = resp.into_body();
+    let mut first = None;
+    let mut bytes = 0u64;
+    while let Some(f) = body.frame().await {
+        let f = f.map_err(|e| e.to_string())?;
+        if let Ok(d) = f.into_data() {
+            first.get_or_insert_with(|| t0.elapsed());
+            bytes += d.len() as u64;
+        }
+    }
+    Ok((first.unwrap_or_default(), t0.elapsed(), bytes))
+}
+
+struct Lat {
+    ttfb: Vec<f64>,
+    total: Vec<f64>,
+}
+
+async fn latency(c: &mut Client, path: &str, plan: &Plan) -> BenchResult<Lat> {
+    for _ in 0..plan.warmup {
+        one(c, path, LATENCY_CHUNKS).await?;
+    }
+    let mut l = Lat {
+        ttfb: Vec::new(),
+        total: Vec::new(),
+    };
+    let t0 = Instant::now();
+    while l.ttfb.len() < plan.samples && t0.elapsed() < plan.max_time {
+        let (a, b, _) = one(c, path, LATENCY_CHUNKS).await?;
+        l.ttfb.push(a.as_secs_f64() * 1e6);
+        l.total.push(b.as_secs_f64() * 1e6);
+    }
+    l.ttfb.sort_by(f64::total_cmp);
+    l.total.sort_by(f64::total_cmp);
+    Ok(l)
+}
+
+/// CPU time of this whole process per chunk over `requests` long streams.
+async fn cpu(c: &mut Client, path: &str, requests: usize) -> BenchResult<(f64, u64, f64)> {
+    one(c, path, CPU_CHUNKS).await?;
+    let cpu0 = cpu_time_us("self").ok_or("no /proc/self/stat")?;
+    let t0 = Instant::now();
+    for _ in 0..requests {
+        one(c, path, CPU_CHUNKS).await?;
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu1 = cpu_time_us("self").ok_or("no /proc/self/stat")?;
+    let chunks = CPU_CHUNKS * requests as u64;
+    Ok(((cpu1 - cpu0) / chunks as f64, chunks, wall))
+}
+
+async fn run(quick: bool) -> BenchResult<()> {
+    let plan = Plan {
+        warmup: if quick { 20 } else { 200 },
+        samples: if quick { 200 } else { 3_000 },
+        max_time: Duration::from_millis(if quick { 500 } else { 4_000 }),
+        cpu_requests: if quick { 3 } else { 30 },
+    };
+    report::machine();
+    let upstream = start_upstream().await?;
+    let token = clawmatrix::proxy::token::derive(SECRET, "home");
+
+    let mut c = client(upstream, String::new()).await?;
+    let direct = latency(&mut c, "/v1/chat/completions", &plan).await?;
+    let (direct_cpu, chunks, _) = cpu(&mut c, "/v1/chat/completions", plan.cpu_requests).await?;
+    emit_latency("direct", &direct);
+    emit(
+        json!({"bench": "proxy_cpu", "topology": "direct", "cpu_us_per_chunk": r2(direct_cpu), "chunks": chunks}),
+    );
+    eprintln!(
+        "direct: ttfb p50 {:.0} µs, total p50 {:.0} µs, CPU {:.2} µs/chunk",
+        percentile(&direct.ttfb, 50.0),
+        percentile(&direct.total, 50.0),
+        direct_cpu
+    );
+
+    for name in ["1 hop", "2 hops"] {
+        let topo = build(name, upstream).await?;
+        let mut c = client(topo.target, token.clone()).await?;
+        let lat = latency(&mut c, topo.path, &plan).await?;
+        let calls_before = topo.host_calls.load(Ordering::Relaxed);
+        let (cpu_per_chunk, chunks, wall) = cpu(&mut c, topo.path, plan.cpu_requests).await?;
+        let host_calls = topo.host_calls.load(Ordering::Relaxed) - calls_before;
+        emit_latency(topo.name, &lat);
+        let added = |a: &[f64], b: &[f64], p: f64| percentile(a, p) - percentile(b, p);
+        emit(json!({
+            "bench": "proxy_added", "topology": topo.name,
+            "ttfb_p50_us": r1(added(&lat.ttfb, &direct.ttfb, 50.0)), "ttfb_p99_us": r1(added(&lat.ttfb, &direct.ttfb, 99.0)),
+            "total_p50_us": r1(added(&lat.total, &direct.total, 50.0)), "total_p99_us": r1(added(&lat.total, &direct.total, 99.0)),
+        }));
+        emit(json!({
+            "bench": "proxy_cpu", "topology": topo.name, "cpu_us_per_chunk": r2(cpu_per_chunk),
+            "added_cpu_us_per_chunk": r2(cpu_per_chunk - direct_cpu), "chunks": chunks, "chunks_per_s": r1(chunks as f64 / wall),
+        }));
+        emit(
+            json!({"bench": "proxy_host_calls", "topology": topo.name, "host_calls": host_calls, "chunks": chunks, "per_chunk": host_calls as f64 / chunks as f64}),
+        );
+        eprintln!(
+            "{name}: ttfb p50 {:.0} µs (+{:.0}), p99 {:.0} µs (+{:.0}); total p50 +{:.0} µs; CPU {:.2} µs/chunk (+{:.2}); host calls {host_calls} for {chunks} chunks",
+            percentile(&lat.ttfb, 50.0), added(&lat.ttfb, &direct.ttfb, 50.0),
+            percentile(&lat.ttfb, 99.0), added(&lat.ttfb, &direct.ttfb, 99.0),
+            added(&lat.total, &direct.total, 50.0), cpu_per_chunk, cpu_per_chunk - direct_cpu
+        );
+        for n in topo.nodes {
+            n.stop();
+        }
+    }
+    Ok(())
+}
+
+fn emit_latency(topology: &str, l: &Lat) {
+    emit(json!({
+        "bench": "proxy_latency", "topology": topology, "samples": l.ttfb.len(),
+        "ttfb_p50_us": r1(percentile(&l.ttfb, 50.0)), "ttfb_p99_us": r1(percentile(&l.ttfb, 99.0)),
+        "total_p50_us": r1(percentile(&l.total, 50.0)), "total_p99_us": r1(percentile(&l.total, 99.0)),
+    }));
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(async { tokio::time::timeout(Duration::from_secs(240), run(quick)).await }) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("bench failed: {e}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("bench failed: over 240 s");
+            ExitCode::FAILURE
+        }
+    }
+}
