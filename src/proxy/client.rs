@@ -30,10 +30,13 @@ pub const POOL_MAX_IDLE_AGE: Duration = Duration::from_secs(4);
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
-/// Idle connections by upstream (`tls`, host, port).
+/// An upstream's identity for pooling: `tls`, host, port.
+type UpstreamKey = (bool, String, u16);
+
+/// Idle connections by upstream.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<(bool, String, u16), Vec<(Instant, Sender)>>>,
+    idle: Mutex<HashMap<UpstreamKey, Vec<(Instant, Sender)>>>,
 }
 
 impl Pool {
