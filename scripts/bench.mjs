@@ -38,7 +38,38 @@ const TARGET = {
   toolReadP50: 8, // ms, 1 MiB cluster_read office → home's JS
   toolReadP99: 15, // ms
   controlDuringReadP99: 2, // ms, a control frame on the same link meanwhile
+  proxyAddedP50: 250, // µs added to time-to-first-byte per request, one hop (bench/models.rs)
+  proxyAddedP99: 1000, // µs
+  proxyCpuPerChunk: 8, // µs CPU added per SSE chunk
 };
+
+/** The shared-models table (bench/models.rs): proxied vs the upstream called directly. */
+function modelsTable(rows) {
+  const lat = (t) => find(rows, "proxy_latency", (r) => r.topology === t);
+  const added = (t) => find(rows, "proxy_added", (r) => r.topology === t);
+  const cpu = (t) => find(rows, "proxy_cpu", (r) => r.topology === t);
+  const calls = (t) => find(rows, "proxy_host_calls", (r) => r.topology === t);
+  const yes = (ok) => (ok === undefined ? "n/a" : ok ? "yes" : "**no**");
+  const out = [
+    "| metric | direct to upstream | home → office (1 hop) | home → cloud → office (2 hops) | target (1 hop) | met? |",
+    "|---|---:|---:|---:|---|---|",
+  ];
+  const row = (name, f, target = "—", check) => {
+    const [d, a, b] = ["direct", "1 hop", "2 hops"].map(f);
+    out.push(`| ${name} | ${num(d)} | ${num(a)} | ${num(b)} | ${target} | ${check ? yes(a === undefined ? undefined : check(a)) : "—"} |`);
+  };
+  row("time to first byte p50 (µs)", (t) => lat(t)?.ttfb_p50_us);
+  row("time to first byte p99 (µs)", (t) => lat(t)?.ttfb_p99_us);
+  row("total per request p50 (µs, 4 chunks)", (t) => lat(t)?.total_p50_us);
+  row("total per request p99 (µs, 4 chunks)", (t) => lat(t)?.total_p99_us);
+  row("added to first byte p50 (µs)", (t) => added(t)?.ttfb_p50_us, `≤ +${TARGET.proxyAddedP50}`, (a) => a <= TARGET.proxyAddedP50);
+  row("added to first byte p99 (µs)", (t) => added(t)?.ttfb_p99_us, `≤ +${TARGET.proxyAddedP99}`, (a) => a <= TARGET.proxyAddedP99);
+  row("added to total p50 (µs)", (t) => added(t)?.total_p50_us);
+  row("CPU per SSE chunk, whole process (µs)", (t) => cpu(t)?.cpu_us_per_chunk);
+  row("CPU added per SSE chunk (µs)", (t) => cpu(t)?.added_cpu_us_per_chunk, `≤ ${TARGET.proxyCpuPerChunk}`, (a) => a <= TARGET.proxyCpuPerChunk);
+  row("JS (host) calls per chunk", (t) => (t === "direct" ? undefined : calls(t)?.per_chunk), "0", (a) => a === 0);
+  return out.join("\n");
+}
 
 function machine() {
   const cpuinfo = readFileSync("/proc/cpuinfo", "utf8");
@@ -167,6 +198,7 @@ async function main() {
     await run(process.execPath, [join(ROOT, "scripts", "build.mjs"), "--release"], { timeoutMs: 30 * 60_000 });
     console.log("[bench] cargo bench --bench mesh --no-run");
     await run("cargo", ["bench", "--bench", "mesh", "--no-run"], { timeoutMs: 30 * 60_000 });
+    await run("cargo", ["bench", "--bench", "models", "--no-run"], { timeoutMs: 30 * 60_000 });
   }
   const rust = await runBench("clawmatrix", "cargo",
     ["bench", "--bench", "mesh", "--", ...passThrough, "--idle-links", String(idleLinks)], 5 * 60_000);
@@ -174,6 +206,7 @@ async function main() {
     [join(ROOT, "bench", "ws-baseline.mjs"), ...passThrough, "--idle-links", String(idleLinks)], 7 * 60_000);
   const toolRead = await runBench("tool-read", process.execPath,
     [join(ROOT, "bench", "tool-read.mjs"), ...passThrough], 3 * 60_000);
+  const models = await runBench("models", "cargo", ["bench", "--bench", "models", "--", ...passThrough], 5 * 60_000);
 
   const cm = metrics([...rust.rows, ...toolRead.rows]), nw = metrics(base.rows);
   const when = new Date().toISOString();
@@ -187,15 +220,17 @@ async function main() {
     "",
     "",
   ].join("\n");
-  const md = `${header}${table(cm, nw)}\n`;
+  const md = `${header}${table(cm, nw)}\n\n### Shared models: the proxy against calling the upstream directly\n\n` +
+    "Same upstream (in-process, SSE), one keep-alive client, one request at a time; added = proxied − direct. Definitions: bench/README.md.\n\n" +
+    `${modelsTable(models.rows)}\n`;
   console.log(`\n${md}`);
 
   const dir = join(ROOT, "bench", "results");
   mkdirSync(dir, { recursive: true });
   const stamp = when.replace(/[:.]/g, "-");
   const raw = {
-    when, machine: m, quick, clawmatrix: rust.rows, nodeWs: base.rows, toolRead: toolRead.rows,
-    errors: [rust.error, base.error, toolRead.error].filter(Boolean),
+    when, machine: m, quick, clawmatrix: rust.rows, nodeWs: base.rows, toolRead: toolRead.rows, models: models.rows,
+    errors: [rust.error, base.error, toolRead.error, models.error].filter(Boolean),
   };
   for (const name of [`bench-${stamp}`, "latest"]) {
     writeFileSync(join(dir, `${name}.md`), md);
