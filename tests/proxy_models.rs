@@ -366,7 +366,7 @@ async fn upstream_sees_disconnect(up: &Upstream, t0: Instant, bound: Duration) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_disconnects_cancels_the_upstream_request_across_two_hops() {
     tokio::time::timeout(TEST_BOUND, async {
-        let m = simple(&["m-slow", "m-hang"], json!({})).await;
+        let m = simple(&["m-slow", "m-hang", "m-quiet"], json!({})).await;
         let many: Vec<Value> = (0..100).map(|i| delta(&format!("t{i}"))).collect();
         m.up.script("m-slow", sse_script(&many, Duration::from_millis(100)));
         m.up.script("m-hang", Script::Hang);
@@ -391,6 +391,19 @@ async fn a_client_that_disconnects_cancels_the_upstream_request_across_two_hops(
         let took = upstream_sees_disconnect(&m.up, t0, Duration::from_millis(500)).await;
         eprintln!("stream cancel: upstream saw the disconnect {took:?} after the client left");
 
+        // Streaming, while the upstream is silent after its first chunk: nothing is written to
+        // the client, so only the closed connection tells the proxy it left.
+        m.up.script("m-quiet", sse_script(&[delta("a"), delta("b")], Duration::from_secs(10)));
+        let resp = open(a, "POST", "/v1/chat/completions", Some(&t), chat("m-quiet", true)).await;
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let first = body.frame().await.expect("a first chunk").expect("ok");
+        assert!(first.into_data().is_ok());
+        let t0 = Instant::now();
+        drop(body);
+        let took = upstream_sees_disconnect(&m.up, t0, Duration::from_millis(500)).await;
+        eprintln!("quiet stream cancel: upstream saw the disconnect {took:?} after the client left");
+
         // Non-stream, before the first byte: the client gives up while the upstream thinks.
         let req = tokio::spawn(async move {
             open(
@@ -403,7 +416,7 @@ async fn a_client_that_disconnects_cancels_the_upstream_request_across_two_hops(
             .await
         });
         let wait_seen = Instant::now() + Duration::from_secs(5);
-        while m.up.seen().len() < 2 {
+        while m.up.seen().len() < 3 {
             assert!(
                 Instant::now() < wait_seen,
                 "the hanging request never reached the upstream"

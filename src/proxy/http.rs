@@ -17,7 +17,6 @@ use http_body_util::{BodyExt, Limited, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use serde::Deserialize;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::errors::{full, json, ProxyBody, ProxyError, HEADER_NODE};
@@ -30,10 +29,6 @@ use crate::node::{CallStream, StreamItem};
 /// Largest request body accepted (16 MiB: long conversations with images inline fit; more is
 /// refused with 413 before anything is sent into the mesh).
 pub const MAX_REQUEST_BODY: usize = 16 << 20;
-
-/// Response chunks buffered between the mesh stream and the client socket. The mesh stream's
-/// credit window bounds what is in flight beyond this.
-const BODY_CHANNEL: usize = 16;
 
 type Reply = Response<ProxyBody>;
 
@@ -452,7 +447,7 @@ async fn attempt(
     }
 }
 
-/// Turn the head and the open stream into the client response; a task pumps the body.
+/// Turn the head and the open stream into the client response.
 fn respond(
     head: TunnelHead,
     call: CallStream,
@@ -474,75 +469,45 @@ fn respond(
         || head.headers.iter().any(|(k, v)| {
             k.eq_ignore_ascii_case("content-type") && v.starts_with("text/event-stream")
         });
-    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(BODY_CHANNEL);
-    tokio::spawn(pump(call, tx, cand.node.clone(), is_sse, deadline));
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
+    let state = Body {
+        call,
+        node: cand.node.clone(),
+        sse: is_sse,
+        deadline,
+        after: None,
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(state, next_frame);
     b.body(BodyExt::boxed(StreamBody::new(stream)))
         .unwrap_or_else(|_| Response::new(full(Vec::new())))
 }
 
-/// Copy the mesh stream into the client body. Ends when the stream ends, the client goes away
-/// (the body channel closes: the call is dropped, which cancels it on the serving node), or the
-/// deadline passes. A failure after the head ends an SSE body with an error event, and any other
-/// body with an I/O error (the client sees a broken response, never a silently short one).
-async fn pump(
-    mut call: CallStream,
-    tx: mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
+/// The response body: frames pulled straight from the mesh stream by hyper (no task or channel
+/// in between). When the client goes away hyper drops the body, and with it the call, which
+/// cancels it on the serving node. A failure after the head ends an SSE body with an error event
+/// and any other body with an I/O error (the client sees a broken response, never a silently
+/// short one); so does the overall deadline.
+struct Body {
+    call: CallStream,
     node: String,
     sse: bool,
     deadline: Instant,
-) {
-    let fail = |e: ProxyError| -> Result<Frame<Bytes>, std::io::Error> {
-        if sse {
+    /// A terminal item met while coalescing, delivered after the data.
+    after: Option<crate::error::Result<StreamItem>>,
+    done: bool,
+}
+
+type BodyItem = Result<Frame<Bytes>, std::io::Error>;
+
+impl Body {
+    fn fail(&mut self, status: StatusCode, cause: &str, message: String) -> BodyItem {
+        self.done = true;
+        self.call.cancel();
+        let e = ProxyError::new(status, cause, message).on(&self.node);
+        if self.sse {
             Ok(Frame::data(e.sse_event()))
         } else {
             Err(std::io::Error::other(format!("{}: {}", e.cause, e.message)))
-        }
-    };
-    loop {
-        let item = tokio::select! {
-            biased;
-            _ = tx.closed() => { call.cancel(); return; }
-            _ = tokio::time::sleep_until(deadline) => {
-                call.cancel();
-                let e = ProxyError::new(StatusCode::GATEWAY_TIMEOUT, "deadline", "proxyTimeoutMs passed while streaming").on(&node);
-                let _ = tx.send(fail(e)).await;
-                return;
-            }
-            item = call.next() => item,
-        };
-        match item {
-            Some(Ok(StreamItem::Chunk(bytes))) => {
-                // Take every chunk that is already here into the same body frame (never wait).
-                let mut data = bytes;
-                let mut after = None;
-                while data.len() < COALESCE_BYTES {
-                    match futures_util::FutureExt::now_or_never(call.next()) {
-                        Some(Some(Ok(StreamItem::Chunk(more)))) => data.extend_from_slice(&more),
-                        Some(Some(other)) => {
-                            after = Some(other);
-                            break;
-                        }
-                        Some(None) | None => break,
-                    }
-                }
-                if tx.send(Ok(Frame::data(Bytes::from(data)))).await.is_err() {
-                    call.cancel();
-                    return;
-                }
-                if let Some(item) = after {
-                    if finish(item, &tx, &node, &fail).await {
-                        return;
-                    }
-                }
-            }
-            Some(other) => {
-                finish(other, &tx, &node, &fail).await;
-                return;
-            }
-            None => return,
         }
     }
 }
@@ -550,29 +515,51 @@ async fn pump(
 /// Most bytes gathered into one body frame from mesh chunks that are already there.
 const COALESCE_BYTES: usize = 64 * 1024;
 
-/// Handle a stream item after the coalescing loop (a chunk, an end or an error); `true` when
-/// the body is over.
-async fn finish(
-    item: crate::error::Result<StreamItem>,
-    tx: &mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
-    node: &str,
-    fail: &impl Fn(ProxyError) -> Result<Frame<Bytes>, std::io::Error>,
-) -> bool {
-    match item {
-        Ok(StreamItem::Chunk(bytes)) => tx.send(Ok(Frame::data(Bytes::from(bytes)))).await.is_err(),
+async fn next_frame(mut b: Body) -> Option<(BodyItem, Body)> {
+    if b.done {
+        return None;
+    }
+    let item = match b.after.take() {
+        Some(item) => Some(item),
+        None => match tokio::time::timeout_at(b.deadline, b.call.next()).await {
+            Ok(item) => item,
+            Err(_) => {
+                let f = b.fail(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "deadline",
+                    "proxyTimeoutMs passed while streaming".into(),
+                );
+                return Some((f, b));
+            }
+        },
+    };
+    match item? {
+        Ok(StreamItem::Chunk(mut data)) => {
+            // Take every chunk that is already here into the same frame (never wait).
+            while data.len() < COALESCE_BYTES {
+                match futures_util::FutureExt::now_or_never(b.call.next()) {
+                    Some(Some(Ok(StreamItem::Chunk(more)))) => data.extend_from_slice(&more),
+                    Some(Some(other)) => {
+                        b.after = Some(other);
+                        break;
+                    }
+                    Some(None) | None => break,
+                }
+            }
+            Some((Ok(Frame::data(Bytes::from(data))), b))
+        }
         Ok(StreamItem::End(bytes)) => {
             let end: TunnelEnd = serde_json::from_slice(&bytes).unwrap_or_default();
-            if !end.ok {
-                let e = ProxyError::new(
-                    StatusCode::BAD_GATEWAY,
-                    end.cause.as_deref().unwrap_or("remote_error"),
-                    end.message
-                        .unwrap_or_else(|| "the upstream response broke off".into()),
-                )
-                .on(node);
-                let _ = tx.send(fail(e)).await;
+            if end.ok {
+                b.done = true;
+                return None;
             }
-            true
+            let cause = end.cause.unwrap_or_else(|| "remote_error".into());
+            let message = end
+                .message
+                .unwrap_or_else(|| "the upstream response broke off".into());
+            let f = b.fail(StatusCode::BAD_GATEWAY, &cause, message);
+            Some((f, b))
         }
         Err(e) => {
             let cause = match e.code {
@@ -580,9 +567,8 @@ async fn finish(
                 ErrorCode::Timeout => "mesh_timeout",
                 _ => "mesh_error",
             };
-            let e = ProxyError::new(StatusCode::BAD_GATEWAY, cause, e.message).on(node);
-            let _ = tx.send(fail(e)).await;
-            true
+            let f = b.fail(StatusCode::BAD_GATEWAY, cause, e.message);
+            Some((f, b))
         }
     }
 }
