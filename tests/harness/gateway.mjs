@@ -36,7 +36,7 @@ const CLI_SLACK_MS = 45_000;
  * @property {import('./provision.mjs').Provisioned} provisioned result of provision()
  * @property {string} [pluginDir]      absolute path of the plugin package (plugins.load.paths)
  * @property {string} [runDir]         default: fresh mkdtemp under os.tmpdir()
- * @property {number} [readyTimeoutMs] default 120000
+ * @property {number} [readyTimeoutMs] default 300000 (a loaded 2-core machine starting three gateways at once has needed ~2 min)
  * @property {Record<string,string>} [env]  extra env for every gateway (and its CLI calls)
  *
  * @typedef {object} Timings
@@ -71,7 +71,7 @@ export async function startGateways(specs, opts) {
 
   const ports = await allocateGatewayPorts(specs.length);
   const gateways = specs.map((spec, i) => new Gateway(spec, opts, runDir, ports[i]));
-  const results = await Promise.allSettled(gateways.map((g) => g.start(opts.readyTimeoutMs ?? 120_000)));
+  const results = await Promise.allSettled(gateways.map((g) => g.start(opts.readyTimeoutMs ?? 300_000)));
   const failed = results.flatMap((r, i) => (r.status === 'rejected' ? [`[${gateways[i].name}] ${r.reason?.message ?? r.reason}`] : []));
   if (failed.length > 0) {
     await Promise.allSettled(gateways.map((g) => g.stop({ timeoutMs: 5_000 })));
@@ -167,7 +167,7 @@ export class Gateway {
    * Spawns `node24 openclaw.mjs gateway run` (own process group) and waits for /readyz 200.
    * @param {number} [readyTimeoutMs] @returns {Promise<Timings>}
    */
-  async start(readyTimeoutMs = 120_000) {
+  async start(readyTimeoutMs = 300_000) {
     if (this.child) throw new Error(`gateway ${this.name}: already started (pid ${this.pid})`);
     if (!(await isPortFree(this.port))) throw new Error(`gateway ${this.name}: port ${this.port} is in use`);
     this.startMark = { gw: fileSize(this.logPath), oc: fileSize(this.openclawLogPath) };
@@ -234,7 +234,7 @@ export class Gateway {
   }
 
   /** Stops and starts again with the same dir, config and port. @param {{readyTimeoutMs?: number}} [o] */
-  async restart({ readyTimeoutMs = 120_000 } = {}) {
+  async restart({ readyTimeoutMs = 300_000 } = {}) {
     await this.stop();
     const deadline = Date.now() + 10_000;
     while (!(await isPortFree(this.port)) && Date.now() < deadline) await sleep(100);
