@@ -122,7 +122,7 @@ impl Mesh {
         let rng = cfg.rng_seed ^ fnv(&cfg.node_id) ^ cfg.incarnation.rotate_left(17);
         Mesh {
             records: RecordStore::new(cfg.max_nodes),
-            dedup: DedupCache::new(cfg.dedup_capacity),
+            dedup: DedupCache::new(cfg.dedup_capacity, splitmix(&mut rng.clone())),
             calls: Calls::new(cfg.max_inflight_calls),
             next_anti_entropy: now.saturating_add(cfg.anti_entropy_interval_ms),
             cfg,
