@@ -2,10 +2,10 @@
 //! literal decodes to the same value), round trips with payloads, and rejection of truncated,
 //! oversized, wrong-typed, wrong-version and unknown frames, never panicking on any bytes.
 
-use clawmatrix::proto::codec::{decode_header, PREFIX_BYTES};
+use clawmatrix::proto::codec::{decode_header, TRAILER_BYTES};
 use clawmatrix::proto::{
-    decode, encode, AgentInfo, Body, CallId, CodecError, FrameId, Header, LinkInfo, ModelInfo,
-    NodeRecord, MAX_FRAME_BYTES, MAX_HEADER_BYTES,
+    decode, decode_owned, encode, encode_owned, AgentInfo, Body, CallId, CodecError, FrameId,
+    Header, LinkInfo, ModelInfo, NodeRecord, MAX_FRAME_BYTES, MAX_HEADER_BYTES,
 };
 
 const FID: &str = "000102030405060708090a0b0c0d0e0f";
@@ -220,9 +220,9 @@ fn fixtures() -> Vec<(Header, String)> {
 }
 
 fn frame_bytes(json: &str, payload: &[u8]) -> Vec<u8> {
-    let mut b = (json.len() as u32).to_be_bytes().to_vec();
+    let mut b = payload.to_vec();
     b.extend_from_slice(json.as_bytes());
-    b.extend_from_slice(payload);
+    b.extend_from_slice(&(json.len() as u32).to_be_bytes());
     b
 }
 
@@ -251,8 +251,30 @@ fn frames_round_trip_with_binary_payloads() {
     for (i, (h, _)) in fixtures().into_iter().enumerate() {
         let payload: Vec<u8> = (0..(i * 997)).map(|x| (x * 31 % 256) as u8).collect();
         let f = decode(&encode(&h, &payload).expect("encodes")).expect("decodes");
+        assert_eq!((f.header, f.payload), (h.clone(), payload.clone()));
+        // The owned forms produce the same bytes and keep the payload in place.
+        let owned = encode_owned(&h, payload.clone()).expect("encodes");
+        assert_eq!(owned, encode(&h, &payload).expect("encodes"));
+        let f = decode_owned(owned).expect("decodes");
         assert_eq!((f.header, f.payload), (h, payload));
     }
+}
+
+#[test]
+fn a_relayed_header_is_rewritten_in_the_received_buffer() {
+    let (mut h, _) = fixtures().remove(5);
+    let payload = vec![7u8; 100_000];
+    let bytes = encode_owned(&h, payload).expect("encodes");
+    let cap = bytes.capacity();
+    let at = bytes.as_ptr();
+    let mut f = decode_owned(bytes).expect("decodes");
+    h.ttl -= 1;
+    h.hops += 1;
+    f.header = h.clone();
+    let again = encode_owned(&f.header, f.payload).expect("encodes");
+    // Same allocation: the payload did not move.
+    assert_eq!((again.as_ptr(), again.capacity()), (at, cap));
+    assert_eq!(decode(&again).expect("decodes").header, h);
 }
 
 #[test]
@@ -267,13 +289,18 @@ fn unknown_fields_are_ignored_for_forward_compatibility() {
 fn truncated_frames_are_rejected() {
     let (h, _) = &fixtures()[5];
     let bytes = encode(h, b"payload").expect("encodes");
-    let hlen = bytes.len() - b"payload".len();
-    for cut in 0..hlen {
-        let e = decode(&bytes[..cut]).expect_err("truncated");
-        assert_eq!(e.code(), "truncated", "cut at {cut}");
+    let hlen = bytes.len() - b"payload".len() - TRAILER_BYTES;
+    // Shorter than the trailer, or than the header the trailer announces.
+    for keep in 0..TRAILER_BYTES + hlen {
+        let e = decode(&bytes[bytes.len() - keep..]).expect_err("truncated");
+        assert_eq!(e.code(), "truncated", "kept {keep}");
     }
     // Cutting into the payload is not detectable (the payload is the rest of the message).
-    assert!(decode(&bytes[..hlen]).is_ok());
+    assert!(decode(&bytes[b"payload".len()..]).is_ok());
+    // Cutting the end off breaks the trailer: an error, whichever.
+    for cut in 0..bytes.len() {
+        assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
+    }
 }
 
 #[test]
@@ -281,8 +308,8 @@ fn oversized_frames_and_headers_are_rejected_before_parsing() {
     let big = vec![0u8; MAX_FRAME_BYTES + 1];
     let e = decode(&big).expect_err("too large");
     assert!(matches!(e, CodecError::TooLarge { what: "frame", .. }));
-    let mut lying = ((MAX_HEADER_BYTES + 1) as u32).to_be_bytes().to_vec();
-    lying.extend_from_slice(b"{}");
+    let mut lying = b"{}".to_vec();
+    lying.extend_from_slice(&((MAX_HEADER_BYTES + 1) as u32).to_be_bytes());
     assert!(matches!(
         decode(&lying),
         Err(CodecError::TooLarge { what: "header", .. })
@@ -337,8 +364,8 @@ fn decode_never_panics_on_prefixes_or_random_bytes() {
         for cut in 0..=bytes.len() {
             let _ = decode(&bytes[..cut]);
         }
-        // Flip each header byte once.
-        for i in PREFIX_BYTES..bytes.len() {
+        // Flip each header and trailer byte once.
+        for i in b"xyz".len()..bytes.len() {
             let mut b = bytes.clone();
             b[i] ^= 0x5a;
             let _ = decode(&b);
@@ -354,9 +381,10 @@ fn decode_never_panics_on_prefixes_or_random_bytes() {
             .map(|i| (x.rotate_left(i as u32 % 64) >> 3) as u8)
             .collect();
         if x % 3 == 0 && b.len() >= 4 {
-            // A plausible length prefix makes the parser reach the JSON.
-            let n = (b.len() - 4) as u32;
-            b[..4].copy_from_slice(&n.to_be_bytes());
+            // A plausible length trailer makes the parser reach the JSON.
+            let n = ((b.len() - 4) as u32).min(x as u32 % 64);
+            let at = b.len() - 4;
+            b[at..].copy_from_slice(&n.to_be_bytes());
         }
         let _ = decode(&b);
     }

@@ -61,7 +61,7 @@ fn garbage_is_counted_by_code_and_oversized_frames_close_the_link() {
     m.handle_link_up(0, LinkId(1), "b".into(), Direction::Inbound);
     drain(&mut m);
     m.handle_data(1, LinkId(1), b"\x00\x00");
-    m.handle_data(1, LinkId(1), b"\x00\x00\x00\x02{}");
+    m.handle_data(1, LinkId(1), b"{}\x00\x00\x00\x02");
     m.handle_data(1, LinkId(9), b"whatever");
     let s = m.stats();
     assert_eq!(s.decode_errors, 2);

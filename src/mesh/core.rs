@@ -122,7 +122,7 @@ impl Mesh {
         let rng = cfg.rng_seed ^ fnv(&cfg.node_id) ^ cfg.incarnation.rotate_left(17);
         Mesh {
             records: RecordStore::new(cfg.max_nodes),
-            dedup: DedupCache::new(cfg.dedup_capacity),
+            dedup: DedupCache::new(cfg.dedup_capacity, splitmix(&mut rng.clone())),
             calls: Calls::new(cfg.max_inflight_calls),
             next_anti_entropy: now.saturating_add(cfg.anti_entropy_interval_ms),
             cfg,
@@ -536,16 +536,23 @@ impl Mesh {
 
     /// One BINARY message from `link`: decode (counting errors) and handle it.
     pub fn handle_data(&mut self, now: u64, link: LinkId, bytes: &[u8]) {
+        self.handle_data_owned(now, link, bytes.to_vec());
+    }
+
+    /// [`Mesh::handle_data`] on a message the caller owns: its buffer becomes the frame's
+    /// payload, and a relayed frame leaves in the same buffer (the payload is never copied).
+    pub fn handle_data_owned(&mut self, now: u64, link: LinkId, bytes: Vec<u8>) {
         self.touch(now);
         if !self.links.contains_key(&link) {
             self.stats.unknown_link += 1;
             return;
         }
-        match codec::decode(bytes) {
+        let len = bytes.len();
+        match codec::decode_owned(bytes) {
             Ok(frame) => self.handle_frame(now, link, frame),
             Err(e) => {
                 self.stats.frames_in += 1;
-                self.stats.bytes_in += bytes.len() as u64;
+                self.stats.bytes_in += len as u64;
                 self.count_decode_error(&e);
                 if matches!(e, CodecError::TooLarge { .. }) {
                     self.drop_link(now, link, DownReason::ProtocolError(e.to_string()));
@@ -777,7 +784,7 @@ impl Mesh {
         }
         header.ttl -= 1;
         header.hops = header.hops.saturating_add(1);
-        match codec::encode(&header, &payload) {
+        match codec::encode_owned(&header, payload) {
             Ok(bytes) => {
                 self.stats.relayed += 1;
                 self.push(Output::Send { link: next, bytes });
@@ -879,8 +886,8 @@ impl Mesh {
             .get(&route.next_hop)
             .ok_or_else(|| SendError::NoRoute(dst.clone()))?;
         let header = self.header(now, Some(dst), body);
-        let bytes =
-            codec::encode(&header, &payload).map_err(|e| SendError::TooLarge(e.to_string()))?;
+        let bytes = codec::encode_owned(&header, payload)
+            .map_err(|e| SendError::TooLarge(e.to_string()))?;
         self.dedup.insert(header.id);
         self.push(Output::Send { link, bytes });
         Ok(header.id)

@@ -24,9 +24,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
-use tokio::time::sleep_until;
 
 use super::events::{EventQueue, Level};
+use super::link::LinkOut;
 use super::service::{CallCtx, ChunkSink, Service, MAX_SERVED_CALLS};
 use super::stream::{StreamItem, StreamMsg, STREAM_CHANNEL};
 use crate::error::{Error, ErrorCode, Result};
@@ -40,6 +40,9 @@ use crate::proto::{Body, CallId, CodecError, Header, NodeId, RejectCode, STREAM_
 /// wait on a busy actor; small enough that a stalled actor stops the readers (and so the
 /// peers, through TCP) instead of buffering without bound.
 pub const INPUT_QUEUE: usize = 4096;
+/// Most inputs the actor handles in one turn before it ticks, drains outputs and publishes:
+/// amortises that per-turn work over a burst, while a turn stays a few hundred µs at most.
+const INPUT_BATCH: usize = 64;
 /// Per-link writer queue bound, in frames: 1024 frames ≈ a few seconds of heavy gossip/relay
 /// traffic on one link. Beyond it frames are dropped and counted, never awaited.
 pub const WRITER_QUEUE_FRAMES: usize = 1024;
@@ -87,7 +90,7 @@ pub(crate) struct LinkRegistration {
     pub peer: NodeId,
     pub direction: Direction,
     pub addr: String,
-    pub frames: mpsc::Sender<Vec<u8>>,
+    pub frames: mpsc::Sender<LinkOut>,
     /// Bytes in `frames` not yet taken by the writer (the actor adds, the writer subtracts).
     pub queued_bytes: Arc<AtomicUsize>,
     pub close: oneshot::Sender<CloseCmd>,
@@ -316,7 +319,7 @@ struct LinkEntry {
     peer: NodeId,
     direction: Direction,
     addr: String,
-    frames: mpsc::Sender<Vec<u8>>,
+    frames: mpsc::Sender<LinkOut>,
     queued_bytes: Arc<AtomicUsize>,
     close: Option<oneshot::Sender<CloseCmd>>,
     proved: Arc<AtomicBool>,
@@ -416,6 +419,12 @@ pub(crate) fn spawn(
 impl Actor {
     async fn run(mut self, mut rx: mpsc::Receiver<Input>, mut shutdown: watch::Receiver<bool>) {
         self.publish();
+        // One timer for both deadlines, re-armed only when the earliest one moves: creating a
+        // fresh `Sleep` per input registered and removed a timer entry for every frame.
+        let timer = tokio::time::sleep_until(far_future());
+        tokio::pin!(timer);
+        let mut armed: Option<tokio::time::Instant> = None;
+        let mut batch = 0;
         loop {
             let tick_at = self
                 .mesh
@@ -424,31 +433,56 @@ impl Actor {
             let publish_at = self
                 .dirty
                 .then(|| tokio::time::Instant::from_std(self.last_publish + SNAPSHOT_INTERVAL));
+            let wake = match (tick_at, publish_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if wake != armed {
+                if let Some(w) = wake {
+                    timer.as_mut().reset(w);
+                }
+                armed = wake;
+            }
             tokio::select! {
                 biased;
                 // 1. Shutdown first: a stop must never wait behind traffic.
                 _ = shutdown.changed() => break,
-                // 2. Inbound: link data, link lifecycle, handle commands.
+                // 2. Inbound: link data, link lifecycle, handle commands; what is already
+                //    queued is handled in the same turn (bounded), so the per-turn work below
+                //    (deadlines, outputs, snapshot) is paid once per batch, not per frame.
                 input = rx.recv() => match input {
-                    Some(input) => self.handle(input),
+                    Some(input) => {
+                        self.handle(input);
+                        batch = 1;
+                        while batch < INPUT_BATCH {
+                            match rx.try_recv() {
+                                Ok(input) => self.handle(input),
+                                Err(_) => break,
+                            }
+                            batch += 1;
+                        }
+                    }
                     None => break,
                 },
-                // 3. Timers: the mesh's next deadline, then the throttled snapshot.
-                _ = sleep_until(tick_at.unwrap_or_else(far_future)), if tick_at.is_some() => {
-                    self.touch_streams();
-                    self.mesh.handle_tick(now_ms(self.epoch));
-                    self.dirty = true;
-                }
-                _ = sleep_until(publish_at.unwrap_or_else(far_future)), if publish_at.is_some() => {}
+                // 3. Timers: the mesh's next deadline or the throttled snapshot (run below).
+                _ = &mut timer, if wake.is_some() => armed = None,
             }
-            // Under a steady stream of inputs the timer arm could starve: run a due tick here.
+            // Run a due tick here, also under a steady stream of inputs.
             let now = now_ms(self.epoch);
             if self.mesh.poll_timeout().is_some_and(|t| t <= now) {
                 self.touch_streams();
                 self.mesh.handle_tick(now);
+                self.dirty = true;
             }
             self.drain_outputs();
             self.maybe_publish();
+            if batch == INPUT_BATCH {
+                // A full batch: let the link writers (same worker) take what we queued before
+                // we take more. `try_recv` does not count against tokio's cooperative budget,
+                // so without this the actor could fill a writer queue faster than it drains.
+                tokio::task::yield_now().await;
+            }
+            batch = 0;
         }
         self.shutdown();
     }
@@ -521,7 +555,7 @@ impl Actor {
                     .handle_link_up(now, reg.link, reg.peer, reg.direction);
             }
             Input::Data { link, bytes } => {
-                self.mesh.handle_data(now, link, &bytes);
+                self.mesh.handle_data_owned(now, link, bytes);
                 if let Some(e) = self.links.get(&link) {
                     if !e.proved.load(Ordering::Relaxed) && self.mesh.link_rtt(&e.peer).is_some() {
                         e.proved.store(true, Ordering::Relaxed);
@@ -843,7 +877,7 @@ impl Actor {
         let full = if over_bytes {
             true
         } else {
-            match e.frames.try_send(bytes) {
+            match e.frames.try_send(LinkOut::Frame(bytes)) {
                 Ok(()) => false,
                 Err(mpsc::error::TrySendError::Full(_)) => true,
                 Err(mpsc::error::TrySendError::Closed(_)) => {

@@ -23,6 +23,7 @@ use tokio_rustls::TlsConnector;
 use super::backoff::Backoff;
 use super::events::Level;
 use super::link::{self, HandshakeFailure, LinkCtx};
+use super::ws::Role;
 use crate::config::PeerConfig;
 use crate::mesh::Direction;
 use crate::proto::handshake::HANDSHAKE_TIMEOUT_MS;
@@ -158,20 +159,21 @@ where
     let url = target.peer.url.as_str();
     let upgrade = tokio::time::timeout(
         Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
-        tokio_tungstenite::client_async_with_config(url, stream, Some(link::ws_config())),
+        tokio_tungstenite::client_async_with_config(url, stream, Some(link::ws_handshake_config())),
     );
     let mut ws = tokio::select! {
         biased;
         _ = shutdown.changed() => return Attempt::Stopped,
         r = upgrade => match r {
-            Ok(Ok((ws, _response))) => ws,
+            // tungstenite did the HTTP upgrade; our framing takes the socket from here (the
+            // listener sends nothing before our hello, so no bytes are left in its buffer).
+            Ok(Ok((ws, _response))) => link::WsLink::new(ws.into_inner(), Role::Client),
             Ok(Err(e)) => return failed(format!("WebSocket upgrade: {e}")),
             Err(_) => return failed("WebSocket upgrade: timed out".into()),
         },
     };
-    // Dialers keep the full frame limits from the start: the listener may send its first
-    // binary frames right behind `welcome`, and re-framing the socket could lose them. The
-    // peer is one we chose to dial, so the pre-auth memory exposure is ours to accept.
+    // Handshake-sized messages until the handshake succeeded; binary frames the listener sends
+    // right behind `welcome` wait in our read buffer and are read with the full limits.
     let peer = match link::dial_handshake(&mut ws, ctx, &target.peer.node_id, url).await {
         Ok(peer) => peer,
         Err(HandshakeFailure::Rejected(code)) => {

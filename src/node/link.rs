@@ -1,5 +1,8 @@
 //! One task per WebSocket: the handshake, then the pump between the socket and the actor.
 //!
+//! tungstenite performs only the HTTP upgrade; from then on the socket is framed by
+//! [`super::ws`] (both halves of one stream, [`WsLink`]).
+//!
 //! Flow:
 //! ```text
 //! handshake (TEXT frames, Dialer or Acceptor, deadline = the machine's deadline())
@@ -10,7 +13,8 @@
 //!     1. close request from the actor (it owns shutdown for registered links: on stop it sends
 //!        `leave`, then asks every link to flush briefly and close with 1000)
 //!     2. inbound: BINARY → actor (send().await: a busy actor slows this reader, nobody else)
-//!     3. outbound: the bounded writer queue → socket
+//!     3. outbound: the bounded writer queue → socket: a lone frame is one vectored write,
+//!        a burst (what is queued, at most BURST_FRAMES) is coalesced and flushed once
 //! ```
 //! No application frame is read before the handshake succeeded and the link is registered.
 
@@ -19,16 +23,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::actor::{now_ms, ActorHandle, CloseCmd, LinkRegistration, WRITER_QUEUE_FRAMES};
 use super::events::{EventQueue, Level};
+use super::ws::{Role, WsError, WsMessage, WsReader, WsWriter};
 use crate::mesh::{Direction, LinkId};
 use crate::proto::handshake_frame::MAX_HANDSHAKE_BYTES;
 use crate::proto::{
@@ -65,26 +66,47 @@ impl LinkCtx {
     }
 }
 
-/// WebSocket limits after the handshake: one message = one frame of at most `MAX_FRAME_BYTES`.
-pub fn ws_config() -> WebSocketConfig {
-    // tungstenite's default 128 KiB read buffer is allocated (and zero-filled) per socket and
-    // dominated the memory of an idle link; 8 KiB keeps idle links small, and large frames are
-    // still read in one message (the buffer only sizes each socket read).
-    WebSocketConfig::default()
-        .read_buffer_size(LINK_READ_BUFFER)
-        .max_message_size(Some(MAX_FRAME_BYTES))
-        .max_frame_size(Some(MAX_FRAME_BYTES))
-}
-
-/// Read buffer of an authenticated link socket, bytes (see [`ws_config`]).
-pub const LINK_READ_BUFFER: usize = 8 * 1024;
-
-/// WebSocket limits for an inbound socket until its peer authenticated.
+/// WebSocket limits for the HTTP upgrade (tungstenite does only the upgrade; the socket is
+/// then framed by [`super::ws`]): small buffers, handshake-sized messages.
 pub fn ws_handshake_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(HANDSHAKE_READ_BUFFER)
         .max_message_size(Some(HANDSHAKE_MAX_MESSAGE))
         .max_frame_size(Some(HANDSHAKE_MAX_MESSAGE))
+}
+
+/// One item of a link's writer queue.
+#[derive(Debug)]
+pub(crate) enum LinkOut {
+    /// An encoded mesh frame (one BINARY message).
+    Frame(Vec<u8>),
+    /// The answer to a WebSocket PING from the peer (or a proxy in between).
+    Pong(Vec<u8>),
+}
+
+/// An upgraded socket framed by [`super::ws`]: the two halves of one stream.
+pub(crate) struct WsLink<S> {
+    pub rd: WsReader<ReadHalf<S>>,
+    pub wr: WsWriter<WriteHalf<S>>,
+}
+
+impl<S: AsyncRead + AsyncWrite> WsLink<S> {
+    /// Frame `stream` (just upgraded) for `role`, accepting handshake-sized messages until
+    /// [`WsLink::authenticated`].
+    pub fn new(stream: S, role: Role) -> Self {
+        let (r, w) = tokio::io::split(stream);
+        // Masking keys only need to be unpredictable to third parties (RFC 6455 §10.3).
+        let seed = getrandom::u64().unwrap_or(0x9E37_79B9_7F4A_7C15);
+        WsLink {
+            rd: WsReader::new(r, role, HANDSHAKE_MAX_MESSAGE),
+            wr: WsWriter::new(w, role, seed),
+        }
+    }
+
+    /// The peer authenticated: accept messages up to one maximum frame.
+    pub fn authenticated(&mut self) {
+        self.rd.set_max_message(MAX_FRAME_BYTES);
+    }
 }
 
 /// 32 fresh bytes from the OS for a handshake nonce.
@@ -121,39 +143,45 @@ enum Next {
 
 /// Read the next handshake TEXT message (or the reason there is none) before `deadline`.
 async fn next_text<S>(
-    ws: &mut WebSocketStream<S>,
+    ws: &mut WsLink<S>,
     deadline: tokio::time::Instant,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<Next>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite,
 {
     loop {
         let msg = tokio::select! {
             biased;
             // Shutdown first, then the peer's next message (bounded by the deadline).
             _ = shutdown.changed() => return Some(Next::Stop("node stopping".into())),
-            r = tokio::time::timeout_at(deadline, ws.next()) => match r {
+            r = tokio::time::timeout_at(deadline, ws.rd.next()) => match r {
                 Err(_) => return None,
                 Ok(m) => m,
             },
         };
         return Some(match msg {
-            Some(Ok(Message::Text(t))) => Next::Text(t.as_str().to_string()),
-            Some(Ok(Message::Binary(_))) => {
+            Ok(Some(WsMessage::Text(t))) => Next::Text(t),
+            Ok(Some(WsMessage::Binary(_))) => {
                 Next::Malformed("BINARY message before the handshake completed".into())
             }
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-            Some(Ok(Message::Close(f))) => Next::Stop(format!(
+            Ok(Some(WsMessage::Ping(p))) => {
+                if ws.wr.feed_pong(p).await.is_err() || ws.wr.flush().await.is_err() {
+                    return Some(Next::Stop("socket error during the handshake".into()));
+                }
+                continue;
+            }
+            Ok(Some(WsMessage::Pong)) => continue,
+            Ok(Some(WsMessage::Close(f))) => Next::Stop(format!(
                 "peer closed during the handshake{}",
-                f.map(|f| format!(" ({} {})", u16::from(f.code), f.reason))
+                f.map(|(code, reason)| format!(" ({code} {reason})"))
                     .unwrap_or_default()
             )),
-            Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(e))) => {
+            Err(e @ WsError::TooLarge { .. }) => {
                 Next::Malformed(format!("handshake message too large: {e}"))
             }
-            Some(Err(e)) => Next::Stop(format!("socket error during the handshake: {e}")),
-            None => Next::Stop("peer closed during the handshake".into()),
+            Err(e) => Next::Stop(format!("socket error during the handshake: {e}")),
+            Ok(None) => Next::Stop("peer closed during the handshake".into()),
         });
     }
 }
@@ -161,7 +189,7 @@ where
 /// Send `frame` if any, close with the code's close code, log once, count.
 #[allow(clippy::too_many_arguments)]
 async fn reject<S>(
-    ws: &mut WebSocketStream<S>,
+    ws: &mut WsLink<S>,
     ctx: &LinkCtx,
     who: &str,
     peer: Option<&str>,
@@ -171,7 +199,7 @@ async fn reject<S>(
     by_peer: bool,
 ) -> HandshakeFailure
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite,
 {
     let node = peer.map(|p| format!(", node {p:?}")).unwrap_or_default();
     let by = if by_peer { " by peer" } else { "" };
@@ -180,30 +208,36 @@ where
     ));
     ctx.actor.handshake_rejected(code).await;
     if let Some(f) = send {
-        let _ = tokio::time::timeout(CLOSE_FLUSH, ws.send(Message::text(f.encode()))).await;
+        let _ = tokio::time::timeout(CLOSE_FLUSH, ws.wr.send_text(&f.encode())).await;
     }
     close_ws(ws, code.close_code(), code.as_str()).await;
     HandshakeFailure::Rejected(code)
 }
 
 /// Close frame, then wait briefly for the peer's reply.
-async fn close_ws<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &str)
+async fn close_ws<S>(ws: &mut WsLink<S>, code: u16, reason: &str)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite,
 {
-    let frame = CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.to_string().into(),
-    };
-    if tokio::time::timeout(CLOSE_FLUSH, ws.close(Some(frame)))
+    if tokio::time::timeout(CLOSE_FLUSH, ws.wr.close(code, reason))
         .await
-        .is_ok()
+        .is_ok_and(|r| r.is_ok())
     {
-        let _ = tokio::time::timeout(CLOSE_LINGER, async {
-            while let Some(Ok(_)) = ws.next().await {}
-        })
-        .await;
+        linger(&mut ws.rd).await;
     }
+}
+
+/// After our close frame: read (and drop) until the peer's close or the end of the stream, at
+/// most [`CLOSE_LINGER`], so the kernel does not reset the connection under unread data.
+async fn linger<R: AsyncRead + Unpin>(rd: &mut WsReader<R>) {
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Ok(Some(m)) = rd.next().await {
+            if matches!(m, WsMessage::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 fn deadline_instant(epoch: Instant, deadline_ms: u64) -> tokio::time::Instant {
@@ -214,7 +248,7 @@ fn deadline_instant(epoch: Instant, deadline_ms: u64) -> tokio::time::Instant {
 /// (rejected with `malformed`), shutdown or a closed socket (aborted), or the deadline (the
 /// state machine's own rejection from `on_timeout`). Shared by both sides of the handshake.
 async fn handshake_text<S>(
-    ws: &mut WebSocketStream<S>,
+    ws: &mut WsLink<S>,
     ctx: &LinkCtx,
     who: &str,
     peer: Option<&str>,
@@ -223,7 +257,7 @@ async fn handshake_text<S>(
     on_timeout: impl FnOnce() -> Step,
 ) -> Result<String, HandshakeFailure>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite,
 {
     match next_text(ws, deadline, shutdown).await {
         Some(Next::Text(t)) => Ok(t),
@@ -245,13 +279,13 @@ where
 
 /// The listener side of the handshake. Returns the authenticated peer id.
 pub(crate) async fn accept_handshake<S>(
-    ws: &mut WebSocketStream<S>,
+    ws: &mut WsLink<S>,
     ctx: &LinkCtx,
     nonces: &Mutex<NonceCache>,
     addr: SocketAddr,
 ) -> Result<NodeId, HandshakeFailure>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite,
 {
     let who = format!("inbound from {addr}");
     let nonce = os_nonce().map_err(HandshakeFailure::Aborted)?;
@@ -292,13 +326,13 @@ where
         };
         match step {
             Step::Send(f) => {
-                if let Err(e) = ws.send(Message::text(f.encode())).await {
+                if let Err(e) = ws.wr.send_text(&f.encode()).await {
                     return Err(HandshakeFailure::Aborted(e.to_string()));
                 }
             }
             Step::Done { send, peer, .. } => {
                 if let Some(f) = send {
-                    if let Err(e) = ws.send(Message::text(f.encode())).await {
+                    if let Err(e) = ws.wr.send_text(&f.encode()).await {
                         return Err(HandshakeFailure::Aborted(e.to_string()));
                     }
                 }
@@ -313,13 +347,13 @@ where
 
 /// The dialer side of the handshake against the node configured as `expected`.
 pub(crate) async fn dial_handshake<S>(
-    ws: &mut WebSocketStream<S>,
+    ws: &mut WsLink<S>,
     ctx: &LinkCtx,
     expected: &str,
     url: &str,
 ) -> Result<NodeId, HandshakeFailure>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite,
 {
     let who = format!("outbound to {url}");
     let nonce = os_nonce().map_err(HandshakeFailure::Aborted)?;
@@ -331,7 +365,7 @@ where
     );
     let deadline = deadline_instant(ctx.epoch, dialer.deadline());
     let mut shutdown = ctx.shutdown.clone();
-    if let Err(e) = ws.send(Message::text(hello.encode())).await {
+    if let Err(e) = ws.wr.send_text(&hello.encode()).await {
         return Err(HandshakeFailure::Aborted(e.to_string()));
     }
     let mut peer: Option<NodeId> = None;
@@ -361,7 +395,7 @@ where
         };
         match dialer.on_frame(&text, |_| verdict) {
             Step::Send(f) => {
-                if let Err(e) = ws.send(Message::text(f.encode())).await {
+                if let Err(e) = ws.wr.send_text(&f.encode()).await {
                     return Err(HandshakeFailure::Aborted(e.to_string()));
                 }
             }
@@ -390,14 +424,14 @@ fn timeout_step() -> Step {
 }
 
 async fn finish_rejected<S>(
-    ws: &mut WebSocketStream<S>,
+    ws: &mut WsLink<S>,
     ctx: &LinkCtx,
     who: &str,
     peer: Option<&str>,
     step: Step,
 ) -> HandshakeFailure
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite,
 {
     match step {
         Step::Rejected {
@@ -418,19 +452,26 @@ enum End {
     Write(String),
 }
 
+/// Most frames one writer burst coalesces before it flushes (bounds the time a burst holds the
+/// socket's write side without a flush; frames beyond it start the next burst).
+const BURST_FRAMES: usize = 256;
+
 /// Register an authenticated link with the actor and pump until it ends.
 pub(crate) async fn run<S>(
-    ws: WebSocketStream<S>,
+    ws: WsLink<S>,
     ctx: &LinkCtx,
     peer: NodeId,
     direction: Direction,
     addr: String,
 ) -> LinkEnd
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite,
 {
     let link = ctx.new_link_id();
-    let (frames_tx, mut frames_rx) = mpsc::channel::<Vec<u8>>(WRITER_QUEUE_FRAMES);
+    let (frames_tx, mut frames_rx) = mpsc::channel::<LinkOut>(WRITER_QUEUE_FRAMES);
+    // The reader answers WebSocket pings through the writer queue; a weak sender so the queue
+    // still closes when the actor drops the link.
+    let pong_tx = frames_tx.downgrade();
     let queued = Arc::new(AtomicUsize::new(0));
     let proved = Arc::new(AtomicBool::new(false));
     let (close_tx, mut close_rx) = oneshot::channel::<CloseCmd>();
@@ -446,6 +487,7 @@ where
         proved: proved.clone(),
     };
     let mut ws = ws;
+    ws.authenticated();
     if !ctx.actor.link_up(reg).await {
         close_ws(&mut ws, 1001, "node stopping").await;
         return LinkEnd {
@@ -454,41 +496,49 @@ where
             reason: "node stopping".into(),
         };
     }
-    let (mut sink, mut stream) = ws.split();
+    let WsLink { mut rd, mut wr } = ws;
 
     let end = {
         let actor = &ctx.actor;
         let reader = async {
             loop {
-                match stream.next().await {
-                    Some(Ok(Message::Binary(b))) => {
-                        if !actor.data(link, Vec::from(b)).await {
+                match rd.next().await {
+                    Ok(Some(WsMessage::Binary(b))) => {
+                        if !actor.data(link, b).await {
                             return "node stopping".to_string();
                         }
                     }
-                    Some(Ok(Message::Text(_))) => actor.text_after_handshake().await,
-                    Some(Ok(Message::Close(f))) => {
+                    Ok(Some(WsMessage::Text(_))) => actor.text_after_handshake().await,
+                    Ok(Some(WsMessage::Ping(p))) => {
+                        // Best effort: a peer that floods pings into a full queue loses pongs.
+                        if let Some(tx) = pong_tx.upgrade() {
+                            let _ = tx.try_send(LinkOut::Pong(p));
+                        }
+                    }
+                    Ok(Some(WsMessage::Pong)) => {}
+                    Ok(Some(WsMessage::Close(f))) => {
                         return match f {
-                            Some(f) => format!("peer closed ({} {})", u16::from(f.code), f.reason),
+                            Some((code, reason)) => format!("peer closed ({code} {reason})"),
                             None => "peer closed".to_string(),
                         }
                     }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return format!("read error: {e}"),
-                    None => return "connection closed".to_string(),
+                    Err(e) => return format!("read error: {e}"),
+                    Ok(None) => return "connection closed".to_string(),
                 }
             }
         };
         let writer = async {
-            while let Some(bytes) = frames_rx.recv().await {
-                queued.fetch_sub(bytes.len(), Ordering::Relaxed);
-                if let Err(e) = sink.feed(Message::binary(bytes)).await {
-                    return format!("write error: {e}");
-                }
-                if frames_rx.is_empty() {
-                    if let Err(e) = sink.flush().await {
-                        return format!("write error: {e}");
+            while let Some(first) = frames_rx.recv().await {
+                let r = match frames_rx.try_recv() {
+                    // A lone frame: one vectored write, no copy.
+                    Err(_) => write_lone(&mut wr, &queued, first).await,
+                    // A burst: coalesce, then one flush.
+                    Ok(second) => {
+                        write_burst(&mut wr, &queued, &mut frames_rx, [first, second]).await
                     }
+                };
+                if let Err(e) = r {
+                    return format!("write error: {e}");
                 }
             }
             String::new()
@@ -517,33 +567,26 @@ where
             });
             if cmd.flush {
                 let _ = tokio::time::timeout(CLOSE_FLUSH, async {
-                    while let Ok(bytes) = frames_rx.try_recv() {
-                        if sink.feed(Message::binary(bytes)).await.is_err() {
+                    while let Ok(out) = frames_rx.try_recv() {
+                        if feed(&mut wr, &queued, out).await.is_err() {
                             return;
                         }
                     }
-                    let _ = sink.flush().await;
+                    let _ = wr.flush().await;
                 })
                 .await;
             }
-            let frame = CloseFrame {
-                code: CloseCode::from(cmd.code),
-                reason: cmd.reason.clone().into(),
-            };
-            if tokio::time::timeout(CLOSE_FLUSH, sink.send(Message::Close(Some(frame))))
+            if tokio::time::timeout(CLOSE_FLUSH, wr.close(cmd.code, &cmd.reason))
                 .await
-                .is_ok()
+                .is_ok_and(|r| r.is_ok())
             {
-                let _ = tokio::time::timeout(CLOSE_LINGER, async {
-                    while let Some(Ok(_)) = stream.next().await {}
-                })
-                .await;
+                linger(&mut rd).await;
             }
             format!("closed by us ({} {})", cmd.code, cmd.reason)
         }
         End::Read(r) => {
-            // Answer the peer's close (tungstenite queued the reply) without waiting long.
-            let _ = tokio::time::timeout(Duration::from_millis(100), sink.close()).await;
+            // Answer the peer's close without waiting long.
+            let _ = tokio::time::timeout(Duration::from_millis(100), wr.close(1000, "")).await;
             r
         }
         End::Write(w) => w,
@@ -558,4 +601,55 @@ where
         proved: proved.load(Ordering::Relaxed),
         reason,
     }
+}
+
+/// Add one queued item to the writer's current burst (taking it off the queue's byte count).
+async fn feed<W: AsyncWrite + Unpin>(
+    wr: &mut WsWriter<W>,
+    queued: &AtomicUsize,
+    out: LinkOut,
+) -> std::io::Result<()> {
+    match out {
+        LinkOut::Frame(bytes) => {
+            queued.fetch_sub(bytes.len(), Ordering::Relaxed);
+            wr.feed_binary(bytes).await
+        }
+        LinkOut::Pong(p) => wr.feed_pong(p).await,
+    }
+}
+
+async fn write_lone<W: AsyncWrite + Unpin>(
+    wr: &mut WsWriter<W>,
+    queued: &AtomicUsize,
+    out: LinkOut,
+) -> std::io::Result<()> {
+    match out {
+        LinkOut::Frame(bytes) => {
+            queued.fetch_sub(bytes.len(), Ordering::Relaxed);
+            wr.send_binary(bytes).await
+        }
+        pong => {
+            feed(wr, queued, pong).await?;
+            wr.flush().await
+        }
+    }
+}
+
+/// Write `first` and whatever else is queued (at most [`BURST_FRAMES`]), then flush once.
+async fn write_burst<W: AsyncWrite + Unpin>(
+    wr: &mut WsWriter<W>,
+    queued: &AtomicUsize,
+    rx: &mut mpsc::Receiver<LinkOut>,
+    first: [LinkOut; 2],
+) -> std::io::Result<()> {
+    for out in first {
+        feed(wr, queued, out).await?;
+    }
+    for _ in 2..BURST_FRAMES {
+        match rx.try_recv() {
+            Ok(out) => feed(wr, queued, out).await?,
+            Err(_) => break,
+        }
+    }
+    wr.flush().await
 }

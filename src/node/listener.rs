@@ -2,8 +2,8 @@
 //! them in TLS, upgrades to WebSocket and hands each one to its own link task.
 //!
 //! Flow per connection (one task): TLS accept (if configured) → WebSocket upgrade with small
-//! pre-auth limits → handshake ([`super::link::accept_handshake`]) → re-frame the socket with
-//! the full frame limits → [`super::link::run`].
+//! pre-auth limits, then our own framing ([`super::ws`]) → handshake
+//! ([`super::link::accept_handshake`]) → the full frame limits → [`super::link::run`].
 //!
 //! At most [`MAX_PENDING_HANDSHAKES`] connections may be unauthenticated at once; extra ones are
 //! closed at accept. Each pending one is bounded in time (the handshake deadline, also applied to
@@ -19,11 +19,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::WebSocketStream;
 
 use super::events::Level;
 use super::link::{self, LinkCtx};
+use super::ws::Role;
 use crate::mesh::Direction;
 use crate::proto::handshake::HANDSHAKE_TIMEOUT_MS;
 use crate::proto::{NonceCache, RejectCode};
@@ -149,7 +148,9 @@ async fn upgrade<S>(
         ) => r,
     };
     let mut ws = match accepted {
-        Ok(Ok(ws)) => ws,
+        // tungstenite did the HTTP upgrade; our framing takes the socket from here (the dialer
+        // sends nothing before our 101, so no bytes are left in tungstenite's buffer).
+        Ok(Ok(ws)) => link::WsLink::new(ws.into_inner(), Role::Server),
         Ok(Err(e)) => {
             let why = format!("WebSocket upgrade failed: {e}");
             return pre_handshake_reject(this, addr, RejectCode::Malformed, &why).await;
@@ -164,9 +165,6 @@ async fn upgrade<S>(
         Err(_) => return,
     };
     drop(permit);
-    // Authenticated: switch from the small pre-auth limits to the frame limits. The dialer sends
-    // nothing after `auth` until it has read our `welcome`, so no buffered bytes are lost here.
-    let raw = ws.into_inner();
-    let ws = WebSocketStream::from_raw_socket(raw, Role::Server, Some(link::ws_config())).await;
+    // Authenticated: `run` switches from the small pre-auth limits to the frame limits.
     link::run(ws, ctx, peer, Direction::Inbound, addr.to_string()).await;
 }

@@ -35,6 +35,7 @@ pub mod remote_tools;
 pub mod service;
 pub mod stream;
 pub mod tls;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;

@@ -9,9 +9,17 @@
 //!                                                      ToolServer::call (policy, args, audit)
 //!   ToolEvent::Progress ◀── chunk {"stream":"stdout","text":…} ◀── exec output (bounded)
 //!                                                      Dispatch::Gateway → POST /tools/invoke
+//!   (result parts, reassembled) ◀── chunk 0x00 + ≤ 256 KiB piece of the result ◀── result > 256 KiB
 //!   ToolEvent::Result / error ◀── end {"ok":true,"text","details"} | {"ok":false,"code","message"}
 //! ToolCall::cancel() / drop ──────── cancel ─────────▶ cancel watch → exec's process group killed
 //! ```
+//! A result larger than one chunk is streamed: its JSON is cut into pieces that travel as
+//! chunks marked with a leading 0x00 byte (progress chunks are JSON objects), under the caller's
+//! credit, and the last piece is the `end` payload; the caller reassembles at most
+//! [`MAX_RESULT_BYTES`]. So the hops pipeline, and other frames on the same links (a heartbeat,
+//! another call) wait for at most one piece instead of the whole result. Results of 64 KiB and
+//! more are encoded and parsed on the blocking pool, not on the node's worker.
+//!
 //! Tool outcomes (including refusals) travel inside a successful `end`, so a tool's own error
 //! code (`CLAWMATRIX_DENIED`, …) reaches the caller unchanged; transport failures
 //! (unreachable, timeout, busy) are mesh errors.
@@ -47,6 +55,7 @@ use super::service::{BoxFuture, CallCtx, Service};
 use super::stream::{CallOptions, StreamItem};
 use crate::error::{Error, ErrorCode, Result};
 use crate::mesh::Target;
+use crate::proto::MAX_CHUNK_BYTES;
 use crate::tools::exec::ExecChunk;
 use crate::tools::serve::{Caller, Dispatch, ToolReply, ToolServer};
 
@@ -136,11 +145,100 @@ impl Service for ToolService {
                 Err(e) => Err(e),
             };
             let out = match result {
-                Ok(r) => json!({"ok": true, "text": r.text, "details": r.details}),
-                Err(e) => json!({"ok": false, "code": e.code.as_str(), "message": e.message}),
+                Ok(r) => encode_result(r).await?,
+                Err(e) => json!({"ok": false, "code": e.code.as_str(), "message": e.message})
+                    .to_string()
+                    .into_bytes(),
             };
-            Ok(out.to_string().into_bytes())
+            stream_result(&mut sink, out).await
         })
+    }
+}
+
+/// The final payload of a tool call that ran, as the caller parses it ([`WireResult`]).
+#[derive(serde::Serialize)]
+struct WireOk<'a> {
+    ok: bool,
+    text: &'a str,
+    details: &'a Value,
+}
+
+/// What the caller reads from the final payload (success or refusal).
+#[derive(serde::Deserialize)]
+struct WireResult {
+    #[serde(default)]
+    ok: Option<bool>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    details: Value,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// Results at least this large are encoded and parsed on the blocking pool: escaping or
+/// unescaping a MiB of text takes about a millisecond, which would hold up every link and call
+/// on the node's single worker meanwhile.
+const OFFLOAD_RESULT_BYTES: usize = 64 * 1024;
+/// First byte of a chunk that carries a piece of the result (progress chunks are JSON objects,
+/// which never start with it).
+const RESULT_PART: u8 = 0;
+/// Largest result a caller assembles from pieces: one maximum frame, the limit of a result that
+/// travelled as a single reply before results were streamed.
+pub const MAX_RESULT_BYTES: usize = crate::proto::MAX_FRAME_BYTES;
+
+/// Serialize a successful reply straight from the strings (no `Value` copy of the text).
+async fn encode_result(r: ToolReply) -> Result<Vec<u8>> {
+    let big = r.text.len() >= OFFLOAD_RESULT_BYTES;
+    let encode = move || {
+        serde_json::to_vec(&WireOk {
+            ok: true,
+            text: &r.text,
+            details: &r.details,
+        })
+        .map_err(|e| Error::new(ErrorCode::Internal, format!("tool result: {e}")))
+    };
+    if big {
+        tokio::task::spawn_blocking(encode)
+            .await
+            .map_err(|e| Error::new(ErrorCode::Internal, format!("tool result: {e}")))?
+    } else {
+        encode()
+    }
+}
+
+/// A result larger than one chunk leaves as result-part chunks (marked with [`RESULT_PART`],
+/// at most `MAX_CHUNK_BYTES` each, under the caller's credit), so the hops pipeline and other
+/// frames on the same links interleave between the pieces; the last piece is the final
+/// payload. A small result is the final payload as it is.
+async fn stream_result(sink: &mut super::service::ChunkSink, mut out: Vec<u8>) -> Result<Vec<u8>> {
+    let piece = MAX_CHUNK_BYTES - 1;
+    if out.len() <= MAX_CHUNK_BYTES {
+        return Ok(out);
+    }
+    let parts = out.len().div_ceil(piece) - 1;
+    let tail = out.split_off(parts * piece);
+    for p in out.chunks(piece) {
+        let mut chunk = Vec::with_capacity(p.len() + 1);
+        chunk.push(RESULT_PART);
+        chunk.extend_from_slice(p);
+        sink.send(chunk).await?;
+    }
+    Ok(tail)
+}
+
+/// Parse the final payload (on the blocking pool when large).
+async fn decode_result(bytes: Vec<u8>) -> std::result::Result<WireResult, String> {
+    let big = bytes.len() >= OFFLOAD_RESULT_BYTES;
+    let parse = move || serde_json::from_slice::<WireResult>(&bytes).map_err(|e| e.to_string());
+    if big {
+        tokio::task::spawn_blocking(parse)
+            .await
+            .map_err(|e| e.to_string())?
+    } else {
+        parse()
     }
 }
 
@@ -484,6 +582,8 @@ async fn run_remote(
             Err(e) => return Err(e),
         }
     }
+    // Pieces of a streamed result (see `stream_result`), bounded by MAX_RESULT_BYTES.
+    let mut result: Vec<u8> = Vec::new();
     let Some((node, mut stream)) = opened else {
         let e = last_err.map(|e| e.message).unwrap_or_default();
         return Err(Error::new(
@@ -519,6 +619,16 @@ async fn run_remote(
                     format!("{name} on {node}: {}", e.message),
                 ))
             }
+            Some(Ok(StreamItem::Chunk(bytes))) if bytes.first() == Some(&RESULT_PART) => {
+                if result.len() + bytes.len() > MAX_RESULT_BYTES {
+                    stream.cancel();
+                    return Err(Error::new(
+                        ErrorCode::TooLarge,
+                        format!("{name} on {node}: result larger than {MAX_RESULT_BYTES} bytes"),
+                    ));
+                }
+                result.extend_from_slice(&bytes[1..]);
+            }
             Some(Ok(StreamItem::Chunk(bytes))) => {
                 let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                 let text = v["text"].as_str().unwrap_or_default().to_string();
@@ -538,27 +648,38 @@ async fn run_remote(
                 }
             }
             Some(Ok(StreamItem::End(bytes))) => {
-                let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                let whole = if result.is_empty() {
+                    bytes
+                } else {
+                    result.extend_from_slice(&bytes);
+                    std::mem::take(&mut result)
+                };
+                let v = decode_result(whole).await.map_err(|e| {
                     Error::new(
                         ErrorCode::Remote,
                         format!("{name} on {node}: unreadable result: {e}"),
                     )
                 })?;
-                if v["ok"].as_bool() != Some(true) {
-                    let code = v["code"]
-                        .as_str()
+                if v.ok != Some(true) {
+                    let code = v
+                        .code
+                        .as_deref()
                         .and_then(ErrorCode::parse)
                         .unwrap_or(ErrorCode::Remote);
-                    let msg = v["message"].as_str().unwrap_or("failed");
+                    let msg = v.message.as_deref().unwrap_or("failed");
                     return Err(Error::new(code, format!("{name} on {node}: {msg}")));
                 }
-                let text = v["text"].as_str().unwrap_or_default();
+                let text = v.text.unwrap_or_default();
                 let mut details = Map::new();
                 details.insert("node".into(), Value::String(node.clone()));
                 details.insert("tool".into(), Value::String(req.tool.clone()));
-                details.insert("result".into(), v["details"].clone());
+                details.insert("result".into(), v.details);
+                let head = format!("[{} ran on {node}]\n", req.tool);
+                let mut full = String::with_capacity(head.len() + text.len());
+                full.push_str(&head);
+                full.push_str(&text);
                 let out = super::ToolOutput {
-                    text: format!("[{} ran on {node}]\n{text}", req.tool),
+                    text: full,
                     details: Value::Object(details),
                 };
                 let _ = tx.send(Ok(ToolEvent::Result(out))).await;

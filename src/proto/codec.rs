@@ -1,8 +1,13 @@
-//! Binary frame codec: `[u32 BE header length][UTF-8 JSON header][payload bytes]`.
+//! Binary frame codec: `[payload bytes][UTF-8 JSON header][u32 BE header length]`.
+//!
+//! The header trails the payload so that the owned forms never move the payload:
+//! [`decode_owned`] parses the trailer and truncates the message buffer to the payload, and
+//! [`encode_owned`] appends a header to the payload buffer (a relay re-encodes the header in
+//! the buffer it received, and a 1 MiB payload crosses every hop without being copied in user
+//! space). [`encode`] / [`decode`] are the borrowing forms (they copy the payload).
 //!
 //! Decoding checks sizes before it parses anything, tells an unknown body `type` apart from a
-//! malformed header, and never panics on any input. Relays call [`encode`] with the payload
-//! they received, so payload bytes are copied, never re-encoded.
+//! malformed header, and never panics on any input.
 
 use super::frame::{valid_node_id, Frame, Header, BODY_TYPES, ENVELOPE_VERSION};
 
@@ -11,8 +16,8 @@ use super::frame::{valid_node_id, Frame, Header, BODY_TYPES, ENVELOPE_VERSION};
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// Largest JSON header: 64 KiB. Gossip batches are split to stay below it.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// Length of the header-length prefix.
-pub const PREFIX_BYTES: usize = 4;
+/// Length of the header-length trailer.
+pub const TRAILER_BYTES: usize = 4;
 
 /// Why bytes are not a valid frame. Each has a stable [`code`](CodecError::code).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,17 +62,23 @@ fn bad(reason: impl Into<String>) -> CodecError {
     }
 }
 
-/// Encode a header and payload into one binary frame.
+/// Encode a header and payload into one binary frame (copies the payload).
 pub fn encode(header: &Header, payload: &[u8]) -> Result<Vec<u8>, CodecError> {
-    let json = serde_json::to_vec(header).map_err(|e| bad(e.to_string()))?;
-    if json.len() > MAX_HEADER_BYTES {
+    check_frame(payload.len(), 0)?;
+    let mut out = Vec::with_capacity(payload.len() + 256);
+    out.extend_from_slice(payload);
+    encode_owned(header, out)
+}
+
+fn check_frame(payload: usize, header: usize) -> Result<(), CodecError> {
+    if header > MAX_HEADER_BYTES {
         return Err(CodecError::TooLarge {
             what: "header",
-            size: json.len(),
+            size: header,
             limit: MAX_HEADER_BYTES,
         });
     }
-    let total = PREFIX_BYTES + json.len() + payload.len();
+    let total = payload + header + TRAILER_BYTES;
     if total > MAX_FRAME_BYTES {
         return Err(CodecError::TooLarge {
             what: "frame",
@@ -75,12 +86,21 @@ pub fn encode(header: &Header, payload: &[u8]) -> Result<Vec<u8>, CodecError> {
             limit: MAX_FRAME_BYTES,
         });
     }
-    let mut out = Vec::with_capacity(total);
-    // Cannot truncate: json.len() <= MAX_HEADER_BYTES < u32::MAX.
-    out.extend_from_slice(&(json.len() as u32).to_be_bytes());
-    out.extend_from_slice(&json);
-    out.extend_from_slice(payload);
-    Ok(out)
+    Ok(())
+}
+
+/// Encode a header behind `payload`, in `payload`'s own buffer (no copy of the payload).
+pub fn encode_owned(header: &Header, mut payload: Vec<u8>) -> Result<Vec<u8>, CodecError> {
+    let plen = payload.len();
+    check_frame(plen, 0)?;
+    if let Err(e) = serde_json::to_writer(&mut payload, header) {
+        return Err(bad(e.to_string()));
+    }
+    let hlen = payload.len() - plen;
+    check_frame(plen, hlen)?;
+    // Cannot truncate: hlen <= MAX_HEADER_BYTES < u32::MAX.
+    payload.extend_from_slice(&(hlen as u32).to_be_bytes());
+    Ok(payload)
 }
 
 /// Encoded size of a header alone (used to split gossip batches).
@@ -90,8 +110,8 @@ pub fn header_len(header: &Header) -> usize {
         .unwrap_or(usize::MAX)
 }
 
-/// Decode one binary frame.
-pub fn decode(bytes: &[u8]) -> Result<Frame, CodecError> {
+/// Where the header of a frame of `len` bytes starts and ends, from its trailer.
+fn locate(bytes: &[u8]) -> Result<(usize, usize), CodecError> {
     if bytes.len() > MAX_FRAME_BYTES {
         return Err(CodecError::TooLarge {
             what: "frame",
@@ -99,13 +119,14 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, CodecError> {
             limit: MAX_FRAME_BYTES,
         });
     }
-    let Some(prefix) = bytes.get(..PREFIX_BYTES) else {
+    let Some(at) = bytes.len().checked_sub(TRAILER_BYTES) else {
         return Err(CodecError::Truncated {
-            need: PREFIX_BYTES,
+            need: TRAILER_BYTES,
             have: bytes.len(),
         });
     };
-    let hlen = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    let t = &bytes[at..];
+    let hlen = u32::from_be_bytes([t[0], t[1], t[2], t[3]]) as usize;
     if hlen > MAX_HEADER_BYTES {
         return Err(CodecError::TooLarge {
             what: "header",
@@ -113,16 +134,33 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, CodecError> {
             limit: MAX_HEADER_BYTES,
         });
     }
-    let Some(hbytes) = bytes.get(PREFIX_BYTES..PREFIX_BYTES + hlen) else {
+    let Some(start) = at.checked_sub(hlen) else {
         return Err(CodecError::Truncated {
-            need: PREFIX_BYTES + hlen,
+            need: TRAILER_BYTES + hlen,
             have: bytes.len(),
         });
     };
-    let header = decode_header(hbytes)?;
+    Ok((start, at))
+}
+
+/// Decode one binary frame (copies the payload).
+pub fn decode(bytes: &[u8]) -> Result<Frame, CodecError> {
+    let (start, end) = locate(bytes)?;
+    let header = decode_header(&bytes[start..end])?;
     Ok(Frame {
         header,
-        payload: bytes[PREFIX_BYTES + hlen..].to_vec(),
+        payload: bytes[..start].to_vec(),
+    })
+}
+
+/// Decode one binary frame in its own buffer: the buffer becomes the payload (no copy).
+pub fn decode_owned(mut bytes: Vec<u8>) -> Result<Frame, CodecError> {
+    let (start, end) = locate(&bytes)?;
+    let header = decode_header(&bytes[start..end])?;
+    bytes.truncate(start);
+    Ok(Frame {
+        header,
+        payload: bytes,
     })
 }
 

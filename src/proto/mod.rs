@@ -3,7 +3,7 @@
 //! # Layout
 //! - [`hex`] — fixed-size ids and byte strings carried as lowercase hex (`FrameId`, `CallId`, `Bytes32`).
 //! - [`frame`] — the binary-frame header (envelope) and its tagged [`Body`], plus [`NodeRecord`].
-//! - [`codec`] — `[u32 BE header len][JSON header][payload]` encode/decode with size limits.
+//! - [`codec`] — `[payload][JSON header][u32 BE header len]` encode/decode with size limits.
 //! - [`handshake_frame`] — the TEXT handshake frames ([`HandshakeFrame`]) and rejection codes.
 //! - [`auth`] — HMAC transcript, constant-time verification, the recent-nonce cache.
 //! - [`handshake`] — the [`Dialer`] and [`Acceptor`] state machines.
@@ -18,7 +18,9 @@ pub mod handshake_frame;
 pub mod hex;
 
 pub use auth::NonceCache;
-pub use codec::{decode, encode, CodecError, MAX_FRAME_BYTES, MAX_HEADER_BYTES};
+pub use codec::{
+    decode, decode_owned, encode, encode_owned, CodecError, MAX_FRAME_BYTES, MAX_HEADER_BYTES,
+};
 pub use frame::{AgentInfo, Body, Frame, Header, LinkInfo, ModelInfo, NodeId, NodeRecord};
 pub use handshake::{Acceptor, Dialer, HandshakeConfig, Step};
 pub use handshake_frame::{HandshakeFrame, RejectCode};

@@ -1,0 +1,676 @@
+//! RFC 6455 framing for mesh links, once tungstenite has done the HTTP upgrade.
+//!
+//! Why our own: a link moves one WebSocket message per mesh frame, and tungstenite's buffers
+//! cost what the benchmarks measure. Its reader zero-fills and reads at most `read_buffer_size`
+//! per syscall (8 KiB kept idle links small but meant 128 reads per MiB), its writer copies
+//! every payload into an output buffer that keeps its high-water capacity forever (gossip
+//! bursts left tens of KiB on every idle link), and the stream wrapper copies every message
+//! once more. Here:
+//!
+//! - [`WsReader`] reads up to [`READ_CHUNK`] per syscall into a buffer that is released
+//!   whenever the socket has nothing more to give (an idle link holds no read buffer), copies
+//!   small messages out of it, and reads a large message straight into its own `Vec` (no copy).
+//!   `poll_next` keeps all state in the struct, so it is cancel-safe.
+//! - [`WsWriter`] writes a lone frame with one vectored write (header + payload, no copy),
+//!   coalesces a burst of small frames into one buffer that is released after the burst, and
+//!   masks client frames in place in the payload it owns.
+//!
+//! Limits: a message (after reassembly of fragments) is at most `max_message` bytes, control
+//! frames at most 125 bytes and never fragmented, RSV bits must be 0 (no extension is
+//! negotiated), frames from a client must be masked. Violations are [`WsError`]s, never panics.
+
+use std::future::{poll_fn, Future};
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Bytes asked for per socket read: 64 KiB batches ~60 small frames per syscall.
+pub const READ_CHUNK: usize = 64 * 1024;
+/// Messages larger than this (and not yet buffered) are read straight into their own buffer.
+const DIRECT_READ_MIN: usize = 16 * 1024;
+/// Frames up to this size are coalesced with their neighbours in a burst; larger ones are
+/// written from their own buffer.
+const COALESCE_MAX: usize = 16 * 1024;
+/// A burst's coalescing buffer is written out when it reaches this size.
+const OUT_HIGH: usize = 64 * 1024;
+/// Largest control-frame payload (RFC 6455 §5.5).
+const MAX_CONTROL: usize = 125;
+
+const OP_CONT: u8 = 0x0;
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+/// Which end of the WebSocket we are: clients mask what they send, servers require it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Client,
+    Server,
+}
+
+/// One complete message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsMessage {
+    Binary(Vec<u8>),
+    /// A TEXT message, checked to be UTF-8.
+    Text(String),
+    Ping(Vec<u8>),
+    Pong,
+    /// The peer's close frame: code and reason, if it sent any.
+    Close(Option<(u16, String)>),
+}
+
+/// Why a link's framing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WsError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("WebSocket protocol error: {0}")]
+    Protocol(&'static str),
+    #[error("message too large: {size} bytes, limit {limit}")]
+    TooLarge { size: u64, limit: usize },
+}
+
+/// A frame being read: its header, and its payload so far.
+#[derive(Debug)]
+struct Partial {
+    fin: bool,
+    opcode: u8,
+    mask: Option<[u8; 4]>,
+    len: usize,
+    payload: Vec<u8>,
+}
+
+/// The reading half of a link.
+#[derive(Debug)]
+pub struct WsReader<R> {
+    io: R,
+    /// Bytes read but not yet consumed: `buf[pos..]`. Empty (no allocation) when idle.
+    buf: Vec<u8>,
+    pos: usize,
+    role: Role,
+    max_message: usize,
+    cur: Option<Partial>,
+    /// A fragmented message being reassembled: its opcode and the bytes so far.
+    frag: Option<(u8, Vec<u8>)>,
+    eof: bool,
+}
+
+impl<R: AsyncRead + Unpin> WsReader<R> {
+    pub fn new(io: R, role: Role, max_message: usize) -> Self {
+        WsReader {
+            io,
+            buf: Vec::new(),
+            pos: 0,
+            role,
+            max_message,
+            cur: None,
+            frag: None,
+            eof: false,
+        }
+    }
+
+    /// Change the message size limit (the handshake uses a small one).
+    pub fn set_max_message(&mut self, max: usize) {
+        self.max_message = max;
+    }
+
+    /// Bytes held by the read buffer (for tests of the idle footprint).
+    pub fn buffered_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// The next message; `Ok(None)` at a clean end of stream (between frames).
+    pub async fn next(&mut self) -> Result<Option<WsMessage>, WsError> {
+        poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// Poll for the next message (cancel-safe: all progress is kept in `self`).
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<WsMessage>, WsError>> {
+        loop {
+            if self.cur.is_none() {
+                match self.parse_header()? {
+                    Some(p) => self.cur = Some(p),
+                    None => {
+                        if ready!(self.poll_fill(cx))? == 0 {
+                            return Poll::Ready(self.at_eof());
+                        }
+                        continue;
+                    }
+                }
+            }
+            let Some(cur) = self.cur.as_mut() else {
+                continue;
+            };
+            let want = cur.len - cur.payload.len();
+            let have = self.buf.len() - self.pos;
+            let take = want.min(have);
+            if take > 0 {
+                cur.payload
+                    .extend_from_slice(&self.buf[self.pos..self.pos + take]);
+                self.pos += take;
+            }
+            if cur.payload.len() < cur.len {
+                let n = if cur.len - cur.payload.len() >= DIRECT_READ_MIN {
+                    // Straight into the message's own buffer (its capacity is the frame size).
+                    if self.pos >= self.buf.len() {
+                        self.buf = Vec::new();
+                        self.pos = 0;
+                    }
+                    ready!(poll_read_vec(&mut self.io, &mut cur.payload, cx, cur.len))?
+                } else {
+                    ready!(self.poll_fill(cx))?
+                };
+                if n == 0 {
+                    return Poll::Ready(Err(WsError::Protocol("connection closed mid-frame")));
+                }
+                continue;
+            }
+            let done = self.cur.take();
+            if let Some(msg) = done.map(|p| self.finish(p)).transpose()?.flatten() {
+                return Poll::Ready(Ok(Some(msg)));
+            }
+        }
+    }
+
+    fn at_eof(&mut self) -> Result<Option<WsMessage>, WsError> {
+        if self.pos < self.buf.len() || self.frag.is_some() {
+            Err(WsError::Protocol("connection closed mid-frame"))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Parse a frame header from the buffer; `None` if more bytes are needed.
+    fn parse_header(&mut self) -> Result<Option<Partial>, WsError> {
+        let b = &self.buf[self.pos..];
+        if b.len() < 2 {
+            return Ok(None);
+        }
+        let fin = b[0] & 0x80 != 0;
+        if b[0] & 0x70 != 0 {
+            return Err(WsError::Protocol(
+                "reserved bits set (no extension was negotiated)",
+            ));
+        }
+        let opcode = b[0] & 0x0F;
+        let masked = b[1] & 0x80 != 0;
+        let (len, mut at) = match b[1] & 0x7F {
+            126 => {
+                let Some(l) = b.get(2..4) else {
+                    return Ok(None);
+                };
+                (u64::from(u16::from_be_bytes([l[0], l[1]])), 4)
+            }
+            127 => {
+                let Some(l) = b.get(2..10) else {
+                    return Ok(None);
+                };
+                let mut a = [0u8; 8];
+                a.copy_from_slice(l);
+                (u64::from_be_bytes(a), 10)
+            }
+            n => (u64::from(n), 2),
+        };
+        let mask = if masked {
+            let Some(k) = b.get(at..at + 4) else {
+                return Ok(None);
+            };
+            at += 4;
+            Some([k[0], k[1], k[2], k[3]])
+        } else {
+            None
+        };
+        match (self.role, masked) {
+            (Role::Server, false) => return Err(WsError::Protocol("unmasked frame from a client")),
+            (Role::Client, true) => return Err(WsError::Protocol("masked frame from a server")),
+            _ => {}
+        }
+        match opcode {
+            OP_CLOSE | OP_PING | OP_PONG => {
+                if !fin || len > MAX_CONTROL as u64 {
+                    return Err(WsError::Protocol("fragmented or oversized control frame"));
+                }
+            }
+            OP_CONT | OP_TEXT | OP_BINARY => {
+                let so_far = self.frag.as_ref().map_or(0, |(_, v)| v.len() as u64);
+                if len.saturating_add(so_far) > self.max_message as u64 {
+                    return Err(WsError::TooLarge {
+                        size: len.saturating_add(so_far),
+                        limit: self.max_message,
+                    });
+                }
+            }
+            _ => return Err(WsError::Protocol("unknown opcode")),
+        }
+        // len ≤ max_message (a usize) here, or ≤ 125.
+        let len = len as usize;
+        self.pos += at;
+        Ok(Some(Partial {
+            fin,
+            opcode,
+            mask,
+            len,
+            payload: Vec::with_capacity(len),
+        }))
+    }
+
+    /// A complete frame: unmask, then a message, or `None` for a non-final fragment.
+    fn finish(&mut self, p: Partial) -> Result<Option<WsMessage>, WsError> {
+        let mut payload = p.payload;
+        if let Some(key) = p.mask {
+            apply_mask(&mut payload, key);
+        }
+        let (opcode, data) = match p.opcode {
+            OP_PING => return Ok(Some(WsMessage::Ping(payload))),
+            OP_PONG => return Ok(Some(WsMessage::Pong)),
+            OP_CLOSE => return Ok(Some(WsMessage::Close(parse_close(&payload)?))),
+            OP_CONT => {
+                let Some((op, mut so_far)) = self.frag.take() else {
+                    return Err(WsError::Protocol("continuation without a message"));
+                };
+                so_far.extend_from_slice(&payload);
+                if !p.fin {
+                    self.frag = Some((op, so_far));
+                    return Ok(None);
+                }
+                (op, so_far)
+            }
+            op => {
+                if self.frag.is_some() {
+                    return Err(WsError::Protocol("new message inside a fragmented one"));
+                }
+                if !p.fin {
+                    self.frag = Some((op, payload));
+                    return Ok(None);
+                }
+                (op, payload)
+            }
+        };
+        Ok(Some(if opcode == OP_TEXT {
+            let text =
+                String::from_utf8(data).map_err(|_| WsError::Protocol("TEXT is not UTF-8"))?;
+            WsMessage::Text(text)
+        } else {
+            WsMessage::Binary(data)
+        }))
+    }
+
+    fn release_if_drained(&mut self) {
+        if self.pos >= self.buf.len() {
+            self.buf = Vec::new();
+            self.pos = 0;
+        }
+    }
+
+    /// Read more into the buffer. Returns the bytes read (0 = end of stream). While the socket
+    /// has nothing and the buffer holds nothing, the buffer is released.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.eof {
+            return Poll::Ready(Ok(0));
+        }
+        if self.pos >= self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        } else if self.pos > 0 && self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        let limit = self.buf.capacity();
+        match poll_read_vec(&mut self.io, &mut self.buf, cx, limit) {
+            Poll::Pending => {
+                self.release_if_drained();
+                Poll::Pending
+            }
+            Poll::Ready(Ok(0)) => {
+                self.eof = true;
+                self.release_if_drained();
+                Poll::Ready(Ok(0))
+            }
+            other => other,
+        }
+    }
+}
+
+/// Read into `v`'s spare capacity, never past `limit` bytes of length. No zero-filling.
+fn poll_read_vec<R: AsyncRead + Unpin>(
+    io: &mut R,
+    v: &mut Vec<u8>,
+    cx: &mut Context<'_>,
+    limit: usize,
+) -> Poll<io::Result<usize>> {
+    let want = limit.saturating_sub(v.len());
+    if want == 0 {
+        return Poll::Ready(Ok(0));
+    }
+    v.reserve(want);
+    // `read_buf` reads into the spare capacity (tokio tracks initialisation for us); the future
+    // borrows only `io` and `v` and holds no state of its own, so polling a fresh one each time
+    // is the same as keeping it.
+    let mut limited = (&mut *io).take(want as u64);
+    let fut = limited.read_buf(v);
+    let mut fut = std::pin::pin!(fut);
+    fut.as_mut().poll(cx)
+}
+
+fn parse_close(p: &[u8]) -> Result<Option<(u16, String)>, WsError> {
+    match p.len() {
+        0 => Ok(None),
+        1 => Err(WsError::Protocol("close frame with a 1-byte payload")),
+        _ => {
+            let code = u16::from_be_bytes([p[0], p[1]]);
+            let reason = String::from_utf8_lossy(&p[2..]).into_owned();
+            Ok(Some((code, reason)))
+        }
+    }
+}
+
+/// XOR `buf` with the 4-byte `key` (RFC 6455 §5.3), eight bytes at a time.
+pub fn apply_mask(buf: &mut [u8], key: [u8; 4]) {
+    let k8 = u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ]);
+    let mut chunks = buf.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(c);
+        c.copy_from_slice(&(u64::from_ne_bytes(a) ^ k8).to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= key[i & 3];
+    }
+}
+
+/// The writing half of a link.
+#[derive(Debug)]
+pub struct WsWriter<W> {
+    io: W,
+    role: Role,
+    /// Coalesced small frames of the current burst; empty (no allocation) between bursts.
+    out: Vec<u8>,
+    /// Masking-key generator (client role): xorshift seeded from the OS.
+    rng: u64,
+}
+
+impl<W: AsyncWrite + Unpin> WsWriter<W> {
+    /// `seed` feeds the client's masking keys (any value but 0 works; pass OS randomness).
+    pub fn new(io: W, role: Role, seed: u64) -> Self {
+        WsWriter {
+            io,
+            role,
+            out: Vec::new(),
+            rng: seed | 1,
+        }
+    }
+
+    fn next_key(&mut self) -> Option<[u8; 4]> {
+        if self.role == Role::Server {
+            return None;
+        }
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        Some(((x >> 16) as u32).to_ne_bytes())
+    }
+
+    /// Frame header for `len` payload bytes, masking `payload` in place for clients.
+    fn header(&mut self, opcode: u8, payload: &mut [u8]) -> ([u8; 14], usize) {
+        let mut h = [0u8; 14];
+        h[0] = 0x80 | opcode;
+        let len = payload.len();
+        let mut at = if len < 126 {
+            h[1] = len as u8;
+            2
+        } else if len <= usize::from(u16::MAX) {
+            h[1] = 126;
+            h[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            4
+        } else {
+            h[1] = 127;
+            h[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        };
+        if let Some(key) = self.next_key() {
+            h[1] |= 0x80;
+            h[at..at + 4].copy_from_slice(&key);
+            at += 4;
+            apply_mask(payload, key);
+        }
+        (h, at)
+    }
+
+    /// Write one frame now (after anything coalesced), with no copy of the payload.
+    pub async fn write_frame(&mut self, opcode: u8, mut payload: Vec<u8>) -> io::Result<()> {
+        let (h, hl) = self.header(opcode, &mut payload);
+        if self.out.is_empty() {
+            write_two(&mut self.io, &h[..hl], &payload).await
+        } else {
+            self.out.extend_from_slice(&h[..hl]);
+            let out = std::mem::take(&mut self.out);
+            write_two(&mut self.io, &out, &payload).await
+        }
+    }
+
+    /// Add one frame to the current burst: small frames are coalesced (written once the burst
+    /// buffer reaches [`OUT_HIGH`]), large ones written at once. Call [`WsWriter::flush`] at
+    /// the end of the burst.
+    pub async fn feed(&mut self, opcode: u8, mut payload: Vec<u8>) -> io::Result<()> {
+        if payload.len() > COALESCE_MAX {
+            return self.write_frame(opcode, payload).await;
+        }
+        let (h, hl) = self.header(opcode, &mut payload);
+        if self.out.capacity() == 0 {
+            self.out.reserve(OUT_HIGH + COALESCE_MAX + 14);
+        }
+        self.out.extend_from_slice(&h[..hl]);
+        self.out.extend_from_slice(&payload);
+        if self.out.len() >= OUT_HIGH {
+            self.io.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Write what the burst coalesced, flush the stream, release the burst buffer.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            let r = self.io.write_all(&self.out).await;
+            self.out = Vec::new();
+            r?;
+        } else if self.out.capacity() > 0 {
+            self.out = Vec::new();
+        }
+        self.io.flush().await
+    }
+
+    /// One BINARY message, written and flushed.
+    pub async fn send_binary(&mut self, payload: Vec<u8>) -> io::Result<()> {
+        self.write_frame(OP_BINARY, payload).await?;
+        self.io.flush().await
+    }
+
+    /// One TEXT message, written and flushed.
+    pub async fn send_text(&mut self, text: &str) -> io::Result<()> {
+        self.write_frame(OP_TEXT, text.as_bytes().to_vec()).await?;
+        self.io.flush().await
+    }
+
+    /// A PONG answering a ping's payload (≤ 125 bytes), coalesced with the burst.
+    pub async fn feed_pong(&mut self, payload: Vec<u8>) -> io::Result<()> {
+        self.feed(OP_PONG, payload).await
+    }
+
+    /// A BINARY frame, coalesced with the burst.
+    pub async fn feed_binary(&mut self, payload: Vec<u8>) -> io::Result<()> {
+        self.feed(OP_BINARY, payload).await
+    }
+
+    /// Send a close frame (code, reason cut to fit 125 bytes) and flush.
+    pub async fn close(&mut self, code: u16, reason: &str) -> io::Result<()> {
+        let mut p = code.to_be_bytes().to_vec();
+        let mut r = reason;
+        while r.len() > MAX_CONTROL - 2 {
+            let mut end = MAX_CONTROL - 2;
+            while !r.is_char_boundary(end) {
+                end -= 1;
+            }
+            r = &r[..end];
+        }
+        p.extend_from_slice(r.as_bytes());
+        self.write_frame(OP_CLOSE, p).await?;
+        self.io.flush().await
+    }
+
+    /// Shut down the write side of the stream (TCP FIN / TLS close_notify).
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        self.io.shutdown().await
+    }
+}
+
+/// Write `a` then `b` completely, with vectored writes where the stream supports them.
+async fn write_two<W: AsyncWrite + Unpin>(io: &mut W, a: &[u8], b: &[u8]) -> io::Result<()> {
+    let (mut ai, mut bi) = (0, 0);
+    while ai < a.len() || bi < b.len() {
+        let n = if ai < a.len() && bi < b.len() {
+            let bufs = [IoSlice::new(&a[ai..]), IoSlice::new(&b[bi..])];
+            poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, &bufs)).await?
+        } else if ai < a.len() {
+            io.write(&a[ai..]).await?
+        } else {
+            io.write(&b[bi..]).await?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_a = n.min(a.len() - ai);
+        ai += from_a;
+        bi += n - from_a;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Duplex = tokio::io::DuplexStream;
+
+    /// (client writer, server reader, server writer, client reader) over two pipes.
+    fn pair(
+        max: usize,
+    ) -> (
+        WsWriter<Duplex>,
+        WsReader<Duplex>,
+        WsWriter<Duplex>,
+        WsReader<Duplex>,
+    ) {
+        let (c2s_w, c2s_r) = tokio::io::duplex(256 * 1024);
+        let (s2c_w, s2c_r) = tokio::io::duplex(256 * 1024);
+        (
+            WsWriter::new(c2s_w, Role::Client, 42),
+            WsReader::new(c2s_r, Role::Server, max),
+            WsWriter::new(s2c_w, Role::Server, 0),
+            WsReader::new(s2c_r, Role::Client, max),
+        )
+    }
+
+    #[tokio::test]
+    async fn masked_and_unmasked_messages_of_every_size_round_trip() {
+        let (mut cw, mut sr, mut sw, mut cr) = pair(4 << 20);
+        let sizes = [0usize, 1, 125, 126, 65_535, 65_536, 100_000, 3 << 20];
+        let writer = tokio::spawn(async move {
+            for (i, &n) in sizes.iter().enumerate() {
+                let p: Vec<u8> = (0..n).map(|j| (j * 7 + i) as u8).collect();
+                cw.feed_binary(p.clone()).await.unwrap();
+                sw.feed_binary(p).await.unwrap();
+            }
+            cw.flush().await.unwrap();
+            sw.flush().await.unwrap();
+            cw.send_text("héllo").await.unwrap();
+            cw.close(4003, "bye").await.unwrap();
+            (cw, sw)
+        });
+        for (i, &n) in sizes.iter().enumerate() {
+            let want: Vec<u8> = (0..n).map(|j| (j * 7 + i) as u8).collect();
+            assert_eq!(
+                sr.next().await.unwrap(),
+                Some(WsMessage::Binary(want.clone()))
+            );
+            assert_eq!(cr.next().await.unwrap(), Some(WsMessage::Binary(want)));
+        }
+        assert_eq!(
+            sr.next().await.unwrap(),
+            Some(WsMessage::Text("héllo".into()))
+        );
+        assert_eq!(
+            sr.next().await.unwrap(),
+            Some(WsMessage::Close(Some((4003, "bye".into()))))
+        );
+        let _ = writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn fragments_are_reassembled_and_control_frames_interleave() {
+        let (a, b) = tokio::io::duplex(1024);
+        let mut r = WsReader::new(b, Role::Client, 1024);
+        let mut raw = a;
+        // "ab" + ping("x") + "cd" (final)
+        raw.write_all(&[0x02, 2, b'a', b'b', 0x89, 1, b'x', 0x80, 2, b'c', b'd'])
+            .await
+            .unwrap();
+        assert_eq!(
+            r.next().await.unwrap(),
+            Some(WsMessage::Ping(b"x".to_vec()))
+        );
+        assert_eq!(
+            r.next().await.unwrap(),
+            Some(WsMessage::Binary(b"abcd".to_vec()))
+        );
+        // Nothing more to read: an idle reader holds no buffer.
+        let idle = tokio::time::timeout(std::time::Duration::from_millis(20), r.next()).await;
+        assert!(idle.is_err());
+        assert_eq!(r.buffered_capacity(), 0);
+        drop(raw);
+        assert_eq!(r.next().await.unwrap(), None);
+        assert_eq!(r.buffered_capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn bad_frames_are_errors_not_panics() {
+        for bytes in [
+            vec![0x82u8, 5, 1, 2, 3, 4, 5],           // unmasked from a client
+            vec![0xC2, 0x80, 0, 0, 0, 0],             // RSV1
+            vec![0x83, 0x80, 0, 0, 0, 0],             // unknown opcode
+            vec![0x09, 0x80, 0, 0, 0, 0],             // fragmented ping
+            vec![0x80, 0x80, 0, 0, 0, 0],             // continuation without a message
+            vec![0x82, 0xFF, 0, 0, 0, 0, 0, 1, 0, 0], // 16 MiB > limit
+            vec![0x82, 0x85, 1, 2],                   // truncated
+        ] {
+            let (mut a, b) = tokio::io::duplex(1024);
+            let mut r = WsReader::new(b, Role::Server, 1024);
+            a.write_all(&bytes).await.unwrap();
+            drop(a);
+            assert!(r.next().await.is_err(), "{bytes:?} accepted");
+        }
+    }
+
+    #[test]
+    fn masking_twice_is_the_identity() {
+        let mut v: Vec<u8> = (0..1001).map(|i| i as u8).collect();
+        let orig = v.clone();
+        apply_mask(&mut v, [1, 2, 3, 4]);
+        assert_eq!(v[0], 1);
+        assert_eq!(v[5], 5 ^ 2);
+        apply_mask(&mut v, [1, 2, 3, 4]);
+        assert_eq!(v, orig);
+    }
+}
