@@ -35,3 +35,31 @@ test("meshPing returns the round trip to a linked node and rejects for an unknow
   }
   await assert.rejects(b.meshPing("a", 1_000), /CLAWMATRIX_NOT_RUNNING|not running/i);
 });
+
+test("the host bridge: a started node asks its host for providers, replies are validated", { timeout: 30_000 }, async () => {
+  const node = native.ClawMatrixNode.create({ nodeId: "solo", secret: SECRET, proxyPort: await freePort(), listen: true, listenHost: "127.0.0.1", listenPort: await freePort() });
+  const first = node.nextHostRequest(); // attach before start, as the shim does
+  await node.start({});
+  try {
+    const req = await first;
+    assert.equal(req.kind, "providers.sync");
+    assert.deepEqual(req.params, { providers: {} });
+    assert.throws(() => node.hostReply(req.id, "maybe", null), /kind: expected event, result or error/);
+    assert.equal(node.hostReply(req.id, "result", { changed: false, added: [], updated: [], removed: [], conflicts: [] }), true);
+    assert.equal(node.hostReply(req.id, "result", {}), false, "a second answer is discarded");
+  } finally {
+    await node.stop();
+    node.closeEvents();
+  }
+  assert.equal(await node.nextHostRequest(), null, "the pull ends once the node stopped");
+});
+
+test("planProviders merges the mesh's providers without touching the user's", () => {
+  const ours = (id) => ({ baseUrl: `http://127.0.0.1:19001/node/${id}/v1`, models: [] });
+  const plan = native.planProviders({ openai: { baseUrl: "https://api.openai.com/v1", models: [] }, gone: ours("gone") }, { office: ours("office") });
+  assert.equal(plan.changed, true);
+  assert.deepEqual(plan.added, ["office"]);
+  assert.deepEqual(plan.removed, ["gone"]);
+  assert.deepEqual(Object.keys(plan.providers).sort(), ["office", "openai"]);
+  assert.throws(() => native.planProviders([], {}), /current: expected an object, got array/);
+});
