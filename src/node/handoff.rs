@@ -1129,7 +1129,8 @@ async fn attempt_once(
                     .and_then(Value::as_str)
                     .unwrap_or(agent)
                     .to_string();
-                let matches = final_text == acc;
+                // OpenClaw trims the final reply; compare modulo surrounding whitespace.
+                let matches = final_text.trim() == acc.trim();
                 let text = if final_text.trim().is_empty() {
                     acc.clone()
                 } else {
