@@ -119,6 +119,9 @@ pub struct HandoffRecord {
     /// stopped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub abort_to_stop_ms: Option<u64>,
+    /// Caller: the last characters streamed so far (what the remote agent is writing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tail: Option<String>,
     /// Caller: the accumulated deltas equal the final reply.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream_matches_final: Option<bool>,
@@ -660,6 +663,19 @@ async fn serve_handoff(h: &AgentHost, ctx: CallCtx, req: HandoffRequest) -> Resu
     result
 }
 
+/// Characters of output kept in a caller record's `tail`.
+const TAIL_CHARS: usize = 160;
+
+fn tail_of(s: &str) -> String {
+    let start = s
+        .char_indices()
+        .rev()
+        .nth(TAIL_CHARS - 1)
+        .map(|(i, _)| i)
+        .unwrap_or(0);
+    s[start..].to_string()
+}
+
 fn ev_kind(v: &Value) -> Option<&str> {
     v.get("type").and_then(Value::as_str)
 }
@@ -971,6 +987,7 @@ async fn attempt_once(
     let mut chunks: u64 = 0;
     let mut acc = String::new();
     let mut truncated = false;
+    let mut acc_chars: u64 = 0;
     let mut first_chunk_ms: Option<u64> = None;
     let summary = |chunks: u64, acc: &str| {
         if chunks == 0 {
@@ -1072,6 +1089,7 @@ async fn attempt_once(
                     // Tool activity: keeps the handoff alive, shows nothing.
                     continue;
                 };
+                acc_chars += delta.chars().count() as u64;
                 if !truncated {
                     if acc.len() + delta.len() > MAX_ACCUMULATED_BYTES {
                         truncated = true;
@@ -1081,11 +1099,12 @@ async fn attempt_once(
                     }
                 }
                 let c = chunks;
-                let chars = acc.chars().count() as u64;
+                let chars = acc_chars;
                 log.update("caller", &id, |r| {
                     r.chunks = c;
                     r.chars = chars;
                     r.first_chunk_ms = first_chunk_ms;
+                    r.tail = Some(tail_of(&acc));
                 });
                 let step = ToolEvent::Progress {
                     text: delta.to_string(),
@@ -1138,7 +1157,7 @@ async fn attempt_once(
                 };
                 let duration = t0.elapsed().as_millis() as u64;
                 let c = chunks;
-                let chars = acc.chars().count() as u64;
+                let chars = acc_chars;
                 log.update("caller", &id, |r| {
                     r.state = "ok".into();
                     r.agent = answered_agent.clone();
