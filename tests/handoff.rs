@@ -561,3 +561,48 @@ async fn cluster_send_is_acknowledged_and_reaches_the_agents_main_session() {
     .await
     .expect("bounded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_from_peers_are_refused_naming_the_field() {
+    bounded(async {
+        let m = mesh(
+            &[("office", FakeHostOptions::agents(&["coder"]))],
+            json!({}),
+        )
+        .await;
+        let cases: [(&str, &[u8], &str); 4] = [
+            (
+                "agent.handoff",
+                b"not json",
+                "agent.handoff request: expected",
+            ),
+            (
+                "agent.handoff",
+                br#"{"handoffId":"x","maxMs":5}"#,
+                "missing field `task`",
+            ),
+            (
+                "agent.handoff",
+                br#"{"task":"  ","handoffId":"x","maxMs":5}"#,
+                "agent.handoff request.task: must not be empty",
+            ),
+            (
+                "agent.send",
+                br#"{"message":7}"#,
+                "agent.send request: invalid type",
+            ),
+        ];
+        for (method, payload, want) in cases {
+            let e = m
+                .home
+                .request("office", method, payload.to_vec(), Duration::from_secs(5))
+                .await
+                .expect_err("refused");
+            assert_eq!(e.code, ErrorCode::Remote, "{e:?}");
+            assert!(e.message.contains(want), "{method}: {}", e.message);
+        }
+        assert!(m.offices[0].host.seen_kind(HOST_AGENT_RUN).is_empty());
+    })
+    .await
+    .expect("bounded");
+}

@@ -1304,3 +1304,44 @@ async fn run_send(
         ),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_keys_are_per_handoff_and_never_subagent_keys() {
+        let k = handoff_session_key("coder", "abc");
+        assert_eq!(k, "agent:coder:clawmatrix:handoff:abc");
+        assert!(!k.contains(":subagent:"));
+        assert_eq!(send_session_key("coder"), "agent:coder:main");
+    }
+
+    #[test]
+    fn the_tail_keeps_the_last_characters_on_char_boundaries() {
+        assert_eq!(tail_of("short"), "short");
+        let long: String = "é".repeat(TAIL_CHARS + 10);
+        let t = tail_of(&long);
+        assert_eq!(t.chars().count(), TAIL_CHARS);
+    }
+
+    #[test]
+    fn the_log_keeps_a_bounded_recent_list_and_counts_running() {
+        let log = HandoffLog::default();
+        for i in 0..(RECENT_HANDOFFS + 5) {
+            log.begin(HandoffRecord {
+                role: "caller",
+                id: format!("h{i}"),
+                ..HandoffRecord::default()
+            });
+        }
+        log.update("caller", &format!("h{}", RECENT_HANDOFFS + 4), |r| {
+            r.state = "ok".into()
+        });
+        let v = log.to_json();
+        assert_eq!(v["recent"].as_array().map(Vec::len), Some(RECENT_HANDOFFS));
+        assert_eq!(v["called"], RECENT_HANDOFFS as u64 + 5);
+        assert_eq!(v["running"], RECENT_HANDOFFS as u64 + 4);
+        assert!(v["recent"][RECENT_HANDOFFS - 1]["durationMs"].is_u64());
+    }
+}
