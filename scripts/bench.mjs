@@ -2,8 +2,9 @@
 //
 // Builds the addon (release) and the Rust bench, runs `cargo bench --bench mesh` (clawmatrix
 // nodes in-process on loopback), `bench/ws-baseline.mjs` (the original plugin's Node `ws`
-// stack) and `bench/tool-read.mjs` (1 MiB `cluster_read` through the release addon, and a
-// control frame's wait meanwhile) in the same run, then prints one markdown table comparing
+// stack), `bench/tool-read.mjs` (1 MiB `cluster_read` through the release addon, and a
+// control frame's wait meanwhile) and `cargo bench --bench handoff` (1000 concurrent handoff
+// streams through one relay) in the same run, then prints one markdown table comparing
 // them with the targets.
 // The table and the raw JSON lines go to bench/results/ (gitignored). What each number means:
 // bench/README.md.
@@ -38,6 +39,8 @@ const TARGET = {
   toolReadP50: 8, // ms, 1 MiB cluster_read office → home's JS
   toolReadP99: 15, // ms
   controlDuringReadP99: 2, // ms, a control frame on the same link meanwhile
+  handoffP99: 10, // ms, chunk latency of 1000 concurrent handoff streams × 50 chunks/s via 1 relay
+  handoffCores: 0.6, // CPU cores for that load
 };
 
 function machine() {
@@ -97,6 +100,9 @@ function metrics(rows) {
     controlDuringP50: find(rows, "control_during_read")?.p50_ms,
     controlDuringP99: find(rows, "control_during_read")?.p99_ms,
     controlIdleP50: find(rows, "control_idle")?.p50_ms, controlIdleP99: find(rows, "control_idle")?.p99_ms,
+    handoffP50: find(rows, "handoff_streams")?.p50_ms, handoffP99: find(rows, "handoff_streams")?.p99_ms,
+    handoffLost: find(rows, "handoff_streams")?.lost, handoffReordered: find(rows, "handoff_streams")?.reordered,
+    handoffCores: find(rows, "handoff_streams")?.cpu_cores, handoffStreams: find(rows, "handoff_streams")?.streams,
   };
 }
 
@@ -152,6 +158,10 @@ function table(cm, nw) {
   add("control frame wait during 1 MiB reads p99 (ms)", "controlDuringP99",
     { target: `≤ ${TARGET.controlDuringReadP99}`, check: (a) => a <= TARGET.controlDuringReadP99, digits: 2 });
   addPair("control frame RTT, idle link p50/p99 (ms)", "controlIdleP50", "controlIdleP99");
+  addPair(`handoff chunk latency p50/p99, ${cm.handoffStreams ?? "n/a"} streams × 50/s via 1 relay (ms)`, "handoffP50", "handoffP99",
+    { target: `p99 ≤ ${TARGET.handoffP99}`, check: (_p50, p99) => p99 <= TARGET.handoffP99 });
+  addPair("handoff chunks lost / reordered", "handoffLost", "handoffReordered", { target: "0 / 0", check: (l, r) => l === 0 && r === 0 });
+  add("handoff streams CPU (cores, whole process)", "handoffCores", { target: `≤ ${TARGET.handoffCores}`, check: (a) => a <= TARGET.handoffCores, digits: 2 });
   return [
     "| metric | clawmatrix | Node ws | ratio | target | met? |",
     "|---|---:|---:|---:|---|---|",
@@ -165,8 +175,8 @@ async function main() {
   console.log(`[bench] machine: ${m.nproc} CPUs (${m.cpu}), ${m.memGiB} GiB, Linux ${m.kernel}, node ${m.node}`);
   if (!skipBuild) {
     await run(process.execPath, [join(ROOT, "scripts", "build.mjs"), "--release"], { timeoutMs: 30 * 60_000 });
-    console.log("[bench] cargo bench --bench mesh --no-run");
-    await run("cargo", ["bench", "--bench", "mesh", "--no-run"], { timeoutMs: 30 * 60_000 });
+    console.log("[bench] cargo bench --bench mesh --bench handoff --no-run");
+    await run("cargo", ["bench", "--bench", "mesh", "--bench", "handoff", "--no-run"], { timeoutMs: 30 * 60_000 });
   }
   const rust = await runBench("clawmatrix", "cargo",
     ["bench", "--bench", "mesh", "--", ...passThrough, "--idle-links", String(idleLinks)], 5 * 60_000);
@@ -175,7 +185,9 @@ async function main() {
   const toolRead = await runBench("tool-read", process.execPath,
     [join(ROOT, "bench", "tool-read.mjs"), ...passThrough], 3 * 60_000);
 
-  const cm = metrics([...rust.rows, ...toolRead.rows]), nw = metrics(base.rows);
+  const handoff = await runBench("handoff", "cargo", ["bench", "--bench", "handoff", "--", ...passThrough], 4 * 60_000);
+
+  const cm = metrics([...rust.rows, ...toolRead.rows, ...handoff.rows]), nw = metrics(base.rows);
   const when = new Date().toISOString();
   const header = [
     `## clawmatrix mesh benchmark (${when})`,
@@ -194,8 +206,8 @@ async function main() {
   mkdirSync(dir, { recursive: true });
   const stamp = when.replace(/[:.]/g, "-");
   const raw = {
-    when, machine: m, quick, clawmatrix: rust.rows, nodeWs: base.rows, toolRead: toolRead.rows,
-    errors: [rust.error, base.error, toolRead.error].filter(Boolean),
+    when, machine: m, quick, clawmatrix: rust.rows, nodeWs: base.rows, toolRead: toolRead.rows, handoff: handoff.rows,
+    errors: [rust.error, base.error, toolRead.error, handoff.error].filter(Boolean),
   };
   for (const name of [`bench-${stamp}`, "latest"]) {
     writeFileSync(join(dir, `${name}.md`), md);
