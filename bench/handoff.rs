@@ -13,8 +13,9 @@
 //! - latency = consumer receive time − the host's emit time, per delta (same clock);
 //! - loss = deltas emitted but never received; reordering = a seq not greater than the last
 //!   one of its stream (both must be 0);
-//! - CPU = this process's user + system time over the steady window (all nodes, the fake hosts
-//!   and the consumers) divided by wall time, in cores.
+//! - CPU = this process's user + system time over the steady window divided by wall time, in
+//!   cores: `cpu_cores` for everything (nodes, fake hosts, consumers), `node_cpu_cores` for the
+//!   nodes' runtime threads only (named `clawmatrix`: relay, home, offices).
 //!
 //! Output: JSON lines on stdout (`{"bench":"handoff_streams",…}`), a summary on stderr.
 
@@ -59,12 +60,28 @@ fn config(id: &str, listen: Option<u16>, peer: Option<u16>, agents: bool) -> Con
     Config::from_json(&v).expect("bench config").config
 }
 
-fn cpu_us() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+/// utime + stime in µs from a `/proc/.../stat` line (USER_HZ = 100).
+fn stat_cpu_us(stat: &str) -> f64 {
     let rest = stat.rfind(')').map(|i| &stat[i + 2..]).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
     let t = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
     (t(11) + t(12)) / 100.0 * 1e6
+}
+
+/// CPU µs of the whole process and of the threads whose name starts with `clawmatrix` (the
+/// nodes' runtimes: relay, home, offices), leaving out the fake hosts and the consumers.
+fn cpu_us() -> (f64, f64) {
+    let total = stat_cpu_us(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default());
+    let mut nodes = 0.0;
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for t in dir.flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if comm.starts_with("clawmatrix") {
+                nodes += stat_cpu_us(&std::fs::read_to_string(t.path().join("stat")).unwrap_or_default());
+            }
+        }
+    }
+    (total, nodes)
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -106,6 +123,7 @@ fn main() {
     relay.start(&StartOptions::default()).expect("relay");
     let hosts_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .thread_name("fake-host")
         .enable_all()
         .build()
         .expect("host runtime");
@@ -141,6 +159,7 @@ fn main() {
 
     let consumers = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .thread_name("consumer")
         .enable_all()
         .build()
         .expect("consumer runtime");
@@ -220,7 +239,9 @@ fn main() {
         }
     });
     let total = t0.elapsed();
-    let cores = (cpu1 - cpu0) / 1e6 / (w1 - w0).as_secs_f64();
+    let secs = (w1 - w0).as_secs_f64();
+    let cores = (cpu1.0 - cpu0.0) / 1e6 / secs;
+    let node_cores = (cpu1.1 - cpu0.1) / 1e6 / secs;
     let mut l = std::mem::take(&mut *lats.lock().unwrap_or_else(|p| p.into_inner()));
     l.sort_by(|a, b| a.total_cmp(b));
     let expected = o.streams as u64 * chunks;
@@ -235,12 +256,13 @@ fn main() {
         "p99_ms": (pct(&l, 99.0) * 100.0).round() / 100.0,
         "max_ms": (l.last().copied().unwrap_or(0.0) * 100.0).round() / 100.0,
         "cpu_cores": (cores * 1000.0).round() / 1000.0,
+        "node_cpu_cores": (node_cores * 1000.0).round() / 1000.0,
         "wall_s": (total.as_secs_f64() * 100.0).round() / 100.0,
     });
     println!("{row}");
     eprintln!(
         "handoff: {} streams × {}/s × {} s through 1 relay: p50 {:.2} ms, p99 {:.2} ms, lost {}, \
-         reordered {}, failed {}, CPU {:.3} cores",
+         reordered {}, failed {}, CPU {:.3} cores (nodes {:.3}, the rest is fake hosts + consumers)",
         o.streams,
         o.rate,
         o.secs,
@@ -249,7 +271,8 @@ fn main() {
         expected.saturating_sub(got),
         reordered.load(Ordering::Relaxed),
         failed.load(Ordering::Relaxed),
-        cores
+        cores,
+        node_cores
     );
     home.stop();
     for n in offices {

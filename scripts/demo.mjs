@@ -87,7 +87,7 @@ try {
   console.log(`\n$ openclaw agent --agent main --message 'call tool cluster_exec with {"node":"office-01",...}'   # on home\n${reply}\n`);
 
   step("home's agent hands a task to office's coder through cloud (cluster_handoff); output as it streams in:");
-  const task = "stream 16 chunks every 500 ms";
+  const task = "stream 30 chunks every 500 ms";
   const handoff = home.agentTurn(`call tool cluster_handoff with ${JSON.stringify({ target: "coder", task })}`, { timeoutMs: 180_000 });
   let done = false;
   let shown = "";
