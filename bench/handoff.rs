@@ -259,6 +259,14 @@ fn main() {
         "node_cpu_cores": (node_cores * 1000.0).round() / 1000.0,
         "wall_s": (total.as_secs_f64() * 100.0).round() / 100.0,
     });
+    let mut row = row;
+    // Why streams failed under overload: links closed as slow peers, frames dropped.
+    let counters = |n: &Node| {
+        let m = n.status().mesh;
+        json!({"slowPeerCloses": m.slow_peer_closes, "dropped": m.dropped, "heartbeatTimeouts": m.heartbeat_timeouts})
+    };
+    row["relay_counters"] = counters(&relay);
+    row["home_counters"] = counters(&home);
     println!("{row}");
     eprintln!(
         "handoff: {} streams × {}/s × {} s through 1 relay: p50 {:.2} ms, p99 {:.2} ms, lost {}, \
