@@ -77,7 +77,9 @@ fn cpu_us() -> (f64, f64) {
         for t in dir.flatten() {
             let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
             if comm.starts_with("clawmatrix") {
-                nodes += stat_cpu_us(&std::fs::read_to_string(t.path().join("stat")).unwrap_or_default());
+                nodes += stat_cpu_us(
+                    &std::fs::read_to_string(t.path().join("stat")).unwrap_or_default(),
+                );
             }
         }
     }

@@ -151,7 +151,11 @@ fn tools_validate_arguments_before_anything_else_and_name_missing_capabilities()
         .expect_err("streams");
     // Handoff streams: the synchronous entry point points at the streaming one.
     assert_eq!(err.code, ErrorCode::InvalidArgument);
-    assert!(err.message.contains("use Node::start_tool"), "{}", err.message);
+    assert!(
+        err.message.contains("use Node::start_tool"),
+        "{}",
+        err.message
+    );
     let err = node
         .invoke_tool("cluster_nope", &serde_json::json!({}))
         .expect_err("unknown tool");

@@ -1111,11 +1111,18 @@ async fn attempt_once(
                     details: json!({"node": node, "agent": agent, "seq": seq, "handoffId": id}),
                 };
                 // Waiting here stops reading the stream, which stops the credit: backpressure.
-                if tx.send(Ok(step)).await.is_err() {
+                // The cancel signal and the hard cap still apply while we wait.
+                let sent = tokio::select! {
+                    biased;
+                    _ = cancel.wait_for(|c| *c) => false,
+                    _ = tokio::time::sleep_until(hard) => false,
+                    r = tx.send(Ok(step)) => r.is_ok(),
+                };
+                if !sent {
                     stream.cancel();
                     let e = Error::new(
                         ErrorCode::Cancelled,
-                        format!("{who}: the tool call was dropped"),
+                        format!("{who}: the tool call was cancelled or dropped while output was pending"),
                     );
                     return Err(fail("cancelled", e, true, false));
                 }
