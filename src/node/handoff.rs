@@ -82,6 +82,8 @@ pub const MAX_ACCUMULATED_BYTES: usize = 16 * 1024 * 1024;
 const MESH_DEADLINE_SLACK: Duration = Duration::from_secs(5);
 /// How long the serving node waits for the host to confirm an abort.
 pub const ABORT_WAIT: Duration = Duration::from_secs(15);
+/// How long past the run's own bound the serving node waits for the host to end it.
+const HOST_SLACK: Duration = Duration::from_secs(30);
 /// How long a `cluster_send` may take end to end (delivery only, not the turn).
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Steps buffered between the caller task and the tool's consumer.
@@ -462,10 +464,16 @@ async fn serve_handoff(h: &AgentHost, ctx: CallCtx, req: HandoffRequest) -> Resu
         let (lock, notify) = &*reader_pending;
         let mut run_id: Option<String> = None;
         let mut chars: u64 = 0;
+        // The host bounds the run by `timeoutMs`; this bounds our wait even if the host does not.
+        let give_up = tokio::time::Instant::now() + Duration::from_millis(max_ms) + HOST_SLACK;
         let outcome: Result<Value> = loop {
             let item = tokio::select! {
                 biased;
                 _ = cancel.wait_for(|c| *c) => break Err(Error::new(ErrorCode::Cancelled, "cancelled by the caller")),
+                _ = tokio::time::sleep_until(give_up) => break Err(Error::new(
+                    ErrorCode::Timeout,
+                    format!("the host did not end the run within {max_ms} ms (handoffMaxMs) + {} s; the run was stopped", HOST_SLACK.as_secs()),
+                )),
                 item = run.next() => item,
             };
             let item = match item {
@@ -543,7 +551,13 @@ async fn serve_handoff(h: &AgentHost, ctx: CallCtx, req: HandoffRequest) -> Resu
     let ((outcome, run_id, chars, run), chunks) = tokio::join!(reader, sender);
     let cancelled = *ctx.cancel.borrow();
     let outcome = match outcome {
-        Err(e) if cancelled || matches!(e.code, ErrorCode::Cancelled | ErrorCode::TooLarge) => {
+        Err(e)
+            if cancelled
+                || matches!(
+                    e.code,
+                    ErrorCode::Cancelled | ErrorCode::TooLarge | ErrorCode::Timeout
+                ) =>
+        {
             // Abort the run on the host and wait until it stopped, so the session is settled
             // before anything else touches it; the time is recorded for status.
             let t0 = Instant::now();
