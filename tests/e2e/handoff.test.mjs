@@ -79,7 +79,8 @@ before(async () => {
         },
       },
     ],
-    { provisioned, mockUrl: mock.url, pluginDir: pkg.dir },
+    // A shared 2-core box under load has taken 100-120 s per start; allow twice the default.
+    { provisioned, mockUrl: mock.url, pluginDir: pkg.dir, readyTimeoutMs: 240_000 },
   );
   metrics.readyMs = [cloud, office, home].map((g) => g.timings.readyMs);
   const { ms } = await waitStatus(home, (s) => peer(s, "office-01")?.state === "relayed", 120_000, "office relayed via cloud");
