@@ -173,12 +173,16 @@ test("aborting home's turn stops office's run", { timeout: 240_000 }, async () =
 });
 
 test("an unknown agent and an unreachable node give clear tool errors", { timeout: 240_000 }, async () => {
-  const unknown = await turn(home, call("cluster_handoff", { target: "ghost-agent", task: "x" }));
-  assert.match(unknown.text, /TOOL_RESULT\[cluster_handoff\]:[\s\S]*no reachable node offers agent \\?"ghost-agent\\?"/, unknown.text);
+  // The unknown-agent turn runs while office is being stopped (it does not involve office).
+  const unknownTurn = turn(home, call("cluster_handoff", { target: "ghost-agent", task: "x" }));
   await office.stop();
   await waitStatus(home, (s) => !peer(s, "office-01") || peer(s, "office-01").state === "unreachable", 60_000, "office gone");
-  const gone = await turn(home, call("cluster_handoff", { target: "office-01", task: "x" }));
+  const [gone, send] = await Promise.all([
+    turn(home, call("cluster_handoff", { target: "office-01", task: "x" })),
+    turn(home, call("cluster_send", { target: "coder", message: "anyone?" })),
+  ]);
   assert.match(gone.text, /TOOL_RESULT\[cluster_handoff\]:[\s\S]*(no reachable node|unreachable)[\s\S]*office-01/, gone.text);
-  const send = await turn(home, call("cluster_send", { target: "coder", message: "anyone?" }));
   assert.match(send.text, /TOOL_RESULT\[cluster_send\]:[\s\S]*no reachable node offers agent \\?"coder\\?"/, send.text);
+  const unknown = await unknownTurn;
+  assert.match(unknown.text, /TOOL_RESULT\[cluster_handoff\]:[\s\S]*no reachable node offers agent \\?"ghost-agent\\?"/, unknown.text);
 });
