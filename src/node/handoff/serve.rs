@@ -3,6 +3,29 @@
 
 use super::*;
 
+/// How long the host may take for the quick requests (`agents.list`, `agent.send`): they only
+/// read config or queue a run. Both together stay under the caller's `SEND_TIMEOUT` (30 s).
+const HOST_QUICK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One host request's final value, bounded in time.
+async fn host_result(
+    host: &Arc<HostBridge>,
+    kind: &str,
+    params: Value,
+    within: Duration,
+) -> Result<Value> {
+    match tokio::time::timeout(within, host.call(kind, params)?.result()).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::new(
+            ErrorCode::Timeout,
+            format!(
+                "host {kind}: no answer from OpenClaw within {} s",
+                within.as_secs()
+            ),
+        )),
+    }
+}
+
 /// What both serving methods need.
 #[derive(Clone)]
 pub struct AgentHost {
@@ -37,11 +60,8 @@ impl AgentHost {
                 ),
             ));
         }
-        let listed = self
-            .host
-            .call(HOST_AGENTS_LIST, json!({}))?
-            .result()
-            .await?;
+        let listed =
+            host_result(&self.host, HOST_AGENTS_LIST, json!({}), HOST_QUICK_TIMEOUT).await?;
         let known: Vec<String> = match listed.get("agents").and_then(Value::as_array) {
             Some(a) => a
                 .iter()
@@ -445,14 +465,13 @@ async fn serve_send(h: &AgentHost, from: &str, req: SendRequest) -> Result<Value
         "[ClawMatrix message from {who}; one-way, no reply is expected by the sender]\n{}",
         req.message
     );
-    let v = h
-        .host
-        .call(
-            HOST_AGENT_SEND,
-            json!({"agentId": agent, "sessionKey": session_key, "message": text}),
-        )?
-        .result()
-        .await?;
+    let v = host_result(
+        &h.host,
+        HOST_AGENT_SEND,
+        json!({"agentId": agent, "sessionKey": session_key, "message": text}),
+        HOST_QUICK_TIMEOUT,
+    )
+    .await?;
     h.log.count_send(true);
     Ok(json!({
         "ok": true,
