@@ -2,8 +2,9 @@
 // by the request kind the core sends (see src/node/host.rs and the feature's Rust module).
 import type { PluginApi } from "./host.js";
 import type { HostHandler } from "./host-bridge.js";
+import { agentHandlers } from "./agents.js";
 import { modelHandlers } from "./models.js";
 
 export function hostHandlers(api: PluginApi): Record<string, HostHandler> {
-  return { ...modelHandlers(api) };
+  return { ...modelHandlers(api), ...agentHandlers(api) };
 }

@@ -2,8 +2,9 @@
 //
 // Builds the addon (release) and the Rust bench, runs `cargo bench --bench mesh` (clawmatrix
 // nodes in-process on loopback), `bench/ws-baseline.mjs` (the original plugin's Node `ws`
-// stack) and `bench/tool-read.mjs` (1 MiB `cluster_read` through the release addon, and a
-// control frame's wait meanwhile) in the same run, then prints one markdown table comparing
+// stack), `bench/tool-read.mjs` (1 MiB `cluster_read` through the release addon, and a
+// control frame's wait meanwhile) and `cargo bench --bench handoff` (1000 concurrent handoff
+// streams through one relay) in the same run, then prints one markdown table comparing
 // them with the targets.
 // The table and the raw JSON lines go to bench/results/ (gitignored). What each number means:
 // bench/README.md.
@@ -41,6 +42,8 @@ const TARGET = {
   proxyAddedP50: 250, // µs added to time-to-first-byte per request, one hop (bench/models.rs)
   proxyAddedP99: 1000, // µs
   proxyCpuPerChunk: 8, // µs CPU added per SSE chunk
+  handoffP99: 10, // ms, chunk latency of 1000 concurrent handoff streams × 50 chunks/s via 1 relay
+  handoffCores: 0.6, // CPU cores for that load
 };
 
 /** The shared-models table (bench/models.rs): proxied vs the upstream called directly. */
@@ -128,6 +131,9 @@ function metrics(rows) {
     controlDuringP50: find(rows, "control_during_read")?.p50_ms,
     controlDuringP99: find(rows, "control_during_read")?.p99_ms,
     controlIdleP50: find(rows, "control_idle")?.p50_ms, controlIdleP99: find(rows, "control_idle")?.p99_ms,
+    handoffP50: find(rows, "handoff_streams")?.p50_ms, handoffP99: find(rows, "handoff_streams")?.p99_ms,
+    handoffLost: find(rows, "handoff_streams")?.lost, handoffReordered: find(rows, "handoff_streams")?.reordered,
+    handoffCores: find(rows, "handoff_streams")?.cpu_cores, handoffStreams: find(rows, "handoff_streams")?.streams,
   };
 }
 
@@ -183,6 +189,10 @@ function table(cm, nw) {
   add("control frame wait during 1 MiB reads p99 (ms)", "controlDuringP99",
     { target: `≤ ${TARGET.controlDuringReadP99}`, check: (a) => a <= TARGET.controlDuringReadP99, digits: 2 });
   addPair("control frame RTT, idle link p50/p99 (ms)", "controlIdleP50", "controlIdleP99");
+  addPair(`handoff chunk latency p50/p99, ${cm.handoffStreams ?? "n/a"} streams × 50/s via 1 relay (ms)`, "handoffP50", "handoffP99",
+    { target: `p99 ≤ ${TARGET.handoffP99}`, check: (_p50, p99) => p99 <= TARGET.handoffP99 });
+  addPair("handoff chunks lost / reordered", "handoffLost", "handoffReordered", { target: "0 / 0", check: (l, r) => l === 0 && r === 0 });
+  add("handoff streams CPU (cores, whole process)", "handoffCores", { target: `≤ ${TARGET.handoffCores}`, check: (a) => a <= TARGET.handoffCores, digits: 2 });
   return [
     "| metric | clawmatrix | Node ws | ratio | target | met? |",
     "|---|---:|---:|---:|---|---|",
@@ -196,9 +206,8 @@ async function main() {
   console.log(`[bench] machine: ${m.nproc} CPUs (${m.cpu}), ${m.memGiB} GiB, Linux ${m.kernel}, node ${m.node}`);
   if (!skipBuild) {
     await run(process.execPath, [join(ROOT, "scripts", "build.mjs"), "--release"], { timeoutMs: 30 * 60_000 });
-    console.log("[bench] cargo bench --bench mesh --no-run");
-    await run("cargo", ["bench", "--bench", "mesh", "--no-run"], { timeoutMs: 30 * 60_000 });
-    await run("cargo", ["bench", "--bench", "models", "--no-run"], { timeoutMs: 30 * 60_000 });
+    console.log("[bench] cargo bench --bench mesh --bench handoff --bench models --no-run");
+    await run("cargo", ["bench", "--bench", "mesh", "--bench", "handoff", "--bench", "models", "--no-run"], { timeoutMs: 30 * 60_000 });
   }
   const rust = await runBench("clawmatrix", "cargo",
     ["bench", "--bench", "mesh", "--", ...passThrough, "--idle-links", String(idleLinks)], 5 * 60_000);
@@ -207,8 +216,9 @@ async function main() {
   const toolRead = await runBench("tool-read", process.execPath,
     [join(ROOT, "bench", "tool-read.mjs"), ...passThrough], 3 * 60_000);
   const models = await runBench("models", "cargo", ["bench", "--bench", "models", "--", ...passThrough], 5 * 60_000);
+  const handoff = await runBench("handoff", "cargo", ["bench", "--bench", "handoff", "--", ...passThrough], 4 * 60_000);
 
-  const cm = metrics([...rust.rows, ...toolRead.rows]), nw = metrics(base.rows);
+  const cm = metrics([...rust.rows, ...toolRead.rows, ...handoff.rows]), nw = metrics(base.rows);
   const when = new Date().toISOString();
   const header = [
     `## clawmatrix mesh benchmark (${when})`,
@@ -229,8 +239,8 @@ async function main() {
   mkdirSync(dir, { recursive: true });
   const stamp = when.replace(/[:.]/g, "-");
   const raw = {
-    when, machine: m, quick, clawmatrix: rust.rows, nodeWs: base.rows, toolRead: toolRead.rows, models: models.rows,
-    errors: [rust.error, base.error, toolRead.error, models.error].filter(Boolean),
+    when, machine: m, quick, clawmatrix: rust.rows, nodeWs: base.rows, toolRead: toolRead.rows, handoff: handoff.rows, models: models.rows,
+    errors: [rust.error, base.error, toolRead.error, handoff.error, models.error].filter(Boolean),
   };
   for (const name of [`bench-${stamp}`, "latest"]) {
     writeFileSync(join(dir, `${name}.md`), md);

@@ -5,7 +5,8 @@
 // prints what an operator sees on home: office reachable via cloud; home has no LLM of its own and
 // answers with office's model through the mesh; a model call from home's local OpenAI-compatible
 // proxy streams office's model through cloud; home's agent runs a command on office through cloud
-// (cluster_exec). Everything is stopped at the end unless --keep is given (then Ctrl-C stops it).
+// (cluster_exec) and hands a task to office's `coder`, printing its output as it streams in
+// (cluster_handoff). Everything is stopped at the end unless --keep is given (then Ctrl-C stops it).
 import { rmSync } from "node:fs";
 import { dirname } from "node:path";
 import { build } from "./lib.mjs";
@@ -49,7 +50,8 @@ try {
         tags: ["office", "gpu"], proxyPort: await freePort(),
         toolProxy: { enabled: true, allow: ["exec", "read", "write", "edit"], deny: [] },
       },
-      extraConfig: { models: { providers: { mock: { apiKey: "sk-demo-office-only" } } } },
+      // Office alone has the model's key; `coder` is the OpenClaw agent behind the offered one.
+      extraConfig: { models: { providers: { mock: { apiKey: "sk-demo-office-only" } } }, agents: { entries: { main: {}, coder: {} } } },
     },
     {
       name: "home",
@@ -120,6 +122,28 @@ try {
   const reply = (turn?.result?.payloads ?? []).map((p) => p.text ?? "").join("\n");
   if (!/TOOL_RESULT\[cluster_exec\]/.test(reply)) throw new Error(`cluster_exec did not run: ${JSON.stringify(turn).slice(0, 1000)}`);
   console.log(`\n$ openclaw agent --agent main --message 'call tool cluster_exec with {"node":"office-01",...}'   # on home\n${reply}\n`);
+
+  step("home's agent hands a task to office's coder through cloud (cluster_handoff); output as it streams in:");
+  const task = "stream 30 chunks every 500 ms";
+  const handoff = home.agentTurn(`call tool cluster_handoff with ${JSON.stringify({ target: "coder", task })}`, { timeoutMs: 180_000 });
+  let done = false;
+  let shown = "";
+  handoff.finally(() => { done = true; }).catch(() => {});
+  while (!done) {
+    const s = await home.call("clawmatrix.status").catch(() => undefined);
+    const rec = [...(s?.handoffs?.recent ?? [])].reverse().find((r) => r.role === "caller");
+    if (rec?.tail && rec.tail !== shown) {
+      shown = rec.tail;
+      console.log(`  [home +${((Date.now() - t0) / 1000).toFixed(1)}s] ${rec.chunks} chunk(s) from ${rec.agent} on ${rec.peer} so far: …${rec.tail.slice(-60)}`);
+    }
+    if (!done) await new Promise((r) => setTimeout(r, 250));
+  }
+  const hturn = await handoff;
+  const hreply = (hturn?.result?.payloads ?? []).map((p) => p.text ?? "").join("\n");
+  if (!/TOOL_RESULT\[cluster_handoff\]: \[handoff: coder on office-01 answered\]/.test(hreply)) {
+    throw new Error(`cluster_handoff did not complete: ${JSON.stringify(hturn).slice(0, 1000)}`);
+  }
+  console.log(`\n$ openclaw agent --agent main --message 'call tool cluster_handoff with {"target":"coder","task":"${task}"}'   # on home\n${hreply}\n`);
 
   if (keep) {
     step("running; press Ctrl-C to stop");

@@ -112,6 +112,10 @@ pub struct StatusReport {
     /// (`audit`: calls, ok, denied, errors, byTool, last, ...); absent while stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<serde_json::Value>,
+    /// Handoffs and messages (`served`, `called`, `running`, `messagesSent`,
+    /// `messagesReceived`, `recent[]`); absent while stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoffs: Option<serde_json::Value>,
 }
 
 /// Render the readable summary printed by `openclaw clawmatrix status`.
@@ -134,6 +138,18 @@ pub fn render_text(s: &StatusReport) -> String {
     let _ = writeln!(out, "  Model proxy: http://127.0.0.1:{}/v1", s.proxy_port);
     if let Some(t) = &s.tools {
         let _ = writeln!(out, "  Tools: {}", render_tools(t));
+    }
+    if let Some(h) = &s.handoffs {
+        let n = |k: &str| h.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "  Handoffs: {} served, {} called, {} running; messages {} sent, {} received",
+            n("served"),
+            n("called"),
+            n("running"),
+            n("messagesSent"),
+            n("messagesReceived")
+        );
     }
     let _ = writeln!(out, "  Agents: {}", join_agents(&s.agents));
     let _ = writeln!(out, "  Models: {}", join_models(&s.models));
@@ -313,6 +329,7 @@ mod tests {
                 },
             ],
             tools: None,
+            handoffs: None,
             mesh: MeshCounters {
                 links_up: 1,
                 handshake_rejects: [("bad_mac".to_string(), 2)].into_iter().collect(),

@@ -148,9 +148,14 @@ fn tools_validate_arguments_before_anything_else_and_name_missing_capabilities()
             "cluster_handoff",
             &serde_json::json!({"target": "coder", "task": "t"}),
         )
-        .expect_err("not built");
-    assert_eq!(err.code, ErrorCode::NotImplemented);
-    assert!(err.message.contains("handoff"), "{}", err.message);
+        .expect_err("streams");
+    // Handoff streams: the synchronous entry point points at the streaming one.
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+    assert!(
+        err.message.contains("use Node::start_tool"),
+        "{}",
+        err.message
+    );
     let err = node
         .invoke_tool("cluster_nope", &serde_json::json!({}))
         .expect_err("unknown tool");

@@ -393,8 +393,18 @@ async fn a_client_that_disconnects_cancels_the_upstream_request_across_two_hops(
 
         // Streaming, while the upstream is silent after its first chunk: nothing is written to
         // the client, so only the closed connection tells the proxy it left.
-        m.up.script("m-quiet", sse_script(&[delta("a"), delta("b")], Duration::from_secs(10)));
-        let resp = open(a, "POST", "/v1/chat/completions", Some(&t), chat("m-quiet", true)).await;
+        m.up.script(
+            "m-quiet",
+            sse_script(&[delta("a"), delta("b")], Duration::from_secs(10)),
+        );
+        let resp = open(
+            a,
+            "POST",
+            "/v1/chat/completions",
+            Some(&t),
+            chat("m-quiet", true),
+        )
+        .await;
         assert_eq!(resp.status(), 200);
         let mut body = resp.into_body();
         let first = body.frame().await.expect("a first chunk").expect("ok");
@@ -402,7 +412,9 @@ async fn a_client_that_disconnects_cancels_the_upstream_request_across_two_hops(
         let t0 = Instant::now();
         drop(body);
         let took = upstream_sees_disconnect(&m.up, t0, Duration::from_millis(500)).await;
-        eprintln!("quiet stream cancel: upstream saw the disconnect {took:?} after the client left");
+        eprintln!(
+            "quiet stream cancel: upstream saw the disconnect {took:?} after the client left"
+        );
 
         // Non-stream, before the first byte: the client gives up while the upstream thinks.
         let req = tokio::spawn(async move {

@@ -12,6 +12,9 @@
 //! - [`service`]: the serving side of calls ([`Service`], [`CallCtx`], [`ChunkSink`]).
 //! - [`stream`]: the calling side of streams ([`CallStream`], credit).
 //! - [`remote_tools`]: the `tool.call` service and the caller side of the remote tools.
+//! - [`handoff`]: `agent.handoff` / `agent.send` (serving through the host bridge) and the caller
+//!   side of `cluster_handoff` / `cluster_send` (timeouts, retries, cancel); [`fake_host`] is a
+//!   scripted host for tests and benchmarks.
 //! - [`link`]: one task per WebSocket: handshake, then the pump between socket and actor.
 //! - [`listener`]: the mesh listener socket (optional TLS), spawning inbound link tasks.
 //! - [`dialer`] + [`backoff`]: one task per configured peer, reconnecting with backoff.
@@ -27,6 +30,10 @@ pub mod actor;
 pub mod backoff;
 pub mod dialer;
 pub mod events;
+#[cfg(unix)]
+pub mod fake_host;
+#[cfg(unix)]
+pub mod handoff;
 pub mod host;
 pub mod link;
 pub mod listener;
@@ -95,6 +102,9 @@ struct Running {
     /// The serving side of remote tools (policy, audit), for status.
     #[cfg(unix)]
     tools: Arc<crate::tools::serve::ToolServer>,
+    /// Handoffs and messages, both sides, for status.
+    #[cfg(unix)]
+    handoffs: Arc<handoff::HandoffLog>,
 }
 
 /// A mesh node: configuration plus, while started, its runtime and sockets.
@@ -235,6 +245,26 @@ impl Node {
                 self.host.clone(),
             )),
         );
+        #[cfg(unix)]
+        let handoffs = Arc::new(handoff::HandoffLog::default());
+        #[cfg(unix)]
+        {
+            let agent_host = handoff::AgentHost {
+                node_id: self.config.node_id.clone(),
+                offered: self.config.agents.iter().map(|a| a.id.clone()).collect(),
+                host: Arc::clone(&self.host),
+                max_ms: self.config.handoff_max_ms,
+                log: Arc::clone(&handoffs),
+            };
+            services.insert(
+                handoff::METHOD_HANDOFF.to_string(),
+                Arc::new(handoff::HandoffService(agent_host.clone())),
+            );
+            services.insert(
+                handoff::METHOD_SEND.to_string(),
+                Arc::new(handoff::SendService(agent_host)),
+            );
+        }
         for (k, v) in self
             .extra_services
             .lock()
@@ -323,6 +353,8 @@ impl Node {
             snapshot,
             #[cfg(unix)]
             tools,
+            #[cfg(unix)]
+            handoffs,
         });
         Ok(info)
     }
@@ -371,6 +403,10 @@ impl Node {
         let tools = guard.as_ref().map(|r| tools_view(&r.tools));
         #[cfg(not(unix))]
         let tools: Option<serde_json::Value> = None;
+        #[cfg(unix)]
+        let handoffs = guard.as_ref().map(|r| r.handoffs.to_json());
+        #[cfg(not(unix))]
+        let handoffs: Option<serde_json::Value> = None;
         drop(guard);
         let listen = match (c.listen, listen_addr) {
             (true, Some(a)) => serde_json::Value::from(a.port()),
@@ -403,6 +439,7 @@ impl Node {
             peers,
             mesh,
             tools,
+            handoffs,
         }
     }
 
@@ -493,7 +530,10 @@ impl Node {
                     .map_err(|e| Error::new(ErrorCode::Internal, e.to_string()))?;
                 Ok(ToolOutput { text, details })
             }
-            "cluster_handoff" | "cluster_send" => Err(not_built(name)),
+            "cluster_handoff" | "cluster_send" => Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!("{name} streams its result: use Node::start_tool"),
+            )),
             other => Err(Error::new(
                 ErrorCode::InvalidArgument,
                 format!("{other} streams its result: use Node::start_tool"),
@@ -503,7 +543,8 @@ impl Node {
 
     /// Run a tool call, streaming: validate the arguments, then `cluster_peers` answers at
     /// once, `cluster_exec` / `cluster_read` / `cluster_write` / `cluster_tool` run on the
-    /// target node (see [`remote_tools`]), handoff and send are not built yet. Pull the steps
+    /// target node (see [`remote_tools`]), `cluster_handoff` / `cluster_send` go to a remote
+    /// agent (see [`handoff`]). Pull the steps
     /// with [`remote_tools::ToolCall::next`].
     #[cfg(unix)]
     pub fn start_tool(
@@ -523,11 +564,14 @@ impl Node {
             Ok(a) => a,
             Err(e) => return ToolCall::ready(Err(e)),
         };
-        let running = self
-            .lock()
-            .as_ref()
-            .map(|r| (r.runtime.handle().clone(), r.actor.clone()));
-        let Some((runtime, actor)) = running else {
+        let running = self.lock().as_ref().map(|r| {
+            (
+                r.runtime.handle().clone(),
+                r.actor.clone(),
+                Arc::clone(&r.handoffs),
+            )
+        });
+        let Some((runtime, actor, handoffs)) = running else {
             return ToolCall::ready(Err(Error::new(
                 ErrorCode::NotRunning,
                 format!("{name}: the clawmatrix service is not running on this gateway"),
@@ -543,6 +587,22 @@ impl Node {
                     &args,
                     caller,
                 )
+            }
+            "cluster_handoff" | "cluster_send" => {
+                let ctx = handoff::CallerCtx {
+                    actor,
+                    self_id: self.config.node_id.clone(),
+                    limits: handoff::HandoffLimits {
+                        idle: Duration::from_millis(self.config.handoff_timeout_ms),
+                        max: Duration::from_millis(self.config.handoff_max_ms),
+                    },
+                    log: handoffs,
+                };
+                if name == "cluster_handoff" {
+                    handoff::start_handoff(&runtime, ctx, &args, caller)
+                } else {
+                    handoff::start_send(&runtime, ctx, &args, caller)
+                }
             }
             _ => ToolCall::ready(self.answer_local(name).map(ToolEvent::Result)),
         }
@@ -728,20 +788,6 @@ fn mesh_counters(s: &MeshSnapshot) -> MeshCounters {
         calls_started: st.calls_started,
         calls_failed: st.calls_failed,
     }
-}
-
-fn not_built(tool: &str) -> Error {
-    let capability = match tool {
-        "cluster_handoff" => "handoff (remote agent runs)",
-        "cluster_send" => "messages (remote agent sessions)",
-        _ => "remote tools (exec/read/write/tool proxy)",
-    };
-    Error::new(
-        ErrorCode::NotImplemented,
-        format!(
-            "{tool}: the {capability} capability is not built in this version of clawmatrix yet"
-        ),
-    )
 }
 
 fn bind(

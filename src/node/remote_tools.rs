@@ -389,7 +389,10 @@ impl ToolCall {
         ToolCall::new(rx, cancel)
     }
 
-    fn new(rx: mpsc::Receiver<Result<ToolEvent>>, cancel: watch::Sender<bool>) -> ToolCall {
+    pub(crate) fn new(
+        rx: mpsc::Receiver<Result<ToolEvent>>,
+        cancel: watch::Sender<bool>,
+    ) -> ToolCall {
         ToolCall {
             rx: tokio::sync::Mutex::new(rx),
             cancel,

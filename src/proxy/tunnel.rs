@@ -1,4 +1,4 @@
-//! The mesh call that carries one model request (`model.http`, docs/PROTOCOL.md §8.4).
+//! The mesh call that carries one model request (`model.http`, docs/PROTOCOL.md §8.6).
 //!
 //! Request payload: one line of JSON ([`TunnelRequest`]), `\n`, then the client's body bytes
 //! unchanged. Answer: a stream whose first chunk is the upstream's response head
