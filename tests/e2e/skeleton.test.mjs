@@ -118,10 +118,10 @@ test("a real agent turn calls cluster_peers and gets this node's data", { timeou
   assert.ok(offered, "the model was offered cluster_peers");
 });
 
-test("a not-yet-built tool returns its explicit error code to the agent", { timeout: 180_000 }, async () => {
-  const res = await solo.agentTurn('call tool cluster_handoff with {"target":"main","task":"say hi"}');
+test("a handoff with no node to go to returns a clear tool error to the agent", { timeout: 180_000 }, async () => {
+  const res = await solo.agentTurn('call tool cluster_handoff with {"target":"coder","task":"say hi"}');
   const text = agentReplyText(res);
-  assert.match(text, /TOOL_RESULT\[cluster_handoff\]:.*cluster_handoff: the handoff .* capability is not built/s, text);
+  assert.match(text, /TOOL_RESULT\[cluster_handoff\]:.*no reachable node offers agent \\?"coder\\?"/s, text);
 });
 
 test("remote tools refuse this node itself as the target, naming the argument", { timeout: 180_000 }, async () => {

@@ -105,7 +105,8 @@ test("service start binds the proxy, tools and methods reach the core, stop rele
       return true;
     });
     await assert.rejects(tool("cluster_handoff").execute("c4", { target: "coder", task: "t" }), (e) => {
-      assert.equal(e.code, "CLAWMATRIX_NOT_IMPLEMENTED");
+      assert.equal(e.code, "CLAWMATRIX_UNREACHABLE");
+      assert.match(e.message, /no reachable node offers agent "coder"/);
       return true;
     });
     // An already-aborted signal cancels the call before it runs.
