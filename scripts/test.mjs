@@ -94,7 +94,9 @@ if (want("cargo")) {
 }
 if (want("js")) {
   const files = [...testFiles("tests/js", ".test.mjs"), ...testFiles("tests/harness", ".test.mjs")];
-  await step("JS tests", () => counted(nodeTestCounts, process.execPath, ["--test", "--test-reporter=tap", ...files]));
+  await step("JS tests", () =>
+    counted(nodeTestCounts, process.execPath, ["--test", "--test-reporter=tap", ...files], { timeoutMs: 5 * 60_000 }),
+  );
 }
 if (want("e2e")) {
   const files = testFiles("tests/e2e", ".test.mjs");

@@ -130,6 +130,9 @@ test("service start binds the proxy, tools and methods reach the core, stop rele
     assert.equal(await portIsFree(proxyPort), false, "proxy port bound again");
     await svc.stop({ stateDir, logger });
   } finally {
+    // A failed assertion must not leave the node running (its pending pulls would keep this
+    // test process alive).
+    await svc.stop({ stateDir, logger });
     rmSync(stateDir, { recursive: true, force: true });
   }
 });
