@@ -850,7 +850,10 @@ impl Actor {
         while let Some(out) = self.mesh.poll_output() {
             self.dirty = true;
             match out {
-                Output::Send { link, bytes } => self.send_to_link(link, bytes),
+                Output::Send { link, bytes } => self.send_to_link(link, LinkOut::Frame(bytes)),
+                Output::SendShared { link, bytes } => {
+                    self.send_to_link(link, LinkOut::Shared(bytes))
+                }
                 Output::Close { link, code, reason } => {
                     self.close_link(link, code, &reason, true);
                 }
@@ -865,11 +868,12 @@ impl Actor {
     }
 
     /// Queue one frame on a link without ever waiting (house rule: edges out use try_send).
-    fn send_to_link(&mut self, link: LinkId, bytes: Vec<u8>) {
+    fn send_to_link(&mut self, link: LinkId, bytes: LinkOut) {
         let Some(e) = self.links.get_mut(&link) else {
             // The link task already ended; its LinkDown is on the way.
             return;
         };
+        // A shared frame counts in full on every link that queues it (a conservative bound).
         let len = bytes.len();
         // Reserve before try_send so the writer's subtraction can never run first.
         let queued = e.queued_bytes.fetch_add(len, Ordering::Relaxed);
@@ -877,7 +881,7 @@ impl Actor {
         let full = if over_bytes {
             true
         } else {
-            match e.frames.try_send(LinkOut::Frame(bytes)) {
+            match e.frames.try_send(bytes) {
                 Ok(()) => false,
                 Err(mpsc::error::TrySendError::Full(_)) => true,
                 Err(mpsc::error::TrySendError::Closed(_)) => {

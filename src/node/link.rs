@@ -80,8 +80,20 @@ pub fn ws_handshake_config() -> WebSocketConfig {
 pub(crate) enum LinkOut {
     /// An encoded mesh frame (one BINARY message).
     Frame(Vec<u8>),
+    /// An encoded mesh frame queued on several links (gossip), shared.
+    Shared(Arc<[u8]>),
     /// The answer to a WebSocket PING from the peer (or a proxy in between).
     Pong(Vec<u8>),
+}
+
+impl LinkOut {
+    /// Bytes this item counts against the writer queue's byte bound.
+    pub fn len(&self) -> usize {
+        match self {
+            LinkOut::Frame(b) | LinkOut::Pong(b) => b.len(),
+            LinkOut::Shared(b) => b.len(),
+        }
+    }
 }
 
 /// An upgraded socket framed by [`super::ws`]: the two halves of one stream.
@@ -609,11 +621,10 @@ async fn feed<W: AsyncWrite + Unpin>(
     queued: &AtomicUsize,
     out: LinkOut,
 ) -> std::io::Result<()> {
+    queued.fetch_sub(out.len(), Ordering::Relaxed);
     match out {
-        LinkOut::Frame(bytes) => {
-            queued.fetch_sub(bytes.len(), Ordering::Relaxed);
-            wr.feed_binary(bytes).await
-        }
+        LinkOut::Frame(bytes) => wr.feed_binary(bytes).await,
+        LinkOut::Shared(bytes) => wr.feed_binary_slice(&bytes).await,
         LinkOut::Pong(p) => wr.feed_pong(p).await,
     }
 }
@@ -628,8 +639,8 @@ async fn write_lone<W: AsyncWrite + Unpin>(
             queued.fetch_sub(bytes.len(), Ordering::Relaxed);
             wr.send_binary(bytes).await
         }
-        pong => {
-            feed(wr, queued, pong).await?;
+        other => {
+            feed(wr, queued, other).await?;
             wr.flush().await
         }
     }

@@ -90,17 +90,17 @@ async fn connection(
     let _ = sock.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
     match &this.tls {
-        None => upgrade(&this, sock, addr, deadline, permit).await,
+        None => authenticate_and_run(&this, sock, addr, deadline, permit).await,
         Some(acceptor) => {
             let mut shutdown = this.ctx.shutdown.clone();
             // Shutdown first, then the TLS handshake (bounded by the handshake deadline).
             let tls = tokio::select! {
                 biased;
                 _ = shutdown.changed() => return,
-                r = tokio::time::timeout_at(deadline, acceptor.accept(sock)) => r,
+                r = tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(sock))) => r,
             };
             match tls {
-                Ok(Ok(stream)) => upgrade(&this, stream, addr, deadline, permit).await,
+                Ok(Ok(stream)) => authenticate_and_run(&this, stream, addr, deadline, permit).await,
                 Ok(Err(e)) => {
                     pre_handshake_reject(&this, addr, RejectCode::Malformed, &format!("TLS: {e}"))
                         .await
@@ -127,7 +127,10 @@ async fn pre_handshake_reject(this: &Listener, addr: SocketAddr, code: RejectCod
     this.ctx.actor.handshake_rejected(code).await;
 }
 
-async fn upgrade<S>(
+/// Authenticate, then pump the link. The pre-auth part (upgrade and handshake) is boxed: its
+/// state is several KiB and only needed until the peer authenticated, while the task lives as
+/// long as the link; unboxed, every idle link would keep that space.
+async fn authenticate_and_run<S>(
     this: &Listener,
     stream: S,
     addr: SocketAddr,
@@ -136,12 +139,28 @@ async fn upgrade<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let Some((ws, peer)) = Box::pin(upgrade(this, stream, addr, deadline)).await else {
+        return;
+    };
+    drop(permit);
+    // Authenticated: `run` switches from the small pre-auth limits to the frame limits.
+    link::run(ws, &this.ctx, peer, Direction::Inbound, addr.to_string()).await;
+}
+
+async fn upgrade<S>(
+    this: &Listener,
+    stream: S,
+    addr: SocketAddr,
+    deadline: tokio::time::Instant,
+) -> Option<(link::WsLink<S>, crate::proto::NodeId)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let ctx = &this.ctx;
     let mut shutdown = ctx.shutdown.clone();
-    // Shutdown first, then the upgrade (bounded by the handshake deadline).
     let accepted = tokio::select! {
         biased;
-        _ = shutdown.changed() => return,
+        _ = shutdown.changed() => return None,
         r = tokio::time::timeout_at(
             deadline,
             tokio_tungstenite::accept_async_with_config(stream, Some(link::ws_handshake_config())),
@@ -153,18 +172,17 @@ async fn upgrade<S>(
         Ok(Ok(ws)) => link::WsLink::new(ws.into_inner(), Role::Server),
         Ok(Err(e)) => {
             let why = format!("WebSocket upgrade failed: {e}");
-            return pre_handshake_reject(this, addr, RejectCode::Malformed, &why).await;
+            pre_handshake_reject(this, addr, RejectCode::Malformed, &why).await;
+            return None;
         }
         Err(_) => {
             let why = "no WebSocket upgrade before the handshake deadline";
-            return pre_handshake_reject(this, addr, RejectCode::Timeout, why).await;
+            pre_handshake_reject(this, addr, RejectCode::Timeout, why).await;
+            return None;
         }
     };
-    let peer = match link::accept_handshake(&mut ws, ctx, &this.nonces, addr).await {
-        Ok(peer) => peer,
-        Err(_) => return,
-    };
-    drop(permit);
-    // Authenticated: `run` switches from the small pre-auth limits to the frame limits.
-    link::run(ws, ctx, peer, Direction::Inbound, addr.to_string()).await;
+    let peer = link::accept_handshake(&mut ws, ctx, &this.nonces, addr)
+        .await
+        .ok()?;
+    Some((ws, peer))
 }
