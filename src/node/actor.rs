@@ -223,9 +223,17 @@ impl ActorHandle {
         self.tx.send(Input::LinkUp(Box::new(reg))).await.is_ok()
     }
 
-    /// Forward one binary message; `false` when the actor is gone.
+    /// Forward one binary message; `false` when the actor is gone. Waits only while the
+    /// actor's queue is full (that wait is boxed: it is rare, and its future would otherwise
+    /// be part of every idle link's task).
     pub async fn data(&self, link: LinkId, bytes: Vec<u8>) -> bool {
-        self.tx.send(Input::Data { link, bytes }).await.is_ok()
+        match self.tx.try_send(Input::Data { link, bytes }) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(input)) => {
+                Box::pin(self.tx.send(input)).await.is_ok()
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
     }
 
     pub async fn text_after_handshake(&self) {

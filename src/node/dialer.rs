@@ -124,7 +124,7 @@ async fn attempt(ctx: &LinkCtx, target: &DialTarget) -> Attempt {
     };
     let _ = tcp.set_nodelay(true);
     match &target.tls {
-        None => session(ctx, target, tcp).await,
+        None => session(ctx, target, Box::pin(authenticate(ctx, target, tcp)).await).await,
         Some(connector) => {
             let name = match super::tls::server_name(&p.host) {
                 Ok(n) => n,
@@ -139,7 +139,14 @@ async fn attempt(ctx: &LinkCtx, target: &DialTarget) -> Attempt {
                 ) => r,
             };
             match tls {
-                Ok(Ok(stream)) => session(ctx, target, stream).await,
+                Ok(Ok(stream)) => {
+                    session(
+                        ctx,
+                        target,
+                        Box::pin(authenticate(ctx, target, stream)).await,
+                    )
+                    .await
+                }
                 Ok(Err(e)) => failed(format!("TLS: {e}")),
                 Err(_) => failed("TLS: timed out".into()),
             }
@@ -151,13 +158,18 @@ fn failed(why: String) -> Attempt {
     Attempt::Failed { why, logged: false }
 }
 
-async fn session<S>(ctx: &LinkCtx, target: &DialTarget, stream: S) -> Attempt
+/// Run an authenticated link (the caller boxed the pre-auth part, [`authenticate`]: its state
+/// is several KiB, a TLS stream included, and only needed until the peer authenticated, while
+/// this task lives as long as the link).
+async fn session<S>(
+    ctx: &LinkCtx,
+    target: &DialTarget,
+    authed: Result<(link::WsLink<S>, crate::proto::NodeId), Attempt>,
+) -> Attempt
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // The pre-auth part is boxed: its state is several KiB and only needed until the peer
-    // authenticated, while this task lives as long as the link.
-    let (ws, peer) = match Box::pin(authenticate(ctx, target, stream)).await {
+    let (ws, peer) = match authed {
         Ok(linked) => linked,
         Err(attempt) => return attempt,
     };

@@ -89,31 +89,44 @@ async fn connection(
 ) {
     let _ = sock.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
+    // The pre-auth part (TLS, upgrade, handshake) is boxed: its state is several KiB (a TLS
+    // stream is kept by value while it runs) and only needed until the peer authenticated,
+    // while this task lives as long as the link; unboxed, every idle link would keep it.
     match &this.tls {
-        None => authenticate_and_run(&this, sock, addr, deadline, permit).await,
+        None => {
+            if let Some((ws, peer)) = Box::pin(upgrade(&this, sock, addr, deadline)).await {
+                drop(permit);
+                // Authenticated: `run` switches from the pre-auth limits to the frame limits.
+                link::run(ws, &this.ctx, peer, Direction::Inbound, addr.to_string()).await;
+            }
+        }
         Some(acceptor) => {
-            let mut shutdown = this.ctx.shutdown.clone();
-            // Shutdown first, then the TLS handshake (bounded by the handshake deadline).
-            let tls = tokio::select! {
-                biased;
-                _ = shutdown.changed() => return,
-                r = tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(sock))) => r,
-            };
-            match tls {
-                Ok(Ok(stream)) => authenticate_and_run(&this, stream, addr, deadline, permit).await,
-                Ok(Err(e)) => {
-                    pre_handshake_reject(&this, addr, RejectCode::Malformed, &format!("TLS: {e}"))
-                        .await
+            let authed = Box::pin(async {
+                let mut shutdown = this.ctx.shutdown.clone();
+                // Shutdown first, then the TLS handshake (bounded by the handshake deadline).
+                let tls = tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => return None,
+                    r = tokio::time::timeout_at(deadline, acceptor.accept(sock)) => r,
+                };
+                match tls {
+                    Ok(Ok(stream)) => upgrade(&this, stream, addr, deadline).await,
+                    Ok(Err(e)) => {
+                        let why = format!("TLS: {e}");
+                        pre_handshake_reject(&this, addr, RejectCode::Malformed, &why).await;
+                        None
+                    }
+                    Err(_) => {
+                        let why = "TLS handshake timed out";
+                        pre_handshake_reject(&this, addr, RejectCode::Timeout, why).await;
+                        None
+                    }
                 }
-                Err(_) => {
-                    pre_handshake_reject(
-                        &this,
-                        addr,
-                        RejectCode::Timeout,
-                        "TLS handshake timed out",
-                    )
-                    .await
-                }
+            })
+            .await;
+            if let Some((ws, peer)) = authed {
+                drop(permit);
+                link::run(ws, &this.ctx, peer, Direction::Inbound, addr.to_string()).await;
             }
         }
     }
@@ -125,26 +138,6 @@ async fn pre_handshake_reject(this: &Listener, addr: SocketAddr, code: RejectCod
         "mesh: handshake rejected (inbound from {addr}): {code}: {why}"
     ));
     this.ctx.actor.handshake_rejected(code).await;
-}
-
-/// Authenticate, then pump the link. The pre-auth part (upgrade and handshake) is boxed: its
-/// state is several KiB and only needed until the peer authenticated, while the task lives as
-/// long as the link; unboxed, every idle link would keep that space.
-async fn authenticate_and_run<S>(
-    this: &Listener,
-    stream: S,
-    addr: SocketAddr,
-    deadline: tokio::time::Instant,
-    permit: OwnedSemaphorePermit,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let Some((ws, peer)) = Box::pin(upgrade(this, stream, addr, deadline)).await else {
-        return;
-    };
-    drop(permit);
-    // Authenticated: `run` switches from the small pre-auth limits to the frame limits.
-    link::run(ws, &this.ctx, peer, Direction::Inbound, addr.to_string()).await;
 }
 
 async fn upgrade<S>(
