@@ -34,6 +34,10 @@ use crate::proto::{
     Body, CallId, Frame, FrameId, Header, LinkInfo, NodeId, NodeRecord, RejectCode,
 };
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+/// Encoded frames shared by every link they go to.
+type SharedFrames = Vec<Arc<[u8]>>;
 
 /// Gossip and digest frames are split so their header stays under this many bytes
 /// (half of `MAX_HEADER_BYTES`, leaving room for the envelope and one more record).
@@ -322,13 +326,18 @@ impl Mesh {
     }
 
     fn push(&mut self, out: Output) {
-        if let Output::Send { bytes, .. } = &out {
+        let len = match &out {
+            Output::Send { bytes, .. } => Some(bytes.len()),
+            Output::SendShared { bytes, .. } => Some(bytes.len()),
+            _ => None,
+        };
+        if let Some(len) = len {
             if self.outputs.len() >= self.cfg.max_pending_outputs {
                 self.stats.dropped_backpressure += 1;
                 return;
             }
             self.stats.frames_out += 1;
-            self.stats.bytes_out += bytes.len() as u64;
+            self.stats.bytes_out += len as u64;
         }
         self.outputs.push_back(out);
     }
@@ -722,6 +731,39 @@ impl Mesh {
         }
     }
 
+    /// Gossip frames for `records`, batched like [`Mesh::send_gossip`], encoded once.
+    fn gossip_frames(&mut self, now: u64, records: Vec<NodeRecord>) -> Vec<Arc<[u8]>> {
+        let mut frames = Vec::new();
+        let mut batches: Vec<Vec<NodeRecord>> = Vec::new();
+        let mut batch = Vec::new();
+        let mut size = 0;
+        for r in records {
+            let est = approx_record_bytes(&r);
+            if est > MAX_RECORD_BYTES {
+                self.stats.records_ignored += 1;
+                continue;
+            }
+            if size + est > GOSSIP_BATCH_BYTES && !batch.is_empty() {
+                batches.push(std::mem::take(&mut batch));
+                size = 0;
+            }
+            size += est;
+            batch.push(r);
+        }
+        if !batch.is_empty() {
+            batches.push(batch);
+        }
+        for records in batches {
+            let h = self.header(now, None, Body::Gossip { records });
+            match codec::encode(&h, &[]) {
+                Ok(bytes) => frames.push(Arc::from(bytes)),
+                // Only reachable with absurd records; the batcher keeps headers small.
+                Err(_) => self.stats.dropped_backpressure += 1,
+            }
+        }
+        frames
+    }
+
     fn send_gossip(&mut self, now: u64, link: LinkId, records: Vec<NodeRecord>) {
         let mut batch = Vec::new();
         let mut size = 0;
@@ -1037,24 +1079,42 @@ impl Mesh {
             return;
         }
         let links: Vec<LinkId> = self.links.keys().copied().collect();
+        // Links that get the same records get the same frames, encoded once (usually every
+        // link gets the same set: our own record, or records minus the link they came from).
+        let mut encoded: Vec<(Vec<NodeId>, SharedFrames)> = Vec::new();
         for link in links {
             let mut seen = std::collections::HashSet::new();
-            let records: Vec<NodeRecord> = flood
+            let names: Vec<NodeId> = flood
                 .iter()
                 .filter(|(_, from)| *from != Some(link))
                 .filter(|(n, _)| seen.insert(n.clone()))
-                .filter_map(|(n, _)| {
-                    if *n == self.cfg.node_id {
-                        Some(self.own.clone())
-                    } else {
-                        self.records
-                            .get(n)
-                            .filter(|e| e.left_at.is_none())
-                            .map(|e| e.record.clone())
-                    }
-                })
+                .map(|(n, _)| n.clone())
                 .collect();
-            self.send_gossip(now, link, records);
+            let frames = match encoded.iter().find(|(k, _)| *k == names) {
+                Some((_, frames)) => frames.clone(),
+                None => {
+                    let records: Vec<NodeRecord> = names
+                        .iter()
+                        .filter_map(|n| {
+                            if *n == self.cfg.node_id {
+                                Some(self.own.clone())
+                            } else {
+                                self.records
+                                    .get(n)
+                                    .filter(|e| e.left_at.is_none())
+                                    .map(|e| e.record.clone())
+                            }
+                        })
+                        .collect();
+                    let frames = self.gossip_frames(now, records);
+                    encoded.push((names, frames.clone()));
+                    frames
+                }
+            };
+            for bytes in frames {
+                self.stats.gossip_frames_out += 1;
+                self.push(Output::SendShared { link, bytes });
+            }
             for (node, incarnation, from) in &leaves {
                 if *from != Some(link) {
                     let body = Body::Leave {

@@ -109,6 +109,12 @@ pub struct LocalInfo {
 pub enum Output {
     /// Send one BINARY WebSocket message on `link` (use `try_send`; drop and count if full).
     Send { link: LinkId, bytes: Vec<u8> },
+    /// Like `Send`, for a frame that goes unchanged to several links (gossip of the same
+    /// records): encoded once and shared, so a change flooded to N links costs one buffer.
+    SendShared {
+        link: LinkId,
+        bytes: std::sync::Arc<[u8]>,
+    },
     /// Close `link` with a WebSocket close code. The core has already forgotten the link.
     Close {
         link: LinkId,

@@ -223,9 +223,17 @@ impl ActorHandle {
         self.tx.send(Input::LinkUp(Box::new(reg))).await.is_ok()
     }
 
-    /// Forward one binary message; `false` when the actor is gone.
+    /// Forward one binary message; `false` when the actor is gone. Waits only while the
+    /// actor's queue is full (that wait is boxed: it is rare, and its future would otherwise
+    /// be part of every idle link's task).
     pub async fn data(&self, link: LinkId, bytes: Vec<u8>) -> bool {
-        self.tx.send(Input::Data { link, bytes }).await.is_ok()
+        match self.tx.try_send(Input::Data { link, bytes }) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(input)) => {
+                Box::pin(self.tx.send(input)).await.is_ok()
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
     }
 
     pub async fn text_after_handshake(&self) {
@@ -850,7 +858,10 @@ impl Actor {
         while let Some(out) = self.mesh.poll_output() {
             self.dirty = true;
             match out {
-                Output::Send { link, bytes } => self.send_to_link(link, bytes),
+                Output::Send { link, bytes } => self.send_to_link(link, LinkOut::Frame(bytes)),
+                Output::SendShared { link, bytes } => {
+                    self.send_to_link(link, LinkOut::Shared(bytes))
+                }
                 Output::Close { link, code, reason } => {
                     self.close_link(link, code, &reason, true);
                 }
@@ -865,11 +876,12 @@ impl Actor {
     }
 
     /// Queue one frame on a link without ever waiting (house rule: edges out use try_send).
-    fn send_to_link(&mut self, link: LinkId, bytes: Vec<u8>) {
+    fn send_to_link(&mut self, link: LinkId, bytes: LinkOut) {
         let Some(e) = self.links.get_mut(&link) else {
             // The link task already ended; its LinkDown is on the way.
             return;
         };
+        // A shared frame counts in full on every link that queues it (a conservative bound).
         let len = bytes.len();
         // Reserve before try_send so the writer's subtraction can never run first.
         let queued = e.queued_bytes.fetch_add(len, Ordering::Relaxed);
@@ -877,7 +889,7 @@ impl Actor {
         let full = if over_bytes {
             true
         } else {
-            match e.frames.try_send(LinkOut::Frame(bytes)) {
+            match e.frames.try_send(bytes) {
                 Ok(()) => false,
                 Err(mpsc::error::TrySendError::Full(_)) => true,
                 Err(mpsc::error::TrySendError::Closed(_)) => {

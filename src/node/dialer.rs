@@ -124,7 +124,7 @@ async fn attempt(ctx: &LinkCtx, target: &DialTarget) -> Attempt {
     };
     let _ = tcp.set_nodelay(true);
     match &target.tls {
-        None => session(ctx, target, tcp).await,
+        None => session(ctx, target, Box::pin(authenticate(ctx, target, tcp)).await).await,
         Some(connector) => {
             let name = match super::tls::server_name(&p.host) {
                 Ok(n) => n,
@@ -139,7 +139,14 @@ async fn attempt(ctx: &LinkCtx, target: &DialTarget) -> Attempt {
                 ) => r,
             };
             match tls {
-                Ok(Ok(stream)) => session(ctx, target, stream).await,
+                Ok(Ok(stream)) => {
+                    session(
+                        ctx,
+                        target,
+                        Box::pin(authenticate(ctx, target, stream)).await,
+                    )
+                    .await
+                }
                 Ok(Err(e)) => failed(format!("TLS: {e}")),
                 Err(_) => failed("TLS: timed out".into()),
             }
@@ -151,7 +158,31 @@ fn failed(why: String) -> Attempt {
     Attempt::Failed { why, logged: false }
 }
 
-async fn session<S>(ctx: &LinkCtx, target: &DialTarget, stream: S) -> Attempt
+/// Run an authenticated link (the caller boxed the pre-auth part, [`authenticate`]: its state
+/// is several KiB, a TLS stream included, and only needed until the peer authenticated, while
+/// this task lives as long as the link).
+async fn session<S>(
+    ctx: &LinkCtx,
+    target: &DialTarget,
+    authed: Result<(link::WsLink<S>, crate::proto::NodeId), Attempt>,
+) -> Attempt
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (ws, peer) = match authed {
+        Ok(linked) => linked,
+        Err(attempt) => return attempt,
+    };
+    let url = target.peer.url.as_str();
+    let end = link::run(ws, ctx, peer, Direction::Outbound, url.to_string()).await;
+    Attempt::Linked(end)
+}
+
+async fn authenticate<S>(
+    ctx: &LinkCtx,
+    target: &DialTarget,
+    stream: S,
+) -> Result<(link::WsLink<S>, crate::proto::NodeId), Attempt>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -163,32 +194,28 @@ where
     );
     let mut ws = tokio::select! {
         biased;
-        _ = shutdown.changed() => return Attempt::Stopped,
+        _ = shutdown.changed() => return Err(Attempt::Stopped),
         r = upgrade => match r {
             // tungstenite did the HTTP upgrade; our framing takes the socket from here (the
             // listener sends nothing before our hello, so no bytes are left in its buffer).
             Ok(Ok((ws, _response))) => link::WsLink::new(ws.into_inner(), Role::Client),
-            Ok(Err(e)) => return failed(format!("WebSocket upgrade: {e}")),
-            Err(_) => return failed("WebSocket upgrade: timed out".into()),
+            Ok(Err(e)) => return Err(failed(format!("WebSocket upgrade: {e}"))),
+            Err(_) => return Err(failed("WebSocket upgrade: timed out".into())),
         },
     };
     // Handshake-sized messages until the handshake succeeded; binary frames the listener sends
     // right behind `welcome` wait in our read buffer and are read with the full limits.
-    let peer = match link::dial_handshake(&mut ws, ctx, &target.peer.node_id, url).await {
-        Ok(peer) => peer,
-        Err(HandshakeFailure::Rejected(code)) => {
-            return Attempt::Failed {
-                why: format!("handshake rejected: {code}"),
-                logged: true,
-            }
-        }
+    match link::dial_handshake(&mut ws, ctx, &target.peer.node_id, url).await {
+        Ok(peer) => Ok((ws, peer)),
+        Err(HandshakeFailure::Rejected(code)) => Err(Attempt::Failed {
+            why: format!("handshake rejected: {code}"),
+            logged: true,
+        }),
         Err(HandshakeFailure::Aborted(why)) => {
             if *shutdown.borrow() {
-                return Attempt::Stopped;
+                return Err(Attempt::Stopped);
             }
-            return failed(format!("handshake: {why}"));
+            Err(failed(format!("handshake: {why}")))
         }
-    };
-    let end = link::run(ws, ctx, peer, Direction::Outbound, url.to_string()).await;
-    Attempt::Linked(end)
+    }
 }

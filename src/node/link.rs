@@ -80,8 +80,20 @@ pub fn ws_handshake_config() -> WebSocketConfig {
 pub(crate) enum LinkOut {
     /// An encoded mesh frame (one BINARY message).
     Frame(Vec<u8>),
+    /// An encoded mesh frame queued on several links (gossip), shared.
+    Shared(Arc<[u8]>),
     /// The answer to a WebSocket PING from the peer (or a proxy in between).
     Pong(Vec<u8>),
+}
+
+impl LinkOut {
+    /// Bytes this item counts against the writer queue's byte bound.
+    pub fn len(&self) -> usize {
+        match self {
+            LinkOut::Frame(b) | LinkOut::Pong(b) => b.len(),
+            LinkOut::Shared(b) => b.len(),
+        }
+    }
 }
 
 /// An upgraded socket framed by [`super::ws`]: the two halves of one stream.
@@ -529,12 +541,15 @@ where
         };
         let writer = async {
             while let Some(first) = frames_rx.recv().await {
+                // The write futures are boxed: they are large and only alive while writing,
+                // and inline they would be part of every idle link's task.
                 let r = match frames_rx.try_recv() {
                     // A lone frame: one vectored write, no copy.
-                    Err(_) => write_lone(&mut wr, &queued, first).await,
+                    Err(_) => Box::pin(write_lone(&mut wr, &queued, first)).await,
                     // A burst: coalesce, then one flush.
                     Ok(second) => {
-                        write_burst(&mut wr, &queued, &mut frames_rx, [first, second]).await
+                        let burst = [first, second];
+                        Box::pin(write_burst(&mut wr, &queued, &mut frames_rx, burst)).await
                     }
                 };
                 if let Err(e) = r {
@@ -558,39 +573,43 @@ where
         }
     };
 
-    let reason = match end {
-        End::Close(cmd) => {
-            let cmd = cmd.unwrap_or(CloseCmd {
-                code: 1001,
-                reason: "node stopping".into(),
-                flush: true,
-            });
-            if cmd.flush {
-                let _ = tokio::time::timeout(CLOSE_FLUSH, async {
-                    while let Ok(out) = frames_rx.try_recv() {
-                        if feed(&mut wr, &queued, out).await.is_err() {
-                            return;
+    // Boxed for the same reason as the writes: the close path runs once, at the end.
+    let reason = Box::pin(async {
+        match end {
+            End::Close(cmd) => {
+                let cmd = cmd.unwrap_or(CloseCmd {
+                    code: 1001,
+                    reason: "node stopping".into(),
+                    flush: true,
+                });
+                if cmd.flush {
+                    let _ = tokio::time::timeout(CLOSE_FLUSH, async {
+                        while let Ok(out) = frames_rx.try_recv() {
+                            if feed(&mut wr, &queued, out).await.is_err() {
+                                return;
+                            }
                         }
-                    }
-                    let _ = wr.flush().await;
-                })
-                .await;
+                        let _ = wr.flush().await;
+                    })
+                    .await;
+                }
+                if tokio::time::timeout(CLOSE_FLUSH, wr.close(cmd.code, &cmd.reason))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+                {
+                    linger(&mut rd).await;
+                }
+                format!("closed by us ({} {})", cmd.code, cmd.reason)
             }
-            if tokio::time::timeout(CLOSE_FLUSH, wr.close(cmd.code, &cmd.reason))
-                .await
-                .is_ok_and(|r| r.is_ok())
-            {
-                linger(&mut rd).await;
+            End::Read(r) => {
+                // Answer the peer's close without waiting long.
+                let _ = tokio::time::timeout(Duration::from_millis(100), wr.close(1000, "")).await;
+                r
             }
-            format!("closed by us ({} {})", cmd.code, cmd.reason)
+            End::Write(w) => w,
         }
-        End::Read(r) => {
-            // Answer the peer's close without waiting long.
-            let _ = tokio::time::timeout(Duration::from_millis(100), wr.close(1000, "")).await;
-            r
-        }
-        End::Write(w) => w,
-    };
+    })
+    .await;
     ctx.actor.link_down(link, reason.clone()).await;
     ctx.events.push(
         Level::Debug,
@@ -609,11 +628,10 @@ async fn feed<W: AsyncWrite + Unpin>(
     queued: &AtomicUsize,
     out: LinkOut,
 ) -> std::io::Result<()> {
+    queued.fetch_sub(out.len(), Ordering::Relaxed);
     match out {
-        LinkOut::Frame(bytes) => {
-            queued.fetch_sub(bytes.len(), Ordering::Relaxed);
-            wr.feed_binary(bytes).await
-        }
+        LinkOut::Frame(bytes) => wr.feed_binary(bytes).await,
+        LinkOut::Shared(bytes) => wr.feed_binary_slice(&bytes).await,
         LinkOut::Pong(p) => wr.feed_pong(p).await,
     }
 }
@@ -628,8 +646,8 @@ async fn write_lone<W: AsyncWrite + Unpin>(
             queued.fetch_sub(bytes.len(), Ordering::Relaxed);
             wr.send_binary(bytes).await
         }
-        pong => {
-            feed(wr, queued, pong).await?;
+        other => {
+            feed(wr, queued, other).await?;
             wr.flush().await
         }
     }

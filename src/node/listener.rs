@@ -89,31 +89,44 @@ async fn connection(
 ) {
     let _ = sock.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
+    // The pre-auth part (TLS, upgrade, handshake) is boxed: its state is several KiB (a TLS
+    // stream is kept by value while it runs) and only needed until the peer authenticated,
+    // while this task lives as long as the link; unboxed, every idle link would keep it.
     match &this.tls {
-        None => upgrade(&this, sock, addr, deadline, permit).await,
+        None => {
+            if let Some((ws, peer)) = Box::pin(upgrade(&this, sock, addr, deadline)).await {
+                drop(permit);
+                // Authenticated: `run` switches from the pre-auth limits to the frame limits.
+                link::run(ws, &this.ctx, peer, Direction::Inbound, addr.to_string()).await;
+            }
+        }
         Some(acceptor) => {
-            let mut shutdown = this.ctx.shutdown.clone();
-            // Shutdown first, then the TLS handshake (bounded by the handshake deadline).
-            let tls = tokio::select! {
-                biased;
-                _ = shutdown.changed() => return,
-                r = tokio::time::timeout_at(deadline, acceptor.accept(sock)) => r,
-            };
-            match tls {
-                Ok(Ok(stream)) => upgrade(&this, stream, addr, deadline, permit).await,
-                Ok(Err(e)) => {
-                    pre_handshake_reject(&this, addr, RejectCode::Malformed, &format!("TLS: {e}"))
-                        .await
+            let authed = Box::pin(async {
+                let mut shutdown = this.ctx.shutdown.clone();
+                // Shutdown first, then the TLS handshake (bounded by the handshake deadline).
+                let tls = tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => return None,
+                    r = tokio::time::timeout_at(deadline, acceptor.accept(sock)) => r,
+                };
+                match tls {
+                    Ok(Ok(stream)) => upgrade(&this, stream, addr, deadline).await,
+                    Ok(Err(e)) => {
+                        let why = format!("TLS: {e}");
+                        pre_handshake_reject(&this, addr, RejectCode::Malformed, &why).await;
+                        None
+                    }
+                    Err(_) => {
+                        let why = "TLS handshake timed out";
+                        pre_handshake_reject(&this, addr, RejectCode::Timeout, why).await;
+                        None
+                    }
                 }
-                Err(_) => {
-                    pre_handshake_reject(
-                        &this,
-                        addr,
-                        RejectCode::Timeout,
-                        "TLS handshake timed out",
-                    )
-                    .await
-                }
+            })
+            .await;
+            if let Some((ws, peer)) = authed {
+                drop(permit);
+                link::run(ws, &this.ctx, peer, Direction::Inbound, addr.to_string()).await;
             }
         }
     }
@@ -132,16 +145,15 @@ async fn upgrade<S>(
     stream: S,
     addr: SocketAddr,
     deadline: tokio::time::Instant,
-    permit: OwnedSemaphorePermit,
-) where
+) -> Option<(link::WsLink<S>, crate::proto::NodeId)>
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let ctx = &this.ctx;
     let mut shutdown = ctx.shutdown.clone();
-    // Shutdown first, then the upgrade (bounded by the handshake deadline).
     let accepted = tokio::select! {
         biased;
-        _ = shutdown.changed() => return,
+        _ = shutdown.changed() => return None,
         r = tokio::time::timeout_at(
             deadline,
             tokio_tungstenite::accept_async_with_config(stream, Some(link::ws_handshake_config())),
@@ -153,18 +165,17 @@ async fn upgrade<S>(
         Ok(Ok(ws)) => link::WsLink::new(ws.into_inner(), Role::Server),
         Ok(Err(e)) => {
             let why = format!("WebSocket upgrade failed: {e}");
-            return pre_handshake_reject(this, addr, RejectCode::Malformed, &why).await;
+            pre_handshake_reject(this, addr, RejectCode::Malformed, &why).await;
+            return None;
         }
         Err(_) => {
             let why = "no WebSocket upgrade before the handshake deadline";
-            return pre_handshake_reject(this, addr, RejectCode::Timeout, why).await;
+            pre_handshake_reject(this, addr, RejectCode::Timeout, why).await;
+            return None;
         }
     };
-    let peer = match link::accept_handshake(&mut ws, ctx, &this.nonces, addr).await {
-        Ok(peer) => peer,
-        Err(_) => return,
-    };
-    drop(permit);
-    // Authenticated: `run` switches from the small pre-auth limits to the frame limits.
-    link::run(ws, ctx, peer, Direction::Inbound, addr.to_string()).await;
+    let peer = link::accept_handshake(&mut ws, ctx, &this.nonces, addr)
+        .await
+        .ok()?;
+    Some((ws, peer))
 }

@@ -422,11 +422,10 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
         Some(((x >> 16) as u32).to_ne_bytes())
     }
 
-    /// Frame header for `len` payload bytes, masking `payload` in place for clients.
-    fn header(&mut self, opcode: u8, payload: &mut [u8]) -> ([u8; 14], usize) {
+    /// Frame header for `len` payload bytes, and the masking key a client must apply.
+    fn header_for(&mut self, opcode: u8, len: usize) -> ([u8; 14], usize, Option<[u8; 4]>) {
         let mut h = [0u8; 14];
         h[0] = 0x80 | opcode;
-        let len = payload.len();
         let mut at = if len < 126 {
             h[1] = len as u8;
             2
@@ -439,13 +438,22 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
             h[2..10].copy_from_slice(&(len as u64).to_be_bytes());
             10
         };
-        if let Some(key) = self.next_key() {
+        let key = self.next_key();
+        if let Some(key) = key {
             h[1] |= 0x80;
             h[at..at + 4].copy_from_slice(&key);
             at += 4;
+        }
+        (h, at, key)
+    }
+
+    /// Frame header for `payload`, masking it in place for clients.
+    fn header(&mut self, opcode: u8, payload: &mut [u8]) -> ([u8; 14], usize) {
+        let (h, hl, key) = self.header_for(opcode, payload.len());
+        if let Some(key) = key {
             apply_mask(payload, key);
         }
-        (h, at)
+        (h, hl)
     }
 
     /// Write one frame now (after anything coalesced), with no copy of the payload.
@@ -478,6 +486,19 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
             self.out.clear();
         }
         Ok(())
+    }
+
+    /// [`WsWriter::feed`] for a BINARY payload borrowed from a shared buffer: a server writes
+    /// it as it is; a client needs its own copy to mask.
+    pub async fn feed_binary_slice(&mut self, payload: &[u8]) -> io::Result<()> {
+        if self.role == Role::Client || payload.len() <= COALESCE_MAX {
+            return self.feed(OP_BINARY, payload.to_vec()).await;
+        }
+        // Server role: no mask.
+        let (h, hl, _) = self.header_for(OP_BINARY, payload.len());
+        self.out.extend_from_slice(&h[..hl]);
+        let out = std::mem::take(&mut self.out);
+        write_two(&mut self.io, &out, payload).await
     }
 
     /// Write what the burst coalesced, flush the stream, release the burst buffer.
@@ -593,6 +614,12 @@ mod tests {
                 cw.feed_binary(p.clone()).await.unwrap();
                 sw.feed_binary(p).await.unwrap();
             }
+            // Shared (borrowed) payloads, small and large, both roles.
+            for n in [300usize, 100_000] {
+                let p = vec![9u8; n];
+                cw.feed_binary_slice(&p).await.unwrap();
+                sw.feed_binary_slice(&p).await.unwrap();
+            }
             cw.flush().await.unwrap();
             sw.flush().await.unwrap();
             cw.send_text("héllo").await.unwrap();
@@ -606,6 +633,16 @@ mod tests {
                 Some(WsMessage::Binary(want.clone()))
             );
             assert_eq!(cr.next().await.unwrap(), Some(WsMessage::Binary(want)));
+        }
+        for n in [300usize, 100_000] {
+            assert_eq!(
+                sr.next().await.unwrap(),
+                Some(WsMessage::Binary(vec![9u8; n]))
+            );
+            assert_eq!(
+                cr.next().await.unwrap(),
+                Some(WsMessage::Binary(vec![9u8; n]))
+            );
         }
         assert_eq!(
             sr.next().await.unwrap(),

@@ -207,24 +207,28 @@ impl Sim {
         self.queue.insert((at, self.seq), (conn, to, msg));
     }
 
+    /// Carry one frame from node `i` over connection `link` (latency, loss, cut links).
+    fn transmit(&mut self, i: usize, link: LinkId, bytes: Vec<u8>) {
+        let c = link.0 as usize;
+        self.frames_sent += 1;
+        self.bytes_sent += bytes.len() as u64;
+        let Some(conn) = self.conns.get(c) else {
+            return;
+        };
+        let other = if conn.a == i { conn.b } else { conn.a };
+        if !conn.up || !self.nodes[other].alive || self.rng.chance(self.loss) {
+            return;
+        }
+        let at = self.now + conn.latency;
+        self.schedule(at, c, other, Msg::Data(bytes));
+    }
+
     /// Act on every output of node `i`.
     pub fn drain(&mut self, i: usize) {
         while let Some(out) = self.nodes[i].mesh.poll_output() {
             match out {
-                Output::Send { link, bytes } => {
-                    let c = link.0 as usize;
-                    self.frames_sent += 1;
-                    self.bytes_sent += bytes.len() as u64;
-                    let Some(conn) = self.conns.get(c) else {
-                        continue;
-                    };
-                    let other = if conn.a == i { conn.b } else { conn.a };
-                    if !conn.up || !self.nodes[other].alive || self.rng.chance(self.loss) {
-                        continue;
-                    }
-                    let at = self.now + conn.latency;
-                    self.schedule(at, c, other, Msg::Data(bytes));
-                }
+                Output::Send { link, bytes } => self.transmit(i, link, bytes),
+                Output::SendShared { link, bytes } => self.transmit(i, link, bytes.to_vec()),
                 Output::Close { link, .. } => {
                     let c = link.0 as usize;
                     if let Some(conn) = self.conns.get_mut(c) {
