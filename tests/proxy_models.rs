@@ -363,6 +363,27 @@ async fn upstream_sees_disconnect(up: &Upstream, t0: Instant, bound: Duration) -
     }
 }
 
+/// Stream `model` through home's proxy, read the first chunk, leave; the time until the
+/// upstream saw its client go away (asserted ≤ 500 ms).
+async fn leave_after_first_chunk(m: &Mesh, model: &str) -> Duration {
+    use http_body_util::BodyExt;
+    let resp = open(
+        m.home_addr(),
+        "POST",
+        "/v1/chat/completions",
+        Some(&m.token()),
+        chat(model, true),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = body.frame().await.expect("a first chunk").expect("ok");
+    assert!(first.into_data().is_ok());
+    let t0 = Instant::now();
+    drop(body);
+    upstream_sees_disconnect(&m.up, t0, Duration::from_millis(500)).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_disconnects_cancels_the_upstream_request_across_two_hops() {
     tokio::time::timeout(TEST_BOUND, async {
@@ -373,22 +394,7 @@ async fn a_client_that_disconnects_cancels_the_upstream_request_across_two_hops(
         let (a, t) = (m.home_addr(), m.token());
 
         // Streaming, after the first byte.
-        let resp = open(
-            a,
-            "POST",
-            "/v1/chat/completions",
-            Some(&t),
-            chat("m-slow", true),
-        )
-        .await;
-        assert_eq!(resp.status(), 200);
-        let mut body = resp.into_body();
-        use http_body_util::BodyExt;
-        let first = body.frame().await.expect("a first chunk").expect("ok");
-        assert!(first.into_data().is_ok());
-        let t0 = Instant::now();
-        drop(body);
-        let took = upstream_sees_disconnect(&m.up, t0, Duration::from_millis(500)).await;
+        let took = leave_after_first_chunk(&m, "m-slow").await;
         eprintln!("stream cancel: upstream saw the disconnect {took:?} after the client left");
 
         // Streaming, while the upstream is silent after its first chunk: nothing is written to
@@ -397,21 +403,7 @@ async fn a_client_that_disconnects_cancels_the_upstream_request_across_two_hops(
             "m-quiet",
             sse_script(&[delta("a"), delta("b")], Duration::from_secs(10)),
         );
-        let resp = open(
-            a,
-            "POST",
-            "/v1/chat/completions",
-            Some(&t),
-            chat("m-quiet", true),
-        )
-        .await;
-        assert_eq!(resp.status(), 200);
-        let mut body = resp.into_body();
-        let first = body.frame().await.expect("a first chunk").expect("ok");
-        assert!(first.into_data().is_ok());
-        let t0 = Instant::now();
-        drop(body);
-        let took = upstream_sees_disconnect(&m.up, t0, Duration::from_millis(500)).await;
+        let took = leave_after_first_chunk(&m, "m-quiet").await;
         eprintln!(
             "quiet stream cancel: upstream saw the disconnect {took:?} after the client left"
         );
