@@ -38,6 +38,20 @@ impl Mesh {
     fn token(&self) -> String {
         token::derive(SECRET, "home")
     }
+    /// `POST /v1/chat/completions` on home's proxy with the token, read whole (bounded 15 s).
+    async fn complete(&self, model: &str, stream: bool) -> Got {
+        let path = "/v1/chat/completions";
+        let body = chat(model, stream);
+        fetch(
+            self.home_addr(),
+            "POST",
+            path,
+            Some(&self.token()),
+            body,
+            Duration::from_secs(15),
+        )
+        .await
+    }
 }
 
 fn models(ids: &[&str]) -> Value {
@@ -128,7 +142,7 @@ async fn sse_passes_through_byte_for_byte_and_flushes_each_chunk() {
         m.up.script("m-sse", sse_script(&events, Duration::from_millis(150)));
         let expected: Vec<u8> = sse(&events).concat();
         let t0 = Instant::now();
-        let got = fetch(m.home_addr(), "POST", "/v1/chat/completions", Some(&m.token()), chat("m-sse", true), Duration::from_secs(20)).await;
+        let got = m.complete("m-sse", true).await;
         assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body()));
         assert_eq!(got.headers["content-type"], "text/event-stream");
         assert_eq!(got.headers["x-clawmatrix-node"], "office-0");
@@ -262,15 +276,7 @@ async fn a_node_that_fails_before_the_first_byte_is_replaced_by_the_next() {
             json!({}),
         )
         .await;
-        let got = fetch(
-            m.home_addr(),
-            "POST",
-            "/v1/chat/completions",
-            Some(&m.token()),
-            chat("shared", false),
-            Duration::from_secs(15),
-        )
-        .await;
+        let got = m.complete("shared", false).await;
         assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body()));
         assert_eq!(got.json(), json!({"ok": "from b"}));
         assert_eq!(got.headers["x-clawmatrix-node"], "office-1");
@@ -316,15 +322,7 @@ async fn a_failure_after_the_first_byte_ends_the_stream_with_an_error_event() {
                 break_off: true,
             },
         );
-        let got = fetch(
-            m.home_addr(),
-            "POST",
-            "/v1/chat/completions",
-            Some(&m.token()),
-            chat("m-broken", true),
-            Duration::from_secs(15),
-        )
-        .await;
+        let got = m.complete("m-broken", true).await;
         assert_eq!(got.status, 200);
         let body = String::from_utf8(got.body()).unwrap();
         assert!(
@@ -442,15 +440,7 @@ async fn the_overall_deadline_gives_504_and_unreachable_nodes_503() {
         let m = simple(&["m-hang"], json!({"proxyTimeoutMs": 1500})).await;
         m.up.script("m-hang", Script::Hang);
         let t0 = Instant::now();
-        let got = fetch(
-            m.home_addr(),
-            "POST",
-            "/v1/chat/completions",
-            Some(&m.token()),
-            chat("m-hang", false),
-            Duration::from_secs(10),
-        )
-        .await;
+        let got = m.complete("m-hang", false).await;
         assert_eq!(got.status, 504, "{}", String::from_utf8_lossy(&got.body()));
         assert_eq!(got.headers["x-clawmatrix-error"], "deadline");
         let took = t0.elapsed();
@@ -465,15 +455,7 @@ async fn the_overall_deadline_gives_504_and_unreachable_nodes_503() {
                 .is_some_and(|p| p.state == clawmatrix::status::PeerState::Unreachable)
         })
         .await;
-        let got = fetch(
-            m.home_addr(),
-            "POST",
-            "/v1/chat/completions",
-            Some(&m.token()),
-            chat("m-hang", false),
-            Duration::from_secs(10),
-        )
-        .await;
+        let got = m.complete("m-hang", false).await;
         assert_eq!(got.status, 503, "{}", String::from_utf8_lossy(&got.body()));
         assert_eq!(got.headers["x-clawmatrix-error"], "no_reachable_node");
         assert!(got.headers.contains_key("retry-after"));
@@ -495,15 +477,7 @@ async fn the_description_line_is_added_only_when_the_consumed_model_has_one() {
         m.up.script("m-a", json_script(200, ok.clone(), &[]));
         m.up.script("m-b", json_script(200, ok, &[]));
         for model in ["m-a", "m-b"] {
-            let got = fetch(
-                m.home_addr(),
-                "POST",
-                "/v1/chat/completions",
-                Some(&m.token()),
-                chat(model, false),
-                Duration::from_secs(10),
-            )
-            .await;
+            let got = m.complete(model, false).await;
             assert_eq!(got.status, 200);
         }
         let seen = m.up.seen();
@@ -544,15 +518,7 @@ async fn home_hands_its_host_one_provider_per_serving_node_and_office_resolves_o
         assert_eq!(entry["models"][0]["id"], "m-json");
         assert!(!entry.to_string().contains(UPSTREAM_KEY));
         for _ in 0..3 {
-            let got = fetch(
-                m.home_addr(),
-                "POST",
-                "/v1/chat/completions",
-                Some(&m.token()),
-                chat("m-json", false),
-                Duration::from_secs(10),
-            )
-            .await;
+            let got = m.complete("m-json", false).await;
             assert_eq!(got.status, 200);
         }
         assert_eq!(
@@ -607,15 +573,7 @@ async fn upstream_connections_are_kept_alive_between_requests() {
         )
         .await;
         for _ in 0..5 {
-            let got = fetch(
-                m.home_addr(),
-                "POST",
-                "/v1/chat/completions",
-                Some(&m.token()),
-                chat("ka", false),
-                Duration::from_secs(10),
-            )
-            .await;
+            let got = m.complete("ka", false).await;
             assert_eq!(got.status, 200);
             assert_eq!(got.json(), json!({"ok": true}));
         }
