@@ -104,16 +104,34 @@ function vanishing(f) {
   }
 }
 
-test("home gets a provider per serving node: office-01 at home's proxy with the local token", { timeout: 180_000 }, async () => {
+test("home gets a provider per serving node: office-01 at home's proxy with the local token", { timeout: 300_000 }, async () => {
   const { entry, ms } = await officeProvider();
   metrics.providerWrittenMs = ms;
   assert.equal(entry.baseUrl, `http://127.0.0.1:${homeProxy}/node/office-01/v1`);
   assert.match(entry.apiKey, /^cmx-[0-9a-f]{64}$/);
   assert.deepEqual(entry.models.map((m) => m.id), ["mock-model"]);
-  const r = await home.cli(["models", "list", "--all", "--json"], { timeoutMs: 120_000 });
+  const r = await modelsList(home);
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /office-01\/mock-model/);
 });
+
+/**
+ * `openclaw models list --all --json` on `gw`. Right after clawmatrix writes a provider the
+ * gateway reloads its config and refreshes the model catalog; until that finishes the CLI fails
+ * with "Model catalog is not ready. Retry after ...": retried (bounded), any other result returned.
+ */
+async function modelsList(gw, timeoutMs = 150_000) {
+  const t0 = Date.now();
+  for (let attempt = 1; ; attempt++) {
+    const r = await gw.cli(["models", "list", "--all", "--json"], { timeoutMs: Math.max(10_000, timeoutMs - (Date.now() - t0)) });
+    const refreshing = r.code !== 0 && /Model catalog is not ready/.test(r.stderr + r.stdout);
+    if (!refreshing || Date.now() - t0 > timeoutMs) {
+      metrics.modelsListAttempts = attempt;
+      return r;
+    }
+    await new Promise((res) => setTimeout(res, 2_000));
+  }
+}
 
 test("an agent turn on home answers with office's model through cloud", { timeout: 240_000 }, async () => {
   await officeProvider();
