@@ -11,6 +11,7 @@
 //! # Layout
 //! - `topology`: building in-process nodes (direct, 1 relay, 2 relays) and waiting for routes.
 //! - `measure`: sequential round trips and pipelined throughput over `Node::request`.
+//! - `floor`: the same RTT and 1 KiB throughput over a bare tokio-tungstenite pair (the floor).
 //! - `idle`: memory per idle authenticated link, against a listening node in a child process
 //!   (`--serve-node PORT` re-runs this binary as that child) and a raw handshake dialer.
 //! - `report`: JSON lines, percentiles, `/proc` readers (CPU time, RSS, threads).
@@ -19,6 +20,8 @@
 //! `--idle-links N` (default 200), `--only rtt,tput,idle`. Cargo's own `--bench` is ignored.
 
 // A crate root looks for modules next to itself; the bench's modules live in bench/mesh/.
+#[path = "mesh/floor.rs"]
+mod floor;
 #[path = "mesh/idle.rs"]
 mod idle;
 #[path = "mesh/measure.rs"]
@@ -134,6 +137,13 @@ fn exit(r: BenchResult<()>) -> ExitCode {
 
 fn run(o: &Options) -> BenchResult<()> {
     report::machine();
+    // The floor first, on an idle process: a bare tokio-tungstenite pair, same shapes.
+    if o.run_rtt {
+        floor::rtt(&o.rtt)?;
+    }
+    if o.run_tput {
+        floor::throughput(&o.tput_small)?;
+    }
     if o.run_rtt || o.run_tput {
         for topo in [Topology::Direct, Topology::Relay1, Topology::Relay2] {
             let wants_tput = o.run_tput && topo == Topology::Direct;

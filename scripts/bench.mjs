@@ -12,7 +12,7 @@
 // Exit status: 0 when all three benchmarks ran (missed targets are reported, not fatal); 1 when a
 // build or a benchmark failed or produced no result.
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { availableParallelism } from "node:os";
+import { availableParallelism, loadavg } from "node:os";
 import { join } from "node:path";
 import { ROOT, run } from "./lib.mjs";
 
@@ -109,14 +109,18 @@ async function runBench(label, cmd, args, timeoutMs) {
 
 const find = (rows, bench, pred = () => true) => rows.find((r) => r.bench === bench && pred(r));
 const rttOf = (rows, topo) => find(rows, "rtt", (r) => r.topology === topo);
-const tputOf = (rows, bytes) => find(rows, "throughput", (r) => r.payload_bytes === bytes);
+const tputOf = (rows, bytes, topo = "direct") =>
+  find(rows, "throughput", (r) => r.payload_bytes === bytes && (r.topology ?? "direct") === topo);
 
 function metrics(rows) {
   const d = rttOf(rows, "direct"), r1 = rttOf(rows, "relay1"), r2 = rttOf(rows, "relay2");
   const diff = (a, b, k, div = 1) => (a && b ? (a[k] - b[k]) / div : undefined);
   const small = tputOf(rows, 1024), large = tputOf(rows, 1024 * 1024);
   const idle = find(rows, "idle_link_memory");
+  const floor = rttOf(rows, "floor"), floorSmall = tputOf(rows, 1024, "floor");
   return {
+    floorP50: floor?.p50_us, floorP99: floor?.p99_us, floorFps: floorSmall?.frames_per_s,
+    overFloorP50: diff(d, floor, "p50_us"),
     directP50: d?.p50_us, directP99: d?.p99_us,
     relay1P50: r1?.p50_us, relay1P99: r1?.p99_us,
     relay2P50: r2?.p50_us, relay2P99: r2?.p99_us,
@@ -166,6 +170,8 @@ function table(cm, nw) {
   const hopCheck = (limit) => (a, b) => a <= limit && (b === undefined ? undefined : b / a >= TARGET.hopVsNode);
   add("RTT direct p50 (µs)", "directP50", { target: `≤ ${TARGET.directP50}`, check: (a) => a <= TARGET.directP50 });
   add("RTT direct p99 (µs)", "directP99");
+  addPair("floor: bare tokio-tungstenite RTT p50/p99, same run (µs)", "floorP50", "floorP99");
+  add("RTT direct p50 added over the floor (µs)", "overFloorP50");
   add("RTT 1 relay p50 (µs)", "relay1P50");
   add("RTT 1 relay p99 (µs)", "relay1P99");
   add("RTT 2 relays p50 (µs)", "relay2P50");
@@ -176,6 +182,7 @@ function table(cm, nw) {
   add("added per hop p99, 2 relays: (relay2 − direct)/2 (µs)", "hop2P99", { target: `≤ +${TARGET.hopP99}`, check: (a) => a <= TARGET.hopP99 });
   add("throughput 1 KiB, frames/s one way", "smallFps", { lower: false, target: `≥ ${TARGET.smallFramesPerS.toLocaleString("en-US")}`, check: (a) => a >= TARGET.smallFramesPerS, digits: 0 });
   add("throughput 1 KiB, MB/s one way", "smallMBps", { lower: false });
+  add("floor: bare tokio-tungstenite 1 KiB, 64 in flight (frames/s one way)", "floorFps", { lower: false, digits: 0 });
   add("throughput 1 MiB, frames/s one way", "largeFps", { lower: false });
   add("throughput 1 MiB, MB/s one way", "largeMBps", { lower: false, target: `≥ ${TARGET.largeMBps}`, check: (a) => a >= TARGET.largeMBps });
   add("memory per idle authenticated link (bytes)", "idleBytes", { target: `≤ ${TARGET.idleBytes}`, check: (a) => a <= TARGET.idleBytes, digits: 0 });
@@ -209,6 +216,7 @@ async function main() {
     console.log("[bench] cargo bench --bench mesh --bench handoff --bench models --no-run");
     await run("cargo", ["bench", "--bench", "mesh", "--bench", "handoff", "--bench", "models", "--no-run"], { timeoutMs: 30 * 60_000 });
   }
+  const loadStart = loadavg()[0];
   const rust = await runBench("clawmatrix", "cargo",
     ["bench", "--bench", "mesh", "--", ...passThrough, "--idle-links", String(idleLinks)], 5 * 60_000);
   const base = await runBench("node-ws", process.execPath,
@@ -220,10 +228,13 @@ async function main() {
 
   const cm = metrics([...rust.rows, ...toolRead.rows, ...handoff.rows]), nw = metrics(base.rows);
   const when = new Date().toISOString();
+  const loadEnd = loadavg()[0];
   const header = [
     `## clawmatrix mesh benchmark (${when})`,
     "",
     `Machine: ${m.nproc} CPUs, ${m.cpu}, ${m.memGiB} GiB RAM, Linux ${m.kernel}, Node ${m.node}.` +
+      ` Load average (1 min) when measuring started / ended: ${loadStart.toFixed(2)} / ${loadEnd.toFixed(2)}` +
+      " (latencies on this VM depend on it: an idle vCPU halts, and waking it costs tens of µs)." +
       (quick ? " **--quick run (short samples; not for the record).**" : ""),
     `Payload 1 KiB for RTT; idle links: ${cm.idleLinks ?? "n/a"} (clawmatrix) / ${nw.idleLinks ?? "n/a"} (Node ws).` +
       " Ratio = how many times better clawmatrix is. Definitions: bench/README.md.",
