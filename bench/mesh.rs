@@ -17,7 +17,7 @@
 //! - `report`: JSON lines, percentiles, `/proc` readers (CPU time, RSS, threads).
 //!
 //! Arguments (after `cargo bench --bench mesh --`): `--quick` (short runs, for smoke tests),
-//! `--idle-links N` (default 200), `--only rtt,tput,idle`. Cargo's own `--bench` is ignored.
+//! `--idle-links N` (default 200), `--only rtt,tput,idle` (`tput-small`: only the 1 KiB throughput run). Cargo's own `--bench` is ignored.
 
 // A crate root looks for modules next to itself; the bench's modules live in bench/mesh/.
 #[path = "mesh/floor.rs"]
@@ -53,6 +53,8 @@ struct Options {
     idle_links: usize,
     run_rtt: bool,
     run_tput: bool,
+    /// `--only tput-small`: the 1 KiB throughput run alone (for profiling).
+    small_only: bool,
     run_idle: bool,
 }
 
@@ -85,6 +87,7 @@ impl Options {
             idle_links: 200,
             run_rtt: true,
             run_tput: true,
+            small_only: false,
             run_idle: true,
         };
         let mut it = args.iter();
@@ -101,7 +104,8 @@ impl Options {
                 "--only" => {
                     let v = it.next().ok_or("--only needs rtt,tput,idle")?;
                     o.run_rtt = v.split(',').any(|s| s == "rtt");
-                    o.run_tput = v.split(',').any(|s| s == "tput");
+                    o.small_only = v.split(',').any(|s| s == "tput-small");
+                    o.run_tput = o.small_only || v.split(',').any(|s| s == "tput");
                     o.run_idle = v.split(',').any(|s| s == "idle");
                 }
                 // `cargo bench` passes `--bench`; filters and other flags are not ours.
@@ -156,7 +160,9 @@ fn run(o: &Options) -> BenchResult<()> {
             }
             if wants_tput {
                 measure::throughput(&mesh, &o.tput_small)?;
-                measure::throughput(&mesh, &o.tput_large)?;
+                if !o.small_only {
+                    measure::throughput(&mesh, &o.tput_large)?;
+                }
             }
             mesh.report_counters();
             mesh.stop();

@@ -222,6 +222,72 @@ fn frames_are_delivered_once_despite_cycles() {
     assert!(relayed <= (n * (n - 1) * 10 + 20) as u64, "{relayed}");
 }
 
+/// A crafted `call` frame from `src` to `dst` with a fixed id.
+fn crafted(sim: &mut Sim, id: u8, src: usize, dst: usize, hops: u8) -> Vec<u8> {
+    let header = clawmatrix::proto::Header {
+        v: 1,
+        id: clawmatrix::proto::FrameId([id; 16]),
+        src: node_name(src),
+        dst: Some(node_name(dst)),
+        ttl: 8,
+        hops,
+        ts: sim.now,
+        body: call_body(sim),
+    };
+    clawmatrix::proto::encode(&header, &[]).expect("encodes")
+}
+
+#[test]
+fn frames_straight_from_their_source_skip_the_dedup_cache_and_relayed_ones_use_it() {
+    // 0 – 1 – 2: node 1 gets frames for itself from 0 directly, and frames it relays 0 → 2.
+    let mut sim = Sim::new(3, 21, |_| {});
+    sim.line_topology(LAT);
+    sim.run_until_converged(60_000, 50).expect("converges");
+    let before = sim.mesh(1).dedup_len();
+    let direct = crafted(&mut sim, 1, 0, 1, 0);
+    sim.inject(0, 1, direct);
+    sim.run_for(100);
+    assert_eq!(
+        sim.mesh(1).dedup_len(),
+        before,
+        "a direct frame for us takes no cache slot"
+    );
+    assert_eq!(sim.nodes[1].deliveries.len(), 1);
+    // The same id claiming a hop already (so maybe a copy) is checked and remembered.
+    let relayed_in = crafted(&mut sim, 2, 0, 1, 1);
+    sim.inject(0, 1, relayed_in.clone());
+    sim.inject(0, 1, relayed_in);
+    sim.run_for(100);
+    assert_eq!(sim.nodes[1].deliveries.len(), 2, "the copy was dropped");
+    assert_eq!(sim.mesh(1).stats().dropped_dup, 1);
+    // A frame node 1 relays is remembered, so its copy is dropped before it is relayed twice.
+    let through = crafted(&mut sim, 3, 0, 2, 0);
+    sim.inject(0, 1, through.clone());
+    sim.inject(0, 1, through);
+    sim.run_for(100);
+    assert_eq!(sim.nodes[2].deliveries.len(), 1);
+    assert_eq!(sim.mesh(1).stats().dropped_dup, 2);
+    assert_eq!(sim.mesh(1).dedup_len(), before + 2);
+}
+
+#[test]
+fn a_nodes_own_frame_coming_back_is_dropped_as_a_loop() {
+    let mut sim = Sim::new(3, 22, |_| {});
+    sim.line_topology(LAT);
+    sim.run_until_converged(60_000, 50).expect("converges");
+    // Node 1 receives a frame that claims to be its own, on its way to node 2.
+    let back = crafted(&mut sim, 4, 1, 2, 2);
+    let (loops, relayed) = (
+        sim.mesh(1).stats().dropped_loop,
+        sim.mesh(1).stats().relayed,
+    );
+    sim.inject(0, 1, back);
+    sim.run_for(100);
+    assert_eq!(sim.mesh(1).stats().dropped_loop, loops + 1);
+    assert_eq!(sim.mesh(1).stats().relayed, relayed, "not relayed again");
+    assert!(sim.nodes[2].deliveries.is_empty());
+}
+
 #[test]
 fn a_silently_dead_node_is_detected_and_its_routes_withdrawn_within_the_heartbeat_bound() {
     let mut sim = Sim::new(30, 13, |_| {});
