@@ -806,7 +806,8 @@ impl Mesh {
         // (two cache misses into a 2 MiB table, the hottest user-space cost of direct traffic).
         let from_source =
             header.hops == 0 && self.links.get(&link).is_some_and(|l| l.peer == header.src);
-        if !(for_us && from_source) && !self.dedup.insert(header.id) {
+        let fresh = (for_us && from_source) || self.dedup.insert(header.id);
+        if !fresh {
             self.stats.dropped_dup += 1;
             return;
         }

@@ -93,7 +93,7 @@ fn check_frame(payload: usize, header: usize) -> Result<(), CodecError> {
 pub fn encode_owned(header: &Header, mut payload: Vec<u8>) -> Result<Vec<u8>, CodecError> {
     let plen = payload.len();
     check_frame(plen, 0)?;
-    if let Err(e) = serde_json::to_writer(&mut payload, header) {
+    if let Err(e) = super::header_json::write(&mut payload, header) {
         return Err(bad(e.to_string()));
     }
     let hlen = payload.len() - plen;
@@ -105,9 +105,11 @@ pub fn encode_owned(header: &Header, mut payload: Vec<u8>) -> Result<Vec<u8>, Co
 
 /// Encoded size of a header alone (used to split gossip batches).
 pub fn header_len(header: &Header) -> usize {
-    serde_json::to_vec(header)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX)
+    let mut out = Vec::with_capacity(256);
+    match super::header_json::write(&mut out, header) {
+        Ok(()) => out.len(),
+        Err(_) => usize::MAX,
+    }
 }
 
 /// Where the header of a frame of `len` bytes starts and ends, from its trailer.
@@ -166,11 +168,15 @@ pub fn decode_owned(mut bytes: Vec<u8>) -> Result<Frame, CodecError> {
 
 /// Decode a JSON header on its own.
 pub fn decode_header(json: &[u8]) -> Result<Header, CodecError> {
-    // Fast path: straight into the typed header. Only when that fails is the input parsed
-    // again as a generic value, so an unknown `type` and a wrong `v` get their own codes.
-    let header: Header = match serde_json::from_slice(json) {
-        Ok(h) => h,
-        Err(e) => return Err(classify(json, e)),
+    // Fastest path: the canonical form every node writes, read without serde. Anything else
+    // goes straight into the typed header through serde; only when that fails is the input
+    // parsed again as a generic value, so an unknown `type` and a wrong `v` get their own codes.
+    let header: Header = match super::header_json::read(json) {
+        Some(h) => h,
+        None => match serde_json::from_slice(json) {
+            Ok(h) => h,
+            Err(e) => return Err(classify(json, e)),
+        },
     };
     if header.v != ENVELOPE_VERSION {
         return Err(CodecError::WrongVersion {

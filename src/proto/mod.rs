@@ -4,6 +4,7 @@
 //! - [`hex`] — fixed-size ids and byte strings carried as lowercase hex (`FrameId`, `CallId`, `Bytes32`).
 //! - [`frame`] — the binary-frame header (envelope) and its tagged [`Body`], plus [`NodeRecord`].
 //! - [`codec`] — `[payload][JSON header][u32 BE header len]` encode/decode with size limits.
+//! - [`header_json`] — the header's canonical JSON written and read without serde (hot path).
 //! - [`handshake_frame`] — the TEXT handshake frames ([`HandshakeFrame`]) and rejection codes.
 //! - [`auth`] — HMAC transcript, constant-time verification, the recent-nonce cache.
 //! - [`handshake`] — the [`Dialer`] and [`Acceptor`] state machines.
@@ -15,6 +16,7 @@ pub mod codec;
 pub mod frame;
 pub mod handshake;
 pub mod handshake_frame;
+pub mod header_json;
 pub mod hex;
 
 pub use auth::NonceCache;
