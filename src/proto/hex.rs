@@ -16,14 +16,22 @@ pub fn encode(bytes: &[u8]) -> String {
     s
 }
 
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
+/// Value of each byte as a hex digit (either case); 0xFF = not a hex digit. A table because every
+/// frame header carries one or two ids and this runs per frame on every hop.
+const NIBBLE: [u8; 256] = {
+    let mut t = [0xFFu8; 256];
+    let mut c = 0;
+    while c < 256 {
+        t[c] = match c as u8 {
+            b @ b'0'..=b'9' => b - b'0',
+            b @ b'a'..=b'f' => b - b'a' + 10,
+            b @ b'A'..=b'F' => b - b'A' + 10,
+            _ => 0xFF,
+        };
+        c += 1;
     }
-}
+    t
+};
 
 fn from_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     let b = s.as_bytes();
@@ -31,10 +39,14 @@ fn from_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
         return None;
     }
     let mut out = [0u8; N];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = (nibble(b[2 * i])? << 4) | nibble(b[2 * i + 1])?;
+    let mut bad = 0u8;
+    for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
+        let (hi, lo) = (NIBBLE[pair[0] as usize], NIBBLE[pair[1] as usize]);
+        bad |= hi | lo;
+        *o = (hi << 4) | (lo & 0xF);
     }
-    Some(out)
+    // Any invalid digit set the high bits (0xFF); valid digits never do.
+    (bad & 0xF0 == 0).then_some(out)
 }
 
 macro_rules! hex_id {
@@ -94,3 +106,26 @@ hex_id!(
     Bytes32,
     32
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_ids_parse_either_case_and_refuse_any_other_byte_anywhere() {
+        let id = FrameId::from_hex("00ff10AbcDEf9a8b7c6d5e4f3a2b1c0d").expect("valid");
+        assert_eq!(id.encode(), "00ff10abcdef9a8b7c6d5e4f3a2b1c0d");
+        assert_eq!(FrameId::from_hex(&id.encode()), Some(id));
+        for pos in 0..32 {
+            for bad in (0u8..=255).filter(|b| !b.is_ascii_hexdigit()) {
+                let mut s = id.encode().into_bytes();
+                s[pos] = bad;
+                if let Ok(s) = std::str::from_utf8(&s) {
+                    assert_eq!(FrameId::from_hex(s), None, "{s:?}");
+                }
+            }
+        }
+        assert_eq!(FrameId::from_hex("00ff"), None);
+        assert_eq!(FrameId::from_hex(&"0".repeat(34)), None);
+    }
+}
