@@ -123,8 +123,15 @@ async fn attempt(ctx: &LinkCtx, target: &DialTarget) -> Attempt {
         },
     };
     let _ = tcp.set_nodelay(true);
+    let url = || target.peer.url.to_string();
     match &target.tls {
-        None => session(ctx, target, Box::pin(authenticate(ctx, target, tcp)).await).await,
+        None => {
+            let linked = match Box::pin(authenticate(ctx, target, tcp)).await {
+                Ok((ws, peer)) => link::run(ws, ctx, peer, Direction::Outbound, url()),
+                Err(attempt) => return attempt,
+            };
+            Attempt::Linked(linked.await)
+        }
         Some(connector) => {
             let name = match super::tls::server_name(&p.host) {
                 Ok(n) => n,
@@ -133,23 +140,22 @@ async fn attempt(ctx: &LinkCtx, target: &DialTarget) -> Attempt {
             let tls = tokio::select! {
                 biased;
                 _ = shutdown.changed() => return Attempt::Stopped,
-                r = tokio::time::timeout(
+                // Boxed: a TLS handshake is kilobytes of state, needed only until it is done.
+                r = Box::pin(tokio::time::timeout(
                     Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
                     connector.connect(name, tcp),
-                ) => r,
+                )) => r,
             };
-            match tls {
-                Ok(Ok(stream)) => {
-                    session(
-                        ctx,
-                        target,
-                        Box::pin(authenticate(ctx, target, stream)).await,
-                    )
-                    .await
-                }
-                Ok(Err(e)) => failed(format!("TLS: {e}")),
-                Err(_) => failed("TLS: timed out".into()),
-            }
+            let stream = match tls {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return failed(format!("TLS: {e}")),
+                Err(_) => return failed("TLS: timed out".into()),
+            };
+            let linked = match Box::pin(authenticate(ctx, target, stream)).await {
+                Ok((ws, peer)) => link::run(ws, ctx, peer, Direction::Outbound, url()),
+                Err(attempt) => return attempt,
+            };
+            Attempt::Linked(linked.await)
         }
     }
 }
@@ -158,26 +164,10 @@ fn failed(why: String) -> Attempt {
     Attempt::Failed { why, logged: false }
 }
 
-/// Run an authenticated link (the caller boxed the pre-auth part, [`authenticate`]: its state
-/// is several KiB, a TLS stream included, and only needed until the peer authenticated, while
-/// this task lives as long as the link).
-async fn session<S>(
-    ctx: &LinkCtx,
-    target: &DialTarget,
-    authed: Result<(link::WsLink<S>, crate::proto::NodeId), Attempt>,
-) -> Attempt
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let (ws, peer) = match authed {
-        Ok(linked) => linked,
-        Err(attempt) => return attempt,
-    };
-    let url = target.peer.url.as_str();
-    let end = link::run(ws, ctx, peer, Direction::Outbound, url.to_string()).await;
-    Attempt::Linked(end)
-}
-
+/// The pre-auth part of a link (upgrade and handshake). Callers box it: its state is several
+/// KiB and only needed until the peer authenticated, while the task lives as long as the link;
+/// they then move the result whole into [`link::run`] (a destructured value kept across an
+/// `.await` would keep its storage in every idle link's task).
 async fn authenticate<S>(
     ctx: &LinkCtx,
     target: &DialTarget,
