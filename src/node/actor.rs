@@ -7,7 +7,7 @@
 //!     actor: feed the mesh (handle_link_up / handle_data / start_call / ...), tick when due
 //!     actor: drain mesh.poll_output():
 //!         Send    → that link's bounded writer queue (try_send; full → drop, count, maybe close)
-//!         Close   → the link task's close request (oneshot)
+//!         Close   → the link task's close request (on the same queue, seen first)
 //!         Deliver → app dispatch: `call` → a registered [`Service`] task (bounded);
 //!                   reply/chunk/end → pending requests and open streams (bounded, try_send);
 //!                   credit/cancel/unreachable → the served call's credit and cancel signal
@@ -19,14 +19,14 @@
 //! no cycle of bounded channels can deadlock.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use super::events::{EventQueue, Level};
-use super::link::LinkOut;
+use super::queue::{LinkOut, PushError, QueueSender};
 use super::service::{CallCtx, ChunkSink, Service, MAX_SERVED_CALLS};
 use super::stream::{StreamItem, StreamMsg, STREAM_CHANNEL};
 use crate::error::{Error, ErrorCode, Result};
@@ -90,12 +90,8 @@ pub(crate) struct LinkRegistration {
     pub peer: NodeId,
     pub direction: Direction,
     pub addr: String,
-    pub frames: mpsc::Sender<LinkOut>,
-    /// Bytes in `frames` not yet taken by the writer (the actor adds, the writer subtracts).
-    pub queued_bytes: Arc<AtomicUsize>,
-    pub close: oneshot::Sender<CloseCmd>,
-    /// Set by the actor once a pong was received on this link (the dialer's health rule).
-    pub proved: Arc<AtomicBool>,
+    /// The link's writer queue; it also carries the close request and the "proved" flag.
+    pub queue: QueueSender,
 }
 
 /// Inputs of the actor.
@@ -223,17 +219,19 @@ impl ActorHandle {
         self.tx.send(Input::LinkUp(Box::new(reg))).await.is_ok()
     }
 
-    /// Forward one binary message; `false` when the actor is gone. Waits only while the
-    /// actor's queue is full (that wait is boxed: it is rare, and its future would otherwise
-    /// be part of every idle link's task).
-    pub async fn data(&self, link: LinkId, bytes: Vec<u8>) -> bool {
+    /// Forward one binary message without waiting: `Ok(false)` when the actor is gone,
+    /// `Err(input)` when its queue is full (the caller then waits with [`ActorHandle::send`]).
+    pub fn try_data(&self, link: LinkId, bytes: Vec<u8>) -> std::result::Result<bool, Input> {
         match self.tx.try_send(Input::Data { link, bytes }) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(input)) => {
-                Box::pin(self.tx.send(input)).await.is_ok()
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Ok(()) => Ok(true),
+            Err(mpsc::error::TrySendError::Full(input)) => Err(input),
+            Err(mpsc::error::TrySendError::Closed(_)) => Ok(false),
         }
+    }
+
+    /// Queue `input`, waiting while the actor's queue is full; `false` when the actor is gone.
+    pub async fn send(&self, input: Input) -> bool {
+        self.tx.send(input).await.is_ok()
     }
 
     pub async fn text_after_handshake(&self) {
@@ -327,10 +325,7 @@ struct LinkEntry {
     peer: NodeId,
     direction: Direction,
     addr: String,
-    frames: mpsc::Sender<LinkOut>,
-    queued_bytes: Arc<AtomicUsize>,
-    close: Option<oneshot::Sender<CloseCmd>>,
-    proved: Arc<AtomicBool>,
+    queue: QueueSender,
     /// Frames dropped on this link because its queue was full.
     dropped: u64,
     /// Frames dropped since the queue was last at most half full.
@@ -548,10 +543,7 @@ impl Actor {
                         peer: reg.peer.clone(),
                         direction: reg.direction,
                         addr: reg.addr,
-                        frames: reg.frames,
-                        queued_bytes: reg.queued_bytes,
-                        close: Some(reg.close),
-                        proved: reg.proved,
+                        queue: reg.queue,
                         dropped: 0,
                         drops_while_full: 0,
                         full_since: None,
@@ -565,8 +557,8 @@ impl Actor {
             Input::Data { link, bytes } => {
                 self.mesh.handle_data_owned(now, link, bytes);
                 if let Some(e) = self.links.get(&link) {
-                    if !e.proved.load(Ordering::Relaxed) && self.mesh.link_rtt(&e.peer).is_some() {
-                        e.proved.store(true, Ordering::Relaxed);
+                    if !e.queue.proved() && self.mesh.link_rtt(&e.peer).is_some() {
+                        e.queue.set_proved();
                     }
                 }
             }
@@ -882,34 +874,19 @@ impl Actor {
             return;
         };
         // A shared frame counts in full on every link that queues it (a conservative bound).
-        let len = bytes.len();
-        // Reserve before try_send so the writer's subtraction can never run first.
-        let queued = e.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        let over_bytes = queued > 0 && queued + len > WRITER_QUEUE_BYTES;
-        let full = if over_bytes {
-            true
-        } else {
-            match e.frames.try_send(bytes) {
-                Ok(()) => false,
-                Err(mpsc::error::TrySendError::Full(_)) => true,
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    e.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-                    return;
-                }
-            }
-        };
-        if !full {
+        match e.queue.try_push(bytes) {
             // Small frames may still slip into a queue that is full for big ones: only a
             // queue that drained to half of both bounds counts as having caught up.
-            let drained = e.queued_bytes.load(Ordering::Relaxed) <= WRITER_QUEUE_BYTES / 2
-                && e.frames.capacity() >= WRITER_QUEUE_FRAMES / 2;
-            if drained {
-                e.drops_while_full = 0;
-                e.full_since = None;
+            Ok(drained) => {
+                if drained {
+                    e.drops_while_full = 0;
+                    e.full_since = None;
+                }
+                return;
             }
-            return;
+            Err(PushError::Full) => {}
+            Err(PushError::Closed) => return,
         }
-        e.queued_bytes.fetch_sub(len, Ordering::Relaxed);
         e.dropped += 1;
         e.drops_while_full += 1;
         self.slow_peer_drops += 1;
@@ -932,14 +909,12 @@ impl Actor {
 
     /// Forget a link and ask its task to close the socket.
     fn close_link(&mut self, link: LinkId, code: u16, reason: &str, flush: bool) {
-        if let Some(mut e) = self.links.remove(&link) {
-            if let Some(close) = e.close.take() {
-                let _ = close.send(CloseCmd {
-                    code,
-                    reason: reason.to_string(),
-                    flush,
-                });
-            }
+        if let Some(e) = self.links.remove(&link) {
+            e.queue.close(CloseCmd {
+                code,
+                reason: reason.to_string(),
+                flush,
+            });
         }
     }
 

@@ -19,16 +19,18 @@
 //! No application frame is read before the handshake succeeded and the link is registered.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::future::OptionFuture;
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::actor::{now_ms, ActorHandle, CloseCmd, LinkRegistration, WRITER_QUEUE_FRAMES};
+use super::actor::{now_ms, ActorHandle, CloseCmd, LinkRegistration};
 use super::events::{EventQueue, Level};
+use super::queue::{link_queue, LinkOut, QueueReceiver};
 use super::ws::{Role, WsError, WsMessage, WsReader, WsWriter};
 use crate::mesh::{Direction, LinkId};
 use crate::proto::handshake_frame::MAX_HANDSHAKE_BYTES;
@@ -73,27 +75,6 @@ pub fn ws_handshake_config() -> WebSocketConfig {
         .read_buffer_size(HANDSHAKE_READ_BUFFER)
         .max_message_size(Some(HANDSHAKE_MAX_MESSAGE))
         .max_frame_size(Some(HANDSHAKE_MAX_MESSAGE))
-}
-
-/// One item of a link's writer queue.
-#[derive(Debug)]
-pub(crate) enum LinkOut {
-    /// An encoded mesh frame (one BINARY message).
-    Frame(Vec<u8>),
-    /// An encoded mesh frame queued on several links (gossip), shared.
-    Shared(Arc<[u8]>),
-    /// The answer to a WebSocket PING from the peer (or a proxy in between).
-    Pong(Vec<u8>),
-}
-
-impl LinkOut {
-    /// Bytes this item counts against the writer queue's byte bound.
-    pub fn len(&self) -> usize {
-        match self {
-            LinkOut::Frame(b) | LinkOut::Pong(b) => b.len(),
-            LinkOut::Shared(b) => b.len(),
-        }
-    }
 }
 
 /// An upgraded socket framed by [`super::ws`]: the two halves of one stream.
@@ -469,64 +450,123 @@ enum End {
 const BURST_FRAMES: usize = 256;
 
 /// Register an authenticated link with the actor and pump until it ends.
-pub(crate) async fn run<S>(
+///
+/// An idle link is this future parked in [`Established::pump`], for as long as the link lives,
+/// so only the pump's own state is kept inline:
+/// - `ws` is handed to the boxed registration at once: an `async fn`'s arguments stay in its
+///   future for its whole life, even after they were moved out;
+/// - everything awaited once (registration, the close paths, `link_down`) is boxed, alive only
+///   while it runs (a queued send to the actor alone is a few hundred bytes);
+/// - values that are awaited are moved whole, never destructured across an `.await` (a
+///   partly moved local keeps its storage).
+///
+/// `tests::an_idle_link_task_stays_small` bounds the result.
+pub(crate) fn run<'a, S>(
     ws: WsLink<S>,
-    ctx: &LinkCtx,
+    ctx: &'a LinkCtx,
     peer: NodeId,
     direction: Direction,
     addr: String,
-) -> LinkEnd
+) -> impl std::future::Future<Output = LinkEnd> + 'a
+where
+    S: AsyncRead + AsyncWrite + 'a,
+{
+    let link = ctx.new_link_id();
+    let registered = Box::pin(register(ws, ctx, link, peer.clone(), direction, addr));
+    async move {
+        let started = Instant::now();
+        let serving = registered.await.map(|l| l.serve(ctx, link, peer, started));
+        OptionFuture::from(serving)
+            .await
+            .unwrap_or_else(|| LinkEnd {
+                up_for: Duration::ZERO,
+                proved: false,
+                reason: "node stopping".into(),
+            })
+    }
+}
+
+/// A registered link: its socket's two halves and its writer queue.
+struct Established<R, W> {
+    rd: WsReader<R>,
+    wr: WsWriter<W>,
+    queue: QueueReceiver,
+}
+
+/// Hand the link to the actor; `None` (socket closed with 1001) when the actor is gone.
+async fn register<S>(
+    mut ws: WsLink<S>,
+    ctx: &LinkCtx,
+    link: LinkId,
+    peer: NodeId,
+    direction: Direction,
+    addr: String,
+) -> Option<Established<ReadHalf<S>, WriteHalf<S>>>
 where
     S: AsyncRead + AsyncWrite,
 {
-    let link = ctx.new_link_id();
-    let (frames_tx, mut frames_rx) = mpsc::channel::<LinkOut>(WRITER_QUEUE_FRAMES);
-    // The reader answers WebSocket pings through the writer queue; a weak sender so the queue
-    // still closes when the actor drops the link.
-    let pong_tx = frames_tx.downgrade();
-    let queued = Arc::new(AtomicUsize::new(0));
-    let proved = Arc::new(AtomicBool::new(false));
-    let (close_tx, mut close_rx) = oneshot::channel::<CloseCmd>();
-    let started = Instant::now();
+    // The writer queue carries the actor's close request too; the reader answers WebSocket
+    // pings through it (only while the actor still holds the link).
+    let (queue_tx, queue) = link_queue();
     let reg = LinkRegistration {
         link,
-        peer: peer.clone(),
+        peer,
         direction,
         addr,
-        frames: frames_tx,
-        queued_bytes: queued.clone(),
-        close: close_tx,
-        proved: proved.clone(),
+        queue: queue_tx,
     };
-    let mut ws = ws;
     ws.authenticated();
     if !ctx.actor.link_up(reg).await {
         close_ws(&mut ws, 1001, "node stopping").await;
-        return LinkEnd {
-            up_for: Duration::ZERO,
-            proved: false,
-            reason: "node stopping".into(),
-        };
+        return None;
     }
-    let WsLink { mut rd, mut wr } = ws;
+    let WsLink { rd, wr } = ws;
+    Some(Established { rd, wr, queue })
+}
 
-    let end = {
-        let actor = &ctx.actor;
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Established<R, W> {
+    /// Pump until the link ends, close its socket, tell the actor.
+    async fn serve(
+        mut self,
+        ctx: &LinkCtx,
+        link: LinkId,
+        peer: NodeId,
+        started: Instant,
+    ) -> LinkEnd {
+        let end = self.pump(&ctx.actor, link).await;
+        let reason = Box::pin(self.finish(end)).await;
+        Box::pin(ctx.actor.link_down(link, reason.clone())).await;
+        ctx.events.push(
+            Level::Debug,
+            format!("mesh: link {} with {peer} ended: {reason}", link.0),
+        );
+        LinkEnd {
+            up_for: started.elapsed(),
+            proved: self.queue.proved(),
+            reason,
+        }
+    }
+
+    /// Until the actor asks to close or a side of the socket ends.
+    async fn pump(&mut self, actor: &ActorHandle, link: LinkId) -> End {
+        let Established { rd, wr, queue } = self;
+        let queue = &*queue;
         let reader = async {
             loop {
                 match rd.next().await {
                     Ok(Some(WsMessage::Binary(b))) => {
-                        if !actor.data(link, b).await {
+                        let alive = match actor.try_data(link, b) {
+                            Ok(alive) => alive,
+                            // The actor's queue is full: wait (boxed: rare, and large inline).
+                            Err(input) => Box::pin(actor.send(input)).await,
+                        };
+                        if !alive {
                             return "node stopping".to_string();
                         }
                     }
-                    Ok(Some(WsMessage::Text(_))) => actor.text_after_handshake().await,
-                    Ok(Some(WsMessage::Ping(p))) => {
-                        // Best effort: a peer that floods pings into a full queue loses pongs.
-                        if let Some(tx) = pong_tx.upgrade() {
-                            let _ = tx.try_send(LinkOut::Pong(p));
-                        }
-                    }
+                    Ok(Some(WsMessage::Text(_))) => Box::pin(actor.text_after_handshake()).await,
+                    // Best effort: a peer that floods pings into a full queue loses pongs.
+                    Ok(Some(WsMessage::Ping(p))) => queue.push_pong(p),
                     Ok(Some(WsMessage::Pong)) => {}
                     Ok(Some(WsMessage::Close(f))) => {
                         return match f {
@@ -540,17 +580,14 @@ where
             }
         };
         let writer = async {
-            while let Some(first) = frames_rx.recv().await {
-                // The write futures are boxed: they are large and only alive while writing,
-                // and inline they would be part of every idle link's task.
-                let r = match frames_rx.try_recv() {
+            while let Some(first) = queue.recv().await {
+                // The write futures are boxed: they are large and only alive while writing, and
+                // inline they would be part of every idle link's task.
+                let r = match queue.try_recv() {
                     // A lone frame: one vectored write, no copy.
-                    Err(_) => Box::pin(write_lone(&mut wr, &queued, first)).await,
+                    None => Box::pin(write_lone(wr, first)).await,
                     // A burst: coalesce, then one flush.
-                    Ok(second) => {
-                        let burst = [first, second];
-                        Box::pin(write_burst(&mut wr, &queued, &mut frames_rx, burst)).await
-                    }
+                    Some(second) => Box::pin(write_burst(wr, queue, [first, second])).await,
                 };
                 if let Err(e) = r {
                     return format!("write error: {e}");
@@ -560,21 +597,23 @@ where
         };
         tokio::select! {
             biased;
-            // 1. The actor's close request (shutdown, heartbeat timeout, slow peer, duplicate).
-            c = &mut close_rx => End::Close(c.ok()),
+            // 1. The actor's close request (shutdown, heartbeat timeout, slow peer, duplicate), or
+            //    the actor let go of the link.
+            c = queue.closed() => End::Close(c),
             // 2. Inbound frames.
             r = reader => End::Read(r),
             // 3. Outbound frames.
             w = writer => {
                 // The queue closes only when the actor dropped the link; its close request (if
-                // any) was sent first.
-                if w.is_empty() { End::Close(close_rx.try_recv().ok()) } else { End::Write(w) }
+                // any) was made first.
+                if w.is_empty() { End::Close(queue.try_closed()) } else { End::Write(w) }
             }
         }
-    };
+    }
 
-    // Boxed for the same reason as the writes: the close path runs once, at the end.
-    let reason = Box::pin(async {
+    /// Flush and close as asked, or answer the peer's close; the reason the link ended.
+    async fn finish(&mut self, end: End) -> String {
+        let Established { rd, wr, queue } = self;
         match end {
             End::Close(cmd) => {
                 let cmd = cmd.unwrap_or(CloseCmd {
@@ -584,8 +623,8 @@ where
                 });
                 if cmd.flush {
                     let _ = tokio::time::timeout(CLOSE_FLUSH, async {
-                        while let Ok(out) = frames_rx.try_recv() {
-                            if feed(&mut wr, &queued, out).await.is_err() {
+                        while let Some(out) = queue.try_recv() {
+                            if feed(wr, out).await.is_err() {
                                 return;
                             }
                         }
@@ -597,7 +636,7 @@ where
                     .await
                     .is_ok_and(|r| r.is_ok())
                 {
-                    linger(&mut rd).await;
+                    linger(rd).await;
                 }
                 format!("closed by us ({} {})", cmd.code, cmd.reason)
             }
@@ -608,27 +647,11 @@ where
             }
             End::Write(w) => w,
         }
-    })
-    .await;
-    ctx.actor.link_down(link, reason.clone()).await;
-    ctx.events.push(
-        Level::Debug,
-        format!("mesh: link {} with {peer} ended: {reason}", link.0),
-    );
-    LinkEnd {
-        up_for: started.elapsed(),
-        proved: proved.load(Ordering::Relaxed),
-        reason,
     }
 }
 
-/// Add one queued item to the writer's current burst (taking it off the queue's byte count).
-async fn feed<W: AsyncWrite + Unpin>(
-    wr: &mut WsWriter<W>,
-    queued: &AtomicUsize,
-    out: LinkOut,
-) -> std::io::Result<()> {
-    queued.fetch_sub(out.len(), Ordering::Relaxed);
+/// Add one queued item to the writer's current burst.
+async fn feed<W: AsyncWrite + Unpin>(wr: &mut WsWriter<W>, out: LinkOut) -> std::io::Result<()> {
     match out {
         LinkOut::Frame(bytes) => wr.feed_binary(bytes).await,
         LinkOut::Shared(bytes) => wr.feed_binary_slice(&bytes).await,
@@ -638,16 +661,12 @@ async fn feed<W: AsyncWrite + Unpin>(
 
 async fn write_lone<W: AsyncWrite + Unpin>(
     wr: &mut WsWriter<W>,
-    queued: &AtomicUsize,
     out: LinkOut,
 ) -> std::io::Result<()> {
     match out {
-        LinkOut::Frame(bytes) => {
-            queued.fetch_sub(bytes.len(), Ordering::Relaxed);
-            wr.send_binary(bytes).await
-        }
+        LinkOut::Frame(bytes) => wr.send_binary(bytes).await,
         other => {
-            feed(wr, queued, other).await?;
+            feed(wr, other).await?;
             wr.flush().await
         }
     }
@@ -656,18 +675,45 @@ async fn write_lone<W: AsyncWrite + Unpin>(
 /// Write `first` and whatever else is queued (at most [`BURST_FRAMES`]), then flush once.
 async fn write_burst<W: AsyncWrite + Unpin>(
     wr: &mut WsWriter<W>,
-    queued: &AtomicUsize,
-    rx: &mut mpsc::Receiver<LinkOut>,
+    queue: &QueueReceiver,
     first: [LinkOut; 2],
 ) -> std::io::Result<()> {
     for out in first {
-        feed(wr, queued, out).await?;
+        feed(wr, out).await?;
     }
     for _ in 2..BURST_FRAMES {
-        match rx.try_recv() {
-            Ok(out) => feed(wr, queued, out).await?,
-            Err(_) => break,
+        match queue.try_recv() {
+            Some(out) => feed(wr, out).await?,
+            None => break,
         }
     }
     wr.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Largest state of a link's pump (reader, writer and close arms), in bytes: what an idle
+    /// link parks on for its whole life, beyond its socket halves and queue (~390 now).
+    const MAX_PUMP_FUTURE: usize = 512;
+
+    #[tokio::test]
+    async fn an_idle_link_pump_stays_small_and_queue_items_stay_small() {
+        let (a, _b) = tokio::io::duplex(64);
+        let WsLink { rd, wr } = WsLink::new(a, Role::Server);
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let actor = ActorHandle { tx };
+        let (_tx, queue) = link_queue();
+        let mut link = Established { rd, wr, queue };
+        let pump = link.pump(&actor, LinkId(1));
+        let size = std::mem::size_of_val(&pump);
+        assert!(size <= MAX_PUMP_FUTURE, "pump future is {size} bytes");
+        drop(pump);
+        // The writer queue's slots are this big (a Vec, or an Arc'd slice, and a tag).
+        assert!(std::mem::size_of::<LinkOut>() <= 32);
+        // An idle link holds no read buffer, no burst buffer and no queue slots.
+        assert_eq!(link.rd.buffered_capacity(), 0);
+        assert_eq!(link.queue.buffered_capacity(), 0);
+    }
 }

@@ -15,7 +15,8 @@
 //! - [`handoff`]: `agent.handoff` / `agent.send` (serving through the host bridge) and the caller
 //!   side of `cluster_handoff` / `cluster_send` (timeouts, retries, cancel); [`fake_host`] is a
 //!   scripted host for tests and benchmarks.
-//! - [`link`]: one task per WebSocket: handshake, then the pump between socket and actor.
+//! - [`link`]: one task per WebSocket: handshake, then the pump between socket and actor;
+//!   [`queue`] is its writer queue (which also carries the actor's close request).
 //! - [`listener`]: the mesh listener socket (optional TLS), spawning inbound link tasks.
 //! - [`dialer`] + [`backoff`]: one task per configured peer, reconnecting with backoff.
 //! - [`tls`]: rustls server/client configs from `tls.*`.
@@ -37,6 +38,7 @@ pub mod handoff;
 pub mod host;
 pub mod link;
 pub mod listener;
+pub(crate) mod queue;
 #[cfg(unix)]
 pub mod remote_tools;
 pub mod service;
