@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::measure::{RttPlan, TputPlan};
-use super::report::{cpu_time_us, emit, percentile, r1, r2};
+use super::report::{count_window, cpu_time_us, emit, percentile, r1, r2};
 use super::BenchResult;
 
 /// Bound on every step (connect, a measurement); far above any expected time.
@@ -195,25 +195,10 @@ pub fn throughput(plan: &TputPlan) -> BenchResult<()> {
                     }
                 }
             });
-            tokio::time::sleep(warmup).await;
-            let (d0, c0, t0) = (
-                done.load(Ordering::Relaxed),
-                cpu_time_us("self"),
-                Instant::now(),
-            );
-            tokio::time::sleep(time).await;
-            let (d1, c1, t1) = (
-                done.load(Ordering::Relaxed),
-                cpu_time_us("self"),
-                Instant::now(),
-            );
+            let w = count_window(&done, warmup, time).await;
             writer.abort();
             reader.abort();
-            Ok((
-                d1 - d0,
-                c1.zip(c0).map(|(a, b)| a - b),
-                (t1 - t0).as_secs_f64(),
-            ))
+            Ok((w.count, w.cpu_us, w.secs))
         }
     })?;
     if counted == 0 {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use clawmatrix::node::Node;
 use serde_json::json;
 
-use super::report::{cpu_time_us, emit, percentile, r1, r2};
+use super::report::{count_window, cpu_time_us, emit, percentile, r1, r2};
 use super::topology::Mesh;
 use super::BenchResult;
 
@@ -170,26 +170,10 @@ pub fn throughput(mesh: &Mesh, plan: &TputPlan) -> BenchResult<()> {
                     }
                 });
             }
-            tokio::time::sleep(warmup).await;
-            let (d0, c0, t0) = (
-                done.load(Ordering::Relaxed),
-                cpu_time_us("self"),
-                Instant::now(),
-            );
-            tokio::time::sleep(time).await;
-            let (d1, c1, t1) = (
-                done.load(Ordering::Relaxed),
-                cpu_time_us("self"),
-                Instant::now(),
-            );
+            let w = count_window(&done, warmup, time).await;
             // Let the workers finish their last request (bounded by REQUEST_TIMEOUT).
             while workers.join_next().await.is_some() {}
-            (
-                d1 - d0,
-                c1.zip(c0).map(|(a, b)| a - b),
-                (t1 - t0).as_secs_f64(),
-                errors.load(Ordering::Relaxed),
-            )
+            (w.count, w.cpu_us, w.secs, errors.load(Ordering::Relaxed))
         }
     })?;
     if counted == 0 {

@@ -74,3 +74,31 @@ pub fn r1(x: f64) -> f64 {
 pub fn r2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
+
+/// What a counting window saw: completions, CPU time of this process (µs), wall seconds.
+pub struct Window {
+    pub count: u64,
+    pub cpu_us: Option<f64>,
+    pub secs: f64,
+}
+
+/// Sleep through `warmup`, then count what `done` gains during `time`, with this process's CPU.
+pub async fn count_window(
+    done: &std::sync::atomic::AtomicU64,
+    warmup: std::time::Duration,
+    time: std::time::Duration,
+) -> Window {
+    use std::sync::atomic::Ordering;
+    tokio::time::sleep(warmup).await;
+    let (d0, c0, t0) = (
+        done.load(Ordering::Relaxed),
+        cpu_time_us("self"),
+        std::time::Instant::now(),
+    );
+    tokio::time::sleep(time).await;
+    Window {
+        count: done.load(Ordering::Relaxed) - d0,
+        cpu_us: cpu_time_us("self").zip(c0).map(|(a, b)| a - b),
+        secs: t0.elapsed().as_secs_f64(),
+    }
+}

@@ -216,12 +216,6 @@ where
 mod tests {
     use super::*;
     use crate::config::PeerUrl;
-    use crate::node::actor::ActorHandle;
-    use crate::node::events::EventQueue;
-    use crate::proto::HandshakeConfig;
-    use std::sync::atomic::AtomicU64;
-    use std::time::Instant;
-    use tokio::sync::{mpsc, watch};
 
     /// Largest future of one dialer task, in bytes: an outbound link is this task parked in
     /// its link's pump, so the TLS connect and the pre-auth part are boxed and the link is
@@ -231,16 +225,7 @@ mod tests {
 
     #[test]
     fn an_idle_outbound_link_task_stays_small() {
-        let (tx, _rx) = mpsc::channel(1);
-        let (_stop, shutdown) = watch::channel(false);
-        let ctx = Arc::new(LinkCtx {
-            actor: ActorHandle { tx },
-            events: Arc::new(EventQueue::new()),
-            handshake: HandshakeConfig::new("n", b"s".to_vec()),
-            epoch: Instant::now(),
-            next_link: AtomicU64::new(1),
-            shutdown,
-        });
+        let (ctx, _rx, _stop) = LinkCtx::for_test();
         let url = "ws://127.0.0.1:9".to_string();
         let target = DialTarget {
             peer: PeerConfig {

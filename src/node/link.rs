@@ -68,6 +68,29 @@ impl LinkCtx {
     }
 }
 
+#[cfg(test)]
+impl LinkCtx {
+    /// A context for tests of link tasks that never reach the actor: its input channel's
+    /// receiver and the shutdown sender are returned so the caller keeps them open.
+    pub(crate) fn for_test() -> (
+        Arc<LinkCtx>,
+        tokio::sync::mpsc::Receiver<super::actor::Input>,
+        watch::Sender<bool>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let (stop, shutdown) = watch::channel(false);
+        let ctx = Arc::new(LinkCtx {
+            actor: ActorHandle { tx },
+            events: Arc::new(EventQueue::new()),
+            handshake: HandshakeConfig::new("n", b"s".to_vec()),
+            epoch: Instant::now(),
+            next_link: AtomicU64::new(1),
+            shutdown,
+        });
+        (ctx, rx, stop)
+    }
+}
+
 /// WebSocket limits for the HTTP upgrade (tungstenite does only the upgrade; the socket is
 /// then framed by [`super::ws`]): small buffers, handshake-sized messages.
 pub fn ws_handshake_config() -> WebSocketConfig {

@@ -211,12 +211,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::actor::ActorHandle;
-    use crate::node::events::EventQueue;
-    use crate::proto::HandshakeConfig;
-    use std::sync::atomic::AtomicU64;
-    use std::time::Instant;
-    use tokio::sync::{mpsc, watch};
 
     /// Largest future of one inbound connection's task, in bytes. An idle link keeps its whole
     /// task: this was 1,712 bytes (debug build) before the pre-auth state, the consumed
@@ -225,17 +219,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_inbound_link_task_stays_small() {
-        let (tx, _rx) = mpsc::channel(1);
-        let (_stop, shutdown) = watch::channel(false);
+        let (ctx, _rx, _stop) = LinkCtx::for_test();
         let this = Arc::new(Listener {
-            ctx: Arc::new(LinkCtx {
-                actor: ActorHandle { tx },
-                events: Arc::new(EventQueue::new()),
-                handshake: HandshakeConfig::new("n", b"s".to_vec()),
-                epoch: Instant::now(),
-                next_link: AtomicU64::new(1),
-                shutdown,
-            }),
+            ctx,
             tls: None,
             nonces: Arc::new(Mutex::new(NonceCache::default())),
         });
