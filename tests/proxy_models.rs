@@ -493,6 +493,36 @@ async fn the_overall_deadline_gives_504_and_unreachable_nodes_503() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overall_deadline_ends_a_stream_that_is_still_going_with_an_error_event() {
+    tokio::time::timeout(TEST_BOUND, async {
+        let m = simple(&["m-slow"], json!({"proxyTimeoutMs": 1200})).await;
+        let events: Vec<Value> = (0..10).map(|i| delta(&format!("t{i}"))).collect();
+        m.up.script("m-slow", sse_script(&events, Duration::from_millis(300)));
+        let t0 = Instant::now();
+        let got = m.complete("m-slow", true).await;
+        let took = t0.elapsed();
+        assert_eq!(got.status, 200);
+        let body = String::from_utf8(got.body()).unwrap();
+        assert!(
+            body.starts_with(&format!("data: {}\n\n", events[0])),
+            "{body}"
+        );
+        let last = body.trim_end().lines().last().unwrap();
+        assert!(
+            last.starts_with("data: {\"error\"") && last.contains("deadline"),
+            "ends with a deadline error event: {body}"
+        );
+        assert!(!body.contains("[DONE]"));
+        assert!(
+            took >= Duration::from_millis(1100) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_description_line_is_added_only_when_the_consumed_model_has_one() {
     tokio::time::timeout(TEST_BOUND, async {
         let m = simple(
