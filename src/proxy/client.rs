@@ -273,3 +273,96 @@ pub async fn send(
     let resp = c.request(req).await.map_err(|e| exchange(e.into_error()))?;
     Ok((resp, c))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An upstream that answers one request with `head` and then every chunk in `chunks` in
+    /// one write (chunked encoding, keep-alive).
+    async fn upstream(chunks: &'static [&'static str]) -> UpstreamUrl {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                seen.extend_from_slice(&buf[..n]);
+            }
+            let mut out = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+            for c in chunks {
+                out.extend_from_slice(format!("{:x}\r\n{c}\r\n", c.len()).as_bytes());
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+            s.write_all(&out).await.unwrap();
+            // Keep the connection open (keep-alive) until the client goes.
+            let _ = s.read(&mut buf).await;
+        });
+        UpstreamUrl::parse(&format!("http://{addr}")).unwrap()
+    }
+
+    fn get() -> Request<Full<Bytes>> {
+        Request::get("/")
+            .header("host", "x")
+            .body(Full::default())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn gather_takes_every_frame_already_there_in_one_call() {
+        let url = upstream(&["a1", "b22", "c333"]).await;
+        let pool = Pool::default();
+        let (resp, mut conn) = send(&pool, &url, get()).await.unwrap();
+        let mut body = resp.into_body();
+        // Let all of it reach our socket first.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut out = Vec::new();
+        let got = tokio::time::timeout(
+            Duration::from_secs(5),
+            conn.gather(&mut body, &mut out, 1 << 16),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(got, Gathered::End), "{got:?}");
+        assert_eq!(out, b"a1b22c333", "in order, in one buffer");
+        assert!(
+            out.capacity() - out.len() >= HEADER_ROOM - 9,
+            "room for the header"
+        );
+        pool.put(&url, conn);
+        assert!(
+            pool.take(&url).is_some(),
+            "read to the end: pooled and reusable"
+        );
+    }
+
+    #[tokio::test]
+    async fn gather_stops_at_its_limit_and_keeps_the_rest_for_the_next_call() {
+        let url = upstream(&["a1", "b22", "c333"]).await;
+        let (resp, mut conn) = send(&Pool::default(), &url, get()).await.unwrap();
+        let mut body = resp.into_body();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut all = Vec::new();
+        loop {
+            let mut out = Vec::new();
+            let got =
+                tokio::time::timeout(Duration::from_secs(5), conn.gather(&mut body, &mut out, 3))
+                    .await
+                    .unwrap();
+            assert!(
+                out.len() <= 3 + 4,
+                "at most one frame past the limit: {out:?}"
+            );
+            all.extend_from_slice(&out);
+            match got {
+                Gathered::More => continue,
+                Gathered::End => break,
+                Gathered::Failed(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(all, b"a1b22c333");
+    }
+}
