@@ -72,6 +72,18 @@ impl Service for Silent {
     }
 }
 
+/// A service that sends one chunk and then panics.
+struct Panics;
+
+impl Service for Panics {
+    fn call(&self, mut ctx: CallCtx, _payload: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>>> {
+        Box::pin(async move {
+            ctx.sink.send(b"first".to_vec()).await?;
+            panic!("boom in the service");
+        })
+    }
+}
+
 fn opts(ms: u64) -> CallOptions {
     CallOptions {
         deadline: Duration::from_millis(ms),
@@ -302,6 +314,33 @@ async fn losing_the_relay_mid_stream_fails_the_stream_as_unreachable() {
             || p.cancelled_at.lock().unwrap().is_some(),
         )
         .await;
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_panics_ends_its_stream_with_an_internal_error_and_the_node_keeps_serving() {
+    tokio::time::timeout(TEST_BOUND, async {
+        let (_cloud, office, home) = mesh(vec![("test.panics", Arc::new(Panics))]).await;
+        for _ in 0..2 {
+            let mut s = home
+                .call_stream("office", "test.panics", vec![], opts(5_000))
+                .await
+                .expect("open");
+            let first = s.next().await.unwrap().expect("first chunk");
+            assert_eq!(first, StreamItem::Chunk(b"first".to_vec()));
+            let e = s.next().await.unwrap().expect_err("the panic is the end");
+            assert_eq!(e.code, ErrorCode::Remote, "{}", e.message);
+            assert!(
+                e.message.contains(ErrorCode::Internal.as_str())
+                    && e.message.contains("boom in the service"),
+                "{}",
+                e.message
+            );
+        }
+        // The node still serves (the panic was caught in the call's task).
+        assert!(office.status().running);
     })
     .await
     .expect("bounded");

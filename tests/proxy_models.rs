@@ -166,6 +166,33 @@ async fn sse_passes_through_byte_for_byte_and_flushes_each_chunk() {
     .expect("bounded");
 }
 
+/// Mesh frames `node` has sent so far, once its throttled status snapshot caught up.
+async fn frames_out(node: &Node) -> u64 {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    node.status().mesh.frames_out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_that_arrive_together_cross_the_mesh_in_a_few_frames_in_order() {
+    tokio::time::timeout(TEST_BOUND, async {
+        let m = simple(&["m-burst"], json!({})).await;
+        let events: Vec<Value> = (0..500).map(|i| delta(&format!("token-{i} "))).collect();
+        // No gap: the whole answer reaches office's socket at once (a fast upstream).
+        m.up.script("m-burst", sse_script(&events, Duration::ZERO));
+        let before = frames_out(&m.offices[0]).await;
+        let got = m.complete("m-burst", true).await;
+        let sent = frames_out(&m.offices[0]).await - before;
+        assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body()));
+        assert_eq!(got.body(), sse(&events).concat(), "every byte, in order");
+        assert!(got.error.is_none());
+        // 501 SSE events, ~55 KB: the head, a few data chunks and the end (a frame per event
+        // before office gathered what its upstream socket already held).
+        assert!(sent <= 30, "office sent {sent} mesh frames for 501 events");
+    })
+    .await
+    .expect("bounded");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_stream_json_and_upstream_statuses_pass_through() {
     tokio::time::timeout(TEST_BOUND, async {
@@ -466,6 +493,36 @@ async fn the_overall_deadline_gives_504_and_unreachable_nodes_503() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overall_deadline_ends_a_stream_that_is_still_going_with_an_error_event() {
+    tokio::time::timeout(TEST_BOUND, async {
+        let m = simple(&["m-slow"], json!({"proxyTimeoutMs": 1200})).await;
+        let events: Vec<Value> = (0..10).map(|i| delta(&format!("t{i}"))).collect();
+        m.up.script("m-slow", sse_script(&events, Duration::from_millis(300)));
+        let t0 = Instant::now();
+        let got = m.complete("m-slow", true).await;
+        let took = t0.elapsed();
+        assert_eq!(got.status, 200);
+        let body = String::from_utf8(got.body()).unwrap();
+        assert!(
+            body.starts_with(&format!("data: {}\n\n", events[0])),
+            "{body}"
+        );
+        let last = body.trim_end().lines().last().unwrap();
+        assert!(
+            last.starts_with("data: {\"error\"") && last.contains("deadline"),
+            "ends with a deadline error event: {body}"
+        );
+        assert!(!body.contains("[DONE]"));
+        assert!(
+            took >= Duration::from_millis(1100) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_description_line_is_added_only_when_the_consumed_model_has_one() {
     tokio::time::timeout(TEST_BOUND, async {
         let m = simple(
@@ -582,6 +639,61 @@ async fn upstream_connections_are_kept_alive_between_requests() {
             1,
             "one upstream connection for five requests"
         );
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_upstream_closed_while_idle_is_not_reused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::time::timeout(TEST_BOUND, async {
+        // A keep-alive upstream that answers one request per connection and then, 100 ms
+        // later, closes it without saying so (as servers do with idle keep-alive sockets).
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut tmp = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut tmp).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                        }
+                    }
+                    // The request body is small; give it a moment to arrive, then answer.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let body = b"{\"ok\":true}";
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = s.write_all(&[head.as_bytes(), body].concat()).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    drop(s);
+                });
+            }
+        });
+        let providers = vec![HashMap::from([(
+            "mock".to_string(),
+            json!({"baseUrl": format!("http://{addr}/v1")}),
+        )])];
+        let m = mesh(
+            start_upstream().await,
+            &[models(&["idle-close"])],
+            &providers,
+            json!({}),
+        )
+        .await;
+        for i in 0..3 {
+            let got = m.complete("idle-close", false).await;
+            assert_eq!(got.status, 200, "request {i}: {}", String::from_utf8_lossy(&got.body()));
+            assert_eq!(got.json(), json!({"ok": true}));
+            // Past the upstream's close, well within the pool's idle age.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
     })
     .await
     .expect("bounded");

@@ -816,13 +816,18 @@ impl Actor {
                     cancel: cancel_rx,
                 };
                 tokio::spawn(async move {
-                    // The service runs in its own task so that a panic in it still frees the
-                    // served slot and answers the caller.
-                    let result = match tokio::spawn(svc.call(ctx, payload)).await {
+                    // A panic in the service is caught here so that it still frees the served
+                    // slot and answers the caller (one task per call, not a task per call plus
+                    // one to watch it).
+                    let call = std::panic::AssertUnwindSafe(svc.call(ctx, payload));
+                    let result = match futures_util::FutureExt::catch_unwind(call).await {
                         Ok(r) => r,
-                        Err(e) => Err(Error::new(
+                        Err(panic) => Err(Error::new(
                             ErrorCode::Internal,
-                            format!("the service failed: {e}"),
+                            format!(
+                                "the service failed: task panicked: {}",
+                                panic_message(&*panic)
+                            ),
                         )),
                     };
                     let _ = tx
@@ -1112,6 +1117,15 @@ impl Actor {
         self.urgent = false;
         self.last_publish = Instant::now();
     }
+}
+
+/// The text of a caught panic (`panic!` payloads are a `&str` or a `String`).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 fn far_future() -> tokio::time::Instant {

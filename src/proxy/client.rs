@@ -1,6 +1,14 @@
 //! A minimal HTTP/1.1 client for upstream model APIs over TCP or TLS (rustls with the system
 //! roots): request body sent whole, response body streamed.
 //!
+//! A connection has no task of its own: [`Conn`] holds hyper's request handle *and* its connection
+//! future, and whoever uses the connection drives it while waiting for the head
+//! ([`Conn::request`]) or the body ([`Conn::gather`]). That is what lets [`Conn::gather`] take
+//! every body frame the socket already holds in one go: hyper hands a body over one frame at a
+//! time (a one-slot channel between the connection and the body), so with the connection in a
+//! task of its own each frame cost a round trip through the scheduler and the caller never saw
+//! two at once.
+//!
 //! Connections are kept alive in a small pool per upstream (at most [`POOL_MAX_IDLE`] idle ones,
 //! reused only within [`POOL_MAX_IDLE_AGE`], shorter than common server keep-alive timeouts, so a
 //! reused socket is not one the server is closing). A connection goes back to the pool only after
@@ -8,12 +16,14 @@
 //! which closes the socket at once: that is how the upstream learns the client went away.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::{Body, Bytes, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -29,6 +39,112 @@ pub const POOL_MAX_IDLE: usize = 16;
 pub const POOL_MAX_IDLE_AGE: Duration = Duration::from_secs(4);
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+type Connection = hyper::client::conn::http1::Connection<TokioIo<Pin<Box<dyn Io>>>, Full<Bytes>>;
+
+/// One upstream connection: hyper's request handle and its connection future, driven by the
+/// task that uses it (see the module docs).
+pub struct Conn {
+    sender: Sender,
+    /// `None` once the connection future finished (closed or failed).
+    conn: Option<Connection>,
+}
+
+/// What [`Conn::gather`] found.
+#[derive(Debug)]
+pub enum Gathered {
+    /// Some body bytes (appended to the buffer); more may follow.
+    More,
+    /// The body ended (the buffer may hold its last bytes).
+    End,
+    /// The body broke off (the buffer may hold bytes that came before).
+    Failed(hyper::Error),
+}
+
+impl Conn {
+    /// Let the connection read, parse and write as far as it can without waiting.
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        if let Some(c) = self.conn.as_mut() {
+            if Pin::new(c).poll(cx).is_ready() {
+                self.conn = None;
+            }
+        }
+    }
+
+    /// Drive once without a task (before pooling and reuse, so an idle connection settles and
+    /// a connection the server closed is noticed).
+    fn settle(&mut self) {
+        let waker = std::task::Waker::noop();
+        self.drive(&mut Context::from_waker(waker));
+    }
+
+    fn is_usable(&self) -> bool {
+        self.conn.is_some() && !self.sender.is_closed()
+    }
+
+    /// Send `req` and wait for the response head, driving the connection meanwhile.
+    async fn request(
+        &mut self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Full<Bytes>>>> {
+        let mut sent = std::pin::pin!(self.sender.try_send_request(req));
+        let conn = &mut self.conn;
+        std::future::poll_fn(|cx| {
+            if let Some(c) = conn.as_mut() {
+                if Pin::new(c).poll(cx).is_ready() {
+                    *conn = None;
+                }
+            }
+            sent.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// Wait for body bytes, then append to `out` every data frame that is already there
+    /// (driving the connection between frames; never waiting for more) up to `limit` bytes.
+    pub async fn gather(
+        &mut self,
+        body: &mut Incoming,
+        out: &mut Vec<u8>,
+        limit: usize,
+    ) -> Gathered {
+        std::future::poll_fn(|cx| self.poll_gather(cx, body, out, limit)).await
+    }
+
+    fn poll_gather(
+        &mut self,
+        cx: &mut Context<'_>,
+        body: &mut Incoming,
+        out: &mut Vec<u8>,
+        limit: usize,
+    ) -> Poll<Gathered> {
+        let start = out.len();
+        loop {
+            self.drive(cx);
+            match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => {
+                    if let Ok(d) = f.into_data() {
+                        if out.capacity() == 0 {
+                            // Room for the mesh header the actor appends (no reallocation).
+                            out.reserve(d.len() + HEADER_ROOM);
+                        }
+                        out.extend_from_slice(&d);
+                    }
+                    if out.len() >= limit {
+                        return Poll::Ready(Gathered::More);
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Gathered::Failed(e)),
+                Poll::Ready(None) => return Poll::Ready(Gathered::End),
+                Poll::Pending if out.len() > start => return Poll::Ready(Gathered::More),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// Spare capacity left behind gathered bytes for the mesh frame header (a `chunk` header is
+/// ~150 bytes of JSON plus the 4-byte trailer).
+const HEADER_ROOM: usize = 256;
 
 /// An upstream's identity for pooling: `tls`, host, port.
 type UpstreamKey = (bool, String, u16);
@@ -36,31 +152,38 @@ type UpstreamKey = (bool, String, u16);
 /// Idle connections by upstream.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<UpstreamKey, Vec<(Instant, Sender)>>>,
+    idle: Mutex<HashMap<UpstreamKey, Vec<(Instant, Conn)>>>,
 }
 
 impl Pool {
-    fn take(&self, url: &UpstreamUrl) -> Option<Sender> {
+    fn take(&self, url: &UpstreamUrl) -> Option<Conn> {
         let mut g = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = g.get_mut(&(url.tls, url.host.clone(), url.port))?;
-        while let Some((at, s)) = list.pop() {
-            if at.elapsed() < POOL_MAX_IDLE_AGE && !s.is_closed() && s.is_ready() {
-                return Some(s);
+        while let Some((at, mut c)) = list.pop() {
+            if at.elapsed() >= POOL_MAX_IDLE_AGE {
+                continue;
+            }
+            // Nobody drove it while idle: let it read a close from the server now.
+            c.settle();
+            if c.is_usable() && c.sender.is_ready() {
+                return Some(c);
             }
         }
         None
     }
 
     /// Return a connection whose last response was read to the end.
-    pub fn put(&self, url: &UpstreamUrl, s: Sender) {
-        if s.is_closed() {
+    pub fn put(&self, url: &UpstreamUrl, mut c: Conn) {
+        // Let hyper finish the exchange so the connection is ready for the next request.
+        c.settle();
+        if !c.is_usable() {
             return;
         }
         let mut g = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = g.entry((url.tls, url.host.clone(), url.port)).or_default();
-        list.retain(|(at, s)| at.elapsed() < POOL_MAX_IDLE_AGE && !s.is_closed());
+        list.retain(|(at, c)| at.elapsed() < POOL_MAX_IDLE_AGE && c.is_usable());
         if list.len() < POOL_MAX_IDLE {
-            list.push((Instant::now(), s));
+            list.push((Instant::now(), c));
         }
     }
 }
@@ -115,42 +238,131 @@ async fn connect(url: &UpstreamUrl) -> Result<Pin<Box<dyn Io>>, SendError> {
         })?
 }
 
-async fn fresh(url: &UpstreamUrl) -> Result<Sender, SendError> {
+async fn fresh(url: &UpstreamUrl) -> Result<Conn, SendError> {
     let io = connect(url).await?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| SendError::Connect(format!("HTTP handshake with {}: {e}", url.authority())))?;
-    // The connection task ends when the sender and the response body are gone.
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
+    Ok(Conn {
+        sender,
+        conn: Some(conn),
+    })
 }
 
 /// Send `req` to `url`'s host and return the response head with its streaming body, and the
-/// connection's sender (give it back with [`Pool::put`] once the body was read to the end; drop
-/// it otherwise). A pooled connection the server closed meanwhile is replaced by a fresh one when
-/// the request was not sent on it.
+/// connection (read the body with [`Conn::gather`]; give the connection back with [`Pool::put`]
+/// once the body was read to the end, drop it otherwise). A pooled connection the server closed
+/// meanwhile is replaced by a fresh one when the request was not sent on it.
 pub async fn send(
     pool: &Pool,
     url: &UpstreamUrl,
     req: Request<Full<Bytes>>,
-) -> Result<(Response<Incoming>, Sender), SendError> {
+) -> Result<(Response<Incoming>, Conn), SendError> {
     let exchange = |e: hyper::Error| SendError::Exchange(format!("{}: {e}", url.authority()));
-    if let Some(mut pooled) = pool.take(url) {
-        match pooled.try_send_request(req).await {
+    let req = match pool.take(url) {
+        Some(mut pooled) => match pooled.request(req).await {
             Ok(resp) => return Ok((resp, pooled)),
             Err(mut e) => match e.take_message() {
-                Some(req) => {
-                    let mut sender = fresh(url).await?;
-                    let resp = sender.send_request(req).await.map_err(exchange)?;
-                    return Ok((resp, sender));
-                }
+                Some(req) => req,
                 None => return Err(exchange(e.into_error())),
             },
-        }
+        },
+        None => req,
+    };
+    let mut c = fresh(url).await?;
+    let resp = c.request(req).await.map_err(|e| exchange(e.into_error()))?;
+    Ok((resp, c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An upstream that answers one request with `head` and then every chunk in `chunks` in
+    /// one write (chunked encoding, keep-alive).
+    async fn upstream(chunks: &'static [&'static str]) -> UpstreamUrl {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                seen.extend_from_slice(&buf[..n]);
+            }
+            let mut out = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+            for c in chunks {
+                out.extend_from_slice(format!("{:x}\r\n{c}\r\n", c.len()).as_bytes());
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+            s.write_all(&out).await.unwrap();
+            // Keep the connection open (keep-alive) until the client goes.
+            let _ = s.read(&mut buf).await;
+        });
+        UpstreamUrl::parse(&format!("http://{addr}")).unwrap()
     }
-    let mut sender = fresh(url).await?;
-    let resp = sender.send_request(req).await.map_err(exchange)?;
-    Ok((resp, sender))
+
+    fn get() -> Request<Full<Bytes>> {
+        Request::get("/")
+            .header("host", "x")
+            .body(Full::default())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn gather_takes_every_frame_already_there_in_one_call() {
+        let url = upstream(&["a1", "b22", "c333"]).await;
+        let pool = Pool::default();
+        let (resp, mut conn) = send(&pool, &url, get()).await.unwrap();
+        let mut body = resp.into_body();
+        // Let all of it reach our socket first.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut out = Vec::new();
+        let got = tokio::time::timeout(
+            Duration::from_secs(5),
+            conn.gather(&mut body, &mut out, 1 << 16),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(got, Gathered::End), "{got:?}");
+        assert_eq!(out, b"a1b22c333", "in order, in one buffer");
+        assert!(
+            out.capacity() - out.len() >= HEADER_ROOM - 9,
+            "room for the header"
+        );
+        pool.put(&url, conn);
+        assert!(
+            pool.take(&url).is_some(),
+            "read to the end: pooled and reusable"
+        );
+    }
+
+    #[tokio::test]
+    async fn gather_stops_at_its_limit_and_keeps_the_rest_for_the_next_call() {
+        let url = upstream(&["a1", "b22", "c333"]).await;
+        let (resp, mut conn) = send(&Pool::default(), &url, get()).await.unwrap();
+        let mut body = resp.into_body();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut all = Vec::new();
+        loop {
+            let mut out = Vec::new();
+            let got =
+                tokio::time::timeout(Duration::from_secs(5), conn.gather(&mut body, &mut out, 3))
+                    .await
+                    .unwrap();
+            assert!(
+                out.len() <= 3 + 4,
+                "at most one frame past the limit: {out:?}"
+            );
+            all.extend_from_slice(&out);
+            match got {
+                Gathered::More => continue,
+                Gathered::End => break,
+                Gathered::Failed(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(all, b"a1b22c333");
+    }
 }

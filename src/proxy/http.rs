@@ -473,7 +473,7 @@ fn respond(
         call,
         node: cand.node.clone(),
         sse: is_sse,
-        deadline,
+        deadline: Box::pin(tokio::time::sleep_until(deadline)),
         after: None,
         done: false,
     };
@@ -491,7 +491,9 @@ struct Body {
     call: CallStream,
     node: String,
     sse: bool,
-    deadline: Instant,
+    /// The overall deadline: one timer for the whole body (a `timeout_at` per frame registered
+    /// and removed a timer entry for every chunk of a slow stream).
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
     /// A terminal item met while coalescing, delivered after the data.
     after: Option<crate::error::Result<StreamItem>>,
     done: bool,
@@ -521,17 +523,26 @@ async fn next_frame(mut b: Body) -> Option<(BodyItem, Body)> {
     }
     let item = match b.after.take() {
         Some(item) => Some(item),
-        None => match tokio::time::timeout_at(b.deadline, b.call.next()).await {
-            Ok(item) => item,
-            Err(_) => {
-                let f = b.fail(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "deadline",
-                    "proxyTimeoutMs passed while streaming".into(),
-                );
-                return Some((f, b));
+        None => {
+            let next = tokio::select! {
+                // The stream first: what has arrived is delivered even at the deadline (as
+                // `timeout_at` did).
+                biased;
+                item = b.call.next() => Some(item),
+                _ = b.deadline.as_mut() => None,
+            };
+            match next {
+                Some(item) => item,
+                None => {
+                    let f = b.fail(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "deadline",
+                        "proxyTimeoutMs passed while streaming".into(),
+                    );
+                    return Some((f, b));
+                }
             }
-        },
+        }
     };
     match item? {
         Ok(StreamItem::Chunk(mut data)) => {

@@ -13,12 +13,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::Request;
 use serde_json::Value;
 
-use super::client::{self, SendError};
+use super::client::{self, Gathered, SendError};
 use super::tunnel::{self, TunnelEnd, TunnelHead};
 use crate::config::{Config, ModelApi, ModelConfig, UpstreamUrl};
 use crate::error::Result;
@@ -285,7 +285,7 @@ async fn serve(svc: &ModelService, mut ctx: CallCtx, payload: &[u8]) -> TunnelEn
         _ = ctx.cancel.wait_for(|c| *c) => return cancelled(),
         r = client::send(&svc.inner.pool, &up.url, request) => r,
     };
-    let (resp, conn) = match sent {
+    let (resp, mut conn) = match sent {
         Ok(r) => r,
         Err(SendError::Connect(e)) => return TunnelEnd::fail(502, "upstream_connect", e, true),
         Err(SendError::Exchange(e)) => return TunnelEnd::fail(502, "upstream_exchange", e, false),
@@ -313,48 +313,25 @@ async fn serve(svc: &ModelService, mut ctx: CallCtx, payload: &[u8]) -> TunnelEn
     }
     let mut body = resp.into_body();
     loop {
-        let frame = tokio::select! {
+        // Wait for body bytes, then take every frame that has already arrived (never wait for
+        // more): fewer, larger mesh chunks when the upstream is fast, the same latency when it
+        // is slow. `conn` is driven here, so frames the socket already holds count as arrived.
+        let mut out = Vec::new();
+        let got = tokio::select! {
             biased;
             _ = ctx.cancel.wait_for(|c| *c) => return cancelled(),
-            f = body.frame() => f,
+            g = conn.gather(&mut body, &mut out, COALESCE_BYTES) => g,
         };
-        let mut out = match frame {
-            None => {
-                svc.inner.pool.put(&up.url, conn);
-                return TunnelEnd::ok();
-            }
-            Some(Err(e)) => return broken(e),
-            Some(Ok(f)) => f.into_data().map(|d| d.to_vec()).unwrap_or_default(),
-        };
-        // Coalesce what has already arrived (never wait for more): fewer, larger mesh chunks
-        // when the upstream is fast, the same latency when it is slow.
-        let mut ended = false;
-        while out.len() < COALESCE_BYTES {
-            match futures_util::FutureExt::now_or_never(body.frame()) {
-                Some(Some(Ok(f))) => {
-                    if let Ok(d) = f.into_data() {
-                        out.extend_from_slice(&d);
-                    }
-                }
-                Some(Some(Err(e))) => {
-                    if !out.is_empty() {
-                        let _ = ctx.sink.send(out).await;
-                    }
-                    return broken(e);
-                }
-                Some(None) => {
-                    ended = true;
-                    break;
-                }
-                None => break,
-            }
-        }
         if !out.is_empty() && ctx.sink.send(out).await.is_err() {
             return cancelled();
         }
-        if ended {
-            svc.inner.pool.put(&up.url, conn);
-            return TunnelEnd::ok();
+        match got {
+            Gathered::More => {}
+            Gathered::End => {
+                svc.inner.pool.put(&up.url, conn);
+                return TunnelEnd::ok();
+            }
+            Gathered::Failed(e) => return broken(e),
         }
     }
 }

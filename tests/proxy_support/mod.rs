@@ -22,7 +22,8 @@ use tokio::net::{TcpListener, TcpStream};
 /// What the scripted upstream does for a model id.
 #[derive(Clone, Debug)]
 pub enum Script {
-    /// Answer with these raw body pieces (after the head), `gap` between them, then close.
+    /// Answer with these raw body pieces (after the head), `gap` between them (no gap: all in
+    /// one write), then close.
     Pieces {
         status: u16,
         headers: Vec<(String, String)>,
@@ -210,13 +211,22 @@ pub async fn start_upstream() -> Upstream {
                         if wr.write_all(h.as_bytes()).await.is_err() {
                             return;
                         }
-                        for (i, p) in pieces.iter().enumerate() {
-                            if i > 0 && !gap.is_zero() {
+                        let chunked = |p: &[u8]| {
+                            [format!("{:x}\r\n", p.len()).as_bytes(), p, b"\r\n"].concat()
+                        };
+                        if gap.is_zero() {
+                            // No gap: every piece in one write, as a fast upstream's bytes
+                            // arrive together.
+                            let all: Vec<u8> = pieces.iter().flat_map(|p| chunked(p)).collect();
+                            if wr.write_all(&all).await.is_err() {
+                                return;
+                            }
+                        }
+                        for (i, p) in pieces.iter().enumerate().filter(|_| !gap.is_zero()) {
+                            if i > 0 {
                                 tokio::time::sleep(gap).await;
                             }
-                            let chunk =
-                                [format!("{:x}\r\n", p.len()).as_bytes(), p, b"\r\n"].concat();
-                            if wr.write_all(&chunk).await.is_err() {
+                            if wr.write_all(&chunked(p)).await.is_err() {
                                 return;
                             }
                         }
