@@ -52,6 +52,7 @@ struct Plan {
     samples: usize,
     max_time: Duration,
     cpu_requests: usize,
+    paced_chunks: u64,
 }
 
 fn free_port() -> BenchResult<u16> {
@@ -91,12 +92,21 @@ async fn upstream_handle(
         .unwrap_or_default();
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let n = v["n"].as_u64().unwrap_or(LATENCY_CHUNKS).min(100_000);
+    let gap = Duration::from_millis(v["gap_ms"].as_u64().unwrap_or(0).min(1_000));
     let frames = (0..n)
         .map(|i| Ok::<_, std::convert::Infallible>(Frame::data(sse_chunk(i))))
         .chain(std::iter::once(Ok(Frame::data(Bytes::from_static(
             b"data: [DONE]\n\n",
         )))));
     let stream = futures_util::stream::iter(frames);
+    // Paced: one chunk per `gap` (a model emitting tokens one at a time), so every chunk
+    // travels alone; otherwise everything at once (a fast upstream).
+    let stream = futures_util::StreamExt::then(stream, move |f| async move {
+        if !gap.is_zero() {
+            tokio::time::sleep(gap).await;
+        }
+        f
+    });
     Ok(Response::builder()
         .header("content-type", "text/event-stream")
         .body(BodyExt::boxed(StreamBody::new(stream)))
@@ -259,9 +269,10 @@ async fn one(
     c: &mut Client,
     path: &str,
     n: u64,
+    gap_ms: u64,
     want: u64,
 ) -> BenchResult<(Duration, Duration, u64)> {
-    let body = json!({"model": "bench-model", "stream": true, "n": n, "messages": [{"role": "user", "content": "bench"}]}).to_string();
+    let body = json!({"model": "bench-model", "stream": true, "n": n, "gap_ms": gap_ms, "messages": [{"role": "user", "content": "bench"}]}).to_string();
     let req = Request::post(path)
         .header("host", "127.0.0.1")
         .header("content-type", "application/json")
@@ -309,7 +320,7 @@ struct Lat {
 async fn latency(c: &mut Client, path: &str, plan: &Plan) -> BenchResult<Lat> {
     let want = expected_bytes(LATENCY_CHUNKS);
     for _ in 0..plan.warmup {
-        one(c, path, LATENCY_CHUNKS, want).await?;
+        one(c, path, LATENCY_CHUNKS, 0, want).await?;
     }
     let mut l = Lat {
         ttfb: Vec::new(),
@@ -317,7 +328,7 @@ async fn latency(c: &mut Client, path: &str, plan: &Plan) -> BenchResult<Lat> {
     };
     let t0 = Instant::now();
     while l.ttfb.len() < plan.samples && t0.elapsed() < plan.max_time {
-        let (a, b, _) = one(c, path, LATENCY_CHUNKS, want).await?;
+        let (a, b, _) = one(c, path, LATENCY_CHUNKS, 0, want).await?;
         l.ttfb.push(a.as_secs_f64() * 1e6);
         l.total.push(b.as_secs_f64() * 1e6);
     }
@@ -326,14 +337,42 @@ async fn latency(c: &mut Client, path: &str, plan: &Plan) -> BenchResult<Lat> {
     Ok(l)
 }
 
+/// Chunks of the paced CPU run and the upstream's gap between them (tokio's timer resolution).
+const PACED_CHUNKS: u64 = 1_000;
+const PACED_GAP_MS: u64 = 1;
+
+/// This process's CPU time in µs from `CLOCK_PROCESS_CPUTIME_ID` (ns resolution: the paced
+/// run is ~1 s of mostly idle time, below what 10 ms `/proc` ticks can resolve).
+fn process_cpu_us() -> BenchResult<f64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the call only writes it.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Err("clock_gettime(CLOCK_PROCESS_CPUTIME_ID) failed".into());
+    }
+    Ok(ts.tv_sec as f64 * 1e6 + ts.tv_nsec as f64 / 1e3)
+}
+
+/// CPU time of this whole process per chunk over one paced stream: every chunk arrives alone,
+/// so each one is a mesh frame per hop and a wake-up of every node on the way.
+async fn cpu_paced(c: &mut Client, path: &str, chunks: u64) -> BenchResult<f64> {
+    let want = expected_bytes(chunks);
+    let cpu0 = process_cpu_us()?;
+    one(c, path, chunks, PACED_GAP_MS, want).await?;
+    Ok((process_cpu_us()? - cpu0) / (chunks + 1) as f64)
+}
+
 /// CPU time of this whole process per chunk over `requests` long streams.
 async fn cpu(c: &mut Client, path: &str, requests: usize) -> BenchResult<(f64, u64, f64)> {
     let want = expected_bytes(CPU_CHUNKS);
-    one(c, path, CPU_CHUNKS, want).await?;
+    one(c, path, CPU_CHUNKS, 0, want).await?;
     let cpu0 = cpu_time_us("self").ok_or("no /proc/self/stat")?;
     let t0 = Instant::now();
     for _ in 0..requests {
-        one(c, path, CPU_CHUNKS, want).await?;
+        one(c, path, CPU_CHUNKS, 0, want).await?;
     }
     let wall = t0.elapsed().as_secs_f64();
     let cpu1 = cpu_time_us("self").ok_or("no /proc/self/stat")?;
@@ -347,6 +386,7 @@ async fn run(quick: bool) -> BenchResult<()> {
         samples: if quick { 200 } else { 3_000 },
         max_time: Duration::from_millis(if quick { 500 } else { 4_000 }),
         cpu_requests: if quick { 3 } else { 30 },
+        paced_chunks: if quick { 200 } else { PACED_CHUNKS },
     };
     report::machine();
     let upstream = start_upstream().await?;
@@ -355,7 +395,11 @@ async fn run(quick: bool) -> BenchResult<()> {
     let mut c = client(upstream, String::new()).await?;
     let direct = latency(&mut c, "/v1/chat/completions", &plan).await?;
     let (direct_cpu, chunks, _) = cpu(&mut c, "/v1/chat/completions", plan.cpu_requests).await?;
+    let direct_paced = cpu_paced(&mut c, "/v1/chat/completions", plan.paced_chunks).await?;
     emit_latency("direct", &direct);
+    emit(
+        json!({"bench": "proxy_cpu_paced", "topology": "direct", "cpu_us_per_chunk": r2(direct_paced), "chunks": plan.paced_chunks, "gap_ms": PACED_GAP_MS}),
+    );
     emit(
         json!({"bench": "proxy_cpu", "topology": "direct", "cpu_us_per_chunk": r2(direct_cpu), "chunks": chunks}),
     );
@@ -375,6 +419,15 @@ async fn run(quick: bool) -> BenchResult<()> {
         let (cpu_per_chunk, chunks, wall) = cpu(&mut c, topo.path, plan.cpu_requests).await?;
         let host_calls = topo.host_calls.load(Ordering::Relaxed) - calls_before;
         let frames = frames_out(&topo.nodes).await - frames_before;
+        let paced = cpu_paced(&mut c, topo.path, plan.paced_chunks).await?;
+        emit(json!({
+            "bench": "proxy_cpu_paced", "topology": topo.name, "cpu_us_per_chunk": r2(paced),
+            "added_cpu_us_per_chunk": r2(paced - direct_paced), "chunks": plan.paced_chunks, "gap_ms": PACED_GAP_MS,
+        }));
+        eprintln!(
+            "{name}: paced ({PACED_GAP_MS} ms between chunks, one mesh frame each): CPU {paced:.2} µs/chunk (+{:.2} over direct)",
+            paced - direct_paced
+        );
         emit_latency(topo.name, &lat);
         let added = |a: &[f64], b: &[f64], p: f64| percentile(a, p) - percentile(b, p);
         emit(json!({

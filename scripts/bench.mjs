@@ -70,6 +70,10 @@ function modelsTable(rows) {
   row("added to total p50 (µs)", (t) => added(t)?.total_p50_us);
   row("CPU per SSE chunk, whole process (µs)", (t) => cpu(t)?.cpu_us_per_chunk);
   row("CPU added per SSE chunk (µs)", (t) => cpu(t)?.added_cpu_us_per_chunk, `≤ ${TARGET.proxyCpuPerChunk}`, (a) => a <= TARGET.proxyCpuPerChunk);
+  row("mesh frames per SSE chunk (fast upstream: chunks gathered)", (t) => (t === "direct" ? undefined : cpu(t)?.mesh_frames_per_chunk));
+  const paced = (t) => find(rows, "proxy_cpu_paced", (r) => r.topology === t);
+  row("CPU per chunk, paced upstream: 1 ms apart, one frame each (µs)", (t) => paced(t)?.cpu_us_per_chunk);
+  row("CPU added per chunk, paced upstream (µs)", (t) => paced(t)?.added_cpu_us_per_chunk);
   row("JS (host) calls per chunk", (t) => (t === "direct" ? undefined : calls(t)?.per_chunk), "0", (a) => a === 0);
   return out.join("\n");
 }
