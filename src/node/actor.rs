@@ -43,9 +43,16 @@ pub const INPUT_QUEUE: usize = 4096;
 /// Most inputs the actor handles in one turn before it ticks, drains outputs and publishes:
 /// amortises that per-turn work over a burst, while a turn stays a few hundred µs at most.
 const INPUT_BATCH: usize = 64;
-/// Per-link writer queue bound, in frames: 1024 frames ≈ a few seconds of heavy gossip/relay
-/// traffic on one link. Beyond it frames are dropped and counted, never awaited.
-pub const WRITER_QUEUE_FRAMES: usize = 1024;
+/// Per-link writer queue bound, in frames: every stream window one caller may have open,
+/// 64 chunks × 1024 calls = 65 536. Flow control (credit) is what bounds a stream's frames in
+/// flight, so a smaller frame bound turns windowed traffic into loss whenever a consumer falls
+/// behind: with 1024 frames, 1000 handoff streams at 50 chunks/s through a relay (a burst of
+/// 1000 tiny chunks every 20 ms) overflowed it within a second of CPU starvation and the relay
+/// closed the caller's link as a slow peer. Memory stays bounded by [`WRITER_QUEUE_BYTES`] plus
+/// one queue slot per frame actually queued. Beyond it frames are dropped and counted, never
+/// awaited.
+pub const WRITER_QUEUE_FRAMES: usize =
+    crate::proto::STREAM_WINDOW_CHUNKS as usize * crate::mesh::calls::DEFAULT_MAX_INFLIGHT_CALLS;
 /// Per-link writer queue bound, in bytes: 16 MiB = one largest frame (`MAX_FRAME_BYTES`), so a
 /// single maximum frame always fits an empty queue while a stuck peer pins at most this much.
 pub const WRITER_QUEUE_BYTES: usize = crate::proto::MAX_FRAME_BYTES;

@@ -302,7 +302,7 @@ mod tests {
     }
 
     #[test]
-    fn the_frame_bound_refuses_the_1025th_frame_and_drained_needs_half() {
+    fn the_frame_bound_refuses_one_frame_more_and_drained_needs_half() {
         let (tx, rx) = link_queue();
         for _ in 0..WRITER_QUEUE_FRAMES {
             tx.try_push(frame(1)).unwrap();
