@@ -131,6 +131,39 @@ async fn start_upstream() -> BenchResult<SocketAddr> {
     Ok(addr)
 }
 
+/// A byte pipe on a runtime of its own (one worker, like a node): every connection accepted on
+/// the returned address is forwarded to `target` as it is. Two chained pipes are the floor of
+/// the mesh path: the same thread hops (home's and office's workers) with no mesh work at all.
+fn start_pipe(
+    name: &str,
+    target: SocketAddr,
+) -> BenchResult<(tokio::runtime::Runtime, SocketAddr)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("{name}: runtime: {e}"))?;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("{name}: bind: {e}"))?;
+    let addr = l.local_addr().map_err(|e| e.to_string())?;
+    l.set_nonblocking(true).map_err(|e| e.to_string())?;
+    rt.spawn(async move {
+        let Ok(l) = TcpListener::from_std(l) else {
+            return;
+        };
+        while let Ok((mut a, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut b) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let _ = (a.set_nodelay(true), b.set_nodelay(true));
+                let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+            });
+        }
+    });
+    Ok((rt, addr))
+}
+
 fn config(
     id: &str,
     listen: Option<u16>,
@@ -409,6 +442,37 @@ async fn run(quick: bool) -> BenchResult<()> {
         percentile(&direct.total, 50.0),
         direct_cpu
     );
+
+    // The floor: the same requests through two chained byte pipes (home's and office's thread
+    // hops without the mesh). Their runtimes are shut down in the background: dropping a
+    // runtime inside this async run would block it.
+    {
+        let (office_rt, office) = start_pipe("floor-office", upstream)?;
+        let (home_rt, home) = start_pipe("floor-home", office)?;
+        let mut c = client(home, String::new()).await?;
+        let lat = latency(&mut c, "/v1/chat/completions", &plan).await?;
+        let paced = cpu_paced(&mut c, "/v1/chat/completions", plan.paced_chunks).await?;
+        drop(c);
+        office_rt.shutdown_background();
+        home_rt.shutdown_background();
+        emit_latency("floor", &lat);
+        let added = |a: &[f64], b: &[f64], p: f64| percentile(a, p) - percentile(b, p);
+        emit(json!({
+            "bench": "proxy_added", "topology": "floor",
+            "ttfb_p50_us": r1(added(&lat.ttfb, &direct.ttfb, 50.0)), "ttfb_p99_us": r1(added(&lat.ttfb, &direct.ttfb, 99.0)),
+            "total_p50_us": r1(added(&lat.total, &direct.total, 50.0)), "total_p99_us": r1(added(&lat.total, &direct.total, 99.0)),
+        }));
+        emit(json!({
+            "bench": "proxy_cpu_paced", "topology": "floor", "cpu_us_per_chunk": r2(paced),
+            "added_cpu_us_per_chunk": r2(paced - direct_paced), "chunks": plan.paced_chunks, "gap_ms": PACED_GAP_MS,
+        }));
+        eprintln!(
+            "floor (two byte pipes, no mesh): ttfb p50 +{:.0} µs, p99 +{:.0} µs; paced CPU {paced:.2} µs/chunk (+{:.2})",
+            added(&lat.ttfb, &direct.ttfb, 50.0),
+            added(&lat.ttfb, &direct.ttfb, 99.0),
+            paced - direct_paced
+        );
+    }
 
     for name in ["1 hop", "2 hops"] {
         let topo = build(name, upstream).await?;
