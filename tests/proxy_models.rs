@@ -62,6 +62,21 @@ fn models(ids: &[&str]) -> Value {
     )
 }
 
+/// One office serving `model` from the provider `mock` at `addr` (a test's own upstream).
+async fn mesh_with_upstream_at(addr: std::net::SocketAddr, model: &str) -> Mesh {
+    let providers = vec![HashMap::from([(
+        "mock".to_string(),
+        json!({"baseUrl": format!("http://{addr}/v1")}),
+    )])];
+    mesh(
+        start_upstream().await,
+        &[models(&[model])],
+        &providers,
+        json!({}),
+    )
+    .await
+}
+
 /// cloud listens; each office (`office-<i>`) and home dial it. Office `i` serves `office_models[i]`
 /// from `providers` (its fake host's view of OpenClaw's config).
 async fn mesh(
@@ -618,17 +633,7 @@ async fn upstream_connections_are_kept_alive_between_requests() {
                 });
             }
         });
-        let providers = vec![HashMap::from([(
-            "mock".to_string(),
-            json!({"baseUrl": format!("http://{addr}/v1")}),
-        )])];
-        let m = mesh(
-            start_upstream().await,
-            &[models(&["ka"])],
-            &providers,
-            json!({}),
-        )
-        .await;
+        let m = mesh_with_upstream_at(addr, "ka").await;
         for _ in 0..5 {
             let got = m.complete("ka", false).await;
             assert_eq!(got.status, 200);
@@ -676,17 +681,7 @@ async fn a_pooled_connection_the_upstream_closed_while_idle_is_not_reused() {
                 });
             }
         });
-        let providers = vec![HashMap::from([(
-            "mock".to_string(),
-            json!({"baseUrl": format!("http://{addr}/v1")}),
-        )])];
-        let m = mesh(
-            start_upstream().await,
-            &[models(&["idle-close"])],
-            &providers,
-            json!({}),
-        )
-        .await;
+        let m = mesh_with_upstream_at(addr, "idle-close").await;
         for i in 0..3 {
             let got = m.complete("idle-close", false).await;
             assert_eq!(got.status, 200, "request {i}: {}", String::from_utf8_lossy(&got.body()));
