@@ -5,10 +5,8 @@
 // office's run; an unknown agent and an unreachable node give clear tool errors.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { rmSync } from "node:fs";
-import { dirname } from "node:path";
-import { provision, startMockLlm, startGateways, stopAll, cleanRunDir, agentReplyText } from "../harness/index.mjs";
-import { stagePlugin } from "./plugin-package.mjs";
+import { startGateways, agentReplyText } from "../harness/index.mjs";
+import { startSuite, endSuite } from "./plugin-package.mjs";
 import { freePort } from "../js/free-port.mjs";
 
 const SECRET = "handoff-e2e-secret-0123456789";
@@ -18,6 +16,8 @@ let cloud;
 let office;
 let home;
 const metrics = {};
+/** The suite's runtime, mock LLM and staged plugin (see startSuite / endSuite). */
+const fx = {};
 
 const peer = (s, id) => s.peers.find((p) => p.nodeId === id);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -42,9 +42,9 @@ async function turn(gw, message, opts) {
 }
 
 before(async () => {
-  const provisioned = await provision();
-  mock = await startMockLlm();
-  pkg = stagePlugin();
+  await startSuite(fx);
+  ({ mock, pkg } = fx);
+  const { provisioned } = fx;
   const cloudPort = await freePort();
   const url = `ws://127.0.0.1:${cloudPort}`;
   const base = { secret: SECRET };
@@ -87,13 +87,7 @@ before(async () => {
   metrics.meshFormedMs = ms;
 }, { timeout: 10 * 60_000 });
 
-after(async () => {
-  console.log(`[metrics] ${JSON.stringify(metrics)}`);
-  await stopAll();
-  await mock?.close();
-  if (cloud && !process.env.CLAWMATRIX_KEEP_RUN) cleanRunDir(dirname(cloud.dir));
-  if (pkg) rmSync(pkg.tmp, { recursive: true, force: true });
-});
+after(() => endSuite(fx, metrics, cloud));
 
 /** The newest handoff record of `role` in a status. */
 const newest = (s, role) => [...(s.handoffs?.recent ?? [])].reverse().find((r) => r.role === role);

@@ -3,10 +3,10 @@
 // killing cloud's gateway process is detected by home; starting it again heals the mesh.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { rmSync, readFileSync, existsSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { provision, startMockLlm, startGateways, stopAll, cleanRunDir, agentReplyText } from "../harness/index.mjs";
-import { stagePlugin } from "./plugin-package.mjs";
+import { readFileSync, existsSync } from "node:fs";
+import { join } from "node:path";
+import { startGateways, agentReplyText } from "../harness/index.mjs";
+import { startSuite, endSuite } from "./plugin-package.mjs";
 import { freePort } from "../js/free-port.mjs";
 
 const SECRET = "mesh-e2e-secret-0123456789";
@@ -16,6 +16,8 @@ let cloud;
 let office;
 let home;
 const metrics = {};
+/** The suite's runtime, mock LLM and staged plugin (see startSuite / endSuite). */
+const fx = {};
 
 /** Poll `gw`'s clawmatrix.status until `pred(status)` holds; returns the status and the wait. */
 async function waitStatus(gw, pred, timeoutMs, what) {
@@ -32,9 +34,9 @@ async function waitStatus(gw, pred, timeoutMs, what) {
 const peer = (s, id) => s.peers.find((p) => p.nodeId === id);
 
 before(async () => {
-  const provisioned = await provision();
-  mock = await startMockLlm();
-  pkg = stagePlugin();
+  await startSuite(fx);
+  ({ mock, pkg } = fx);
+  const { provisioned } = fx;
   const cloudPort = await freePort();
   const url = `ws://127.0.0.1:${cloudPort}`;
   const base = { secret: SECRET };
@@ -78,13 +80,7 @@ before(async () => {
   metrics.readyMs = [cloud, office, home].map((g) => g.timings.readyMs);
 }, { timeout: 15 * 60_000 });
 
-after(async () => {
-  console.log(`[metrics] ${JSON.stringify(metrics)}`);
-  await stopAll();
-  await mock?.close();
-  if (cloud && !process.env.CLAWMATRIX_KEEP_RUN) cleanRunDir(dirname(cloud.dir));
-  if (pkg) rmSync(pkg.tmp, { recursive: true, force: true });
-});
+after(() => endSuite(fx, metrics, cloud));
 
 test("the three gateways form one mesh: home reaches office via cloud", { timeout: 180_000 }, async () => {
   const { status: h, ms } = await waitStatus(

@@ -5,11 +5,11 @@
 // client that leaves cancels office's upstream request across two hops.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { rmSync, readdirSync, readFileSync, statSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { readdirSync, readFileSync, statSync } from "node:fs";
+import { join } from "node:path";
 import OpenAI from "openai";
-import { provision, startMockLlm, startGateways, stopAll, cleanRunDir, agentReplyText } from "../harness/index.mjs";
-import { stagePlugin } from "./plugin-package.mjs";
+import { startGateways, agentReplyText } from "../harness/index.mjs";
+import { startSuite, endSuite } from "./plugin-package.mjs";
 import { freePort } from "../js/free-port.mjs";
 
 const SECRET = "models-e2e-secret-0123456789";
@@ -22,11 +22,13 @@ let office;
 let home;
 let homeProxy;
 const metrics = {};
+/** The suite's runtime, mock LLM and staged plugin (see startSuite / endSuite). */
+const fx = {};
 
 before(async () => {
-  const provisioned = await provision();
-  mock = await startMockLlm();
-  pkg = stagePlugin();
+  await startSuite(fx);
+  ({ mock, pkg } = fx);
+  const { provisioned } = fx;
   const cloudPort = await freePort();
   const url = `ws://127.0.0.1:${cloudPort}`;
   const base = { secret: SECRET };
@@ -62,13 +64,7 @@ before(async () => {
   metrics.readyMs = [cloud, office, home].map((g) => g.timings.readyMs);
 }, { timeout: 15 * 60_000 });
 
-after(async () => {
-  console.log(`[metrics] ${JSON.stringify(metrics)}`);
-  await stopAll();
-  await mock?.close();
-  if (cloud && !process.env.CLAWMATRIX_KEEP_RUN) cleanRunDir(dirname(cloud.dir));
-  if (pkg) rmSync(pkg.tmp, { recursive: true, force: true });
-});
+after(() => endSuite(fx, metrics, cloud));
 
 /** Waits for home's config to hold clawmatrix's provider for office; returns the entry. */
 async function officeProvider(timeoutMs = 120_000) {

@@ -2,10 +2,11 @@
 // extracted. Gateways load the extracted folder (dev path) or install the tarball (release path),
 // never the repo itself, so build output like target/ is never copied by OpenClaw's plugin capture.
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, mkdirSync, existsSync } from "node:fs";
+import { mkdtempSync, mkdirSync, existsSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
+import { provision, startMockLlm, stopAll, cleanRunDir } from "../harness/index.mjs";
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 
@@ -26,4 +27,32 @@ export function stagePlugin() {
   mkdirSync(extract);
   execFileSync("tar", ["xzf", tgz, "-C", extract], { timeout: 60_000 });
   return { tgz, dir: join(extract, "package"), tmp };
+}
+
+/**
+ * The fixtures every real-gateway suite starts in its `before`: the provisioned runtime, the mock
+ * LLM and the staged plugin. Filled into `fx` one by one, so `endSuite(fx, ...)` in `after` also
+ * cleans up what a failed `before` had already started.
+ * @param {{provisioned?: any, mock?: any, pkg?: {tgz: string, dir: string, tmp: string}}} fx
+ * @param {object} [provisionOpts] passed to `provision()`
+ */
+export async function startSuite(fx, provisionOpts) {
+  fx.provisioned = await provision(provisionOpts);
+  fx.mock = await startMockLlm();
+  fx.pkg = stagePlugin();
+  return fx;
+}
+
+/**
+ * The `after` of every real-gateway suite: print its metrics, stop every gateway (by PID), close
+ * the mock, remove the run dir (kept with CLAWMATRIX_KEEP_RUN) and the staged package.
+ * @param {{mock?: any, pkg?: {tmp: string}}} fx @param {object} metrics
+ * @param {{dir: string} | undefined} gateway any gateway of the suite (its parent is the run dir)
+ */
+export async function endSuite(fx, metrics, gateway) {
+  console.log(`[metrics] ${JSON.stringify(metrics)}`);
+  await stopAll();
+  await fx.mock?.close();
+  if (gateway && !process.env.CLAWMATRIX_KEEP_RUN) cleanRunDir(dirname(gateway.dir));
+  if (fx.pkg) rmSync(fx.pkg.tmp, { recursive: true, force: true });
 }

@@ -4,10 +4,8 @@
 // gateway proves the release path (npm pack -> `plugins install npm-pack:`).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { rmSync } from "node:fs";
-import { dirname } from "node:path";
-import { provision, startMockLlm, startGateways, stopAll, cleanRunDir, agentReplyText } from "../harness/index.mjs";
-import { stagePlugin } from "./plugin-package.mjs";
+import { provision, startGateways, agentReplyText } from "../harness/index.mjs";
+import { startSuite, endSuite } from "./plugin-package.mjs";
 import { freePort, portIsFree } from "../js/free-port.mjs";
 
 const SECRET = "e2e-secret-0123456789";
@@ -17,6 +15,8 @@ let solo; // plugin installed in dev mode: `openclaw plugins install -l <extract
 let packed; // installs the npm-pack tarball (release path) later
 const ports = {};
 const metrics = {};
+/** The suite's runtime, mock LLM and staged plugin (see startSuite / endSuite). */
+const fx = {};
 const SOLO_CONFIG = () => ({
   nodeId: "solo-01",
   secret: SECRET,
@@ -30,9 +30,9 @@ const SOLO_CONFIG = () => ({
 });
 
 before(async () => {
-  const provisioned = await provision({ log: (m) => console.log(`[provision] ${m}`) });
-  mock = await startMockLlm();
-  pkg = stagePlugin();
+  await startSuite(fx, { log: (m) => console.log(`[provision] ${m}`) });
+  ({ mock, pkg } = fx);
+  const { provisioned } = fx;
   ports.listen = await freePort();
   ports.proxy = await freePort();
   // Both start without clawmatrix: the baseline for the RSS comparison.
@@ -55,13 +55,7 @@ before(async () => {
   metrics.idleRssKiB = { withPlugin: solo.rss().mainKiB, withoutPlugin: packed.rss().mainKiB };
 }, { timeout: 15 * 60_000 });
 
-after(async () => {
-  console.log(`[metrics] ${JSON.stringify(metrics)}`);
-  await stopAll();
-  await mock?.close();
-  if (solo && !process.env.CLAWMATRIX_KEEP_RUN) cleanRunDir(dirname(solo.dir));
-  if (pkg) rmSync(pkg.tmp, { recursive: true, force: true });
-});
+after(() => endSuite(fx, metrics, solo));
 
 test("plugins inspect shows the seven tools, both methods and the service, without diagnostics", { timeout: 120_000 }, async () => {
   const r = await solo.cli(["plugins", "inspect", "clawmatrix", "--runtime", "--json"]);
