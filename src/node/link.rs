@@ -483,7 +483,8 @@ const BURST_FRAMES: usize = 256;
 /// - values that are awaited are moved whole, never destructured across an `.await` (a
 ///   partly moved local keeps its storage).
 ///
-/// `tests::an_idle_link_task_stays_small` bounds the result.
+/// `tests::an_idle_link_pump_stays_small_and_queue_items_stay_small` bounds the pump, and the
+/// listener's and dialer's tests bound the whole task.
 pub(crate) fn run<'a, S>(
     ws: WsLink<S>,
     ctx: &'a LinkCtx,

@@ -103,15 +103,6 @@ pub fn encode_owned(header: &Header, mut payload: Vec<u8>) -> Result<Vec<u8>, Co
     Ok(payload)
 }
 
-/// Encoded size of a header alone (used to split gossip batches).
-pub fn header_len(header: &Header) -> usize {
-    let mut out = Vec::with_capacity(256);
-    match super::header_json::write(&mut out, header) {
-        Ok(()) => out.len(),
-        Err(_) => usize::MAX,
-    }
-}
-
 /// Where the header of a frame of `len` bytes starts and ends, from its trailer.
 fn locate(bytes: &[u8]) -> Result<(usize, usize), CodecError> {
     if bytes.len() > MAX_FRAME_BYTES {

@@ -14,7 +14,7 @@
 //! [`write`] falls back to serde for strings that need escaping and for `gossip`/`digest`.
 
 use super::frame::{Body, Header};
-use super::hex::{CallId, FrameId};
+use super::hex::{push_hex, CallId, FrameId};
 
 /// Append the JSON form of `h` to `out` (byte-identical to `serde_json::to_writer`).
 pub fn write(out: &mut Vec<u8>, h: &Header) -> Result<(), serde_json::Error> {
@@ -158,12 +158,8 @@ fn write_u64(out: &mut Vec<u8>, mut n: u64) {
 }
 
 fn write_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
-    for b in bytes {
-        out.push(HEX[(b >> 4) as usize]);
-        out.push(HEX[(b & 0xf) as usize]);
-    }
+    push_hex(out, bytes);
     out.push(b'"');
 }
 
@@ -252,7 +248,9 @@ impl<'a> Cur<'a> {
         self.str().map(str::to_owned)
     }
 
+    /// `,"call_id":"<hex>"`, the first field of every call-scoped body.
     fn call_id(&mut self) -> Option<CallId> {
+        self.lit(b",\"call_id\":")?;
         CallId::from_hex(self.str()?)
     }
 
@@ -307,7 +305,6 @@ pub fn read(json: &[u8]) -> Option<Header> {
             }
         }
         "call" => {
-            c.lit(b",\"call_id\":")?;
             let call_id = c.call_id()?;
             c.lit(b",\"method\":")?;
             let method = c.string()?;
@@ -341,7 +338,6 @@ pub fn read(json: &[u8]) -> Option<Header> {
             }
         }
         "chunk" => {
-            c.lit(b",\"call_id\":")?;
             let call_id = c.call_id()?;
             c.lit(b",\"seq\":")?;
             Body::Chunk {
@@ -350,7 +346,6 @@ pub fn read(json: &[u8]) -> Option<Header> {
             }
         }
         "cancel" => {
-            c.lit(b",\"call_id\":")?;
             let call_id = c.call_id()?;
             c.lit(b",\"reason\":")?;
             Body::Cancel {
@@ -359,7 +354,6 @@ pub fn read(json: &[u8]) -> Option<Header> {
             }
         }
         "credit" => {
-            c.lit(b",\"call_id\":")?;
             let call_id = c.call_id()?;
             c.lit(b",\"chunks\":")?;
             Body::Credit {
@@ -368,7 +362,6 @@ pub fn read(json: &[u8]) -> Option<Header> {
             }
         }
         "unreachable" => {
-            c.lit(b",\"call_id\":")?;
             let call_id = c.call_id()?;
             c.lit(b",\"node\":")?;
             Body::Unreachable {
@@ -403,7 +396,6 @@ fn seq_t(c: &mut Cur<'_>) -> Option<(u64, u64)> {
 type Outcome = (CallId, bool, Option<String>, Option<String>);
 
 fn outcome(c: &mut Cur<'_>) -> Option<Outcome> {
-    c.lit(b",\"call_id\":")?;
     let call_id = c.call_id()?;
     c.lit(b",\"ok\":")?;
     let ok = c.bool()?;

@@ -8,12 +8,18 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Lowercase hex of `bytes`.
 pub fn encode(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
+    let mut s = Vec::with_capacity(bytes.len() * 2);
+    push_hex(&mut s, bytes);
+    // Hex digits are ASCII.
+    String::from_utf8(s).unwrap_or_default()
+}
+
+/// Append the lowercase hex of `bytes` to `out` (the frame header writer's form of [`encode`]).
+pub fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
     for b in bytes {
-        s.push(HEX[(b >> 4) as usize] as char);
-        s.push(HEX[(b & 0xf) as usize] as char);
+        out.push(HEX[(b >> 4) as usize]);
+        out.push(HEX[(b & 0xf) as usize]);
     }
-    s
 }
 
 /// Value of each byte as a hex digit (either case); 0xFF = not a hex digit. A table because every
