@@ -63,11 +63,7 @@ pub enum Gathered {
 impl Conn {
     /// Let the connection read, parse and write as far as it can without waiting.
     fn drive(&mut self, cx: &mut Context<'_>) {
-        if let Some(c) = self.conn.as_mut() {
-            if Pin::new(c).poll(cx).is_ready() {
-                self.conn = None;
-            }
-        }
+        drive(&mut self.conn, cx);
     }
 
     /// Drive once without a task (before pooling and reuse, so an idle connection settles and
@@ -86,14 +82,12 @@ impl Conn {
         &mut self,
         req: Request<Full<Bytes>>,
     ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Full<Bytes>>>> {
+        // The two fields are borrowed apart: the request holds the sender while the
+        // connection is driven.
         let mut sent = std::pin::pin!(self.sender.try_send_request(req));
         let conn = &mut self.conn;
         std::future::poll_fn(|cx| {
-            if let Some(c) = conn.as_mut() {
-                if Pin::new(c).poll(cx).is_ready() {
-                    *conn = None;
-                }
-            }
+            drive(conn, cx);
             sent.as_mut().poll(cx)
         })
         .await
@@ -138,6 +132,15 @@ impl Conn {
                 Poll::Pending if out.len() > start => return Poll::Ready(Gathered::More),
                 Poll::Pending => return Poll::Pending,
             }
+        }
+    }
+}
+
+/// Poll a connection future once; forget it when it finished (closed or failed).
+fn drive(conn: &mut Option<Connection>, cx: &mut Context<'_>) {
+    if let Some(c) = conn.as_mut() {
+        if Pin::new(c).poll(cx).is_ready() {
+            *conn = None;
         }
     }
 }
@@ -282,6 +285,12 @@ mod tests {
     /// An upstream that answers one request with `head` and then every chunk in `chunks` in
     /// one write (chunked encoding, keep-alive).
     async fn upstream(chunks: &'static [&'static str]) -> UpstreamUrl {
+        upstream_then(chunks, false).await
+    }
+
+    /// [`upstream`], closing the connection 100 ms after the answer when `close` (as a server
+    /// does with an idle keep-alive socket), without saying so in the response.
+    async fn upstream_then(chunks: &'static [&'static str], close: bool) -> UpstreamUrl {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move {
@@ -298,6 +307,11 @@ mod tests {
             }
             out.extend_from_slice(b"0\r\n\r\n");
             s.write_all(&out).await.unwrap();
+            if close {
+                // After the client read it to the end and pooled the connection.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return;
+            }
             // Keep the connection open (keep-alive) until the client goes.
             let _ = s.read(&mut buf).await;
         });
@@ -364,5 +378,24 @@ mod tests {
             }
         }
         assert_eq!(all, b"a1b22c333");
+    }
+
+    #[tokio::test]
+    async fn the_pool_does_not_hand_out_a_connection_the_server_closed_while_it_was_idle() {
+        let url = upstream_then(&["ok"], true).await;
+        let pool = Pool::default();
+        let (resp, mut conn) = send(&pool, &url, get()).await.unwrap();
+        let mut body = resp.into_body();
+        let mut out = Vec::new();
+        while let Gathered::More = conn.gather(&mut body, &mut out, 1 << 16).await {}
+        // Read to the end before the close arrived: pooled.
+        pool.put(&url, conn);
+        // The server closes 100 ms after its answer; nobody drives the idle connection meanwhile.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // `take` drives it once, sees the close, and does not hand it out.
+        assert!(
+            pool.take(&url).is_none(),
+            "a closed connection came out of the pool"
+        );
     }
 }

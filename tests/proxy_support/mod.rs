@@ -221,13 +221,14 @@ pub async fn start_upstream() -> Upstream {
                             if wr.write_all(&all).await.is_err() {
                                 return;
                             }
-                        }
-                        for (i, p) in pieces.iter().enumerate().filter(|_| !gap.is_zero()) {
-                            if i > 0 {
-                                tokio::time::sleep(gap).await;
-                            }
-                            if wr.write_all(&chunked(p)).await.is_err() {
-                                return;
+                        } else {
+                            for (i, p) in pieces.iter().enumerate() {
+                                if i > 0 {
+                                    tokio::time::sleep(gap).await;
+                                }
+                                if wr.write_all(&chunked(p)).await.is_err() {
+                                    return;
+                                }
                             }
                         }
                         if !break_off {
