@@ -35,7 +35,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use report::{cpu_time_us, emit, percentile, r1, r2};
+use report::{emit, percentile, r1, r2};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -374,8 +374,9 @@ async fn latency(c: &mut Client, path: &str, plan: &Plan) -> BenchResult<Lat> {
 const PACED_CHUNKS: u64 = 1_000;
 const PACED_GAP_MS: u64 = 1;
 
-/// This process's CPU time in µs from `CLOCK_PROCESS_CPUTIME_ID` (ns resolution: the paced
-/// run is ~1 s of mostly idle time, below what 10 ms `/proc` ticks can resolve).
+/// This process's CPU time in µs from `CLOCK_PROCESS_CPUTIME_ID`, for both CPU runs (ns
+/// resolution: the paced run is ~1 s of mostly idle time, below what 10 ms `/proc` ticks
+/// resolve).
 fn process_cpu_us() -> BenchResult<f64> {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -402,13 +403,13 @@ async fn cpu_paced(c: &mut Client, path: &str, chunks: u64) -> BenchResult<f64> 
 async fn cpu(c: &mut Client, path: &str, requests: usize) -> BenchResult<(f64, u64, f64)> {
     let want = expected_bytes(CPU_CHUNKS);
     one(c, path, CPU_CHUNKS, 0, want).await?;
-    let cpu0 = cpu_time_us("self").ok_or("no /proc/self/stat")?;
+    let cpu0 = process_cpu_us()?;
     let t0 = Instant::now();
     for _ in 0..requests {
         one(c, path, CPU_CHUNKS, 0, want).await?;
     }
     let wall = t0.elapsed().as_secs_f64();
-    let cpu1 = cpu_time_us("self").ok_or("no /proc/self/stat")?;
+    let cpu1 = process_cpu_us()?;
     let chunks = CPU_CHUNKS * requests as u64;
     Ok(((cpu1 - cpu0) / chunks as f64, chunks, wall))
 }
@@ -430,9 +431,7 @@ async fn run(quick: bool) -> BenchResult<()> {
     let (direct_cpu, chunks, _) = cpu(&mut c, "/v1/chat/completions", plan.cpu_requests).await?;
     let direct_paced = cpu_paced(&mut c, "/v1/chat/completions", plan.paced_chunks).await?;
     emit_latency("direct", &direct);
-    emit(
-        json!({"bench": "proxy_cpu_paced", "topology": "direct", "cpu_us_per_chunk": r2(direct_paced), "chunks": plan.paced_chunks, "gap_ms": PACED_GAP_MS}),
-    );
+    emit_paced("direct", direct_paced, None, plan.paced_chunks);
     emit(
         json!({"bench": "proxy_cpu", "topology": "direct", "cpu_us_per_chunk": r2(direct_cpu), "chunks": chunks}),
     );
@@ -455,17 +454,8 @@ async fn run(quick: bool) -> BenchResult<()> {
         drop(c);
         office_rt.shutdown_background();
         home_rt.shutdown_background();
-        emit_latency("floor", &lat);
-        let added = |a: &[f64], b: &[f64], p: f64| percentile(a, p) - percentile(b, p);
-        emit(json!({
-            "bench": "proxy_added", "topology": "floor",
-            "ttfb_p50_us": r1(added(&lat.ttfb, &direct.ttfb, 50.0)), "ttfb_p99_us": r1(added(&lat.ttfb, &direct.ttfb, 99.0)),
-            "total_p50_us": r1(added(&lat.total, &direct.total, 50.0)), "total_p99_us": r1(added(&lat.total, &direct.total, 99.0)),
-        }));
-        emit(json!({
-            "bench": "proxy_cpu_paced", "topology": "floor", "cpu_us_per_chunk": r2(paced),
-            "added_cpu_us_per_chunk": r2(paced - direct_paced), "chunks": plan.paced_chunks, "gap_ms": PACED_GAP_MS,
-        }));
+        emit_added("floor", &lat, &direct);
+        emit_paced("floor", paced, Some(direct_paced), plan.paced_chunks);
         eprintln!(
             "floor (two byte pipes, no mesh): ttfb p50 +{:.0} µs, p99 +{:.0} µs; paced CPU {paced:.2} µs/chunk (+{:.2})",
             added(&lat.ttfb, &direct.ttfb, 50.0),
@@ -484,21 +474,12 @@ async fn run(quick: bool) -> BenchResult<()> {
         let host_calls = topo.host_calls.load(Ordering::Relaxed) - calls_before;
         let frames = frames_out(&topo.nodes).await - frames_before;
         let paced = cpu_paced(&mut c, topo.path, plan.paced_chunks).await?;
-        emit(json!({
-            "bench": "proxy_cpu_paced", "topology": topo.name, "cpu_us_per_chunk": r2(paced),
-            "added_cpu_us_per_chunk": r2(paced - direct_paced), "chunks": plan.paced_chunks, "gap_ms": PACED_GAP_MS,
-        }));
+        emit_paced(topo.name, paced, Some(direct_paced), plan.paced_chunks);
         eprintln!(
             "{name}: paced ({PACED_GAP_MS} ms between chunks, one mesh frame each): CPU {paced:.2} µs/chunk (+{:.2} over direct)",
             paced - direct_paced
         );
-        emit_latency(topo.name, &lat);
-        let added = |a: &[f64], b: &[f64], p: f64| percentile(a, p) - percentile(b, p);
-        emit(json!({
-            "bench": "proxy_added", "topology": topo.name,
-            "ttfb_p50_us": r1(added(&lat.ttfb, &direct.ttfb, 50.0)), "ttfb_p99_us": r1(added(&lat.ttfb, &direct.ttfb, 99.0)),
-            "total_p50_us": r1(added(&lat.total, &direct.total, 50.0)), "total_p99_us": r1(added(&lat.total, &direct.total, 99.0)),
-        }));
+        emit_added(topo.name, &lat, &direct);
         emit(json!({
             "bench": "proxy_cpu", "topology": topo.name, "cpu_us_per_chunk": r2(cpu_per_chunk),
             "added_cpu_us_per_chunk": r2(cpu_per_chunk - direct_cpu), "chunks": chunks, "chunks_per_s": r1(chunks as f64 / wall),
@@ -519,6 +500,29 @@ async fn run(quick: bool) -> BenchResult<()> {
         }
     }
     Ok(())
+}
+
+/// `a`'s percentile `p` minus `b`'s (a difference of percentiles).
+fn added(a: &[f64], b: &[f64], p: f64) -> f64 {
+    percentile(a, p) - percentile(b, p)
+}
+
+/// The latency line of `topology` and what it adds over `direct`.
+fn emit_added(topology: &str, l: &Lat, direct: &Lat) {
+    emit_latency(topology, l);
+    emit(json!({
+        "bench": "proxy_added", "topology": topology,
+        "ttfb_p50_us": r1(added(&l.ttfb, &direct.ttfb, 50.0)), "ttfb_p99_us": r1(added(&l.ttfb, &direct.ttfb, 99.0)),
+        "total_p50_us": r1(added(&l.total, &direct.total, 50.0)), "total_p99_us": r1(added(&l.total, &direct.total, 99.0)),
+    }));
+}
+
+/// The paced CPU line of `topology`; "added" over `direct_paced`, when given.
+fn emit_paced(topology: &str, paced: f64, direct_paced: Option<f64>, chunks: u64) {
+    emit(json!({
+        "bench": "proxy_cpu_paced", "topology": topology, "cpu_us_per_chunk": r2(paced),
+        "added_cpu_us_per_chunk": direct_paced.map(|d| r2(paced - d)), "chunks": chunks, "gap_ms": PACED_GAP_MS,
+    }));
 }
 
 /// Mesh frames sent by all `nodes` (every link crossing counts once; the CPU runs' own frames
