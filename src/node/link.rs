@@ -605,6 +605,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Established<R, W> {
         };
         let writer = async {
             while let Some(first) = queue.recv().await {
+                // A lone frame: let the tasks already runnable on this thread run first, so what
+                // they queue goes out in the same write (the scheduler runs the task a push woke
+                // next, so without this every producer's frame would be its own syscall).
+                if queue.is_empty() {
+                    tokio::task::yield_now().await;
+                }
                 // The write futures are boxed: they are large and only alive while writing, and
                 // inline they would be part of every idle link's task.
                 let r = match queue.try_recv() {
@@ -721,6 +727,122 @@ mod tests {
     /// Largest state of a link's pump (reader, writer and close arms), in bytes: what an idle
     /// link parks on for its whole life, beyond its socket halves and queue (~390 now).
     const MAX_PUMP_FUTURE: usize = 512;
+
+    /// A stream that counts the writes reaching it.
+    struct CountingStream {
+        inner: tokio::io::DuplexStream,
+        writes: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl AsyncRead for CountingStream {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for CountingStream {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        }
+        fn is_write_vectored(&self) -> bool {
+            self.inner.is_write_vectored()
+        }
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// Frames queued by several tasks in one scheduler pass leave in one write, although the
+    /// multi-thread scheduler runs the woken link task right after the first producer (its LIFO
+    /// slot): the writer lets the runnable tasks go first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn frames_queued_by_tasks_runnable_together_leave_in_one_write() {
+        use tokio::io::AsyncReadExt;
+        const PRODUCERS: usize = 10;
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stream = CountingStream {
+            inner: a,
+            writes: Arc::clone(&writes),
+        };
+        let WsLink { rd, wr } = WsLink::new(stream, Role::Server);
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let actor = ActorHandle { tx };
+        let (queue_tx, queue) = link_queue();
+        let queue_tx = Arc::new(queue_tx);
+        let link = tokio::spawn(async move {
+            let mut link = Established { rd, wr, queue };
+            link.pump(&actor, LinkId(1)).await;
+        });
+        // Let the link task park on its empty queue, then start the producers from one task on
+        // the worker, so they are all runnable at once.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let spawner = {
+            let queue_tx = Arc::clone(&queue_tx);
+            tokio::spawn(async move {
+                let mut producers = Vec::new();
+                for i in 0..PRODUCERS {
+                    let q = Arc::clone(&queue_tx);
+                    producers.push(tokio::spawn(async move {
+                        q.try_push(LinkOut::Frame(vec![i as u8; 100])).unwrap();
+                    }));
+                }
+                for p in producers {
+                    p.await.unwrap();
+                }
+            })
+        };
+        spawner.await.unwrap();
+        // All ten frames arrive (2-byte header + 100 bytes each, unmasked server frames; the
+        // scheduler decides their order)…
+        let mut got = vec![0u8; PRODUCERS * 102];
+        tokio::time::timeout(Duration::from_secs(5), b.read_exact(&mut got))
+            .await
+            .expect("frames within 5 s")
+            .unwrap();
+        let mut seen: Vec<u8> = got
+            .chunks(102)
+            .map(|f| {
+                assert_eq!(&f[..2], &[0x82, 100]);
+                assert!(f[2..].iter().all(|&x| x == f[2]));
+                f[2]
+            })
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..PRODUCERS as u8).collect::<Vec<_>>());
+        // …in one write.
+        assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 1);
+        link.abort();
+    }
 
     #[tokio::test]
     async fn an_idle_link_pump_stays_small_and_queue_items_stay_small() {

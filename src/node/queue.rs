@@ -189,6 +189,11 @@ impl QueueReceiver {
         Poll::Pending
     }
 
+    /// Whether nothing is queued right now.
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().items.is_empty()
+    }
+
     /// The next item if one is queued.
     pub fn try_recv(&self) -> Option<LinkOut> {
         take(&mut self.0.lock())
