@@ -18,6 +18,10 @@
 //! [`REPLY_BUFFER`] unread replies per call (a host that outruns its consumer fails that call
 //! with a clear error instead of buffering without bound). When no host has attached (Rust
 //! tests, a host that never pulls) calls fail immediately with `NotRunning`.
+//!
+//! Replies arrive on the host's thread (the JS thread in the product) and wake their consumer
+//! on the node's thread through [`HostBridge::wakes`]: at once while the host is quiet, once
+//! per tick while it is busy (`super::wake`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -25,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 use tokio::sync::{mpsc, Notify};
 
+use super::wake::{Wakes, WrappedWaker};
 use crate::error::{Error, ErrorCode, Result};
 
 /// Most host calls in flight at once.
@@ -68,11 +73,17 @@ struct Inner {
 pub struct HostBridge {
     inner: Mutex<Inner>,
     notify: Notify,
+    wakes: Arc<Wakes>,
 }
 
 impl HostBridge {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// How replies wake their consumers; the node runs its pump while it runs.
+    pub fn wakes(&self) -> Arc<Wakes> {
+        Arc::clone(&self.wakes)
     }
 
     /// Whether a host is pulling requests.
@@ -117,6 +128,7 @@ impl HostBridge {
             id,
             kind: kind.to_string(),
             rx,
+            waker: WrappedWaker::default(),
             bridge: Arc::clone(self),
             done: false,
         })
@@ -234,6 +246,8 @@ pub struct HostCall {
     id: u64,
     kind: String,
     rx: mpsc::Receiver<Result<HostReply>>,
+    /// The consumer's waker, wrapped so the host's replies wake it through the bridge's wakes.
+    waker: WrappedWaker,
     bridge: Arc<HostBridge>,
     done: bool,
 }
@@ -249,7 +263,9 @@ impl HostCall {
         if self.done {
             return None;
         }
-        let item = match self.rx.recv().await {
+        let (rx, waker, wakes) = (&mut self.rx, &mut self.waker, &self.bridge.wakes);
+        let item = std::future::poll_fn(|cx| waker.poll(Some(wakes), cx, |cx| rx.poll_recv(cx)));
+        let item = match item.await {
             Some(item) => item,
             None => Err(Error::new(
                 ErrorCode::Internal,
@@ -408,6 +424,56 @@ mod tests {
             b.reopen();
             assert!(!b.attached());
         });
+    }
+
+    /// A host thread replying faster than once per tick wakes its consumer through the pump
+    /// (coalesced), and every reply still arrives, in order.
+    #[test]
+    fn a_busy_host_wakes_its_consumer_once_per_tick_and_loses_nothing() {
+        const EVENTS: usize = 1000;
+        let node_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let b = HostBridge::new();
+        b.lock().attached = true;
+        let pump = node_rt.spawn(b.wakes().pump());
+        let mut call = b.call("agent.run", json!(null)).unwrap();
+        let id = node_rt.block_on(b.next_request()).unwrap().id;
+        let consumer = node_rt.spawn(async move {
+            let mut got = Vec::new();
+            while let Some(item) = call.next().await {
+                match item.unwrap() {
+                    HostReply::Event(v) => got.push(v.as_u64().unwrap()),
+                    HostReply::Result(_) => break,
+                }
+            }
+            got
+        });
+        let host = Arc::clone(&b);
+        std::thread::spawn(move || {
+            for i in 0..EVENTS {
+                assert!(host.reply(id, Ok(HostReply::Event(json!(i)))));
+                if i % 100 == 99 {
+                    // Let the consumer catch up so the bounded buffer never fills.
+                    std::thread::sleep(std::time::Duration::from_millis(3));
+                }
+            }
+            assert!(host.reply(id, Ok(HostReply::Result(json!("done")))));
+        })
+        .join()
+        .unwrap();
+        let got = node_rt
+            .block_on(async {
+                tokio::time::timeout(std::time::Duration::from_secs(10), consumer).await
+            })
+            .expect("every reply within 10 s")
+            .unwrap();
+        assert_eq!(got, (0..EVENTS as u64).collect::<Vec<_>>());
+        let (direct, coalesced) = b.wakes().counts();
+        assert!(coalesced > 0, "no wake was coalesced ({direct} direct)");
+        pump.abort();
     }
 
     #[test]

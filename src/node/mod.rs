@@ -20,6 +20,7 @@
 //! - [`listener`]: the mesh listener socket (optional TLS), spawning inbound link tasks.
 //! - [`dialer`] + [`backoff`]: one task per configured peer, reconnecting with backoff.
 //! - [`tls`]: rustls server/client configs from `tls.*`.
+//! - [`wake`]: coalesced wakes where streams cross threads (host → node, node → tool caller).
 //! - `crate::proxy`: the local model proxy server.
 //!
 //! Tasks: actor (1), listener (1, plus one per inbound connection), dialer (1 per peer; its
@@ -44,6 +45,7 @@ pub mod remote_tools;
 pub mod service;
 pub mod stream;
 pub mod tls;
+pub mod wake;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -120,6 +122,8 @@ pub struct Node {
     extra_services: Mutex<Services>,
     /// Requests from the core to the OpenClaw host (pulled by the shim).
     host: Arc<host::HostBridge>,
+    /// How tool calls' steps wake their consumers (napi's runtime, the JS thread).
+    step_wakes: Arc<wake::Wakes>,
 }
 
 impl Node {
@@ -131,6 +135,7 @@ impl Node {
             events: Arc::new(EventQueue::new()),
             extra_services: Mutex::new(Services::new()),
             host: host::HostBridge::new(),
+            step_wakes: wake::Wakes::new(),
         }
     }
 
@@ -328,6 +333,9 @@ impl Node {
             self.host.clone(),
             shutdown_rx.clone(),
         ));
+        for wakes in [self.host.wakes(), Arc::clone(&self.step_wakes)] {
+            tasks.spawn(until_shutdown(wakes.pump(), shutdown_rx.clone()));
+        }
         tasks.spawn(crate::proxy::serve(proxy, proxy_ctx, shutdown_rx));
         drop(_enter);
         self.events.info(format!(
@@ -579,7 +587,7 @@ impl Node {
                 format!("{name}: the clawmatrix service is not running on this gateway"),
             )));
         };
-        match name {
+        let call = match name {
             "cluster_exec" | "cluster_read" | "cluster_write" | "cluster_tool" => {
                 remote_tools::start_remote(
                     &runtime,
@@ -607,7 +615,8 @@ impl Node {
                 }
             }
             _ => ToolCall::ready(self.answer_local(name).map(ToolEvent::Result)),
-        }
+        };
+        call.with_wakes(Arc::clone(&self.step_wakes))
     }
 }
 
@@ -643,6 +652,17 @@ impl Node {
 pub struct ToolOutput {
     pub text: String,
     pub details: serde_json::Value,
+}
+
+/// Run `task` until the node's shutdown signal.
+async fn until_shutdown(
+    task: impl std::future::Future<Output = ()>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    tokio::select! {
+        _ = task => {}
+        _ = shutdown.wait_for(|s| *s) => {}
+    }
 }
 
 fn drain(mut running: Running) {

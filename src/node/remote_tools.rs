@@ -53,6 +53,7 @@ use tokio::sync::{mpsc, watch};
 use super::actor::ActorHandle;
 use super::service::{BoxFuture, CallCtx, Service};
 use super::stream::{CallOptions, StreamItem};
+use super::wake::{Wakes, WrappedWaker};
 use crate::error::{Error, ErrorCode, Result};
 use crate::mesh::Target;
 use crate::proto::MAX_CHUNK_BYTES;
@@ -374,10 +375,12 @@ pub enum ToolEvent {
 /// A running tool call: pull its steps with [`ToolCall::next`]; [`ToolCall::cancel`] (or
 /// dropping it) cancels the remote call.
 pub struct ToolCall {
-    rx: tokio::sync::Mutex<mpsc::Receiver<Result<ToolEvent>>>,
+    rx: tokio::sync::Mutex<(mpsc::Receiver<Result<ToolEvent>>, WrappedWaker)>,
     cancel: watch::Sender<bool>,
     /// A result or an error was handed out.
     finished: std::sync::atomic::AtomicBool,
+    /// How the node's steps wake the consumer (`None`: directly).
+    wakes: Option<Arc<Wakes>>,
 }
 
 impl ToolCall {
@@ -394,10 +397,17 @@ impl ToolCall {
         cancel: watch::Sender<bool>,
     ) -> ToolCall {
         ToolCall {
-            rx: tokio::sync::Mutex::new(rx),
+            rx: tokio::sync::Mutex::new((rx, WrappedWaker::default())),
             cancel,
             finished: std::sync::atomic::AtomicBool::new(false),
+            wakes: None,
         }
+    }
+
+    /// Wake the consumer through `wakes` (the node's tool-step boundary, `super::wake`).
+    pub(crate) fn with_wakes(mut self, wakes: Arc<Wakes>) -> ToolCall {
+        self.wakes = Some(wakes);
+        self
     }
 
     /// The next step; `None` after the result or an error. A call whose task vanished without
@@ -407,7 +417,11 @@ impl ToolCall {
         if self.finished.load(Ordering::Acquire) {
             return None;
         }
-        let step = self.rx.lock().await.recv().await;
+        let mut guard = self.rx.lock().await;
+        let (rx, waker) = &mut *guard;
+        let wakes = self.wakes.as_ref();
+        let step = std::future::poll_fn(|cx| waker.poll(wakes, cx, |cx| rx.poll_recv(cx))).await;
+        drop(guard);
         let step = step.unwrap_or_else(|| {
             Err(Error::new(
                 ErrorCode::Cancelled,
@@ -689,5 +703,69 @@ async fn run_remote(
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Steps produced on the node faster than once per tick wake their consumer (on another
+    /// runtime, as napi's is) through the boundary's pump, and none is lost or reordered.
+    #[test]
+    fn a_busy_tool_call_wakes_its_consumer_through_the_pump_and_loses_nothing() {
+        const STEPS: usize = 500;
+        let node_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let consumer_rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let wakes = Wakes::new();
+        let pump = node_rt.spawn(Arc::clone(&wakes).pump());
+        let (tx, rx) = mpsc::channel(STEP_QUEUE);
+        let (cancel, _) = watch::channel(false);
+        let call = ToolCall::new(rx, cancel).with_wakes(Arc::clone(&wakes));
+        let producer = node_rt.spawn(async move {
+            for i in 0..STEPS {
+                let step = ToolEvent::Progress {
+                    text: i.to_string(),
+                    details: Value::Null,
+                };
+                tx.send(Ok(step)).await.unwrap();
+                if i % 50 == 49 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            let done = ToolEvent::Result(super::super::ToolOutput {
+                text: "done".into(),
+                details: Value::Null,
+            });
+            tx.send(Ok(done)).await.unwrap();
+        });
+        let got = consumer_rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                let mut got = Vec::new();
+                while let Some(step) = call.next().await {
+                    match step.unwrap() {
+                        ToolEvent::Progress { text, .. } => {
+                            got.push(text.parse::<usize>().unwrap())
+                        }
+                        ToolEvent::Result(_) => break,
+                    }
+                }
+                got
+            })
+            .await
+            .expect("every step within 10 s")
+        });
+        assert_eq!(got, (0..STEPS).collect::<Vec<_>>());
+        node_rt.block_on(producer).unwrap();
+        let (direct, coalesced) = wakes.counts();
+        assert!(coalesced > 0, "no wake was coalesced ({direct} direct)");
+        pump.abort();
     }
 }
