@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //!
+//! - [`alloc`]: the global allocator (mimalloc) and why.
 //! - [`config`]: the plugin configuration (`plugins.entries.clawmatrix.config`) with its
 //!   documented defaults, validated once into typed structs; errors name the field path.
 //! - [`error`]: typed errors with stable string codes (`err.code` in JS).
@@ -15,6 +16,7 @@
 //! - [`status`]: the status/peers report shapes shared by the binding and the CLI.
 //! - `binding`: the only `#[napi]` code (the handle class and its plain-data objects).
 
+pub mod alloc;
 pub mod config;
 pub mod error;
 pub mod mesh;
