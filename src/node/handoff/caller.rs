@@ -195,6 +195,19 @@ fn no_candidate(self_id: &str, target: &Target) -> Error {
     )
 }
 
+/// How often a running handoff's status record follows its stream (chunks, characters, tail).
+const LOG_EVERY: Duration = Duration::from_millis(200);
+
+/// A `handoff_stream` chunk: `{"seq": n, "delta": text}` or `{"seq": n, "tool": name}`. Other
+/// fields are ignored (forward compatible); a field of the wrong type makes it unreadable.
+#[derive(serde::Deserialize)]
+struct StreamChunk<'a> {
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default, borrow)]
+    delta: Option<std::borrow::Cow<'a, str>>,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn attempt_once(
     ctx: &CallerCtx,
@@ -253,13 +266,23 @@ async fn attempt_once(
         }
     };
     let idle = ctx.limits.idle;
+    // The three ways out besides the stream itself are created once per attempt, not once per
+    // chunk: a timer armed and a watch waiter registered for every chunk were a fifth of the
+    // caller's CPU at 1000 streams. The inactivity timer is re-armed lazily: every chunk only
+    // moves `idle_at`, and when the timer fires early it is set to the new `idle_at`.
     let mut idle_at = tokio::time::Instant::now() + idle;
+    let idle_timer = tokio::time::sleep_until(idle_at);
+    let hard_timer = tokio::time::sleep_until(hard);
+    let cancelled = cancel.wait_for(|c| *c);
+    tokio::pin!(idle_timer, hard_timer, cancelled);
     let mut expect_seq: u64 = 0;
     let mut chunks: u64 = 0;
     let mut acc = String::new();
     let mut truncated = false;
     let mut acc_chars: u64 = 0;
     let mut first_chunk_ms: Option<u64> = None;
+    // The status record follows the stream at most every LOG_EVERY (and always at the end).
+    let mut logged_at: Option<tokio::time::Instant> = None;
     let summary = |chunks: u64, acc: &str| {
         if chunks == 0 {
             "no output had arrived".to_string()
@@ -273,21 +296,26 @@ async fn attempt_once(
     loop {
         let item = tokio::select! {
             biased;
-            _ = cancel.wait_for(|c| *c) => {
+            _ = &mut cancelled => {
                 stream.cancel();
                 let e = Error::new(ErrorCode::Cancelled, format!(
                     "{who}: cancelled by the caller ({}); the remote run is being aborted",
                     summary(chunks, &acc)));
                 return Err(fail("cancelled", e, chunks > 0, false));
             }
-            _ = tokio::time::sleep_until(hard) => {
+            _ = &mut hard_timer => {
                 stream.cancel();
                 let e = Error::new(ErrorCode::Timeout, format!(
                     "{who}: the hard cap handoffMaxMs ({} ms) was reached after {} ms; {}",
                     ctx.limits.max.as_millis(), t0.elapsed().as_millis(), summary(chunks, &acc)));
                 return Err(fail("timeout", e, chunks > 0, false));
             }
-            _ = tokio::time::sleep_until(idle_at) => {
+            _ = &mut idle_timer => {
+                if tokio::time::Instant::now() < idle_at {
+                    // A chunk came since the timer was set: wait for the new deadline.
+                    idle_timer.as_mut().reset(idle_at);
+                    continue;
+                }
                 stream.cancel();
                 let e = Error::new(ErrorCode::Timeout, format!(
                     "{who}: no output for {} ms (handoffTimeout, the inactivity timeout); {}",
@@ -328,8 +356,8 @@ async fn attempt_once(
                 return Err(fail(state, err, !before, retry));
             }
             Ok(StreamItem::Chunk(bytes)) => {
-                let v: Value = match serde_json::from_slice(&bytes) {
-                    Ok(v) => v,
+                let chunk: StreamChunk = match serde_json::from_slice(&bytes) {
+                    Ok(c) => c,
                     Err(err) => {
                         stream.cancel();
                         let e = Error::new(
@@ -339,24 +367,25 @@ async fn attempt_once(
                         return Err(fail("error", e, true, false));
                     }
                 };
-                let seq = v.get("seq").and_then(Value::as_u64);
-                if seq != Some(expect_seq) {
+                if chunk.seq != Some(expect_seq) {
                     stream.cancel();
+                    let got = chunk.seq.map_or("none".to_string(), |s| s.to_string());
                     let e = Error::new(
                         ErrorCode::Remote,
                         format!(
                             "{who}: handoff_stream chunk out of order or lost: expected seq \
-                         {expect_seq}, got {}",
-                            v.get("seq").unwrap_or(&Value::Null)
+                         {expect_seq}, got {got}"
                         ),
                     );
                     return Err(fail("error", e, true, false));
                 }
+                let seq = expect_seq;
                 expect_seq += 1;
                 chunks += 1;
-                idle_at = tokio::time::Instant::now() + idle;
+                let now = tokio::time::Instant::now();
+                idle_at = now + idle;
                 first_chunk_ms.get_or_insert(t0.elapsed().as_millis() as u64);
-                let Some(delta) = v.get("delta").and_then(Value::as_str) else {
+                let Some(delta) = chunk.delta else {
                     // Tool activity: keeps the handoff alive, shows nothing.
                     continue;
                 };
@@ -366,27 +395,30 @@ async fn attempt_once(
                         truncated = true;
                         acc.push_str("\n[… output truncated: more than 16 MiB …]");
                     } else {
-                        acc.push_str(delta);
+                        acc.push_str(&delta);
                     }
                 }
-                let c = chunks;
-                let chars = acc_chars;
-                log.update("caller", &id, |r| {
-                    r.chunks = c;
-                    r.chars = chars;
-                    r.first_chunk_ms = first_chunk_ms;
-                    r.tail = Some(tail_of(&acc));
-                });
+                if logged_at.is_none_or(|t| now.saturating_duration_since(t) >= LOG_EVERY) {
+                    logged_at = Some(now);
+                    let c = chunks;
+                    let chars = acc_chars;
+                    log.update("caller", &id, |r| {
+                        r.chunks = c;
+                        r.chars = chars;
+                        r.first_chunk_ms = first_chunk_ms;
+                        r.tail = Some(tail_of(&acc));
+                    });
+                }
                 let step = ToolEvent::Progress {
-                    text: delta.to_string(),
+                    text: delta.into_owned(),
                     details: json!({"node": node, "agent": agent, "seq": seq, "handoffId": id}),
                 };
                 // Waiting here stops reading the stream, which stops the credit: backpressure.
                 // The cancel signal and the hard cap still apply while we wait.
                 let sent = tokio::select! {
                     biased;
-                    _ = cancel.wait_for(|c| *c) => false,
-                    _ = tokio::time::sleep_until(hard) => false,
+                    _ = &mut cancelled => false,
+                    _ = &mut hard_timer => false,
                     r = tx.send(Ok(step)) => r.is_ok(),
                 };
                 if !sent {
@@ -443,6 +475,7 @@ async fn attempt_once(
                     r.chars = chars;
                     r.stream_matches_final = Some(matches);
                     r.first_chunk_ms = first_chunk_ms;
+                    r.tail = (!acc.is_empty()).then(|| tail_of(&acc));
                     r.run_id = v.get("runId").and_then(Value::as_str).map(String::from);
                     r.session_key = v
                         .get("sessionKey")

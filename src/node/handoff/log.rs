@@ -43,7 +43,14 @@ pub struct HandoffRecord {
     pub(super) started: Option<Instant>,
 }
 
-/// Counters and the most recent handoffs, shared by the service and the caller side.
+/// Counters, the running handoffs and the most recent finished ones, shared by the service and
+/// the caller side.
+///
+/// Running handoffs are kept by `(role, id)` until they end, however many there are (each side
+/// bounds them: a server serves at most `MAX_SERVED_CALLS` calls, a caller runs one per tool
+/// call), so a handoff that started long ago still ends in the count and the list; finished ones
+/// go to a ring of [`RECENT_HANDOFFS`]. The status report lists the most recent
+/// [`RECENT_HANDOFFS`] of both by start time.
 #[derive(Default)]
 pub struct HandoffLog {
     inner: Mutex<LogInner>,
@@ -51,12 +58,12 @@ pub struct HandoffLog {
 
 #[derive(Default)]
 struct LogInner {
-    recent: std::collections::VecDeque<HandoffRecord>,
+    running: std::collections::HashMap<(&'static str, String), HandoffRecord>,
+    finished: std::collections::VecDeque<HandoffRecord>,
     served: u64,
     called: u64,
     sent: u64,
     received: u64,
-    running: u64,
 }
 
 impl HandoffLog {
@@ -73,27 +80,32 @@ impl HandoffLog {
         } else {
             g.called += 1;
         }
-        g.running += 1;
-        if g.recent.len() >= RECENT_HANDOFFS {
-            g.recent.pop_front();
+        let key = (r.role, r.id.clone());
+        if let Some(old) = g.running.insert(key, r) {
+            // The same id twice (a peer reusing a handoff id): the older one is over for us.
+            g.finish(old);
         }
-        g.recent.push_back(r);
     }
 
-    pub(super) fn update(&self, role: &str, id: &str, f: impl FnOnce(&mut HandoffRecord)) {
+    /// Change a handoff's record; a state other than `running` ends it (its duration is set and
+    /// it moves to the finished ring). Records already finished can still be amended.
+    pub(super) fn update(&self, role: &'static str, id: &str, f: impl FnOnce(&mut HandoffRecord)) {
         let mut g = self.lock();
-        if let Some(r) = g
-            .recent
+        let key = (role, id.to_string());
+        if let Some(r) = g.running.get_mut(&key) {
+            f(r);
+            if r.state != "running" {
+                if let Some(done) = g.running.remove(&key) {
+                    g.finish(done);
+                }
+            }
+        } else if let Some(r) = g
+            .finished
             .iter_mut()
             .rev()
             .find(|r| r.role == role && r.id == id)
         {
-            let was_running = r.state == "running";
             f(r);
-            if was_running && r.state != "running" {
-                r.duration_ms = r.started.map(|s| s.elapsed().as_millis() as u64);
-                g.running = g.running.saturating_sub(1);
-            }
         }
     }
 
@@ -109,11 +121,13 @@ impl HandoffLog {
     /// The `handoffs` section of the status report.
     pub fn to_json(&self) -> Value {
         let g = self.lock();
-        let recent: Vec<Value> = g
-            .recent
+        let mut all: Vec<&HandoffRecord> = g.running.values().chain(g.finished.iter()).collect();
+        all.sort_by_key(|r| r.started);
+        let skip = all.len().saturating_sub(RECENT_HANDOFFS);
+        let recent: Vec<Value> = all[skip..]
             .iter()
             .map(|r| {
-                let mut r = r.clone();
+                let mut r = (*r).clone();
                 r.started_ms_ago = r
                     .started
                     .map(|s| s.elapsed().as_millis() as u64)
@@ -124,11 +138,21 @@ impl HandoffLog {
         json!({
             "served": g.served,
             "called": g.called,
-            "running": g.running,
+            "running": g.running.len(),
             "messagesSent": g.sent,
             "messagesReceived": g.received,
             "recent": recent,
         })
+    }
+}
+
+impl LogInner {
+    fn finish(&mut self, mut r: HandoffRecord) {
+        r.duration_ms = r.started.map(|s| s.elapsed().as_millis() as u64);
+        if self.finished.len() >= RECENT_HANDOFFS {
+            self.finished.pop_front();
+        }
+        self.finished.push_back(r);
     }
 }
 

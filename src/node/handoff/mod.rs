@@ -193,4 +193,64 @@ mod tests {
         assert_eq!(v["running"], RECENT_HANDOFFS as u64 + 4);
         assert!(v["recent"][RECENT_HANDOFFS - 1]["durationMs"].is_u64());
     }
+
+    #[test]
+    fn a_handoff_older_than_the_recent_list_still_ends_and_leaves_the_running_count() {
+        // More handoffs at once than the list shows (1000 streams in the bench): the first one
+        // ending must still leave `running` (it used to stay counted forever once it had
+        // dropped out of the bounded list).
+        let log = HandoffLog::default();
+        let n = RECENT_HANDOFFS * 3;
+        for i in 0..n {
+            log.begin(HandoffRecord {
+                role: "server",
+                id: format!("h{i}"),
+                ..HandoffRecord::default()
+            });
+        }
+        for i in 0..n {
+            log.update("server", &format!("h{i}"), |r| {
+                r.chunks = 7;
+                r.state = if i == 0 { "cancelled" } else { "ok" }.into();
+            });
+        }
+        // A late amendment of a finished record (the server records the abort time after the
+        // state) reaches it while it is in the finished ring.
+        log.update("server", &format!("h{}", n - 1), |r| {
+            r.abort_to_stop_ms = Some(3)
+        });
+        let v = log.to_json();
+        assert_eq!(v["running"], 0);
+        assert_eq!(v["served"], n as u64);
+        let recent = v["recent"].as_array().cloned().unwrap_or_default();
+        assert_eq!(recent.len(), RECENT_HANDOFFS);
+        assert!(recent
+            .iter()
+            .all(|r| r["state"] == "ok" && r["chunks"] == 7));
+        assert_eq!(recent[RECENT_HANDOFFS - 1]["id"], format!("h{}", n - 1));
+        assert_eq!(recent[RECENT_HANDOFFS - 1]["abortToStopMs"], 3);
+    }
+
+    #[test]
+    fn running_handoffs_are_listed_with_the_finished_ones_by_start() {
+        let log = HandoffLog::default();
+        for id in ["a", "b", "c"] {
+            log.begin(HandoffRecord {
+                role: "caller",
+                id: id.into(),
+                ..HandoffRecord::default()
+            });
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        log.update("caller", "b", |r| r.state = "error".into());
+        let v = log.to_json();
+        let ids: Vec<&str> = v["recent"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|r| r["id"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert_eq!(v["recent"][1]["state"], "error");
+        assert_eq!(v["recent"][0]["state"], "running");
+        assert_eq!(v["running"], 2);
+    }
 }

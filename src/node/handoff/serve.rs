@@ -187,9 +187,9 @@ async fn serve_handoff(h: &AgentHost, ctx: CallCtx, req: HandoffRequest) -> Resu
                 let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
                 if !p.text.is_empty() {
                     p.tool = None;
-                    Some(json!({"seq": seq, "delta": std::mem::take(&mut p.text)}))
+                    Some(chunk_bytes(seq, "delta", &std::mem::take(&mut p.text)))
                 } else if let Some(t) = p.tool.take() {
-                    Some(json!({"seq": seq, "tool": t}))
+                    Some(chunk_bytes(seq, "tool", &t))
                 } else if p.closed {
                     return seq;
                 } else {
@@ -198,7 +198,7 @@ async fn serve_handoff(h: &AgentHost, ctx: CallCtx, req: HandoffRequest) -> Resu
             };
             match next {
                 Some(chunk) => {
-                    if sink.send(chunk.to_string().into_bytes()).await.is_err() {
+                    if sink.send(chunk).await.is_err() {
                         lock.lock().unwrap_or_else(|e| e.into_inner()).failed = true;
                         notify.notify_waiters();
                         return seq;
@@ -218,11 +218,16 @@ async fn serve_handoff(h: &AgentHost, ctx: CallCtx, req: HandoffRequest) -> Resu
         let mut chars: u64 = 0;
         // The host bounds the run by `timeoutMs`; this bounds our wait even if the host does not.
         let give_up = tokio::time::Instant::now() + Duration::from_millis(max_ms) + HOST_SLACK;
+        // Created once, not per event: a timer armed and a watch waiter registered for every
+        // delta cost more than reading the delta.
+        let give_up_timer = tokio::time::sleep_until(give_up);
+        let cancelled = cancel.wait_for(|c| *c);
+        tokio::pin!(give_up_timer, cancelled);
         let outcome: Result<Value> = loop {
             let item = tokio::select! {
                 biased;
-                _ = cancel.wait_for(|c| *c) => break Err(Error::new(ErrorCode::Cancelled, "cancelled by the caller")),
-                _ = tokio::time::sleep_until(give_up) => break Err(Error::new(
+                _ = &mut cancelled => break Err(Error::new(ErrorCode::Cancelled, "cancelled by the caller")),
+                _ = &mut give_up_timer => break Err(Error::new(
                     ErrorCode::Timeout,
                     format!("the host did not end the run within {max_ms} ms (handoffMaxMs) + {} s; the run was stopped", HOST_SLACK.as_secs()),
                 )),
@@ -429,6 +434,22 @@ async fn serve_handoff(h: &AgentHost, ctx: CallCtx, req: HandoffRequest) -> Resu
     result
 }
 
+/// A `handoff_stream` chunk's payload: `{"seq":n,"delta":text}` or `{"seq":n,"tool":name}`.
+fn chunk_bytes(seq: u64, key: &str, text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + 32);
+    out.extend_from_slice(b"{\"seq\":");
+    out.extend_from_slice(seq.to_string().as_bytes());
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+    // A string always serializes; the fallback keeps the frame valid JSON regardless.
+    if serde_json::to_writer(&mut out, text).is_err() {
+        out.extend_from_slice(b"\"\"");
+    }
+    out.push(b'}');
+    out
+}
+
 fn ev_kind(v: &Value) -> Option<&str> {
     v.get("type").and_then(Value::as_str)
 }
@@ -481,4 +502,30 @@ async fn serve_send(h: &AgentHost, from: &str, req: SendRequest) -> Result<Value
         "sessionKey": session_key,
         "runId": v.get("runId").cloned().unwrap_or(Value::Null),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_is_the_same_json_as_serde_writes() {
+        for (seq, key, text) in [
+            (0, "delta", "plain"),
+            (
+                7,
+                "delta",
+                "quote \" backslash \\ newline \n tab \t nul \u{0} é 🦀",
+            ),
+            (u64::MAX, "tool", "exec"),
+            (1, "delta", ""),
+        ] {
+            let ours = chunk_bytes(seq, key, text);
+            let theirs = serde_json::to_vec(&json!({"seq": seq, key: text})).unwrap_or_default();
+            let a: Value = serde_json::from_slice(&ours).unwrap_or(Value::Null);
+            let b: Value = serde_json::from_slice(&theirs).unwrap_or(Value::Null);
+            assert_eq!(a, b, "{}", String::from_utf8_lossy(&ours));
+            assert_ne!(a, Value::Null);
+        }
+    }
 }
