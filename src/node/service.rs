@@ -94,12 +94,17 @@ impl ChunkSink {
         if *self.cancel.borrow() {
             return Err(cancelled());
         }
-        tokio::select! {
-            biased;
-            _ = self.cancel.wait_for(|c| *c) => return Err(cancelled()),
-            permit = self.credit.acquire() => match permit {
-                Ok(p) => p.forget(),
-                Err(_) => return Err(cancelled()),
+        // Credit at hand is the common case: no waiter to register for it or for the cancel.
+        match self.credit.try_acquire() {
+            Ok(p) => p.forget(),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(cancelled()),
+            Err(tokio::sync::TryAcquireError::NoPermits) => tokio::select! {
+                biased;
+                _ = self.cancel.wait_for(|c| *c) => return Err(cancelled()),
+                permit = self.credit.acquire() => match permit {
+                    Ok(p) => p.forget(),
+                    Err(_) => return Err(cancelled()),
+                },
             },
         }
         let input = Input::ServedChunk {

@@ -294,8 +294,12 @@ async fn attempt_once(
         }
     };
     loop {
+        // The stream first: the ways out are only polled (to register their wakers) when no
+        // chunk is ready, which the stream's task budget guarantees now and then, so a caller
+        // that is always busy still sees a cancel within one budget of chunks.
         let item = tokio::select! {
             biased;
+            item = stream.next() => item,
             _ = &mut cancelled => {
                 stream.cancel();
                 let e = Error::new(ErrorCode::Cancelled, format!(
@@ -322,7 +326,6 @@ async fn attempt_once(
                     idle.as_millis(), summary(chunks, &acc)));
                 return Err(fail("timeout", e, chunks > 0, chunks == 0));
             }
-            item = stream.next() => item,
         };
         let item = match item {
             Some(i) => i,
@@ -417,9 +420,9 @@ async fn attempt_once(
                 // The cancel signal and the hard cap still apply while we wait.
                 let sent = tokio::select! {
                     biased;
+                    r = tx.send(Ok(step)) => r.is_ok(),
                     _ = &mut cancelled => false,
                     _ = &mut hard_timer => false,
-                    r = tx.send(Ok(step)) => r.is_ok(),
                 };
                 if !sent {
                     stream.cancel();

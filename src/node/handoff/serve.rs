@@ -224,14 +224,16 @@ async fn serve_handoff(h: &AgentHost, ctx: CallCtx, req: HandoffRequest) -> Resu
         let cancelled = cancel.wait_for(|c| *c);
         tokio::pin!(give_up_timer, cancelled);
         let outcome: Result<Value> = loop {
+            // The run's events first: the other two are only polled (to register their wakers)
+            // when no event is ready, which tokio's task budget guarantees now and then.
             let item = tokio::select! {
                 biased;
+                item = run.next() => item,
                 _ = &mut cancelled => break Err(Error::new(ErrorCode::Cancelled, "cancelled by the caller")),
                 _ = &mut give_up_timer => break Err(Error::new(
                     ErrorCode::Timeout,
                     format!("the host did not end the run within {max_ms} ms (handoffMaxMs) + {} s; the run was stopped", HOST_SLACK.as_secs()),
                 )),
-                item = run.next() => item,
             };
             let item = match item {
                 None => {
