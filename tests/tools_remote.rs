@@ -437,3 +437,86 @@ async fn other_tools_go_to_the_serving_gateways_tools_invoke_with_its_token() {
     .await
     .expect("bounded");
 }
+
+/// Every piece of `tool.call` on office, asked the way `rawResult` says: the result-part
+/// chunks (0x00 + piece) and the end payload, concatenated; and how many parts there were.
+async fn tool_call_pieces(m: &Mesh, payload: Value) -> (usize, Vec<u8>) {
+    use clawmatrix::node::{CallOptions, StreamItem};
+    let mut s = m
+        .home
+        .call_stream(
+            "office",
+            "tool.call",
+            payload.to_string().into_bytes(),
+            CallOptions {
+                deadline: Duration::from_secs(20),
+            },
+        )
+        .await
+        .expect("call opens");
+    let (mut parts, mut all) = (0, Vec::new());
+    while let Some(item) = s.next().await {
+        match item.expect("no stream error") {
+            StreamItem::Chunk(c) => {
+                assert_eq!(c[0], 0, "a result part");
+                parts += 1;
+                all.extend_from_slice(&c[1..]);
+            }
+            StreamItem::End(e) => {
+                all.extend_from_slice(&e);
+                return (parts, all);
+            }
+        }
+    }
+    panic!("the call ended without an end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_read_crosses_in_pieces_raw_for_new_callers_and_json_for_old_ones() {
+    tokio::time::timeout(TEST_BOUND, async {
+        let m = mesh(&[], None).await;
+        // ~900 KiB (under the default 1 MiB maxOutputBytes) of multi-byte text, so piece
+        // boundaries fall inside characters and JSON would need escapes (quotes, newlines).
+        let content = "é🦀 \"quoted\" line\n".repeat(40_000);
+        assert!(content.len() > 3 * 256 * 1024 && content.len() < 1024 * 1024);
+        std::fs::write(m.root.join("large.txt"), &content).unwrap();
+
+        // The tool as agents call it: the whole text, behind the line naming the node.
+        let (_, r) = run(
+            &m.home,
+            "cluster_read",
+            json!({"node": "office", "path": "large.txt"}),
+        )
+        .await;
+        let out = r.expect("read");
+        assert_eq!(
+            out.text.len(),
+            "[read ran on office]\n".len() + content.len()
+        );
+        assert!(out.text == format!("[read ran on office]\n{content}"));
+        assert_eq!(out.details["node"], "office");
+
+        // On the wire, a caller that asks for it gets the raw form: marker, sizes, head, and
+        // the text's bytes as they are.
+        let args = json!({"path": "large.txt"});
+        let (parts, raw) =
+            tool_call_pieces(&m, json!({"tool": "read", "args": args, "rawResult": true})).await;
+        assert!(parts >= 3, "{parts} parts");
+        assert_eq!(raw[0], 1);
+        let text_len = u64::from_be_bytes(raw[1..9].try_into().unwrap()) as usize;
+        let head_len = u32::from_be_bytes(raw[9..13].try_into().unwrap()) as usize;
+        assert_eq!(text_len, content.len());
+        let head: Value = serde_json::from_slice(&raw[13..13 + head_len]).unwrap();
+        assert_eq!(head["ok"], true);
+        assert!(raw[13 + head_len..] == *content.as_bytes());
+
+        // A caller of an older version (no rawResult) still gets the JSON form.
+        let (parts, json_bytes) = tool_call_pieces(&m, json!({"tool": "read", "args": args})).await;
+        assert!(parts >= 3, "{parts} parts");
+        let v: Value = serde_json::from_slice(&json_bytes).expect("JSON");
+        assert_eq!(v["ok"], true);
+        assert!(v["text"].as_str() == Some(content.as_str()));
+    })
+    .await
+    .expect("bounded");
+}

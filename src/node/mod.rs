@@ -45,6 +45,7 @@ pub mod remote_tools;
 pub mod service;
 pub mod stream;
 pub mod tls;
+mod tool_result;
 pub mod wake;
 pub mod ws;
 

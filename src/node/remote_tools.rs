@@ -10,15 +10,18 @@
 //!   ToolEvent::Progress ◀── chunk {"stream":"stdout","text":…} ◀── exec output (bounded)
 //!                                                      Dispatch::Gateway → POST /tools/invoke
 //!   (result parts, reassembled) ◀── chunk 0x00 + ≤ 256 KiB piece of the result ◀── result > 256 KiB
+//!                                        (raw: 0x01, sizes, head JSON, text bytes; or JSON)
 //!   ToolEvent::Result / error ◀── end {"ok":true,"text","details"} | {"ok":false,"code","message"}
 //! ToolCall::cancel() / drop ──────── cancel ─────────▶ cancel watch → exec's process group killed
 //! ```
-//! A result larger than one chunk is streamed: its JSON is cut into pieces that travel as
+//! A result larger than one chunk is streamed: its bytes are cut into pieces that travel as
 //! chunks marked with a leading 0x00 byte (progress chunks are JSON objects), under the caller's
 //! credit, and the last piece is the `end` payload; the caller reassembles at most
-//! [`MAX_RESULT_BYTES`]. So the hops pipeline, and other frames on the same links (a heartbeat,
-//! another call) wait for at most one piece instead of the whole result. Results of 64 KiB and
-//! more are encoded and parsed on the blocking pool, not on the node's worker.
+//! `tool_result::MAX_RESULT_BYTES`. So the hops pipeline, and other frames on the same links (a
+//! heartbeat, another call) wait for at most one piece instead of the whole result. This
+//! version's callers ask for the raw form (`rawResult`), which carries the text's bytes without
+//! JSON escaping ([`super::tool_result`]); JSON results of 64 KiB and more are encoded and parsed
+//! on the blocking pool, not on the node's worker.
 //!
 //! Tool outcomes (including refusals) travel inside a successful `end`, so a tool's own error
 //! code (`CLAWMATRIX_DENIED`, …) reaches the caller unchanged; transport failures
@@ -53,10 +56,10 @@ use tokio::sync::{mpsc, watch};
 use super::actor::ActorHandle;
 use super::service::{BoxFuture, CallCtx, Service};
 use super::stream::{CallOptions, StreamItem};
+use super::tool_result::{self, Assembled, Assembler, AssemblyError, RESULT_PART};
 use super::wake::{Wakes, WrappedWaker};
 use crate::error::{Error, ErrorCode, Result};
 use crate::mesh::Target;
-use crate::proto::MAX_CHUNK_BYTES;
 use crate::tools::exec::ExecChunk;
 use crate::tools::serve::{Caller, Dispatch, ToolReply, ToolServer};
 
@@ -101,6 +104,9 @@ struct ToolRequest {
     args: Value,
     #[serde(default)]
     caller_agent: Option<String>,
+    /// The caller reads the raw result form ([`tool_result`]); older callers omit it.
+    #[serde(default)]
+    raw_result: bool,
 }
 
 impl Service for ToolService {
@@ -145,101 +151,11 @@ impl Service for ToolService {
                 }
                 Err(e) => Err(e),
             };
-            let out = match result {
-                Ok(r) => encode_result(r).await?,
-                Err(e) => json!({"ok": false, "code": e.code.as_str(), "message": e.message})
-                    .to_string()
-                    .into_bytes(),
-            };
-            stream_result(&mut sink, out).await
+            match result {
+                Ok(r) => tool_result::send_ok(&mut sink, r.text, r.details, req.raw_result).await,
+                Err(e) => tool_result::send_err(&mut sink, e.code.as_str(), &e.message).await,
+            }
         })
-    }
-}
-
-/// The final payload of a tool call that ran, as the caller parses it ([`WireResult`]).
-#[derive(serde::Serialize)]
-struct WireOk<'a> {
-    ok: bool,
-    text: &'a str,
-    details: &'a Value,
-}
-
-/// What the caller reads from the final payload (success or refusal).
-#[derive(serde::Deserialize)]
-struct WireResult {
-    #[serde(default)]
-    ok: Option<bool>,
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    details: Value,
-    #[serde(default)]
-    code: Option<String>,
-    #[serde(default)]
-    message: Option<String>,
-}
-
-/// Results at least this large are encoded and parsed on the blocking pool: escaping or
-/// unescaping a MiB of text takes about a millisecond, which would hold up every link and call
-/// on the node's single worker meanwhile.
-const OFFLOAD_RESULT_BYTES: usize = 64 * 1024;
-/// First byte of a chunk that carries a piece of the result (progress chunks are JSON objects,
-/// which never start with it).
-const RESULT_PART: u8 = 0;
-/// Largest result a caller assembles from pieces: one maximum frame, the limit of a result that
-/// travelled as a single reply before results were streamed.
-pub const MAX_RESULT_BYTES: usize = crate::proto::MAX_FRAME_BYTES;
-
-/// Serialize a successful reply straight from the strings (no `Value` copy of the text).
-async fn encode_result(r: ToolReply) -> Result<Vec<u8>> {
-    let big = r.text.len() >= OFFLOAD_RESULT_BYTES;
-    let encode = move || {
-        serde_json::to_vec(&WireOk {
-            ok: true,
-            text: &r.text,
-            details: &r.details,
-        })
-        .map_err(|e| Error::new(ErrorCode::Internal, format!("tool result: {e}")))
-    };
-    if big {
-        tokio::task::spawn_blocking(encode)
-            .await
-            .map_err(|e| Error::new(ErrorCode::Internal, format!("tool result: {e}")))?
-    } else {
-        encode()
-    }
-}
-
-/// A result larger than one chunk leaves as result-part chunks (marked with [`RESULT_PART`],
-/// at most `MAX_CHUNK_BYTES` each, under the caller's credit), so the hops pipeline and other
-/// frames on the same links interleave between the pieces; the last piece is the final
-/// payload. A small result is the final payload as it is.
-async fn stream_result(sink: &mut super::service::ChunkSink, mut out: Vec<u8>) -> Result<Vec<u8>> {
-    let piece = MAX_CHUNK_BYTES - 1;
-    if out.len() <= MAX_CHUNK_BYTES {
-        return Ok(out);
-    }
-    let parts = out.len().div_ceil(piece) - 1;
-    let tail = out.split_off(parts * piece);
-    for p in out.chunks(piece) {
-        let mut chunk = Vec::with_capacity(p.len() + 1);
-        chunk.push(RESULT_PART);
-        chunk.extend_from_slice(p);
-        sink.send(chunk).await?;
-    }
-    Ok(tail)
-}
-
-/// Parse the final payload (on the blocking pool when large).
-async fn decode_result(bytes: Vec<u8>) -> std::result::Result<WireResult, String> {
-    let big = bytes.len() >= OFFLOAD_RESULT_BYTES;
-    let parse = move || serde_json::from_slice::<WireResult>(&bytes).map_err(|e| e.to_string());
-    if big {
-        tokio::task::spawn_blocking(parse)
-            .await
-            .map_err(|e| e.to_string())?
-    } else {
-        parse()
     }
 }
 
@@ -574,7 +490,7 @@ async fn run_remote(
             nodes
         }
     };
-    let mut payload = json!({"tool": req.tool, "args": req.args});
+    let mut payload = json!({"tool": req.tool, "args": req.args, "rawResult": true});
     if let Some(agent) = &caller.agent_id {
         payload["callerAgent"] = Value::String(agent.clone());
     }
@@ -599,8 +515,6 @@ async fn run_remote(
             Err(e) => return Err(e),
         }
     }
-    // Pieces of a streamed result (see `stream_result`), bounded by MAX_RESULT_BYTES.
-    let mut result: Vec<u8> = Vec::new();
     let Some((node, mut stream)) = opened else {
         let e = last_err.map(|e| e.message).unwrap_or_default();
         return Err(Error::new(
@@ -611,6 +525,9 @@ async fn run_remote(
             ),
         ));
     };
+    // Pieces of a streamed result (see `tool_result`), bounded by MAX_RESULT_BYTES; a raw text
+    // is assembled behind the line that names where the tool ran.
+    let mut result = Assembler::new(format!("[{} ran on {node}]\n", req.tool));
     loop {
         let item = tokio::select! {
             biased;
@@ -637,14 +554,10 @@ async fn run_remote(
                 ))
             }
             Some(Ok(StreamItem::Chunk(bytes))) if bytes.first() == Some(&RESULT_PART) => {
-                if result.len() + bytes.len() > MAX_RESULT_BYTES {
+                if let Err(e) = result.push(&bytes[1..]) {
                     stream.cancel();
-                    return Err(Error::new(
-                        ErrorCode::TooLarge,
-                        format!("{name} on {node}: result larger than {MAX_RESULT_BYTES} bytes"),
-                    ));
+                    return Err(assembly_error(name, &node, e));
                 }
-                result.extend_from_slice(&bytes[1..]);
             }
             Some(Ok(StreamItem::Chunk(bytes))) => {
                 let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -665,44 +578,66 @@ async fn run_remote(
                 }
             }
             Some(Ok(StreamItem::End(bytes))) => {
-                let whole = if result.is_empty() {
-                    bytes
-                } else {
-                    result.extend_from_slice(&bytes);
-                    std::mem::take(&mut result)
+                let finished = match result.push(&bytes) {
+                    Ok(()) => result.finish(),
+                    Err(e) => Err(e),
                 };
-                let v = decode_result(whole).await.map_err(|e| {
-                    Error::new(
-                        ErrorCode::Remote,
-                        format!("{name} on {node}: unreadable result: {e}"),
-                    )
-                })?;
-                if v.ok != Some(true) {
-                    let code = v
-                        .code
-                        .as_deref()
-                        .and_then(ErrorCode::parse)
-                        .unwrap_or(ErrorCode::Remote);
-                    let msg = v.message.as_deref().unwrap_or("failed");
-                    return Err(Error::new(code, format!("{name} on {node}: {msg}")));
-                }
-                let text = v.text.unwrap_or_default();
-                let mut details = Map::new();
-                details.insert("node".into(), Value::String(node.clone()));
-                details.insert("tool".into(), Value::String(req.tool.clone()));
-                details.insert("result".into(), v.details);
-                let head = format!("[{} ran on {node}]\n", req.tool);
-                let mut full = String::with_capacity(head.len() + text.len());
-                full.push_str(&head);
-                full.push_str(&text);
+                let (details, text) = match finished {
+                    Err(e) => return Err(assembly_error(name, &node, e)),
+                    Ok(Assembled::Raw { head, text }) => tool_result::decode_raw(head, text)
+                        .await
+                        .map_err(|e| unreadable(name, &node, e))?,
+                    Ok(Assembled::Json(whole)) => {
+                        let v = tool_result::decode_json(whole)
+                            .await
+                            .map_err(|e| unreadable(name, &node, e))?;
+                        if v.ok != Some(true) {
+                            let code = v
+                                .code
+                                .as_deref()
+                                .and_then(ErrorCode::parse)
+                                .unwrap_or(ErrorCode::Remote);
+                            let msg = v.message.as_deref().unwrap_or("failed");
+                            return Err(Error::new(code, format!("{name} on {node}: {msg}")));
+                        }
+                        let head = format!("[{} ran on {node}]\n", req.tool);
+                        let text = v.text.unwrap_or_default();
+                        let mut full = String::with_capacity(head.len() + text.len());
+                        full.push_str(&head);
+                        full.push_str(&text);
+                        (v.details, full)
+                    }
+                };
+                let mut d = Map::new();
+                d.insert("node".into(), Value::String(node.clone()));
+                d.insert("tool".into(), Value::String(req.tool.clone()));
+                d.insert("result".into(), details);
                 let out = super::ToolOutput {
-                    text: full,
-                    details: Value::Object(details),
+                    text,
+                    details: Value::Object(d),
                 };
                 let _ = tx.send(Ok(ToolEvent::Result(out))).await;
                 return Ok(());
             }
         }
+    }
+}
+
+fn unreadable(name: &str, node: &str, e: String) -> Error {
+    Error::new(
+        ErrorCode::Remote,
+        format!("{name} on {node}: unreadable result: {e}"),
+    )
+}
+
+/// A result that could not be put together: too large (refused, the call is cancelled) or
+/// malformed.
+fn assembly_error(name: &str, node: &str, e: AssemblyError) -> Error {
+    match e {
+        AssemblyError::TooLarge(m) => {
+            Error::new(ErrorCode::TooLarge, format!("{name} on {node}: {m}"))
+        }
+        AssemblyError::Malformed(m) => unreadable(name, node, m),
     }
 }
 
