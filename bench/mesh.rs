@@ -11,7 +11,8 @@
 //! # Layout
 //! - `topology`: building in-process nodes (direct, 1 relay, 2 relays) and waiting for routes.
 //! - `measure`: sequential round trips and pipelined throughput over `Node::request`.
-//! - `floor`: the same RTT and 1 KiB throughput over a bare tokio-tungstenite pair (the floor).
+//! - `floor`: the same RTT and 1 KiB throughput over a bare tokio-tungstenite pair (the floor),
+//!   and the RTT through a bare forwarding relay (`floor_relay1`, the floor of one hop).
 //! - `idle`: memory per idle authenticated link, against a listening node in a child process
 //!   (`--serve-node PORT` re-runs this binary as that child) and a raw handshake dialer.
 //! - `report`: JSON lines, percentiles, `/proc` readers (CPU time, RSS, threads).
@@ -143,7 +144,8 @@ fn run(o: &Options) -> BenchResult<()> {
     report::machine();
     // The floor first, on an idle process: a bare tokio-tungstenite pair, same shapes.
     if o.run_rtt {
-        floor::rtt(&o.rtt)?;
+        floor::rtt(&o.rtt, false)?;
+        floor::rtt(&o.rtt, true)?;
     }
     if o.run_tput {
         floor::throughput(&o.tput_small)?;

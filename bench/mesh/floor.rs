@@ -5,6 +5,11 @@
 //! each (the client A and the echo server B), one loopback connection, 1 KiB binary messages.
 //! What remains is what every WebSocket stack on this machine pays: the kernel TCP path and the
 //! thread wake-ups between A's and B's workers. `clawmatrix − floor` is what the mesh adds.
+//!
+//! The relay floor adds a third runtime R between them (like the `relay1` topology) that
+//! forwards every message each way and does nothing else: `floor_relay1 − floor` is what one
+//! hop costs any tokio WebSocket relay here (an extra thread wake, a read and a write per
+//! message each way, one more loopback traversal), the bound for `relay1 − direct`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -60,26 +65,76 @@ async fn connect(port: u16) -> BenchResult<Client> {
     Ok(ws)
 }
 
-/// One floor pair (A and B runtimes, a listening B). Dropping it stops both.
+/// R: accept one connection (from A), dial B, forward every message each way.
+async fn relay(listener: tokio::net::TcpListener, b_port: u16) {
+    let Ok((sock, _)) = listener.accept().await else {
+        return;
+    };
+    let _ = sock.set_nodelay(true);
+    let Ok(from_a) = tokio_tungstenite::accept_async(sock).await else {
+        return;
+    };
+    let Ok(to_b) = connect(b_port).await else {
+        return;
+    };
+    let (mut a_tx, mut a_rx) = from_a.split();
+    let (mut b_tx, mut b_rx) = to_b.split();
+    let up = async {
+        while let Some(Ok(m)) = a_rx.next().await {
+            if m.is_binary() && b_tx.send(m).await.is_err() {
+                return;
+            }
+        }
+    };
+    let down = async {
+        while let Some(Ok(m)) = b_rx.next().await {
+            if m.is_binary() && a_tx.send(m).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::join!(up, down);
+}
+
+/// One floor chain: A's runtime, a listening echo B, and optionally a relay R in between (each
+/// its own one-worker runtime). `port` is what A dials. Dropping it stops them all.
 struct Pair {
     a: tokio::runtime::Runtime,
-    _b: tokio::runtime::Runtime,
+    _others: Vec<tokio::runtime::Runtime>,
     port: u16,
 }
 
-fn pair() -> BenchResult<Pair> {
-    let b = runtime("floor-b")?;
-    let listener = b
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+async fn bind() -> BenchResult<(tokio::net::TcpListener, u16)> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
         .map_err(|e| format!("floor: bind: {e}"))?;
-    let port = listener
+    let port = l
         .local_addr()
         .map_err(|e| format!("floor: addr: {e}"))?
         .port();
+    Ok((l, port))
+}
+
+fn pair() -> BenchResult<Pair> {
+    chain(false)
+}
+
+fn chain(with_relay: bool) -> BenchResult<Pair> {
+    let b = runtime("floor-b")?;
+    let (listener, b_port) = b.block_on(bind())?;
     b.spawn(serve(listener));
+    let mut others = vec![b];
+    let mut port = b_port;
+    if with_relay {
+        let r = runtime("floor-r")?;
+        let (listener, r_port) = r.block_on(bind())?;
+        r.spawn(relay(listener, b_port));
+        others.push(r);
+        port = r_port;
+    }
     Ok(Pair {
         a: runtime("floor-a")?,
-        _b: b,
+        _others: others,
         port,
     })
 }
@@ -97,9 +152,15 @@ fn on_a<T: Send + 'static>(
     })
 }
 
-/// Sequential round trips; emits `{"bench":"rtt","topology":"floor",...}`.
-pub fn rtt(plan: &RttPlan) -> BenchResult<()> {
-    let p = pair()?;
+/// Sequential round trips; emits `{"bench":"rtt","topology":"floor",...}`, or
+/// `"floor_relay1"` through a forwarding relay.
+pub fn rtt(plan: &RttPlan, with_relay: bool) -> BenchResult<()> {
+    let p = chain(with_relay)?;
+    let (topology, relays) = if with_relay {
+        ("floor_relay1", 1)
+    } else {
+        ("floor", 0)
+    };
     let (port, len) = (p.port, plan.payload);
     let (warmup, max_samples, max_time) = (plan.warmup, plan.max_samples, plan.max_time);
     let cpu0 = cpu_time_us("self");
@@ -133,12 +194,12 @@ pub fn rtt(plan: &RttPlan) -> BenchResult<()> {
     let (p50, p99) = (percentile(&samples, 50.0), percentile(&samples, 99.0));
     let cpu_per_req = cpu.map(|c| r1(c / (n + warmup) as f64));
     emit(json!({
-        "bench": "rtt", "topology": "floor", "relays": 0, "payload_bytes": len, "n": n,
+        "bench": "rtt", "topology": topology, "relays": relays, "payload_bytes": len, "n": n,
         "errors": 0, "p50_us": r1(p50), "p99_us": r1(p99), "secs": r2(elapsed.as_secs_f64()),
         "cpu_us_per_req": cpu_per_req,
     }));
     eprintln!(
-        "rtt floor   {len} B: p50 {p50:7.1} µs  p99 {p99:7.1} µs  (bare tokio-tungstenite, n={n}, cpu {:.1} µs/req)",
+        "rtt {topology:12} {len} B: p50 {p50:7.1} µs  p99 {p99:7.1} µs  (bare tokio-tungstenite, n={n}, cpu {:.1} µs/req)",
         cpu_per_req.unwrap_or(f64::NAN)
     );
     Ok(())
