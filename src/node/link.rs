@@ -609,7 +609,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Established<R, W> {
                 // they queue goes out in the same write (the scheduler runs the task a push woke
                 // next, so without this every producer's frame would be its own syscall).
                 if queue.is_empty() {
-                    tokio::task::yield_now().await;
+                    YieldToRunnable::default().await;
                 }
                 // The write futures are boxed: they are large and only alive while writing, and
                 // inline they would be part of every idle link's task.
@@ -681,6 +681,34 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Established<R, W> {
 }
 
 /// Add one queued item to the writer's current burst.
+/// Yield once to the tasks already runnable on this worker, then go on.
+///
+/// The task wakes itself while it is being polled, which the multi-thread scheduler takes as a
+/// yield: it goes to the back of this worker's run queue (not the LIFO slot) and runs after the
+/// tasks queued before it, with no I/O poll in between. `tokio::task::yield_now` defers the wake
+/// until the runtime has polled its I/O driver instead: one more `epoll_wait` per lone frame,
+/// which is every frame of a request/response exchange.
+#[derive(Default)]
+struct YieldToRunnable {
+    yielded: bool,
+}
+
+impl std::future::Future for YieldToRunnable {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.yielded {
+            return std::task::Poll::Ready(());
+        }
+        self.yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
 async fn feed<W: AsyncWrite + Unpin>(wr: &mut WsWriter<W>, out: LinkOut) -> std::io::Result<()> {
     match out {
         LinkOut::Frame(bytes) => wr.feed_binary(bytes).await,
