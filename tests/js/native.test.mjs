@@ -63,3 +63,62 @@ test("planProviders merges the mesh's providers without touching the user's", ()
   assert.deepEqual(Object.keys(plan.providers).sort(), ["office", "openai"]);
   assert.throws(() => native.planProviders([], {}), /current: expected an object, got array/);
 });
+
+test("large tool results reach JS whole: ASCII (handed over as an external string), non-ASCII and small ones, and survive GC", { timeout: 60_000 }, async () => {
+  const { mkdtempSync, writeFileSync, rmSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const { join } = await import("node:path");
+  const v8 = await import("node:v8");
+  const vm = await import("node:vm");
+  v8.setFlagsFromString("--expose-gc");
+  const gc = vm.runInNewContext("gc");
+  const root = mkdtempSync(join(tmpdir(), "clawmatrix-jstext-"));
+  const files = {
+    "ascii.txt": "0123456789 abcdefghijklmnopqrstuvwxyz\n".repeat(8_000), // ~300 KiB, ASCII
+    "utf8.txt": "é🦀 not latin-1\n".repeat(20_000), // ~360 KiB, multi-byte
+    "small.txt": "tiny\n",
+  };
+  for (const [name, text] of Object.entries(files)) writeFileSync(join(root, name), text);
+  const listenPort = await freePort();
+  const a = native.ClawMatrixNode.create({
+    nodeId: "a", secret: SECRET, listen: true, listenHost: "127.0.0.1", listenPort, proxyPort: await freePort(),
+    toolProxy: { enabled: true, allow: ["read"], deny: [], root },
+  });
+  const b = native.ClawMatrixNode.create({
+    nodeId: "b", secret: SECRET, proxyPort: await freePort(), peers: [{ nodeId: "a", url: `ws://127.0.0.1:${listenPort}` }],
+  });
+  await a.start({});
+  await b.start({});
+  const read = async (path) => {
+    const call = b.invokeTool("cluster_read", { node: "a", path });
+    for (let i = 0; i < 1_000; i++) {
+      const step = await call.next();
+      assert.ok(step, `${path}: a result before the end`);
+      if (step.kind === "result") return step.text;
+      assert.notEqual(step.kind, "error", `${path}: ${step.code} ${step.text}`);
+    }
+    throw new Error(`${path}: no result`);
+  };
+  try {
+    const deadline = Date.now() + 15_000;
+    while (!b.status().peers.some((p) => p.nodeId === "a" && p.state === "direct")) {
+      assert.ok(Date.now() < deadline, "b links to a within 15 s");
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    for (let round = 0; round < 20; round++) {
+      for (const [name, text] of Object.entries(files)) {
+        const got = await read(name);
+        assert.equal(typeof got, "string");
+        assert.equal(got.length, "[read ran on a]\n".length + text.length, name);
+        assert.ok(got === `[read ran on a]\n${text}`, `${name}: the text arrived changed`);
+        // Strings built from it behave like any other (V8 flattens or copies as it needs).
+        assert.equal(got.slice(-text.length, -text.length + 4), text.slice(0, 4));
+      }
+      gc(); // collected strings free their buffers through the finalizer
+    }
+  } finally {
+    await b.stop();
+    await a.stop();
+    rmSync(root, { recursive: true, force: true });
+  }
+});
