@@ -387,7 +387,7 @@ async fn attempt_once(
                 chunks += 1;
                 let now = tokio::time::Instant::now();
                 idle_at = now + idle;
-                first_chunk_ms.get_or_insert(t0.elapsed().as_millis() as u64);
+                first_chunk_ms.get_or_insert_with(|| t0.elapsed().as_millis() as u64);
                 let Some(delta) = chunk.delta else {
                     // Tool activity: keeps the handoff alive, shows nothing.
                     continue;
