@@ -130,6 +130,11 @@ async fn deltas_arrive_in_order_and_the_final_text_names_node_and_agent() {
         let h = m.home.status().handoffs.expect("handoffs");
         assert_eq!(h["called"], 1);
         assert_eq!(h["recent"][0]["state"], "ok");
+        // One progress step per chunk (the server merges deltas that wait for credit).
+        assert_eq!(h["recent"][0]["chunks"], progress.len() as u64);
+        assert!(h["recent"][0]["tail"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("chunk-40 ")));
         let o = m.offices[0].node.status().handoffs.expect("handoffs");
         assert_eq!(o["served"], 1);
         assert_eq!(o["recent"][0]["peer"], "home");
@@ -225,6 +230,41 @@ async fn the_hard_cap_ends_a_handoff_that_keeps_streaming() {
             || !host.seen_kind(HOST_AGENT_ABORT).is_empty(),
         )
         .await;
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_that_fails_mid_stream_leaves_an_exact_status_record() {
+    bounded(async {
+        // Chunks every 10 ms: the running record follows the stream only every 200 ms, so the
+        // record of a failure must be completed from what the attempt saw, not left behind.
+        let m = mesh(
+            &[("office", FakeHostOptions::agents(&["coder"]))],
+            json!({"handoffTimeout": 1000, "handoffMaxMs": 1000}),
+        )
+        .await;
+        let (p, r) = finish(&handoff(&m.home, "coder", "stream 500 every 10")).await;
+        assert_eq!(r.expect_err("capped").code, ErrorCode::Timeout);
+        assert!(p.len() >= 10, "{}", p.len());
+        let h = m.home.status().handoffs.expect("handoffs");
+        let rec = &h["recent"][0];
+        assert_eq!(rec["state"], "timeout");
+        assert_eq!(h["running"], 0);
+        // The chunk the cap interrupted on its way to the consumer may be counted too.
+        let chunks = rec["chunks"].as_u64().unwrap_or(0) as usize;
+        assert!(
+            chunks == p.len() || chunks == p.len() + 1,
+            "{chunks} vs {}",
+            p.len()
+        );
+        let last = p.last().cloned().unwrap_or_default();
+        let tail = rec["tail"].as_str().unwrap_or("");
+        assert!(
+            tail.ends_with(&last) || chunks == p.len() + 1,
+            "tail {tail:?} does not end with the last delta {last:?}"
+        );
     })
     .await
     .expect("bounded");

@@ -62,6 +62,34 @@ pub(crate) fn start_handoff(
     ToolCall::new(rx, cancel)
 }
 
+/// What an attempt's stream delivered so far, for its status record.
+struct Seen {
+    chunks: u64,
+    chars: u64,
+    first_chunk_ms: Option<u64>,
+    tail: Option<String>,
+}
+
+impl Seen {
+    fn new(chunks: u64, chars: u64, first_chunk_ms: Option<u64>, acc: &str) -> Self {
+        Seen {
+            chunks,
+            chars,
+            first_chunk_ms,
+            tail: (!acc.is_empty()).then(|| tail_of(acc)),
+        }
+    }
+
+    fn record(self, r: &mut HandoffRecord) {
+        r.chunks = self.chunks;
+        r.chars = self.chars;
+        r.first_chunk_ms = self.first_chunk_ms;
+        if self.tail.is_some() {
+            r.tail = self.tail;
+        }
+    }
+}
+
 /// Why one attempt ended without a result.
 struct AttemptError {
     error: Error,
@@ -222,25 +250,32 @@ async fn attempt_once(
     let who = format!("cluster_handoff to {agent} on {node}");
     let id = req.handoff_id.clone();
     let log = &ctx.log;
-    let fail = |state: &str, error: Error, output_seen: bool, retryable: bool| {
-        let st = state.to_string();
-        let msg = error.message.clone();
-        log.update("caller", &id, |r| {
-            r.state = st;
-            r.error = Some(msg);
-        });
-        AttemptError {
-            error,
-            output_seen,
-            retryable,
-        }
-    };
+    // Ends the attempt's status record: its state and error, and (once the stream is open) what
+    // it delivered, exactly, since the record otherwise follows the stream only every LOG_EVERY.
+    let fail =
+        |state: &str, error: Error, output_seen: bool, retryable: bool, seen: Option<Seen>| {
+            let st = state.to_string();
+            let msg = error.message.clone();
+            log.update("caller", &id, |r| {
+                r.state = st;
+                r.error = Some(msg);
+                if let Some(seen) = seen {
+                    seen.record(r);
+                }
+            });
+            AttemptError {
+                error,
+                output_seen,
+                retryable,
+            }
+        };
     let payload = serde_json::to_vec(req).map_err(|e| {
         fail(
             "error",
             Error::new(ErrorCode::Internal, e.to_string()),
             false,
             false,
+            None,
         )
     })?;
     let mut stream = match ctx
@@ -262,6 +297,7 @@ async fn attempt_once(
                 Error::new(e.code, format!("{who}: {}", e.message)),
                 false,
                 retry,
+                None,
             ));
         }
     };
@@ -283,6 +319,11 @@ async fn attempt_once(
     let mut first_chunk_ms: Option<u64> = None;
     // The status record follows the stream at most every LOG_EVERY (and always at the end).
     let mut logged_at: Option<tokio::time::Instant> = None;
+    macro_rules! seen {
+        () => {
+            Some(Seen::new(chunks, acc_chars, first_chunk_ms, &acc))
+        };
+    }
     let summary = |chunks: u64, acc: &str| {
         if chunks == 0 {
             "no output had arrived".to_string()
@@ -305,14 +346,14 @@ async fn attempt_once(
                 let e = Error::new(ErrorCode::Cancelled, format!(
                     "{who}: cancelled by the caller ({}); the remote run is being aborted",
                     summary(chunks, &acc)));
-                return Err(fail("cancelled", e, chunks > 0, false));
+                return Err(fail("cancelled", e, chunks > 0, false, seen!()));
             }
             _ = &mut hard_timer => {
                 stream.cancel();
                 let e = Error::new(ErrorCode::Timeout, format!(
                     "{who}: the hard cap handoffMaxMs ({} ms) was reached after {} ms; {}",
                     ctx.limits.max.as_millis(), t0.elapsed().as_millis(), summary(chunks, &acc)));
-                return Err(fail("timeout", e, chunks > 0, false));
+                return Err(fail("timeout", e, chunks > 0, false, seen!()));
             }
             _ = &mut idle_timer => {
                 if tokio::time::Instant::now() < idle_at {
@@ -324,7 +365,7 @@ async fn attempt_once(
                 let e = Error::new(ErrorCode::Timeout, format!(
                     "{who}: no output for {} ms (handoffTimeout, the inactivity timeout); {}",
                     idle.as_millis(), summary(chunks, &acc)));
-                return Err(fail("timeout", e, chunks > 0, chunks == 0));
+                return Err(fail("timeout", e, chunks > 0, chunks == 0, seen!()));
             }
         };
         let item = match item {
@@ -334,7 +375,7 @@ async fn attempt_once(
                     ErrorCode::Internal,
                     format!("{who}: the stream ended without a result"),
                 );
-                return Err(fail("error", e, chunks > 0, false));
+                return Err(fail("error", e, chunks > 0, false, seen!()));
             }
         };
         match item {
@@ -356,7 +397,7 @@ async fn attempt_once(
                     e.code,
                     format!("{who}: {detail}; {}", summary(chunks, &acc)),
                 );
-                return Err(fail(state, err, !before, retry));
+                return Err(fail(state, err, !before, retry, seen!()));
             }
             Ok(StreamItem::Chunk(bytes)) => {
                 let chunk: StreamChunk = match serde_json::from_slice(&bytes) {
@@ -367,7 +408,7 @@ async fn attempt_once(
                             ErrorCode::Remote,
                             format!("{who}: unreadable handoff_stream chunk {expect_seq}: {err}"),
                         );
-                        return Err(fail("error", e, true, false));
+                        return Err(fail("error", e, true, false, seen!()));
                     }
                 };
                 if chunk.seq != Some(expect_seq) {
@@ -380,7 +421,7 @@ async fn attempt_once(
                          {expect_seq}, got {got}"
                         ),
                     );
-                    return Err(fail("error", e, true, false));
+                    return Err(fail("error", e, true, false, seen!()));
                 }
                 let seq = expect_seq;
                 expect_seq += 1;
@@ -403,14 +444,8 @@ async fn attempt_once(
                 }
                 if logged_at.is_none_or(|t| now.saturating_duration_since(t) >= LOG_EVERY) {
                     logged_at = Some(now);
-                    let c = chunks;
-                    let chars = acc_chars;
-                    log.update("caller", &id, |r| {
-                        r.chunks = c;
-                        r.chars = chars;
-                        r.first_chunk_ms = first_chunk_ms;
-                        r.tail = Some(tail_of(&acc));
-                    });
+                    let seen = Seen::new(chunks, acc_chars, first_chunk_ms, &acc);
+                    log.update("caller", &id, |r| seen.record(r));
                 }
                 let step = ToolEvent::Progress {
                     text: delta.into_owned(),
@@ -430,7 +465,7 @@ async fn attempt_once(
                         ErrorCode::Cancelled,
                         format!("{who}: the tool call was cancelled or dropped while output was pending"),
                     );
-                    return Err(fail("cancelled", e, true, false));
+                    return Err(fail("cancelled", e, true, false, seen!()));
                 }
             }
             Ok(StreamItem::End(bytes)) => {
@@ -443,6 +478,7 @@ async fn attempt_once(
                         ),
                         chunks > 0,
                         false,
+                        seen!(),
                     )
                 })?;
                 if v.get("ok").and_then(Value::as_bool) != Some(true) {
@@ -453,7 +489,7 @@ async fn attempt_once(
                         .unwrap_or(ErrorCode::Remote);
                     let msg = v.get("message").and_then(Value::as_str).unwrap_or("failed");
                     let e = Error::new(code, format!("{who}: {msg}; {}", summary(chunks, &acc)));
-                    return Err(fail("error", e, chunks > 0, false));
+                    return Err(fail("error", e, chunks > 0, false, seen!()));
                 }
                 let final_text = v.get("text").and_then(Value::as_str).unwrap_or("");
                 let answered_agent = v
@@ -469,16 +505,12 @@ async fn attempt_once(
                     final_text.to_string()
                 };
                 let duration = t0.elapsed().as_millis() as u64;
-                let c = chunks;
-                let chars = acc_chars;
+                let seen = Seen::new(chunks, acc_chars, first_chunk_ms, &acc);
                 log.update("caller", &id, |r| {
                     r.state = "ok".into();
                     r.agent = answered_agent.clone();
-                    r.chunks = c;
-                    r.chars = chars;
+                    seen.record(r);
                     r.stream_matches_final = Some(matches);
-                    r.first_chunk_ms = first_chunk_ms;
-                    r.tail = (!acc.is_empty()).then(|| tail_of(&acc));
                     r.run_id = v.get("runId").and_then(Value::as_str).map(String::from);
                     r.session_key = v
                         .get("sessionKey")
@@ -492,7 +524,7 @@ async fn attempt_once(
                     "runId": v.get("runId").cloned().unwrap_or(Value::Null),
                     "sessionKey": v.get("sessionKey").cloned().unwrap_or(Value::Null),
                     "chunks": chunks,
-                    "streamedChars": chars,
+                    "streamedChars": acc_chars,
                     "streamMatchesFinal": matches,
                     "usedStreamAsFinal": final_text.trim().is_empty(),
                     "firstChunkMs": first_chunk_ms,
