@@ -584,11 +584,15 @@ async fn run_remote(
                 };
                 let (details, text) = match finished {
                     Err(e) => return Err(assembly_error(name, &node, e)),
-                    Ok(Assembled::Raw { head, text }) => tool_result::decode_raw(head, text)
+                    Ok(Assembled::Raw {
+                        head,
+                        text,
+                        prefix_len,
+                    }) => tool_result::decode_raw(head, text, prefix_len)
                         .await
                         .map_err(|e| unreadable(name, &node, e))?,
-                    Ok(Assembled::Json(whole)) => {
-                        let v = tool_result::decode_json(whole)
+                    Ok(Assembled::Json { bytes, prefix }) => {
+                        let v = tool_result::decode_json(bytes)
                             .await
                             .map_err(|e| unreadable(name, &node, e))?;
                         if v.ok != Some(true) {
@@ -600,11 +604,8 @@ async fn run_remote(
                             let msg = v.message.as_deref().unwrap_or("failed");
                             return Err(Error::new(code, format!("{name} on {node}: {msg}")));
                         }
-                        let head = format!("[{} ran on {node}]\n", req.tool);
-                        let text = v.text.unwrap_or_default();
-                        let mut full = String::with_capacity(head.len() + text.len());
-                        full.push_str(&head);
-                        full.push_str(&text);
+                        let mut full = prefix;
+                        full.push_str(v.text.as_deref().unwrap_or_default());
                         (v.details, full)
                     }
                 };

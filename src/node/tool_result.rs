@@ -231,10 +231,15 @@ type Assembly<T> = std::result::Result<T, AssemblyError>;
 
 /// A finished result, as the caller read it.
 pub enum Assembled {
-    /// A JSON payload (or one too small to tell): parse it with [`decode_json`].
-    Json(Vec<u8>),
-    /// A raw one: its head and its text, which starts with the prefix given to the assembler.
-    Raw { head: Vec<u8>, text: Vec<u8> },
+    /// A JSON payload: parse it with [`decode_json`]; `prefix` (the assembler's) goes in front
+    /// of its text.
+    Json { bytes: Vec<u8>, prefix: String },
+    /// A raw one: its head, and its text behind the assembler's prefix (`prefix_len` bytes).
+    Raw {
+        head: Vec<u8>,
+        text: Vec<u8>,
+        prefix_len: usize,
+    },
 }
 
 /// The caller's side: feeds result parts and the `end` payload in order, bounded by
@@ -315,7 +320,10 @@ impl Assembler {
             None if self.buf.first() == Some(&RAW_RESULT) => Err(AssemblyError::Malformed(
                 format!("raw result cut short: {} bytes", self.buf.len()),
             )),
-            None => Ok(Assembled::Json(self.buf)),
+            None => Ok(Assembled::Json {
+                bytes: self.buf,
+                prefix: self.prefix,
+            }),
             Some(r) => {
                 let got = r.text.len() - r.prefix_len;
                 if r.head.len() < r.head_len || got < r.text_len {
@@ -329,6 +337,7 @@ impl Assembler {
                 Ok(Assembled::Raw {
                     head: r.head,
                     text: r.text,
+                    prefix_len: r.prefix_len,
                 })
             }
         }
@@ -358,10 +367,12 @@ pub async fn decode_json(bytes: Vec<u8>) -> std::result::Result<WireResult, Stri
     offload_if(parse, big).await
 }
 
-/// A raw result's details and its text as a string (the prefix included).
+/// A raw result's details and its text as a string (the prefix included); an offset in an
+/// error counts from the start of the text as sent, not of the prefix.
 pub async fn decode_raw(
     head: Vec<u8>,
     text: Vec<u8>,
+    prefix_len: usize,
 ) -> std::result::Result<(Value, String), String> {
     let h: RawHeadIn =
         serde_json::from_slice(&head).map_err(|e| format!("raw result head: {e}"))?;
@@ -373,7 +384,7 @@ pub async fn decode_raw(
         String::from_utf8(text).map_err(|e| {
             format!(
                 "raw result text is not UTF-8 (at byte {})",
-                e.utf8_error().valid_up_to()
+                e.utf8_error().valid_up_to().saturating_sub(prefix_len)
             )
         })
     };
@@ -462,7 +473,7 @@ mod tests {
             };
             assert_eq!(chunks, want_chunks, "total {total}");
             match r {
-                Ok(Assembled::Json(bytes)) => assert_eq!(bytes, data, "total {total}"),
+                Ok(Assembled::Json { bytes, .. }) => assert_eq!(bytes, data, "total {total}"),
                 _ => panic!("total {total}: not the bytes sent"),
             }
         }
@@ -480,10 +491,17 @@ mod tests {
             let (fixed, head) = raw_parts(&text, &details);
             let (chunks, r) = travel(&[&fixed, &head, text.as_bytes()], "[read ran on office]\n");
             assert!(chunks >= 3);
-            let Ok(Assembled::Raw { head, text: got }) = r else {
+            let Ok(Assembled::Raw {
+                head,
+                text: got,
+                prefix_len,
+            }) = r
+            else {
                 panic!("not a raw result")
             };
-            let (d, s) = rt().block_on(decode_raw(head, got)).expect("decodes");
+            let (d, s) = rt()
+                .block_on(decode_raw(head, got, prefix_len))
+                .expect("decodes");
             assert_eq!(d, details);
             assert_eq!(s, format!("[read ran on office]\n{text}"));
         }
@@ -496,10 +514,17 @@ mod tests {
             let (fixed, head) = raw_parts(text, &details);
             let (chunks, r) = travel(&[&fixed, &head, text.as_bytes()], "P:");
             assert_eq!(chunks, 0);
-            let Ok(Assembled::Raw { head, text: got }) = r else {
+            let Ok(Assembled::Raw {
+                head,
+                text: got,
+                prefix_len,
+            }) = r
+            else {
                 panic!("not a raw result")
             };
-            let (_, s) = rt().block_on(decode_raw(head, got)).expect("decodes");
+            let (_, s) = rt()
+                .block_on(decode_raw(head, got, prefix_len))
+                .expect("decodes");
             assert_eq!(s, format!("P:{text}"));
         }
     }
@@ -545,22 +570,28 @@ mod tests {
         assert!(matches!(refused, Some(AssemblyError::TooLarge(_))));
         // Not UTF-8, or a head that is not an ok result.
         let (fixed, head) = raw_parts("ab", &details);
-        let mut a = Assembler::new(String::new());
+        // (behind a prefix: the offset still counts from the text's first byte)
+        let mut a = Assembler::new("[read ran on x]\n".into());
         a.push(&[fixed.as_slice(), &head, &[b'a', 0xff]].concat())
             .expect("sizes fit");
-        let Ok(Assembled::Raw { head, text }) = a.finish() else {
+        let Ok(Assembled::Raw {
+            head,
+            text,
+            prefix_len,
+        }) = a.finish()
+        else {
             panic!("not raw")
         };
         let e = rt()
-            .block_on(decode_raw(head, text))
+            .block_on(decode_raw(head, text, prefix_len))
             .expect_err("not UTF-8");
         assert!(e.contains("not UTF-8 (at byte 1)"), "{e}");
         let e = rt()
-            .block_on(decode_raw(br#"{"ok":false}"#.to_vec(), b"x".to_vec()))
+            .block_on(decode_raw(br#"{"ok":false}"#.to_vec(), b"x".to_vec(), 0))
             .expect_err("not ok");
         assert!(e.contains("ok must be true"), "{e}");
         let e = rt()
-            .block_on(decode_raw(b"{".to_vec(), b"x".to_vec()))
+            .block_on(decode_raw(b"{".to_vec(), b"x".to_vec(), 0))
             .expect_err("bad head");
         assert!(e.contains("raw result head"), "{e}");
     }
