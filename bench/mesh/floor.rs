@@ -77,23 +77,22 @@ async fn relay(listener: tokio::net::TcpListener, b_port: u16) {
     let Ok(to_b) = connect(b_port).await else {
         return;
     };
-    let (mut a_tx, mut a_rx) = from_a.split();
-    let (mut b_tx, mut b_rx) = to_b.split();
-    let up = async {
-        while let Some(Ok(m)) = a_rx.next().await {
-            if m.is_binary() && b_tx.send(m).await.is_err() {
-                return;
-            }
+    let (a_tx, a_rx) = from_a.split();
+    let (b_tx, b_rx) = to_b.split();
+    tokio::join!(forward(a_rx, b_tx), forward(b_rx, a_tx));
+}
+
+/// Send every binary message `rx` yields to `tx`, one at a time, until either side ends.
+async fn forward<R, T>(mut rx: R, mut tx: T)
+where
+    R: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+    T: futures_util::Sink<Message> + Unpin,
+{
+    while let Some(Ok(m)) = rx.next().await {
+        if m.is_binary() && tx.send(m).await.is_err() {
+            return;
         }
-    };
-    let down = async {
-        while let Some(Ok(m)) = b_rx.next().await {
-            if m.is_binary() && a_tx.send(m).await.is_err() {
-                return;
-            }
-        }
-    };
-    tokio::join!(up, down);
+    }
 }
 
 /// One floor chain: A's runtime, a listening echo B, and optionally a relay R in between (each
