@@ -4,8 +4,8 @@
 
 use clawmatrix::proto::codec::{decode_header, TRAILER_BYTES};
 use clawmatrix::proto::{
-    decode, decode_owned, encode, encode_owned, AgentInfo, Body, CallId, CodecError, FrameId,
-    Header, LinkInfo, ModelInfo, NodeRecord, MAX_FRAME_BYTES, MAX_HEADER_BYTES,
+    decode, decode_owned, encode, encode_owned, AgentInfo, Body, Bytes32, CallId, CodecError,
+    DigestSum, FrameId, Header, LinkInfo, ModelInfo, NodeRecord, MAX_FRAME_BYTES, MAX_HEADER_BYTES,
 };
 
 const FID: &str = "000102030405060708090a0b0c0d0e0f";
@@ -84,11 +84,50 @@ fn fixtures() -> Vec<(Header, String)> {
                 None,
                 Body::Digest {
                     entries: vec![("office-01".into(), 1_700_000_000_000, 3)],
+                    summaries: false,
+                    sum: None,
+                    ask: false,
                 },
             ),
             envelope(
                 "null",
                 r#"{"type":"digest","entries":[["office-01",1700000000000,3]]}"#,
+            ),
+        ),
+        (
+            header(
+                None,
+                Body::Digest {
+                    entries: vec![("office-01".into(), 1_700_000_000_000, 3)],
+                    summaries: true,
+                    sum: None,
+                    ask: true,
+                },
+            ),
+            envelope(
+                "null",
+                r#"{"type":"digest","entries":[["office-01",1700000000000,3]],"summaries":true,"ask":true}"#,
+            ),
+        ),
+        (
+            header(
+                None,
+                Body::Digest {
+                    entries: vec![],
+                    summaries: true,
+                    sum: Some(DigestSum {
+                        n: 2,
+                        h: Bytes32([0xab; 32]),
+                    }),
+                    ask: false,
+                },
+            ),
+            envelope(
+                "null",
+                &format!(
+                    r#"{{"type":"digest","entries":[],"summaries":true,"sum":{{"n":2,"h":"{}"}}}}"#,
+                    "ab".repeat(32)
+                ),
             ),
         ),
         (
@@ -229,7 +268,9 @@ fn frame_bytes(json: &str, payload: &[u8]) -> Vec<u8> {
 #[test]
 fn every_body_type_serializes_to_its_literal_fixture() {
     let fx = fixtures();
-    assert_eq!(fx.len(), clawmatrix::proto::frame::BODY_TYPES.len());
+    let mut kinds: Vec<&str> = fx.iter().map(|(h, _)| h.body.kind()).collect();
+    kinds.dedup();
+    assert_eq!(kinds, clawmatrix::proto::frame::BODY_TYPES, "a fixture per body type");
     for (h, json) in fx {
         assert_eq!(serde_json::to_string(&h).expect("serializes"), json);
         let bytes = encode(&h, &[]).expect("encodes");

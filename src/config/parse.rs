@@ -103,14 +103,10 @@ fn integer_of(n: &Number) -> Option<i128> {
 }
 
 /// 1..=64 of `[A-Za-z0-9._-]`, starting with a letter or digit (see [`ID_PATTERN`]).
+/// The wire checks the same rule ([`crate::proto::frame::valid_node_id`]), one definition.
 pub(super) fn is_valid_id(s: &str) -> bool {
-    let mut bytes = s.bytes();
-    match bytes.next() {
-        Some(first) if first.is_ascii_alphanumeric() => {}
-        _ => return false,
-    }
-    s.len() <= ID_MAX_CHARS
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    const _: () = assert!(ID_MAX_CHARS == crate::proto::frame::MAX_NODE_ID_BYTES);
+    crate::proto::frame::valid_node_id(s)
 }
 
 /// Why a tag is invalid, if it is.

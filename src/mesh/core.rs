@@ -31,7 +31,7 @@ use super::{
 use crate::proto::codec::{self, CodecError, MAX_HEADER_BYTES};
 use crate::proto::frame::ENVELOPE_VERSION;
 use crate::proto::{
-    Body, CallId, Frame, FrameId, Header, LinkInfo, NodeId, NodeRecord, RejectCode,
+    Body, CallId, DigestSum, Frame, FrameId, Header, LinkInfo, NodeId, NodeRecord, RejectCode,
 };
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -434,7 +434,8 @@ impl Mesh {
                 ping,
                 up_since: now,
                 last_seen: now,
-                advertised_rtt: 0,
+                advertised_rtt: super::link::RTT_MIN_BUCKET_MS,
+                summaries: false,
             },
         );
         self.by_peer.insert(peer.clone(), link);
@@ -442,7 +443,7 @@ impl Mesh {
         self.own_dirty = true;
         self.routes_dirty = true;
         self.work_pending = true;
-        self.send_digest(now, link);
+        self.send_digest(now, link, false);
     }
 
     /// The shell saw a link close or fail. Unknown links are ignored.
@@ -523,7 +524,9 @@ impl Mesh {
 
     fn publish_own(&mut self) {
         for l in self.links.values_mut() {
-            l.advertised_rtt = l.rtt_ms();
+            if let Some(bucket) = l.readvertise() {
+                l.advertised_rtt = bucket;
+            }
         }
         self.own.links = self
             .links
@@ -611,7 +614,20 @@ impl Mesh {
         match body {
             Body::Ping { seq, t } => self.send_local(now, link, Body::Pong { seq, t }),
             Body::Pong { seq, t } => self.on_pong(now, link, seq, t),
-            Body::Digest { entries } => self.on_digest(now, link, entries),
+            Body::Digest {
+                entries,
+                summaries,
+                sum,
+                ask,
+            } => {
+                if let Some(l) = self.links.get_mut(&link) {
+                    l.summaries |= summaries || sum.is_some();
+                }
+                match sum {
+                    Some(theirs) => self.on_digest_sum(now, link, theirs),
+                    None => self.on_digest(now, link, entries, ask),
+                }
+            }
             Body::Gossip { records } => {
                 for r in records {
                     self.on_record(now, Some(link), r);
@@ -639,10 +655,8 @@ impl Mesh {
         if l.ping.on_pong(now, seq, t).is_none() {
             return;
         }
-        let new = i64::from(l.rtt_ms());
-        let old = i64::from(l.advertised_rtt);
-        let diff = (new - old).abs();
-        let significant = (old == 0 && new > 0) || (diff * 4 > old && diff > 2);
+        // Only a change of the advertised bucket is worth a record version (see `link`).
+        let significant = l.readvertise().is_some();
         if significant {
             self.routes_dirty = true;
             self.work_pending = true;
@@ -658,14 +672,7 @@ impl Mesh {
 
     fn on_record(&mut self, now: u64, from: Option<LinkId>, r: NodeRecord) {
         if r.node == self.cfg.node_id {
-            // Someone holds a record of "us" at least as new as ours (e.g. we restarted with
-            // the same incarnation): jump past it.
-            if r.stamp() >= self.own.stamp() {
-                self.own.incarnation = r.incarnation;
-                self.own.version = r.version;
-                self.own_dirty = true;
-                self.work_pending = true;
-            }
+            self.on_own_record_copy(r.stamp());
             return;
         }
         if !crate::proto::frame::valid_node_id(&r.node) {
@@ -689,7 +696,26 @@ impl Mesh {
         }
     }
 
-    fn on_digest(&mut self, now: u64, link: LinkId, entries: Vec<(NodeId, u64, u64)>) {
+    /// A copy of our own record came back. An echo of what we published (same or older
+    /// stamp: it went around a loop) changes nothing: re-versioning on an echo is what made
+    /// meshes with loops flood themselves at rest. A copy *newer* than ours (we restarted
+    /// within the same incarnation, or someone forged one) never replaces what we own: we
+    /// publish our own content again with a stamp just past it, so every node prefers ours.
+    fn on_own_record_copy(&mut self, stamp: (u64, u64)) {
+        if stamp <= self.own.stamp() {
+            self.stats.own_record_echoes += 1;
+            return;
+        }
+        self.stats.own_record_superseded += 1;
+        let (incarnation, version) = stamp;
+        // The version is bumped once more when we publish.
+        self.own.incarnation = incarnation;
+        self.own.version = version;
+        self.own_dirty = true;
+        self.work_pending = true;
+    }
+
+    fn on_digest(&mut self, now: u64, link: LinkId, entries: Vec<(NodeId, u64, u64)>, ask: bool) {
         let theirs: HashMap<NodeId, (u64, u64)> =
             entries.into_iter().map(|(n, i, v)| (n, (i, v))).collect();
         let newer = |r: &NodeRecord| theirs.get(&r.node).is_none_or(|s| *s < r.stamp());
@@ -698,20 +724,73 @@ impl Mesh {
             out.push(self.own.clone());
         }
         self.send_gossip(now, link, out);
+        if ask {
+            self.send_digest(now, link, false);
+        }
     }
 
-    fn send_digest(&mut self, now: u64, link: LinkId) {
-        let mut entries: Vec<(NodeId, u64, u64)> = self
+    /// Every `(node, incarnation, version)` we would put in a full digest, in node-id order.
+    fn digest_entries(&self) -> Vec<(&str, u64, u64)> {
+        let mut entries: Vec<(&str, u64, u64)> = self
             .records
             .live()
-            .map(|r| (r.node.clone(), r.incarnation, r.version))
+            .map(|r| (r.node.as_str(), r.incarnation, r.version))
             .collect();
-        entries.push((
-            self.own.node.clone(),
+        let own = (
+            self.own.node.as_str(),
             self.own.incarnation,
             self.own.version,
-        ));
-        // Split so every digest header stays under the batch budget.
+        );
+        let at = entries.partition_point(|e| e.0 < own.0);
+        entries.insert(at, own);
+        entries
+    }
+
+    /// A summary digest: if it matches our own set, both sides hold the same records and
+    /// nothing is sent; otherwise we send our full digest and ask for theirs, which repairs
+    /// both sides exactly as a full exchange at link up does.
+    fn on_digest_sum(&mut self, now: u64, link: LinkId, theirs: DigestSum) {
+        let ours = DigestSum::of(self.digest_entries().into_iter());
+        if ours == theirs {
+            self.stats.digest_sums_matched += 1;
+        } else {
+            self.stats.digest_sums_differed += 1;
+            self.send_digest(now, link, true);
+        }
+    }
+
+    /// Periodic anti-entropy on `link`: the summary form (one hash, whatever the mesh size) to
+    /// a peer that understands it, else the full digest.
+    fn send_anti_entropy(&mut self, now: u64, link: LinkId) {
+        if !self.links.get(&link).is_some_and(|l| l.summaries) {
+            self.send_digest(now, link, false);
+            return;
+        }
+        let sum = DigestSum::of(self.digest_entries().into_iter());
+        self.stats.digests_out += 1;
+        let body = Body::Digest {
+            entries: Vec::new(),
+            summaries: true,
+            sum: Some(sum),
+            ask: false,
+        };
+        self.send_local(now, link, body);
+    }
+
+    /// The full digest, split so every header stays under the batch budget. `ask` asks the
+    /// peer to answer with its own full digest too.
+    fn send_digest(&mut self, now: u64, link: LinkId, ask: bool) {
+        let entries: Vec<(NodeId, u64, u64)> = self
+            .digest_entries()
+            .into_iter()
+            .map(|(n, i, v)| (n.to_string(), i, v))
+            .collect();
+        let digest = |entries| Body::Digest {
+            entries,
+            summaries: true,
+            sum: None,
+            ask,
+        };
         let mut batch = Vec::new();
         let mut size = 0;
         for e in entries {
@@ -719,7 +798,7 @@ impl Mesh {
             if size + est > GOSSIP_BATCH_BYTES && !batch.is_empty() {
                 self.stats.digests_out += 1;
                 let entries = std::mem::take(&mut batch);
-                self.send_local(now, link, Body::Digest { entries });
+                self.send_local(now, link, digest(entries));
                 size = 0;
             }
             size += est;
@@ -727,7 +806,7 @@ impl Mesh {
         }
         if !batch.is_empty() {
             self.stats.digests_out += 1;
-            self.send_local(now, link, Body::Digest { entries: batch });
+            self.send_local(now, link, digest(batch));
         }
     }
 
@@ -1034,7 +1113,7 @@ impl Mesh {
             if !self.links.is_empty() {
                 let i = (self.rand() % self.links.len() as u64) as usize;
                 if let Some(&link) = self.links.keys().nth(i) {
-                    self.send_digest(now, link);
+                    self.send_anti_entropy(now, link);
                 }
             }
         }

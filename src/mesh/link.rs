@@ -1,5 +1,13 @@
 //! One live, authenticated link as the core sees it: the peer, who dialled, its heartbeat and
 //! the RTT we last advertised for it in our record.
+//!
+//! # Advertised RTT
+//! Records carry link RTTs for route weights, and every change of a record costs a flood over
+//! every link of the mesh. So a record carries a *bucket*, not the measured value: buckets are
+//! [`RTT_MIN_BUCKET_MS`] × 2^k (10, 20, 40, 80, … ms), the advertised value is the smallest
+//! bucket ≥ the smoothed RTT, and it moves only when the smoothed RTT leaves the current
+//! bucket's range by more than a quarter of it ([`Link::readvertise`]). Loopback and LAN links
+//! (0-12 ms smoothed) never leave the first bucket; a WAN link's normal jitter (±20 %) never crosses one.
 
 use super::ping::PingTracker;
 use crate::proto::NodeId;
@@ -25,8 +33,27 @@ pub struct Link {
     pub ping: PingTracker,
     pub up_since: u64,
     pub last_seen: u64,
-    /// RTT (ms) in the last record we published; 0 = not yet measured.
+    /// RTT bucket (ms) in the last record we published; starts at [`RTT_MIN_BUCKET_MS`].
     pub advertised_rtt: u32,
+    /// The peer understands summary digests (it said so in a digest of its own).
+    pub summaries: bool,
+}
+
+/// Smallest advertised RTT bucket, ms. Wide enough that loopback and LAN links, including a
+/// busy process's scheduling delays (smoothed RTT up to 12 ms), stay inside it, so such links
+/// never change a record.
+pub const RTT_MIN_BUCKET_MS: u32 = 10;
+
+/// Largest advertised RTT bucket, ms (10 × 2^11 ≈ 20 s: beyond any heartbeat-surviving link).
+pub const RTT_MAX_BUCKET_MS: u32 = RTT_MIN_BUCKET_MS << 11;
+
+/// The bucket advertised for a smoothed RTT of `ms`: the smallest `10 × 2^k` ≥ `ms`.
+pub fn rtt_bucket(ms: u64) -> u32 {
+    let mut b = RTT_MIN_BUCKET_MS;
+    while u64::from(b) < ms && b < RTT_MAX_BUCKET_MS {
+        b *= 2;
+    }
+    b
 }
 
 impl Link {
@@ -38,11 +65,81 @@ impl Link {
         }
     }
 
-    /// RTT to advertise now.
-    pub fn rtt_ms(&self) -> u32 {
-        self.ping
-            .srtt_ms()
-            .map(|r| u32::try_from(r).unwrap_or(u32::MAX))
-            .unwrap_or(0)
+    /// The bucket to advertise if the smoothed RTT has clearly left the advertised one, else
+    /// `None`. "Clearly": above the bucket by more than a quarter of it, or below the bucket
+    /// beneath it by more than a quarter of that (hysteresis, so a value sitting on a boundary
+    /// does not flap between two buckets).
+    pub fn readvertise(&self) -> Option<u32> {
+        let srtt = self.ping.srtt_ms()?;
+        let cur = u64::from(self.advertised_rtt);
+        let upper = cur + cur / 4;
+        let lower = if self.advertised_rtt <= RTT_MIN_BUCKET_MS {
+            0
+        } else {
+            (cur / 2) - (cur / 2) / 4
+        };
+        (srtt > upper || srtt < lower).then(|| rtt_bucket(srtt))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::ping::{PingAction, PingTracker};
+
+    fn link_with_srtt(advertised: u32, samples: &[u64]) -> Link {
+        let mut ping = PingTracker::new(0, 1_000, 3);
+        let mut now = 0;
+        for &rtt in samples {
+            let PingAction::Send { seq } = ping.poll(now, 0) else {
+                panic!("ping due")
+            };
+            ping.on_pong(now + rtt, seq, now);
+            now += 1_000;
+        }
+        Link {
+            peer: "p".into(),
+            direction: Direction::Outbound,
+            ping,
+            up_since: 0,
+            last_seen: 0,
+            advertised_rtt: advertised,
+            summaries: false,
+        }
+    }
+
+    #[test]
+    fn rtt_buckets_double_from_five_ms_and_are_capped() {
+        assert_eq!(rtt_bucket(0), 10);
+        assert_eq!(rtt_bucket(10), 10);
+        assert_eq!(rtt_bucket(11), 20);
+        assert_eq!(rtt_bucket(80), 80);
+        assert_eq!(rtt_bucket(81), 160);
+        assert_eq!(rtt_bucket(u64::MAX), RTT_MAX_BUCKET_MS);
+    }
+
+    #[test]
+    fn loopback_jitter_never_leaves_the_first_bucket() {
+        for samples in [&[0u64, 1, 0, 2, 4, 1][..], &[3, 3, 8, 4, 12], &[12]] {
+            let l = link_with_srtt(RTT_MIN_BUCKET_MS, samples);
+            assert_eq!(l.readvertise(), None, "{samples:?}");
+        }
+    }
+
+    #[test]
+    fn a_value_on_a_bucket_boundary_does_not_flap() {
+        // Advertised 80 (for 41-80 ms); readings around 80 and around 40 stay put.
+        for srtt in [38, 40, 41, 79, 80, 81, 100] {
+            let l = link_with_srtt(80, &[srtt]);
+            assert_eq!(l.readvertise(), None, "srtt {srtt}");
+        }
+    }
+
+    #[test]
+    fn a_real_change_moves_the_bucket() {
+        assert_eq!(link_with_srtt(10, &[80]).readvertise(), Some(80));
+        assert_eq!(link_with_srtt(80, &[101]).readvertise(), Some(160));
+        assert_eq!(link_with_srtt(80, &[29]).readvertise(), Some(40));
+        assert_eq!(link_with_srtt(80, &[2]).readvertise(), Some(10));
     }
 }

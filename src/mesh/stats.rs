@@ -34,7 +34,19 @@ pub struct MeshStats {
     pub records_accepted: u64,
     /// Records received that were not newer (or blocked by a tombstone/bound).
     pub records_ignored: u64,
+    /// Received records refused as hostile or over a bound, by reason (`bad_node_id`,
+    /// `absurd_stamp`, `too_large`, `budget`, `full`); each is also in `records_ignored`.
+    pub records_refused: BTreeMap<String, u64>,
+    /// Copies of our own record that came back no newer than ours (a loop echo; ignored).
+    pub own_record_echoes: u64,
+    /// Copies of our own record newer than ours (a restart within one incarnation, or a
+    /// forgery): we re-publish our own content past them.
+    pub own_record_superseded: u64,
     pub digests_out: u64,
+    /// Summary digests received that matched our own set (nothing to repair).
+    pub digest_sums_matched: u64,
+    /// Summary digests received that differed: a full exchange followed.
+    pub digest_sums_differed: u64,
     pub pings_out: u64,
     pub heartbeat_timeouts: u64,
     /// Handshake rejections by code (`bad_mac`, `replay`, …).

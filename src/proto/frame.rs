@@ -7,11 +7,11 @@
 use super::hex::{CallId, FrameId};
 use serde::{Deserialize, Serialize};
 
-/// A node's configured id (`nodeId`). Non-empty, at most [`MAX_NODE_ID_BYTES`] bytes.
+/// A node's configured id (`nodeId`): see [`valid_node_id`].
 pub type NodeId = String;
 
-/// Longest accepted node id, in bytes (keeps headers and transcripts small).
-pub const MAX_NODE_ID_BYTES: usize = 128;
+/// Longest accepted node id (and agent id), in bytes: the config's rule.
+pub const MAX_NODE_ID_BYTES: usize = 64;
 
 /// Default TTL: links a frame may cross. 8 covers any sane home/office/cloud topology.
 pub const DEFAULT_TTL: u8 = 8;
@@ -19,9 +19,18 @@ pub const DEFAULT_TTL: u8 = 8;
 /// Envelope version (`v`).
 pub const ENVELOPE_VERSION: u8 = 1;
 
-/// Whether `id` is an acceptable node id.
+/// Whether `id` is an acceptable node id (or agent id): the config's rule, 1..=64 of
+/// `[A-Za-z0-9._-]` starting with a letter or digit. The same rule holds on the wire, so a name
+/// from the mesh can never carry a separator, a newline or markup into a config key, a session
+/// key, a log line or a prompt.
 pub fn valid_node_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= MAX_NODE_ID_BYTES && !id.chars().any(char::is_control)
+    let mut bytes = id.bytes();
+    match bytes.next() {
+        Some(first) if first.is_ascii_alphanumeric() => {}
+        _ => return false,
+    }
+    id.len() <= MAX_NODE_ID_BYTES
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 /// The JSON header of a binary frame.
@@ -53,8 +62,21 @@ pub enum Body {
     Ping { seq: u64, t: u64 },
     /// Heartbeat answer echoing `seq` and `t`.
     Pong { seq: u64, t: u64 },
-    /// Anti-entropy summary: `(node, incarnation, version)` of every known record.
-    Digest { entries: Vec<(NodeId, u64, u64)> },
+    /// Anti-entropy: `(node, incarnation, version)` of every known record (the full form), or
+    /// only their hash (the summary form, `sum`; `entries` is then empty). See PROTOCOL §6.2.
+    Digest {
+        entries: Vec<(NodeId, u64, u64)>,
+        /// The sender understands the summary form (set on every full digest it sends).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        summaries: bool,
+        /// Summary form: the count and hash of the sender's full entry set.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sum: Option<DigestSum>,
+        /// Answer with a full digest as well (sent after a summary did not match, so both
+        /// sides learn what the other lacks).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        ask: bool,
+    },
     /// Records the receiver lacks or that changed.
     Gossip { records: Vec<NodeRecord> },
     /// `node` left gracefully at `incarnation`.
@@ -209,6 +231,37 @@ impl NodeRecord {
     /// `(incarnation, version)`: records compare by this, lexicographically.
     pub fn stamp(&self) -> (u64, u64) {
         (self.incarnation, self.version)
+    }
+}
+
+/// The summary form of a digest: how many `(node, incarnation, version)` entries the sender
+/// holds and the SHA-256 of them in node-id order (see [`DigestSum::of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestSum {
+    pub n: u64,
+    pub h: super::hex::Bytes32,
+}
+
+impl DigestSum {
+    /// The summary of `entries`, which must be sorted by node id with no duplicates: SHA-256
+    /// over each entry as (u32 BE length, node id bytes, incarnation u64 BE, version u64 BE).
+    pub fn of<'a>(entries: impl Iterator<Item = (&'a str, u64, u64)>) -> DigestSum {
+        use sha2::{Digest as _, Sha256};
+        let mut h = Sha256::new();
+        let mut n = 0u64;
+        for (node, incarnation, version) in entries {
+            n += 1;
+            h.update((node.len() as u32).to_be_bytes());
+            h.update(node.as_bytes());
+            h.update(incarnation.to_be_bytes());
+            h.update(version.to_be_bytes());
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&h.finalize());
+        DigestSum {
+            n,
+            h: super::hex::Bytes32(out),
+        }
     }
 }
 

@@ -23,7 +23,9 @@ pub use auth::NonceCache;
 pub use codec::{
     decode, decode_owned, encode, encode_owned, CodecError, MAX_FRAME_BYTES, MAX_HEADER_BYTES,
 };
-pub use frame::{AgentInfo, Body, Frame, Header, LinkInfo, ModelInfo, NodeId, NodeRecord};
+pub use frame::{
+    AgentInfo, Body, DigestSum, Frame, Header, LinkInfo, ModelInfo, NodeId, NodeRecord,
+};
 pub use handshake::{Acceptor, Dialer, HandshakeConfig, Step};
 pub use handshake_frame::{HandshakeFrame, RejectCode};
 pub use hex::{Bytes32, CallId, FrameId};

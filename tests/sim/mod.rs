@@ -56,6 +56,9 @@ pub struct Conn {
     pub latency: u64,
     /// false once closed cleanly or cut silently: frames are dropped.
     pub up: bool,
+    /// Arrival time of the last frame each way (a→b, b→a): jittered frames never overtake
+    /// each other on one link, as on a TCP stream.
+    last_at: [u64; 2],
 }
 
 enum Msg {
@@ -76,6 +79,8 @@ pub struct Sim {
     pub frames_sent: u64,
     /// Bytes handed to the network.
     pub bytes_sent: u64,
+    /// Extra one-way delay per frame, uniform in `0..=jitter` ms (FIFO per link direction kept).
+    pub jitter: u64,
 }
 
 pub fn node_name(i: usize) -> String {
@@ -117,6 +122,7 @@ impl Sim {
             loss: 0.0,
             frames_sent: 0,
             bytes_sent: 0,
+            jitter: 0,
         };
         for i in 0..n {
             sim.drain(i);
@@ -148,6 +154,7 @@ impl Sim {
             b,
             latency,
             up: true,
+            last_at: [0, 0],
         });
         let link = LinkId(c as u64);
         let now = self.now;
@@ -219,7 +226,14 @@ impl Sim {
         if !conn.up || !self.nodes[other].alive || self.rng.chance(self.loss) {
             return;
         }
-        let at = self.now + conn.latency;
+        let extra = if self.jitter > 0 {
+            self.rng.below(self.jitter + 1)
+        } else {
+            0
+        };
+        let way = usize::from(conn.a != i);
+        let at = (self.now + conn.latency + extra).max(conn.last_at[way]);
+        self.conns[c].last_at[way] = at;
         self.schedule(at, c, other, Msg::Data(bytes));
     }
 
