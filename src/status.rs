@@ -84,6 +84,15 @@ pub struct MeshCounters {
     pub slow_peer_closes: u64,
     pub calls_started: u64,
     pub calls_failed: u64,
+    /// Gossiped records refused by reason (`bad_node_id`, `absurd_stamp`, `too_large`,
+    /// `budget`, `full`).
+    pub records_refused: BTreeMap<String, u64>,
+    /// Estimated memory held now for other nodes' records, bytes (at most 16 MiB).
+    pub records_held_bytes: u64,
+    /// Copies of this node's own record that came back around a loop (ignored).
+    pub own_record_echoes: u64,
+    /// Copies of this node's own record newer than its own (re-published past them).
+    pub own_record_superseded: u64,
 }
 
 /// The whole status report of this node.
@@ -237,7 +246,7 @@ fn render_counters(m: &MeshCounters) -> String {
     let sum = |m: &BTreeMap<String, u64>| m.values().sum::<u64>();
     format!(
         "{} links up, frames {} in / {} out, relayed {}, dropped {}{}, handshake rejects {}{}, \
-         decode errors {}, slow-peer closes {}",
+         decode errors {}, slow-peer closes {}, records refused {}{} (holding {} KiB)",
         m.links_up,
         m.frames_in,
         m.frames_out,
@@ -247,7 +256,10 @@ fn render_counters(m: &MeshCounters) -> String {
         sum(&m.handshake_rejects),
         map(&m.handshake_rejects),
         m.decode_errors,
-        m.slow_peer_closes
+        m.slow_peer_closes,
+        sum(&m.records_refused),
+        map(&m.records_refused),
+        m.records_held_bytes / 1024
     )
 }
 

@@ -270,7 +270,11 @@ fn every_body_type_serializes_to_its_literal_fixture() {
     let fx = fixtures();
     let mut kinds: Vec<&str> = fx.iter().map(|(h, _)| h.body.kind()).collect();
     kinds.dedup();
-    assert_eq!(kinds, clawmatrix::proto::frame::BODY_TYPES, "a fixture per body type");
+    assert_eq!(
+        kinds,
+        clawmatrix::proto::frame::BODY_TYPES,
+        "a fixture per body type"
+    );
     for (h, json) in fx {
         assert_eq!(serde_json::to_string(&h).expect("serializes"), json);
         let bytes = encode(&h, &[]).expect("encodes");

@@ -26,9 +26,10 @@ use super::target::{self, Candidate, Reach, Target};
 use super::{
     CallFailure, DownReason, LocalInfo, MeshConfig, MeshEvent, Output, PeerState, PeerView,
     SendError, UpdateError, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR,
-    MAX_RECORD_BYTES,
+    MAX_RECORD_BYTES, MAX_RECORD_STAMP,
 };
 use crate::proto::codec::{self, CodecError, MAX_HEADER_BYTES};
+use crate::proto::frame::valid_node_id;
 use crate::proto::frame::ENVELOPE_VERSION;
 use crate::proto::{
     Body, CallId, DigestSum, Frame, FrameId, Header, LinkInfo, NodeId, NodeRecord, RejectCode,
@@ -110,12 +111,27 @@ fn approx_record_bytes(r: &NodeRecord) -> usize {
     120 + 2 * r.node.len() + agents + models + strs(&r.tags) + links
 }
 
+/// Why a received record is refused before anything else looks at it: every name in it
+/// follows the node-id rule and its stamp is within [`MAX_RECORD_STAMP`].
+fn check_record(r: &NodeRecord) -> Result<(), &'static str> {
+    let names_ok = valid_node_id(&r.node)
+        && r.links.iter().all(|l| valid_node_id(&l.peer))
+        && r.agents.iter().all(|a| valid_node_id(&a.id));
+    if !names_ok {
+        return Err("bad_node_id");
+    }
+    if r.incarnation > MAX_RECORD_STAMP || r.version > MAX_RECORD_STAMP {
+        return Err("absurd_stamp");
+    }
+    Ok(())
+}
+
 impl Mesh {
     /// A core with no links. `now` starts the anti-entropy clock.
     pub fn new(cfg: MeshConfig, local: LocalInfo, now: u64) -> Self {
         let own = NodeRecord {
             node: cfg.node_id.clone(),
-            incarnation: cfg.incarnation,
+            incarnation: cfg.incarnation.min(MAX_RECORD_STAMP),
             version: 1,
             listen: local.listen,
             agents: local.agents,
@@ -125,7 +141,7 @@ impl Mesh {
         };
         let rng = cfg.rng_seed ^ fnv(&cfg.node_id) ^ cfg.incarnation.rotate_left(17);
         Mesh {
-            records: RecordStore::new(cfg.max_nodes),
+            records: RecordStore::new(cfg.max_nodes, super::MAX_RECORDS_HELD_BYTES),
             dedup: DedupCache::new(cfg.dedup_capacity, splitmix(&mut rng.clone())),
             calls: Calls::new(cfg.max_inflight_calls),
             next_anti_entropy: now.saturating_add(cfg.anti_entropy_interval_ms),
@@ -537,7 +553,15 @@ impl Mesh {
             })
             .collect();
         self.own.links.sort_by(|a, b| a.peer.cmp(&b.peer));
-        self.own.version += 1;
+        // Stamps stay within MAX_RECORD_STAMP (records past it are refused everywhere): at the
+        // last version the incarnation moves on; at the last of both (only a forged copy of
+        // our record can get us there) we keep publishing at that stamp.
+        if self.own.version < MAX_RECORD_STAMP {
+            self.own.version += 1;
+        } else if self.own.incarnation < MAX_RECORD_STAMP {
+            self.own.incarnation += 1;
+            self.own.version = 1;
+        }
         self.own_dirty = false;
         self.rtt_bump_pending = false;
         self.routes_dirty = true;
@@ -634,6 +658,15 @@ impl Mesh {
                 }
             }
             Body::Leave { node, incarnation }
+                if !valid_node_id(&node) || incarnation > MAX_RECORD_STAMP =>
+            {
+                self.refuse_record(if valid_node_id(&node) {
+                    "absurd_stamp"
+                } else {
+                    "bad_node_id"
+                });
+            }
+            Body::Leave { node, incarnation }
                 if node != self.cfg.node_id && self.records.leave(&node, incarnation, now) =>
             {
                 self.event(MeshEvent::Left { node: node.clone() });
@@ -671,12 +704,22 @@ impl Mesh {
     }
 
     fn on_record(&mut self, now: u64, from: Option<LinkId>, r: NodeRecord) {
+        if let Err(why) = check_record(&r) {
+            self.refuse_record(why);
+            return;
+        }
         if r.node == self.cfg.node_id {
             self.on_own_record_copy(r.stamp());
             return;
         }
-        if !crate::proto::frame::valid_node_id(&r.node) {
+        if !self.records.would_take(&r.node, r.stamp()) {
             self.stats.records_ignored += 1;
+            return;
+        }
+        // Only a record we would store pays for the exact size (a serialization).
+        let size = serde_json::to_vec(&r).map_or(usize::MAX, |v| v.len());
+        if size > MAX_RECORD_BYTES {
+            self.refuse_record("too_large");
             return;
         }
         let node = r.node.clone();
@@ -692,8 +735,20 @@ impl Mesh {
                 self.routes_dirty = true;
                 self.work_pending = true;
             }
-            Merge::Ignored | Merge::Full => self.stats.records_ignored += 1,
+            Merge::Ignored => self.stats.records_ignored += 1,
+            Merge::Full => self.refuse_record("full"),
+            Merge::OverBudget => self.refuse_record("budget"),
         }
+        self.stats.records_held_bytes = self.records.held() as u64;
+    }
+
+    fn refuse_record(&mut self, why: &'static str) {
+        self.stats.records_ignored += 1;
+        *self
+            .stats
+            .records_refused
+            .entry(why.to_string())
+            .or_insert(0) += 1;
     }
 
     /// A copy of our own record came back. An echo of what we published (same or older
@@ -1287,6 +1342,7 @@ impl Mesh {
                 self.routes_dirty = true;
             }
         }
+        self.stats.records_held_bytes = self.records.held() as u64;
         self.refresh_routes(now);
     }
 }

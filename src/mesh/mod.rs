@@ -44,6 +44,19 @@ pub const CLOSE_PROTOCOL_ERROR: u16 = 4010;
 /// `MAX_HEADER_BYTES` even with a couple of records per frame.
 pub const MAX_RECORD_BYTES: usize = 32 * 1024;
 
+/// Largest incarnation or version a record (or `leave`) may carry: 2^53 − 1, the largest
+/// integer JavaScript (status, peers) represents exactly. Incarnations are start times in ms
+/// (about 2^41 today) and versions count changes, so honest records never come near it;
+/// anything past it is refused (`records_refused.absurd_stamp`), and no arithmetic on a stamp
+/// can overflow.
+pub const MAX_RECORD_STAMP: u64 = (1 << 53) - 1;
+
+/// Most memory the record store may hold for other nodes' records, estimated per string and
+/// entry ([`records::held_bytes`]): 16 MiB, i.e. 4096 nodes of 4 KiB each, far above real
+/// records (~1 KiB). A record that would push the store past it is refused
+/// (`records_refused.budget`) and the store keeps what it had.
+pub const MAX_RECORDS_HELD_BYTES: usize = 16 << 20;
+
 /// Core configuration. Build with [`MeshConfig::new`] and adjust fields.
 #[derive(Debug, Clone)]
 pub struct MeshConfig {

@@ -6,6 +6,9 @@
 //! `on_pong` matches the outstanding `seq` and samples RTT; `on_activity` (any frame from the
 //! peer) resets the miss count, since a talking peer is alive.
 
+/// Largest RTT sample taken, ms (10 minutes: far beyond any link that survives heartbeats).
+pub const MAX_RTT_SAMPLE_MS: u64 = 600_000;
+
 /// What the link should do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PingAction {
@@ -73,7 +76,9 @@ impl PingTracker {
         }
         self.outstanding = None;
         self.misses = 0;
-        let rtt = now.saturating_sub(t);
+        // `t` is our own clock echoed by the peer, but the peer may lie: clamp the sample so
+        // the fixed-point average below can never overflow.
+        let rtt = now.saturating_sub(t).min(MAX_RTT_SAMPLE_MS);
         self.srtt_x8 = Some(match self.srtt_x8 {
             None => rtt * 8,
             // srtt += (rtt - srtt) / 8, in ×8 fixed point: srtt8 = srtt8 - srtt8/8 + rtt
@@ -132,6 +137,20 @@ mod tests {
         assert_eq!(p.on_pong(1_160, seq, 1_000), Some(160));
         assert_eq!(p.srtt_ms(), Some(90), "80 + (160 - 80) / 8");
         assert_eq!(p.misses(), 0);
+    }
+
+    #[test]
+    fn a_lying_pong_cannot_overflow_the_average() {
+        let mut p = PingTracker::new(0, 1_000, 3);
+        for round in 0..20u64 {
+            let now = round * 1_000;
+            let PingAction::Send { seq } = p.poll(now, 0) else {
+                panic!()
+            };
+            // t = 0 from a peer at a huge clock reading: the sample is clamped.
+            assert!(p.on_pong(u64::MAX - 1, seq, 0).is_some());
+        }
+        assert_eq!(p.srtt_ms(), Some(MAX_RTT_SAMPLE_MS));
     }
 
     #[test]

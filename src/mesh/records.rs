@@ -4,7 +4,8 @@
 //! Rules (`docs/PROTOCOL.md` §6): a record replaces ours only if strictly newer; a left node
 //! ignores records up to the incarnation it left with; a forgotten node ignores records up to
 //! the stamp it was forgotten at until the tombstone expires. The store never holds our own
-//! record (the core owns it) and never more than `max_nodes` entries.
+//! record (the core owns it), never more than `max_nodes` entries and never more than its
+//! memory budget ([`held_bytes`] summed over the entries).
 
 use crate::proto::{NodeId, NodeRecord};
 use std::collections::BTreeMap;
@@ -30,6 +31,36 @@ pub enum Merge {
     Ignored,
     /// A new node while the store is full.
     Full,
+    /// Storing it would take the store past its memory budget.
+    OverBudget,
+}
+
+/// Estimated memory one stored record holds, in bytes: every string's bytes plus its
+/// allocation and `String` header (48), every entry's fixed part, extra model metadata at
+/// twice its JSON size. An upper estimate: a record of 6,000 one-letter tags counts as
+/// ~300 KiB although its JSON is 24 KiB, which is what it really costs in memory.
+pub fn held_bytes(r: &NodeRecord) -> usize {
+    const STR: usize = 48;
+    let strs = |v: &[String]| v.iter().map(|s| s.len() + STR).sum::<usize>();
+    let agents: usize = r
+        .agents
+        .iter()
+        .map(|a| 64 + a.id.len() + a.description.len() + 2 * STR + strs(&a.tags))
+        .sum();
+    let models: usize = r
+        .models
+        .iter()
+        .map(|m| {
+            let extra = if m.extra.is_empty() {
+                0
+            } else {
+                2 * serde_json::to_vec(&m.extra).map_or(super::MAX_RECORD_BYTES, |v| v.len())
+            };
+            96 + m.id.len() + m.description.as_ref().map_or(0, String::len) + 2 * STR + extra
+        })
+        .sum();
+    let links: usize = r.links.iter().map(|l| 32 + l.peer.len() + STR).sum();
+    256 + r.node.len() + agents + models + strs(&r.tags) + links
 }
 
 /// All known records but our own.
@@ -39,33 +70,60 @@ pub struct RecordStore {
     /// Forgotten nodes: stamp at forgetting, tombstone expiry (ms).
     tombstones: BTreeMap<NodeId, ((u64, u64), u64)>,
     max_nodes: usize,
+    /// Sum of [`held_bytes`] over the entries, and its limit.
+    held: usize,
+    budget: usize,
 }
 
 impl RecordStore {
-    /// An empty store holding at most `max_nodes` nodes.
-    pub fn new(max_nodes: usize) -> Self {
+    /// An empty store holding at most `max_nodes` nodes and `budget` bytes of [`held_bytes`].
+    pub fn new(max_nodes: usize, budget: usize) -> Self {
         RecordStore {
             entries: BTreeMap::new(),
             tombstones: BTreeMap::new(),
             max_nodes,
+            held: 0,
+            budget,
         }
+    }
+
+    /// Whether a record of `node` at `stamp` would be newer than what we hold and not blocked
+    /// by a leave or a tombstone (a cheap check before the record is looked at closely).
+    pub fn would_take(&self, node: &str, stamp: (u64, u64)) -> bool {
+        if self.tombstones.get(node).is_some_and(|(t, _)| stamp <= *t) {
+            return false;
+        }
+        match self.entries.get(node) {
+            Some(e) => {
+                let left_blocks = e.left_at.is_some() && stamp.0 <= e.record.incarnation;
+                !left_blocks && stamp > e.record.stamp()
+            }
+            None => true,
+        }
+    }
+
+    /// Estimated bytes held for all records ([`held_bytes`] summed).
+    pub fn held(&self) -> usize {
+        self.held
     }
 
     /// Merge a received record.
     pub fn merge(&mut self, record: NodeRecord, now: u64) -> Merge {
         let stamp = record.stamp();
-        if let Some((t, _)) = self.tombstones.get(&record.node) {
-            if stamp <= *t {
-                return Merge::Ignored;
-            }
-            self.tombstones.remove(&record.node);
+        if !self.would_take(&record.node, stamp) {
+            return Merge::Ignored;
+        }
+        let size = held_bytes(&record);
+        let old = self
+            .entries
+            .get(&record.node)
+            .map_or(0, |e| held_bytes(&e.record));
+        if self.held - old + size > self.budget {
+            return Merge::OverBudget;
         }
         match self.entries.get_mut(&record.node) {
             Some(e) => {
-                let left_blocks = e.left_at.is_some() && stamp.0 <= e.record.incarnation;
-                if left_blocks || stamp <= e.record.stamp() {
-                    return Merge::Ignored;
-                }
+                self.held = self.held - old + size;
                 e.record = record;
                 e.last_seen = now;
                 e.left_at = None;
@@ -75,6 +133,8 @@ impl RecordStore {
                 if self.entries.len() >= self.max_nodes {
                     return Merge::Full;
                 }
+                self.tombstones.remove(&record.node);
+                self.held += size;
                 self.entries.insert(
                     record.node.clone(),
                     Entry {
@@ -105,6 +165,7 @@ impl RecordStore {
     pub fn forget(&mut self, node: &str, until: u64) -> bool {
         match self.entries.remove(node) {
             Some(e) => {
+                self.held -= held_bytes(&e.record);
                 self.tombstones
                     .insert(node.to_string(), (e.record.stamp(), until));
                 true

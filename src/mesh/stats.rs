@@ -37,6 +37,9 @@ pub struct MeshStats {
     /// Received records refused as hostile or over a bound, by reason (`bad_node_id`,
     /// `absurd_stamp`, `too_large`, `budget`, `full`); each is also in `records_ignored`.
     pub records_refused: BTreeMap<String, u64>,
+    /// Gauge, not a counter: estimated bytes held now for other nodes' records (bounded by
+    /// `MAX_RECORDS_HELD_BYTES`).
+    pub records_held_bytes: u64,
     /// Copies of our own record that came back no newer than ours (a loop echo; ignored).
     pub own_record_echoes: u64,
     /// Copies of our own record newer than ours (a restart within one incarnation, or a

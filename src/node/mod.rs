@@ -810,6 +810,10 @@ fn mesh_counters(s: &MeshSnapshot) -> MeshCounters {
         slow_peer_closes: s.slow_peer_closes,
         calls_started: st.calls_started,
         calls_failed: st.calls_failed,
+        records_refused: st.records_refused.clone(),
+        records_held_bytes: st.records_held_bytes,
+        own_record_echoes: st.own_record_echoes,
+        own_record_superseded: st.own_record_superseded,
     }
 }
 
