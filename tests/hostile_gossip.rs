@@ -244,14 +244,12 @@ async fn bloated_records_are_bounded_and_status_still_renders() {
             .expect("send");
         // 300 records just under 32 KiB each, 6,000 tags apiece: ~9 MiB on the wire, and an
         // estimated ~300 KiB each in memory, i.e. far past the store's budget.
-        let mut seq = 2;
-        for i in 0..300 {
+        for i in 0..300u64 {
             let mut r = record(&format!("bloat-{i:03}"), 1, 1);
             r.tags = (0..6_000).map(|t| format!("{:02}", t % 100)).collect();
-            ws.send(Message::binary(gossip(seq, vec![r])))
+            ws.send(Message::binary(gossip(2 + i, vec![r])))
                 .await
                 .expect("send");
-            seq += 1;
         }
         wait_for(
             "every bloated record handled",
