@@ -103,7 +103,7 @@ fn integer_of(n: &Number) -> Option<i128> {
 }
 
 /// 1..=64 of `[A-Za-z0-9._-]`, starting with a letter or digit (see [`ID_PATTERN`]).
-pub(super) fn is_valid_id(s: &str) -> bool {
+pub fn is_valid_id(s: &str) -> bool {
     let mut bytes = s.bytes();
     match bytes.next() {
         Some(first) if first.is_ascii_alphanumeric() => {}
