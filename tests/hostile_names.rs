@@ -220,3 +220,57 @@ async fn an_instruction_smuggled_in_caller_agent_never_reaches_the_serving_host(
     .await
     .expect("bounded");
 }
+
+/// The `providers` of the next `providers.sync` request from `node`'s core that offers any,
+/// answered like the shim does; bounded by the test's timeout.
+async fn next_provider_sync(node: &Node) -> serde_json::Map<String, Value> {
+    use clawmatrix::node::host::HostReply;
+    let bridge = node.host();
+    loop {
+        let req = bridge.next_request().await.expect("host bridge open");
+        if req.kind != "providers.sync" {
+            continue;
+        }
+        bridge.reply(
+            req.id,
+            Ok(HostReply::Result(
+                json!({"changed": true, "added": [], "updated": [], "removed": [], "conflicts": []}),
+            )),
+        );
+        match req.params["providers"].as_object() {
+            Some(p) if !p.is_empty() => return p.clone(),
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_named_like_a_built_in_provider_gets_a_namespaced_provider_id() {
+    tokio::time::timeout(TEST_BOUND, async {
+        let cp = free_port();
+        let _cloud = start(config("cloud", Some(cp), &[], json!({"models": []})));
+        // A mesh node (it knows the secret) named after OpenClaw's built-in Anthropic provider.
+        let _anthropic = start(config("Anthropic", None, &[("cloud", cp)], json!({})));
+        let home = start(config(
+            "home",
+            None,
+            &[("cloud", cp)],
+            json!({"models": []}),
+        ));
+        let providers = next_provider_sync(&home).await;
+        let port = home.config().proxy_port;
+        assert_eq!(
+            providers.keys().collect::<Vec<_>>(),
+            ["clawmatrix-anthropic"],
+            "never models.providers.anthropic: {providers:?}"
+        );
+        let entry = &providers["clawmatrix-anthropic"];
+        assert_eq!(
+            entry["baseUrl"],
+            format!("http://127.0.0.1:{port}/node/Anthropic/v1")
+        );
+        assert_eq!(entry["models"][0]["id"], "Anthropic-model");
+    })
+    .await
+    .expect("bounded");
+}
