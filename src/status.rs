@@ -125,6 +125,35 @@ pub struct StatusReport {
     /// `messagesReceived`, `recent[]`); absent while stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handoffs: Option<serde_json::Value>,
+    /// Set while the node's actor is down after a failure (a panic); `running` is false
+    /// meanwhile. Absent when healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<Failure>,
+    /// Restarts of the node's actor after failures since start, and the last failure; absent
+    /// when it never failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<Restarts>,
+}
+
+/// A failure of the node's actor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    /// What failed (the panic message).
+    pub reason: String,
+    /// When, RFC 3339 UTC.
+    pub at: String,
+    /// Whether a restart is scheduled; false once the restart budget is spent (restart the
+    /// service then).
+    pub restarting: bool,
+}
+
+/// Restarts of the node's actor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Restarts {
+    pub count: u32,
+    pub last_failure: Failure,
 }
 
 /// Render the readable summary printed by `openclaw clawmatrix status`.
@@ -140,8 +169,27 @@ pub fn render_text(s: &StatusReport) -> String {
         "ClawMatrix node {} (v{}) - {}",
         s.node_id,
         s.version,
-        if s.running { "running" } else { "stopped" }
+        match (&s.failed, s.running) {
+            (Some(_), _) => "FAILED",
+            (None, true) => "running",
+            (None, false) => "stopped",
+        }
     );
+    if let Some(f) = &s.failed {
+        let next = if f.restarting {
+            "restarting"
+        } else {
+            "not restarted again: restart the service"
+        };
+        let _ = writeln!(out, "  Failed at {}: {} ({next})", f.at, f.reason);
+    }
+    if let Some(r) = &s.restarts {
+        let _ = writeln!(
+            out,
+            "  Restarts: {} (last failure at {}: {})",
+            r.count, r.last_failure.at, r.last_failure.reason
+        );
+    }
     let _ = writeln!(out, "  Mesh: {listen}");
     let _ = writeln!(out, "  Traffic: {}", render_counters(&s.mesh));
     let _ = writeln!(out, "  Model proxy: http://127.0.0.1:{}/v1", s.proxy_port);
@@ -342,6 +390,8 @@ mod tests {
             ],
             tools: None,
             handoffs: None,
+            failed: None,
+            restarts: None,
             mesh: MeshCounters {
                 links_up: 1,
                 handshake_rejects: [("bad_mac".to_string(), 2)].into_iter().collect(),

@@ -579,10 +579,13 @@ async fn home_hands_its_host_one_provider_per_serving_node_and_office_resolves_o
         let deadline = Instant::now() + Duration::from_secs(10);
         let entry = loop {
             let last = m.home_host.syncs.lock().unwrap().last().cloned();
-            if let Some(e) = last.and_then(|s| s["providers"].get("office-0").cloned()) {
+            if let Some(e) = last.and_then(|s| s["providers"].get("clawmatrix-office-0").cloned()) {
                 break e;
             }
-            assert!(Instant::now() < deadline, "no providers.sync for office-0");
+            assert!(
+                Instant::now() < deadline,
+                "no providers.sync for clawmatrix-office-0"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         assert_eq!(entry["baseUrl"], want);

@@ -25,6 +25,7 @@ use std::fmt;
 
 use serde_json::{json, Value};
 
+pub use parse::is_valid_id;
 pub use url::{PeerUrl, UpstreamUrl};
 
 /// Minimum length of the mesh secret, in characters (Unicode scalar values). HMAC keys shorter

@@ -104,7 +104,7 @@ fn integer_of(n: &Number) -> Option<i128> {
 
 /// 1..=64 of `[A-Za-z0-9._-]`, starting with a letter or digit (see [`ID_PATTERN`]).
 /// The wire checks the same rule ([`crate::proto::frame::valid_node_id`]), one definition.
-pub(super) fn is_valid_id(s: &str) -> bool {
+pub fn is_valid_id(s: &str) -> bool {
     const _: () = assert!(ID_MAX_CHARS == crate::proto::frame::MAX_NODE_ID_BYTES);
     crate::proto::frame::valid_node_id(s)
 }

@@ -29,6 +29,7 @@ use super::events::{EventQueue, Level};
 use super::queue::{LinkOut, PushError, QueueSender};
 use super::service::{CallCtx, ChunkSink, Service, MAX_SERVED_CALLS};
 use super::stream::{StreamItem, StreamMsg, STREAM_CHANNEL};
+use super::supervisor::ActorHealth;
 use crate::error::{Error, ErrorCode, Result};
 use crate::mesh::{
     CallFailure, Direction, DownReason, LinkId, Mesh, MeshEvent, MeshStats, Output, PeerView,
@@ -155,6 +156,8 @@ pub(crate) enum Input {
         call_id: CallId,
         result: Result<Vec<u8>>,
     },
+    /// Panic in the actor (tests of the supervision: [`super::Node::debug_panic_actor`]).
+    Panic { reason: String },
     /// Ordered candidates for a target (`Mesh::resolve`).
     Resolve {
         target: crate::mesh::Target,
@@ -380,7 +383,8 @@ struct Actor {
     /// Our own input queue, for the tasks of served calls.
     self_tx: mpsc::Sender<Input>,
     events: Arc<EventQueue>,
-    snapshot: watch::Sender<MeshSnapshot>,
+    /// Shared with the supervisor, so a restarted actor publishes to the same receivers.
+    snapshot: Arc<watch::Sender<MeshSnapshot>>,
     slow_peer_drops: u64,
     slow_peer_closes: u64,
     /// Counters changed since the last publish.
@@ -390,44 +394,129 @@ struct Actor {
     last_publish: Instant,
 }
 
+/// Builds a fresh mesh core for a restarted actor.
+pub(crate) type MeshFactory = Box<dyn FnMut() -> Result<Mesh> + Send>;
+
 /// Start the actor task on the current runtime. Returns the handle, the snapshot receiver and
-/// the task's future (the caller spawns it into its `JoinSet`).
+/// the task's future (the caller spawns it into its `JoinSet`). The task supervises the actor:
+/// a panic is recorded in `health` and a fresh actor (on a core from `remake`) takes over the
+/// same channels after a backoff (see [`super::supervisor`]).
 pub(crate) fn spawn(
     mesh: Mesh,
+    mut remake: MeshFactory,
     epoch: Instant,
     events: Arc<EventQueue>,
     shutdown: watch::Receiver<bool>,
     services: Services,
+    health: Arc<ActorHealth>,
 ) -> (
     ActorHandle,
     watch::Receiver<MeshSnapshot>,
     impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+    let (tx, mut rx) = mpsc::channel(INPUT_QUEUE);
     let (snap_tx, snap_rx) = watch::channel(MeshSnapshot::default());
-    let actor = Actor {
-        node_id: mesh.node_id().to_string(),
-        mesh,
-        epoch,
-        links: HashMap::new(),
-        pending: HashMap::new(),
-        streams: HashMap::new(),
-        served: HashMap::new(),
-        services: Arc::new(services),
-        self_tx: tx.clone(),
-        events,
-        snapshot: snap_tx,
-        slow_peer_drops: 0,
-        slow_peer_closes: 0,
-        dirty: true,
-        urgent: true,
-        last_publish: Instant::now(),
+    let snapshot = Arc::new(snap_tx);
+    let services = Arc::new(services);
+    let handle = ActorHandle { tx: tx.clone() };
+    let task = async move {
+        let mut shutdown = shutdown;
+        let mut mesh = mesh;
+        loop {
+            let actor = Actor::new(
+                mesh,
+                epoch,
+                Arc::clone(&events),
+                Arc::clone(&snapshot),
+                Arc::clone(&services),
+                tx.clone(),
+            );
+            // The actor borrows the channel: a panic drops the actor (and with it its links,
+            // pending calls and served calls) but not the channel the handles send on.
+            let run = std::panic::AssertUnwindSafe(actor.run(&mut rx, &mut shutdown));
+            let panic = match futures_util::FutureExt::catch_unwind(run).await {
+                Ok(()) => return,
+                Err(panic) => panic,
+            };
+            let reason = super::supervisor::panic_reason(&*panic);
+            let Some(delay) = health.fail(reason.clone()) else {
+                events.push(
+                    Level::Error,
+                    format!(
+                        "{reason}; it failed {} times within {} s, so it is not restarted again: \
+                     restart the clawmatrix service",
+                        super::supervisor::MAX_RESTARTS + 1,
+                        super::supervisor::RESTART_WINDOW.as_secs()
+                    ),
+                );
+                return;
+            };
+            events.push(
+                Level::Error,
+                format!(
+                    "{reason}; restarting it in {} ms (links reconnect)",
+                    delay.as_millis()
+                ),
+            );
+            tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|s| *s) => {
+                    health.give_up(None);
+                    return;
+                }
+                _ = tokio::time::sleep(delay) => {}
+            }
+            mesh = match remake() {
+                Ok(m) => m,
+                Err(e) => {
+                    events.push(
+                        Level::Error,
+                        format!("node actor: cannot restart: {}", e.message),
+                    );
+                    health.give_up(Some(e.message));
+                    return;
+                }
+            };
+            let n = health.restarted();
+            events.warn(format!(
+                "node actor restarted ({n} restart{} since start)",
+                if n == 1 { "" } else { "s" }
+            ));
+        }
     };
-    (ActorHandle { tx }, snap_rx, actor.run(rx, shutdown))
+    (handle, snap_rx, task)
 }
 
 impl Actor {
-    async fn run(mut self, mut rx: mpsc::Receiver<Input>, mut shutdown: watch::Receiver<bool>) {
+    fn new(
+        mesh: Mesh,
+        epoch: Instant,
+        events: Arc<EventQueue>,
+        snapshot: Arc<watch::Sender<MeshSnapshot>>,
+        services: Arc<Services>,
+        self_tx: mpsc::Sender<Input>,
+    ) -> Self {
+        Actor {
+            node_id: mesh.node_id().to_string(),
+            mesh,
+            epoch,
+            links: HashMap::new(),
+            pending: HashMap::new(),
+            streams: HashMap::new(),
+            served: HashMap::new(),
+            services,
+            self_tx,
+            events,
+            snapshot,
+            slow_peer_drops: 0,
+            slow_peer_closes: 0,
+            dirty: true,
+            urgent: true,
+            last_publish: Instant::now(),
+        }
+    }
+
+    async fn run(mut self, rx: &mut mpsc::Receiver<Input>, shutdown: &mut watch::Receiver<bool>) {
         self.publish();
         // One timer for both deadlines, re-armed only when the earliest one moves: creating a
         // fresh `Sleep` per input registered and removed a timer entry for every frame.
@@ -714,6 +803,7 @@ impl Actor {
                     );
                 }
             }
+            Input::Panic { reason } => panic!("{reason}"),
             Input::Resolve {
                 target,
                 exclude,
@@ -1127,7 +1217,7 @@ impl Actor {
 }
 
 /// The text of a caught panic (`panic!` payloads are a `&str` or a `String`).
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     panic
         .downcast_ref::<&str>()
         .copied()

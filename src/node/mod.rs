@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`events`]: the bounded log/event queue the shim drains into OpenClaw's logger.
 //! - [`actor`]: the task that owns the sans-IO [`Mesh`] (links, routes, calls, snapshot).
+//! - [`supervisor`]: the actor's failures (a panic) and its bounded restarts, for status.
 //! - [`service`]: the serving side of calls ([`Service`], [`CallCtx`], [`ChunkSink`]).
 //! - [`stream`]: the calling side of streams ([`CallStream`], credit).
 //! - [`remote_tools`]: the `tool.call` service and the caller side of the remote tools.
@@ -44,6 +45,7 @@ pub(crate) mod queue;
 pub mod remote_tools;
 pub mod service;
 pub mod stream;
+pub mod supervisor;
 pub mod tls;
 mod tool_result;
 pub mod wake;
@@ -104,6 +106,8 @@ struct Running {
     info: StartInfo,
     actor: actor::ActorHandle,
     snapshot: watch::Receiver<MeshSnapshot>,
+    /// The actor's failures and restarts, for status.
+    health: Arc<supervisor::ActorHealth>,
     /// The serving side of remote tools (policy, audit), for status.
     #[cfg(unix)]
     tools: Arc<crate::tools::serve::ToolServer>,
@@ -192,7 +196,7 @@ impl Node {
         };
         let started = Instant::now();
         self.host.reopen();
-        let mesh = build_mesh(&self.config)?;
+        let mesh = build_mesh(&self.config, 0)?;
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(worker_threads())
@@ -281,12 +285,16 @@ impl Node {
         {
             services.insert(k.clone(), Arc::clone(v));
         }
+        let health = Arc::new(supervisor::ActorHealth::default());
+        let remake_config = Arc::clone(&self.config);
         let (actor, snapshot, actor_task) = actor::spawn(
             mesh,
+            Box::new(move || build_mesh(&remake_config, actor::now_ms(started))),
             started,
             self.events.clone(),
             shutdown_rx.clone(),
             services,
+            Arc::clone(&health),
         );
         tasks.spawn(actor_task);
         let ctx = Arc::new(link::LinkCtx {
@@ -362,6 +370,7 @@ impl Node {
             info: info.clone(),
             actor,
             snapshot,
+            health,
             #[cfg(unix)]
             tools,
             #[cfg(unix)]
@@ -410,6 +419,12 @@ impl Node {
             None => (false, 0, None),
         };
         let snapshot = guard.as_ref().map(|r| r.snapshot.borrow().clone());
+        let (failed, restarts) = guard
+            .as_ref()
+            .map(|r| r.health.view())
+            .unwrap_or((None, None));
+        // Started, but the actor is down after a failure: nothing moves, so not running.
+        let running = running && failed.is_none();
         #[cfg(unix)]
         let tools = guard.as_ref().map(|r| tools_view(&r.tools));
         #[cfg(not(unix))]
@@ -451,7 +466,23 @@ impl Node {
             mesh,
             tools,
             handoffs,
+            failed,
+            restarts,
         }
+    }
+
+    /// Make the node's actor panic with `reason`, as a bug in it would (tests of the
+    /// supervision: status then reports the failure and the actor is restarted). Not exposed to
+    /// JS. `false` when the node is not running.
+    #[doc(hidden)]
+    pub fn debug_panic_actor(&self, reason: &str) -> bool {
+        let actor = self.lock().as_ref().map(|r| r.actor.clone());
+        actor.is_some_and(|a| {
+            a.tx.try_send(actor::Input::Panic {
+                reason: reason.to_string(),
+            })
+            .is_ok()
+        })
     }
 
     /// Send `method` with `payload` to node `dst` and wait for its reply payload, at most
@@ -693,8 +724,9 @@ fn os_u64() -> u64 {
     })
 }
 
-/// The mesh core for this config: identity, timers, and our own record (agents, models, tags).
-fn build_mesh(c: &Config) -> Result<Mesh> {
+/// The mesh core for this config: identity, timers, and our own record (agents, models, tags);
+/// `now` is the mesh clock (ms since start) it begins at.
+fn build_mesh(c: &Config, now: u64) -> Result<Mesh> {
     // Incarnation = wall-clock ms at start, so it grows across restarts (PROTOCOL.md §4.2).
     let incarnation = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -729,8 +761,8 @@ fn build_mesh(c: &Config) -> Result<Mesh> {
             .collect(),
         tags: c.tags.clone(),
     };
-    let mut mesh = Mesh::new(cfg, LocalInfo::default(), 0);
-    mesh.update_local(0, local).map_err(|e| {
+    let mut mesh = Mesh::new(cfg, LocalInfo::default(), now);
+    mesh.update_local(now, local).map_err(|e| {
         Error::new(
             ErrorCode::ConfigInvalid,
             format!("agents/models/tags: too much to announce: {e}"),

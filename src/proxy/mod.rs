@@ -7,7 +7,8 @@
 //! - [`tunnel`]: the `model.http` mesh call's payloads.
 //! - [`upstream`] + [`client`]: the serving side (upstream resolution through the host, the
 //!   upstream HTTP request, bytes streamed back).
-//! - [`providers`]: the OpenClaw providers (`models.providers.<nodeId>`) kept in step with gossip.
+//! - [`providers`]: the OpenClaw providers (`models.providers.clawmatrix-<nodeId>`) kept in step
+//!   with gossip.
 //! - [`errors`]: OpenAI-shaped error responses; [`token`]: the local proxy token.
 
 pub mod client;
@@ -174,16 +175,17 @@ fn log_plan(events: &EventQueue, v: &serde_json::Value) {
     );
     if !(added.is_empty() && updated.is_empty() && removed.is_empty()) {
         events.info(format!(
-            "providers: models.providers updated (added [{}], updated [{}], removed [{}]); pick a mesh model with /model <nodeId>/<modelId>",
+            "providers: models.providers updated (added [{}], updated [{}], removed [{}]); pick a mesh model with /model clawmatrix-<nodeId>/<modelId>",
             added.join(", "),
             updated.join(", "),
             removed.join(", ")
         ));
     }
     for c in conflicts {
+        let node = c.strip_prefix(providers::PROVIDER_PREFIX).unwrap_or(&c);
         events.warn(format!(
-            "providers: models.providers.{c} is your own entry, so node {c}'s models are not added as provider {c}; \
-             rename one of them (the models stay usable through the proxy as {c}/<modelId>)"
+            "providers: models.providers.{c} is your own entry, so node {node}'s models are not added as provider {c}; \
+             rename yours (the models stay usable through the proxy as {node}/<modelId>)"
         ));
     }
 }

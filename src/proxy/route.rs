@@ -2,7 +2,8 @@
 //! URL or `proxyModels[].nodeId`) → an ordered candidate list over the mesh snapshot.
 //!
 //! Naming: a request names a model as the serving node knows it (`mock-model`), or qualified with
-//! the node (`office-01/mock-model`) — an exact model id wins over the qualified reading, since
+//! the node (`office-01/mock-model`, or OpenClaw's reference `clawmatrix-office-01/mock-model`)
+//! — an exact model id wins over the qualified reading, since
 //! model ids may contain `/` themselves (`meta/llama-3`). Order: direct links first, then lower
 //! path latency, fewer hops, node id. Only reachable nodes are candidates.
 
@@ -59,10 +60,25 @@ pub fn candidates(
         Some(n) => (Some(n), q.model),
         None => {
             let exact = peers.iter().any(|p| serves(p, q.model).is_some());
+            // The node as named in the proxy's own list (`office-01/…`) or in OpenClaw's model
+            // reference (`clawmatrix-office-01/…`, see `providers::provider_id`).
+            let node_named = |name: &str| {
+                peers
+                    .iter()
+                    .find(|p| p.node == name)
+                    .or_else(|| {
+                        peers
+                            .iter()
+                            .filter(|p| super::providers::provider_id(&p.node) == name)
+                            .min_by(|a, b| a.node.cmp(&b.node))
+                    })
+                    .map(|p| p.node.as_str())
+            };
             match q.model.split_once('/') {
-                Some((node, rest)) if !exact && peers.iter().any(|p| p.node == node) => {
-                    (Some(node), rest)
-                }
+                Some((name, rest)) if !exact => match node_named(name) {
+                    Some(node) => (Some(node), rest),
+                    None => (None, q.model),
+                },
                 _ => (None, q.model),
             }
         }
@@ -213,6 +229,21 @@ mod tests {
             pinned_node: None,
         };
         assert_eq!(nodes(candidates(q, &c, &peers)), ["b"]);
+        // OpenClaw's model reference for the same model names the same node.
+        let peers_b = vec![
+            peer("a", PeerState::Direct, 1, &["m"]),
+            peer("Office-B", via("a"), 9, &["m"]),
+        ];
+        let q = ModelQuery {
+            model: "clawmatrix-office-b/m",
+            pinned_node: None,
+        };
+        let got = candidates(q, &c, &peers_b).unwrap();
+        assert_eq!(
+            (got[0].node.as_str(), got[0].model.as_str()),
+            ("Office-B", "m")
+        );
+        assert_eq!(got.len(), 1);
         let pinned = config(json!({"proxyModels": [{"id": "m", "nodeId": "b"}]}));
         let q = ModelQuery {
             model: "m",

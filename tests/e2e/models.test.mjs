@@ -1,6 +1,6 @@
 // Issue 4 end to end: shared models on three real OpenClaw gateways. The mock upstream (the only
 // LLM) is configured on office alone, with a key only office knows; home has no model provider of
-// its own. clawmatrix writes home's `models.providers.office-01` (pointing at home's proxy), home's
+// its own. clawmatrix writes home's `models.providers.clawmatrix-office-01` (pointing at home's proxy), home's
 // agent answers through office's model, the `openai` npm client streams from home's proxy, and a
 // client that leaves cancels office's upstream request across two hops.
 import { test, before, after } from "node:test";
@@ -14,7 +14,10 @@ import { freePort } from "../js/free-port.mjs";
 
 const SECRET = "models-e2e-secret-0123456789";
 const OFFICE_KEY = `sk-office-only-${Math.random().toString(36).slice(2)}`;
-const MODEL = "office-01/mock-model";
+// OpenClaw's reference (provider `clawmatrix-<nodeId>`); the proxy accepts it too, and lists the
+// model as `<nodeId>/<modelId>`.
+const MODEL = "clawmatrix-office-01/mock-model";
+const PROXY_MODEL = "office-01/mock-model";
 let mock;
 let pkg;
 let cloud;
@@ -70,9 +73,9 @@ after(() => endSuite(fx, metrics, cloud));
 async function officeProvider(timeoutMs = 120_000) {
   const t0 = Date.now();
   for (;;) {
-    const entry = home.readConfig().models?.providers?.["office-01"];
+    const entry = home.readConfig().models?.providers?.["clawmatrix-office-01"];
     if (entry) return { entry, ms: Date.now() - t0 };
-    if (Date.now() - t0 > timeoutMs) throw new Error(`home: models.providers.office-01 not written within ${timeoutMs} ms; log:\n${home.logTail(30)}`);
+    if (Date.now() - t0 > timeoutMs) throw new Error(`home: models.providers.clawmatrix-office-01 not written within ${timeoutMs} ms; log:\n${home.logTail(30)}`);
     await new Promise((r) => setTimeout(r, 500));
   }
 }
@@ -100,7 +103,7 @@ function vanishing(f) {
   }
 }
 
-test("home gets a provider per serving node: office-01 at home's proxy with the local token", { timeout: 300_000 }, async () => {
+test("home gets a provider per serving node: clawmatrix-office-01 at home's proxy with the local token", { timeout: 300_000 }, async () => {
   const { entry, ms } = await officeProvider();
   metrics.providerWrittenMs = ms;
   assert.equal(entry.baseUrl, `http://127.0.0.1:${homeProxy}/node/office-01/v1`);
@@ -108,7 +111,8 @@ test("home gets a provider per serving node: office-01 at home's proxy with the 
   assert.deepEqual(entry.models.map((m) => m.id), ["mock-model"]);
   const r = await modelsList(home);
   assert.equal(r.code, 0, r.stderr);
-  assert.match(r.stdout, /office-01\/mock-model/);
+  assert.match(r.stdout, /clawmatrix-office-01\/mock-model/);
+  assert.equal(home.readConfig().models?.providers?.["office-01"], undefined, "never the bare node id");
 });
 
 /**
@@ -176,7 +180,9 @@ test("the openai npm client streams from home's proxy (and gets OpenAI errors)",
   assert.equal(full.choices[0].message.content, "ANSWER: reason then answer");
   assert.equal(full.choices[0].message.reasoning_content, "reasoning-1 reasoning-2 reasoning-3");
   const models = await client.models.list();
-  assert.ok(models.data.some((m) => m.id === MODEL && m.owned_by === "office-01"), JSON.stringify(models.data));
+  assert.ok(models.data.some((m) => m.id === PROXY_MODEL && m.owned_by === "office-01"), JSON.stringify(models.data));
+  const viaProxyName = await client.chat.completions.create({ model: PROXY_MODEL, messages: [{ role: "user", content: "reason then answer" }] });
+  assert.equal(viaProxyName.choices[0].message.content, "ANSWER: reason then answer");
   await assert.rejects(client.chat.completions.create({ model: "no-such-model", messages: [{ role: "user", content: "x" }] }), (e) => e.status === 404 && /no node in the mesh serves it/.test(e.message));
   const bad = new OpenAI({ baseURL: `http://127.0.0.1:${homeProxy}/v1`, apiKey: "wrong", maxRetries: 0 });
   await assert.rejects(bad.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "x" }] }), (e) => e.status === 401);

@@ -55,12 +55,12 @@ test("the host bridge: a started node asks its host for providers, replies are v
 });
 
 test("planProviders merges the mesh's providers without touching the user's", () => {
-  const ours = (id) => ({ baseUrl: `http://127.0.0.1:19001/node/${id}/v1`, models: [] });
-  const plan = native.planProviders({ openai: { baseUrl: "https://api.openai.com/v1", models: [] }, gone: ours("gone") }, { office: ours("office") });
+  const ours = (node) => ({ baseUrl: `http://127.0.0.1:19001/node/${node}/v1`, models: [] });
+  const plan = native.planProviders({ openai: { baseUrl: "https://api.openai.com/v1", models: [] }, "clawmatrix-gone": ours("gone") }, { "clawmatrix-office": ours("office") });
   assert.equal(plan.changed, true);
-  assert.deepEqual(plan.added, ["office"]);
-  assert.deepEqual(plan.removed, ["gone"]);
-  assert.deepEqual(Object.keys(plan.providers).sort(), ["office", "openai"]);
+  assert.deepEqual(plan.added, ["clawmatrix-office"]);
+  assert.deepEqual(plan.removed, ["clawmatrix-gone"]);
+  assert.deepEqual(Object.keys(plan.providers).sort(), ["clawmatrix-office", "openai"]);
   assert.throws(() => native.planProviders([], {}), /current: expected an object, got array/);
 });
 

@@ -144,7 +144,7 @@ async fn run_handoff(
             } else {
                 format!("{handoff_id}-r{attempt}")
             },
-            caller_agent: caller.agent_id.clone(),
+            caller_agent: sendable_agent_id(&caller),
             max_ms: remaining.as_millis().max(1) as u64,
         };
         ctx.log.begin(HandoffRecord {
@@ -200,6 +200,15 @@ async fn run_handoff(
             failures.join("; ")
         ),
     ))
+}
+
+/// The calling agent's id as the request carries it: only an id the serving node accepts
+/// (OpenClaw's agent ids always are); anything else is left out rather than failing the call.
+fn sendable_agent_id(caller: &ToolCaller) -> Option<String> {
+    caller
+        .agent_id
+        .clone()
+        .filter(|a| crate::config::is_valid_id(a))
 }
 
 fn no_candidate(self_id: &str, target: &Target) -> Error {
@@ -588,7 +597,7 @@ async fn run_send(
         let req = SendRequest {
             agent: cand.agent.clone(),
             message: message.clone(),
-            caller_agent: caller.agent_id.clone(),
+            caller_agent: sendable_agent_id(&caller),
         };
         let payload =
             serde_json::to_vec(&req).map_err(|e| Error::new(ErrorCode::Internal, e.to_string()))?;

@@ -140,6 +140,49 @@ pub fn send_session_key(agent: &str) -> String {
     format!("agent:{agent}:main")
 }
 
+/// Hex digits of a handoff id (a v4 UUID without dashes).
+const HANDOFF_ID_HEX: usize = 32;
+
+/// Whether `id` has the documented form of a handoff id (docs/PROTOCOL.md §8.4): 32 lowercase
+/// hex digits, plus `-r1` … `-r{MAX_RETRIES}` on retries. It becomes part of an OpenClaw session
+/// key on the serving node, so nothing else is accepted there.
+pub fn valid_handoff_id(id: &str) -> bool {
+    let (hex, retry) = match id.split_at_checked(HANDOFF_ID_HEX) {
+        Some(parts) => parts,
+        None => return false,
+    };
+    let hex_ok = hex
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let retry_ok = retry.is_empty() || (1..=MAX_RETRIES).any(|n| retry == format!("-r{n}"));
+    hex_ok && retry_ok
+}
+
+/// Refuse a caller-supplied agent id that is not an agent id (1-64 of `A-Z a-z 0-9 . _ -`,
+/// starting with a letter or digit): it is shown to the serving agent, so it must not carry
+/// text of its own (a newline and an instruction, brackets that end the origin line).
+fn check_caller_agent(method: &str, agent: Option<&str>) -> Result<()> {
+    match agent {
+        Some(a) if !crate::config::is_valid_id(a) => Err(invalid(
+            &format!("{method} request.callerAgent"),
+            format!(
+                "must be an agent id (1-64 of A-Z a-z 0-9 . _ -, starting with a letter or \
+                 digit), got {}",
+                excerpt(a)
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A refused value as it appears in an error: quoted, escaped, at most 40 characters.
+fn excerpt(v: &str) -> String {
+    const MAX: usize = 40;
+    let head: String = v.chars().take(MAX).collect();
+    let more = if v.chars().count() > MAX { "…" } else { "" };
+    format!("{head:?}{more}")
+}
+
 fn invalid(field: &str, reason: impl std::fmt::Display) -> Error {
     Error::new(ErrorCode::InvalidArgument, format!("{field}: {reason}"))
 }
@@ -157,6 +200,30 @@ pub use serve::{AgentHost, HandoffService, SendService};
 mod tests {
     use super::log::{tail_of, TAIL_CHARS};
     use super::*;
+
+    #[test]
+    fn handoff_ids_have_exactly_the_documented_form() {
+        let hex = "0123456789abcdef0123456789abcdef";
+        assert!(valid_handoff_id(hex));
+        assert!(valid_handoff_id(&format!("{hex}-r1")));
+        assert!(valid_handoff_id(&format!("{hex}-r2")));
+        for bad in [
+            String::new(),
+            "x".into(),
+            hex[..31].to_string(),
+            format!("{hex}0"),
+            hex.to_uppercase(),
+            format!("{hex}-r0"),
+            format!("{hex}-r3"),
+            format!("{hex}-r01"),
+            format!("{hex}:main"),
+            format!("{}:{}", &hex[..16], &hex[..15]),
+            format!("{hex}-r1\n"),
+            "é".repeat(16),
+        ] {
+            assert!(!valid_handoff_id(&bad), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn session_keys_are_per_handoff_and_never_subagent_keys() {

@@ -90,6 +90,16 @@ impl AgentHost {
     }
 }
 
+/// Who a handoff or message comes from, as the serving agent reads it: the calling agent (its
+/// id, already checked to be an id) on the calling node (the authenticated source of the call,
+/// never a payload field).
+fn origin(caller_agent: Option<&str>, from: &str) -> String {
+    match caller_agent {
+        Some(a) => format!("agent {a} on {from}"),
+        None => from.to_string(),
+    }
+}
+
 fn list_or_none(v: &[String]) -> String {
     if v.is_empty() {
         "none".into()
@@ -123,6 +133,18 @@ impl Service for HandoffService {
             if req.task.trim().is_empty() {
                 return Err(invalid("agent.handoff request.task", "must not be empty"));
             }
+            // Both end up in OpenClaw's session (key, prompt): only their documented forms.
+            if !valid_handoff_id(&req.handoff_id) {
+                return Err(invalid(
+                    "agent.handoff request.handoffId",
+                    format!(
+                        "must be 32 lowercase hex digits, optionally followed by -r1 … -r{MAX_RETRIES}, \
+                         got {}",
+                        excerpt(&req.handoff_id)
+                    ),
+                ));
+            }
+            check_caller_agent("agent.handoff", req.caller_agent.as_deref())?;
             let out = match serve_handoff(&h, ctx, req).await {
                 Ok(v) => v,
                 Err(e) => json!({"ok": false, "code": e.code.as_str(), "message": e.message}),
@@ -137,10 +159,7 @@ async fn serve_handoff(h: &AgentHost, ctx: CallCtx, req: HandoffRequest) -> Resu
     let id = req.handoff_id.clone();
     let session_key = handoff_session_key(&agent, &id);
     let max_ms = req.max_ms.clamp(1, h.max_ms);
-    let caller = match &req.caller_agent {
-        Some(a) => format!("agent {a} on {}", ctx.from),
-        None => ctx.from.clone(),
-    };
+    let caller = origin(req.caller_agent.as_deref(), &ctx.from);
     let mut message = req.task.clone();
     if let Some(c) = req.context.as_deref().filter(|c| !c.trim().is_empty()) {
         message.push_str("\n\nContext:\n");
@@ -468,6 +487,7 @@ impl Service for SendService {
             if req.message.trim().is_empty() {
                 return Err(invalid("agent.send request.message", "must not be empty"));
             }
+            check_caller_agent("agent.send", req.caller_agent.as_deref())?;
             let out = match serve_send(&h, &ctx.from, req).await {
                 Ok(v) => v,
                 Err(e) => json!({"ok": false, "code": e.code.as_str(), "message": e.message}),
@@ -480,10 +500,7 @@ impl Service for SendService {
 async fn serve_send(h: &AgentHost, from: &str, req: SendRequest) -> Result<Value> {
     let agent = h.check_agent(req.agent.as_deref()).await?;
     let session_key = send_session_key(&agent);
-    let who = match &req.caller_agent {
-        Some(a) => format!("agent {a} on {from}"),
-        None => from.to_string(),
-    };
+    let who = origin(req.caller_agent.as_deref(), from);
     let text = format!(
         "[ClawMatrix message from {who}; one-way, no reply is expected by the sender]\n{}",
         req.message
