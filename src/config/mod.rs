@@ -14,8 +14,10 @@
 //! - `mod.rs`: the types, the defaults and limits (constants), serialization back to JSON.
 //! - `parse`: the JSON reader that collects issues.
 //! - `url`: the small `ws://` / `wss://` URL parser behind [`PeerUrl`].
+//! - [`secret_strength`]: the entropy estimate behind the low-entropy secret warning.
 
 mod parse;
+pub mod secret_strength;
 mod url;
 
 #[cfg(test)]
