@@ -1,5 +1,6 @@
 //! The SPAKE2 handshake (wire version 2) over real sockets on 127.0.0.1: a version 1 peer is
-//! refused with a reason naming both versions, a raw client gets nothing to guess the secret
+//! refused with a reason naming both versions (and a version 1 listener's answer is explained
+//! in the dialer's log), a raw client gets nothing to guess the secret
 //! against before proving it, a fake listener gets nothing to guess against from a real dialer
 //! beyond its one online guess, and nodes link exactly when their secrets match.
 
@@ -35,7 +36,7 @@ async fn reject_lines(n: &Node) -> Vec<String> {
     drain(n)
         .await
         .into_iter()
-        .filter(|l| l.contains("handshake rejected"))
+        .filter(|l| l.starts_with("mesh: handshake rejected"))
         .collect()
 }
 
@@ -71,6 +72,48 @@ async fn a_version_1_hello_through_a_real_listener_is_refused_naming_both_versio
         );
         assert_eq!(h.status().mesh.links_up, 0);
         h.stop();
+    })
+    .await
+    .expect("test bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_dialing_a_version_1_listener_logs_the_likely_cause() {
+    tokio::time::timeout(TEST_BOUND, async {
+        // A v1 listener: its strict decoder refuses the v2 hello (unknown field `pake`) and
+        // answers exactly this, then closes with 4000.
+        let tcp = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+        let port = tcp.local_addr().expect("addr").port();
+        let node = start(config("home-v2", None, &[("old-hub", port)], json!({})));
+        let (sock, _) = tcp.accept().await.expect("the node dials");
+        let mut ws = tokio_tungstenite::accept_async(sock)
+            .await
+            .expect("upgrade");
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => assert!(t.as_str().contains("\"pake\""), "{t}"),
+            other => panic!("expected the hello, got {other:?}"),
+        }
+        ws.send(Message::text(
+            r#"{"type":"reject","code":"malformed","reason":"malformed handshake frame"}"#,
+        ))
+        .await
+        .expect("reject");
+        let _ = ws.close(None).await;
+        wait_for(
+            "the peer's malformed counted",
+            Duration::from_secs(5),
+            || reject_count(&node, "malformed") == 1,
+        )
+        .await;
+        let lines = reject_lines(&node).await;
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(
+            lines[0].contains("rejected by peer")
+                && lines[0]
+                    .contains("a wire version 1 listener answers a version 2 hello this way"),
+            "{lines:#?}"
+        );
+        node.stop();
     })
     .await
     .expect("test bounded");

@@ -233,7 +233,9 @@ impl Dialer {
                 let v = self.cfg.version;
                 return peer_rejected(
                     code,
-                    format!("{reason} (a wire version 1 listener refuses a version {v} hello so)"),
+                    format!(
+                        "{reason} (a wire version 1 listener answers a version {v} hello this way)"
+                    ),
                 );
             }
             return peer_rejected(code, reason);
