@@ -9,7 +9,7 @@
 //! - [`config`]: the plugin configuration (`plugins.entries.clawmatrix.config`) with its
 //!   documented defaults, validated once into typed structs; errors name the field path.
 //! - [`error`]: typed errors with stable string codes (`err.code` in JS).
-//! - [`proto`]: wire frames, the codec with its size limits, and the HMAC handshake. Sans-IO.
+//! - [`proto`]: wire frames, the codec with its size limits, and the SPAKE2 handshake. Sans-IO.
 //! - [`mesh`]: the sans-IO mesh core: links and heartbeats, gossip and routes, relay (TTL and
 //!   dedup). Fed `handle_*(now, input)` calls; never reads the clock or the network.
 //! - [`node`]: the I/O shell: the node actor that owns the core, sockets and timers.

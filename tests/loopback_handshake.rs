@@ -43,8 +43,8 @@ async fn counted(n: &Node, code: &str, times: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_secret_is_refused_in_both_directions() {
     tokio::time::timeout(TEST_BOUND, async {
-        // Node dialer with the wrong secret: the listener proves itself first, so the dialer
-        // detects the mismatch (bad_mac) and the listener sees the peer's rejection.
+        // Node dialer with the wrong secret: the dialer confirms the SPAKE2 key first, so the
+        // listener detects the mismatch (bad_mac) and the dialer hears the listener's reject.
         let (h, port) = hub("hub-secret");
         let bad = start(config(
             "bad-dialer",
@@ -60,11 +60,16 @@ async fn wrong_secret_is_refused_in_both_directions() {
         assert_eq!(bad.status().mesh.links_up, 0);
         let logs = drain(&bad).await.join("\n");
         assert!(
-            logs.contains("handshake rejected (outbound to ws://127.0.0.1"),
+            logs.contains("handshake rejected by peer (outbound to ws://127.0.0.1"),
             "{logs}"
         );
         bad.stop();
-        drain(&h).await;
+        let logs = drain(&h).await.join("\n");
+        assert!(
+            logs.contains("handshake rejected (inbound from 127.0.0.1:")
+                && logs.contains("bad_mac"),
+            "{logs}"
+        );
         let before = reject_count(&h, "bad_mac");
 
         // A raw dialer that cannot prove the secret (forged auth): the listener detects it.
@@ -74,6 +79,10 @@ async fn wrong_secret_is_refused_in_both_directions() {
             .expect("hello");
         let challenge = next_text_or_close(&mut ws).await.expect("challenge");
         assert!(challenge.contains("\"challenge\""), "{challenge}");
+        assert!(
+            !challenge.contains("\"mac\""),
+            "nothing to guess against: {challenge}"
+        );
         let forged = HandshakeFrame::Auth {
             mac: Bytes32([0; 32]),
         }
@@ -85,7 +94,8 @@ async fn wrong_secret_is_refused_in_both_directions() {
         counted(&h, "bad_mac", before + 1).await;
         one_reject_line(&h, "bad_mac").await;
 
-        // The listener with the wrong secret: a correct raw dialer refuses its challenge.
+        // The listener with the wrong secret: an honest raw dialer cannot tell from the
+        // challenge (a bare SPAKE2 share), confirms, and the listener refuses the confirmation.
         let (wrong, wport) = {
             let port = free_port();
             let c = config(
@@ -102,15 +112,15 @@ async fn wrong_secret_is_refused_in_both_directions() {
         ws.send(Message::text(hello.encode())).await.expect("hello");
         let challenge = next_text_or_close(&mut ws).await.expect("challenge");
         match d.on_frame(&challenge, |_| Ok(())) {
-            Step::Rejected { code, send, .. } => {
-                assert_eq!(code.as_str(), "bad_mac");
-                let f = send.expect("reject frame");
-                ws.send(Message::text(f.encode()))
-                    .await
-                    .expect("send reject");
-            }
-            other => panic!("expected bad_mac, got {other:?}"),
+            Step::Send(auth) => ws
+                .send(Message::text(auth.encode()))
+                .await
+                .expect("send auth"),
+            other => panic!("expected our confirmation, got {other:?}"),
         }
+        let reject = next_text_or_close(&mut ws).await.expect("reject frame");
+        assert!(is_reject(&reject, "bad_mac"), "{reject}");
+        assert_eq!(close_code(&mut ws).await, Some(4001));
         counted(&wrong, "bad_mac", 1).await;
         one_reject_line(&wrong, "bad_mac").await;
         h.stop();

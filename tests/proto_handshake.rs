@@ -1,12 +1,16 @@
-//! Handshake: literal JSON fixtures per frame, success both ways, and every rejection path
-//! (wrong secret both directions, replayed hello, replayed transcript, self id, version,
-//! reflected MAC, wrong node, duplicate node, malformed, timeout).
+//! Handshake (wire version 2, SPAKE2 + key confirmation): literal JSON fixtures per frame,
+//! success both ways, every rejection path (wrong secret both directions, forged and reflected
+//! confirmations, replayed hello, replayed transcript, self id, version 1 peers and other
+//! versions, wrong node, duplicate node, malformed shares and frames, timeout), and the absence
+//! of an offline guessing oracle on either side.
 
-use clawmatrix::proto::auth::{compute_mac, Role, Transcript};
+use clawmatrix::proto::auth::{nonce_from_seed, Pake};
 use clawmatrix::proto::handshake::HANDSHAKE_TIMEOUT_MS;
 use clawmatrix::proto::{
-    Acceptor, Bytes32, Dialer, HandshakeConfig, HandshakeFrame, NonceCache, RejectCode, Step,
+    Acceptor, Bytes32, Dialer, HandshakeConfig, HandshakeFrame, NonceCache, PakeShare, RejectCode,
+    Step, PROTOCOL_VERSION,
 };
+use serde_json::Value;
 
 const SECRET: &[u8] = b"correct horse battery staple";
 
@@ -32,7 +36,28 @@ fn rejected(step: &Step) -> RejectCode {
     }
 }
 
-/// Run dialer `d` against acceptor `a` until the acceptor's verdict on `auth`.
+fn reason(step: &Step) -> &str {
+    match step {
+        Step::Rejected { reason, .. } => reason,
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+}
+
+/// The JSON object keys of a handshake frame, sorted.
+fn keys(text: &str) -> Vec<String> {
+    let v: Value = serde_json::from_str(text).expect("json");
+    let mut k: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
+    k.sort();
+    k
+}
+
+/// A valid SPAKE2 share (a real curve point) for frames built by hand.
+fn share(seed: u8) -> PakeShare {
+    Pake::start(b"any secret at all", &[seed; 32]).1
+}
+
+/// Run dialer `d` against acceptor `a` until the acceptor's verdict on `auth`; then, if it sent
+/// `welcome`, the dialer's verdict on it.
 fn run(
     d_cfg: HandshakeConfig,
     a_cfg: HandshakeConfig,
@@ -60,30 +85,35 @@ fn run(
 fn handshake_frames_match_their_literal_fixtures() {
     let n1 = Bytes32([1; 32]);
     let m = Bytes32([0xab; 32]);
+    let mut p = [0x11u8; 33];
+    p[0] = 0x53;
+    let p = PakeShare(p);
     let h1 = "01".repeat(32);
     let hm = "ab".repeat(32);
+    let hp = format!("53{}", "11".repeat(32));
     let cases = [
         (
             HandshakeFrame::Hello {
-                version: 1,
+                version: 2,
                 features: 3,
                 node: "home-01".into(),
                 nonce: n1,
+                pake: p,
             },
             format!(
-                r#"{{"type":"hello","version":1,"features":3,"node":"home-01","nonce":"{h1}"}}"#
+                r#"{{"type":"hello","version":2,"features":3,"node":"home-01","nonce":"{h1}","pake":"{hp}"}}"#
             ),
         ),
         (
             HandshakeFrame::Challenge {
-                version: 1,
+                version: 2,
                 features: 3,
                 node: "cloud-01".into(),
                 nonce: n1,
-                mac: m,
+                pake: p,
             },
             format!(
-                r#"{{"type":"challenge","version":1,"features":3,"node":"cloud-01","nonce":"{h1}","mac":"{hm}"}}"#
+                r#"{{"type":"challenge","version":2,"features":3,"node":"cloud-01","nonce":"{h1}","pake":"{hp}"}}"#
             ),
         ),
         (
@@ -91,8 +121,19 @@ fn handshake_frames_match_their_literal_fixtures() {
             format!(r#"{{"type":"auth","mac":"{hm}"}}"#),
         ),
         (
-            HandshakeFrame::Welcome { features: 3 },
-            r#"{"type":"welcome","features":3}"#.to_string(),
+            HandshakeFrame::Welcome {
+                features: 3,
+                mac: m,
+            },
+            format!(r#"{{"type":"welcome","features":3,"mac":"{hm}"}}"#),
+        ),
+        (
+            HandshakeFrame::Reject {
+                code: RejectCode::IncompatibleVersion,
+                reason: "peer speaks wire version 1, this node speaks 2".into(),
+            },
+            r#"{"type":"reject","code":"incompatible_version","reason":"peer speaks wire version 1, this node speaks 2"}"#
+                .to_string(),
         ),
         (
             HandshakeFrame::Reject {
@@ -109,13 +150,57 @@ fn handshake_frames_match_their_literal_fixtures() {
 }
 
 #[test]
-fn reject_codes_map_to_distinct_close_codes() {
-    let mut seen = std::collections::HashSet::new();
-    for c in RejectCode::ALL {
-        assert!((4000..4100).contains(&c.close_code()));
-        assert!(seen.insert(c.close_code()), "{c}");
+fn the_frames_a_real_exchange_sends_round_trip_and_fit_the_size_limit() {
+    let (mut d, hello) = Dialer::new(cfg("home-01", SECRET), None, [1; 32], 0);
+    let mut a = Acceptor::new(cfg("cloud-01", SECRET), [2; 32], 0);
+    let mut nonces = NonceCache::default();
+    let challenge = match a.on_frame(&hello.encode(), &mut nonces, ok) {
+        Step::Send(f) => f,
+        other => panic!("{other:?}"),
+    };
+    let auth = match d.on_frame(&challenge.encode(), ok) {
+        Step::Send(f) => f,
+        other => panic!("{other:?}"),
+    };
+    let welcome = match a.on_frame(&auth.encode(), &mut nonces, ok) {
+        Step::Done { send: Some(w), .. } => w,
+        other => panic!("{other:?}"),
+    };
+    let long = "n".repeat(128);
+    let (_, big_hello) = Dialer::new(cfg(&long, SECRET), None, [3; 32], 0);
+    for f in [hello, challenge, auth, welcome, big_hello] {
+        let text = f.encode();
+        assert!(
+            text.len() <= clawmatrix::proto::handshake_frame::MAX_HANDSHAKE_BYTES,
+            "{text}"
+        );
+        assert_eq!(HandshakeFrame::decode(&text), Ok(f));
+    }
+}
+
+#[test]
+fn reject_codes_and_close_codes_are_the_stable_v1_table() {
+    let table = [
+        (RejectCode::Malformed, "malformed", 4000),
+        (RejectCode::BadMac, "bad_mac", 4001),
+        (RejectCode::Replay, "replay", 4002),
+        (RejectCode::DuplicateNode, "duplicate_node", 4003),
+        (RejectCode::SelfId, "self_id", 4004),
+        (
+            RejectCode::IncompatibleVersion,
+            "incompatible_version",
+            4005,
+        ),
+        (RejectCode::Timeout, "timeout", 4006),
+        (RejectCode::WrongNode, "wrong_node", 4007),
+        (RejectCode::Capacity, "capacity", 4008),
+    ];
+    assert_eq!(RejectCode::ALL.len(), table.len());
+    for (c, s, close) in table {
+        assert_eq!(c.as_str(), s);
+        assert_eq!(c.close_code(), close);
         let json = serde_json::to_string(&c).expect("serializes");
-        assert_eq!(json, format!("\"{}\"", c.as_str()));
+        assert_eq!(json, format!("\"{s}\""));
     }
 }
 
@@ -126,11 +211,11 @@ fn handshake_succeeds_and_both_sides_learn_the_peer() {
     match verdict {
         Step::Done {
             peer,
-            send,
+            send: Some(HandshakeFrame::Welcome { features: wf, .. }),
             features,
         } => {
             assert_eq!(peer, "home-01");
-            assert_eq!(send, Some(HandshakeFrame::Welcome { features }));
+            assert_eq!(wf, features);
         }
         other => panic!("{other:?}"),
     }
@@ -151,18 +236,26 @@ fn handshake_succeeds_the_other_way_round() {
 }
 
 #[test]
-fn a_listener_with_the_wrong_secret_is_rejected_by_the_dialer() {
+fn a_listener_with_the_wrong_secret_refuses_the_dialers_confirmation() {
+    // The listener proves nothing first, so the mismatch shows at the dialer's confirmation.
     let mut nonces = NonceCache::default();
-    let (step, _) = run(
+    let (step, dialer) = run(
         cfg("home-01", SECRET),
         cfg("cloud-01", b"wrong secret 1234"),
         &mut nonces,
     );
     assert_eq!(rejected(&step), RejectCode::BadMac);
+    assert!(
+        dialer.is_none(),
+        "no welcome, so the dialer hears only the reject"
+    );
     assert!(matches!(
         step,
         Step::Rejected {
-            send: Some(HandshakeFrame::Reject { .. }),
+            send: Some(HandshakeFrame::Reject {
+                code: RejectCode::BadMac,
+                ..
+            }),
             by_peer: false,
             ..
         }
@@ -171,55 +264,67 @@ fn a_listener_with_the_wrong_secret_is_rejected_by_the_dialer() {
 
 #[test]
 fn a_dialer_with_the_wrong_secret_is_rejected_by_the_listener() {
-    // The dialer cannot verify a listener MAC under the wrong secret either, so build its auth
-    // by hand: a MAC over the right transcript but the wrong key.
     let mut nonces = NonceCache::default();
-    let mut a = Acceptor::new(cfg("cloud-01", SECRET), [2; 32], 0);
-    let hello = HandshakeFrame::Hello {
-        version: 1,
-        features: 3,
-        node: "home-01".into(),
-        nonce: Bytes32([1; 32]),
-    };
-    let challenge = send(a.on_frame(&hello.encode(), &mut nonces, ok));
-    let HandshakeFrame::Challenge {
-        nonce, features, ..
-    } = HandshakeFrame::decode(&challenge).expect("challenge")
-    else {
-        panic!("not a challenge")
-    };
-    let t = Transcript {
-        dialer: "home-01",
-        listener: "cloud-01",
-        dialer_nonce: &Bytes32([1; 32]),
-        listener_nonce: &nonce,
-        version: 1,
-        dialer_features: 3,
-        listener_features: features,
-    };
-    let mac = compute_mac(b"wrong secret 1234", Role::Dialer, &t);
-    let step = a.on_frame(&HandshakeFrame::Auth { mac }.encode(), &mut nonces, ok);
+    let (step, dialer) = run(
+        cfg("home-01", b"wrong secret 1234"),
+        cfg("cloud-01", SECRET),
+        &mut nonces,
+    );
     assert_eq!(rejected(&step), RejectCode::BadMac);
-    assert_eq!(RejectCode::BadMac.close_code(), 4001);
+    assert_eq!(reason(&step), "authentication failed");
+    assert!(dialer.is_none());
 }
 
 #[test]
-fn a_reflected_listener_mac_does_not_authenticate_the_dialer() {
+fn a_forged_or_reflected_listener_confirmation_is_refused_by_the_dialer() {
     let mut nonces = NonceCache::default();
+    let (mut d, hello) = Dialer::new(cfg("home-01", SECRET), None, [1; 32], 0);
     let mut a = Acceptor::new(cfg("cloud-01", SECRET), [2; 32], 0);
-    let hello = HandshakeFrame::Hello {
-        version: 1,
-        features: 3,
-        node: "home-01".into(),
-        nonce: Bytes32([1; 32]),
-    };
     let challenge = send(a.on_frame(&hello.encode(), &mut nonces, ok));
-    let HandshakeFrame::Challenge { mac, .. } = HandshakeFrame::decode(&challenge).expect("ok")
+    let auth = send(d.on_frame(&challenge, ok));
+    let HandshakeFrame::Auth { mac: dialer_mac } = HandshakeFrame::decode(&auth).expect("auth")
     else {
-        panic!("not a challenge")
+        panic!("not an auth")
     };
-    let step = a.on_frame(&HandshakeFrame::Auth { mac }.encode(), &mut nonces, ok);
-    assert_eq!(rejected(&step), RejectCode::BadMac);
+    // The dialer's own MAC sent back as the listener's: role separation refuses it.
+    let reflected = HandshakeFrame::Welcome {
+        features: 3,
+        mac: dialer_mac,
+    };
+    assert_eq!(
+        rejected(&d.on_frame(&reflected.encode(), ok)),
+        RejectCode::BadMac
+    );
+    // A welcome with a made-up MAC is refused too.
+    let (mut d2, hello2) = Dialer::new(cfg("home-01", SECRET), None, [3; 32], 0);
+    let mut a2 = Acceptor::new(cfg("cloud-01", SECRET), [4; 32], 0);
+    let challenge2 = send(a2.on_frame(&hello2.encode(), &mut nonces, ok));
+    let _ = send(d2.on_frame(&challenge2, ok));
+    let forged = HandshakeFrame::Welcome {
+        features: 3,
+        mac: Bytes32([0; 32]),
+    };
+    assert_eq!(
+        rejected(&d2.on_frame(&forged.encode(), ok)),
+        RejectCode::BadMac
+    );
+}
+
+#[test]
+fn a_dialer_mac_from_another_session_does_not_authenticate() {
+    // Two sessions against the same listener; the auth of one fed to the other.
+    let mut nonces = NonceCache::default();
+    let (mut d1, hello1) = Dialer::new(cfg("home-01", SECRET), None, [1; 32], 0);
+    let mut a1 = Acceptor::new(cfg("cloud-01", SECRET), [2; 32], 0);
+    let c1 = send(a1.on_frame(&hello1.encode(), &mut nonces, ok));
+    let auth1 = send(d1.on_frame(&c1, ok));
+    let (_, hello2) = Dialer::new(cfg("home-01", SECRET), None, [3; 32], 0);
+    let mut a2 = Acceptor::new(cfg("cloud-01", SECRET), [4; 32], 0);
+    let _ = send(a2.on_frame(&hello2.encode(), &mut nonces, ok));
+    assert_eq!(
+        rejected(&a2.on_frame(&auth1, &mut nonces, ok)),
+        RejectCode::BadMac
+    );
 }
 
 #[test]
@@ -241,7 +346,7 @@ fn a_replayed_hello_is_rejected_and_a_replayed_transcript_fails() {
         RejectCode::Replay
     );
     // With a fresh nonce cache (e.g. a restarted listener) the old auth does not verify,
-    // because the listener's nonce is new.
+    // because the listener's nonce and SPAKE2 share are new.
     let mut fresh = NonceCache::default();
     let mut a3 = Acceptor::new(cfg("cloud-01", SECRET), [4; 32], 10);
     let _ = send(a3.on_frame(&hello.encode(), &mut fresh, ok));
@@ -262,6 +367,17 @@ fn the_nonce_cache_is_bounded() {
 }
 
 #[test]
+fn the_public_nonce_is_derived_one_way_from_the_secret_seed() {
+    let (_, hello) = Dialer::new(cfg("home-01", SECRET), None, [7; 32], 0);
+    let HandshakeFrame::Hello { nonce, .. } = hello else {
+        panic!("not a hello")
+    };
+    assert_eq!(nonce, nonce_from_seed(&[7; 32]));
+    assert_ne!(nonce, Bytes32([7; 32]), "the seed itself never goes out");
+    assert_ne!(nonce_from_seed(&[7; 32]), nonce_from_seed(&[8; 32]));
+}
+
+#[test]
 fn a_peer_claiming_our_own_id_is_rejected_on_both_sides() {
     let mut nonces = NonceCache::default();
     let (step, _) = run(
@@ -273,11 +389,11 @@ fn a_peer_claiming_our_own_id_is_rejected_on_both_sides() {
     // Dialer side: a challenge claiming the dialer's id.
     let (mut d, _) = Dialer::new(cfg("home-01", SECRET), None, [1; 32], 0);
     let fake = HandshakeFrame::Challenge {
-        version: 1,
+        version: 2,
         features: 3,
         node: "home-01".into(),
         nonce: Bytes32([2; 32]),
-        mac: Bytes32([0; 32]),
+        pake: share(2),
     };
     assert_eq!(
         rejected(&d.on_frame(&fake.encode(), ok)),
@@ -286,16 +402,90 @@ fn a_peer_claiming_our_own_id_is_rejected_on_both_sides() {
 }
 
 #[test]
-fn incompatible_versions_and_missing_required_features_are_rejected() {
+fn other_versions_and_missing_required_features_are_rejected_naming_both_sides() {
     let mut nonces = NonceCache::default();
     let mut newer = cfg("home-01", SECRET);
-    newer.version = 2;
+    newer.version = 3;
     let (step, _) = run(newer, cfg("cloud-01", SECRET), &mut nonces);
     assert_eq!(rejected(&step), RejectCode::IncompatibleVersion);
+    assert_eq!(
+        reason(&step),
+        "peer speaks wire version 3, this node speaks 2"
+    );
     let mut bare = cfg("home-01", SECRET);
     bare.features = 0;
     let (step, _) = run(bare, cfg("cloud-01", SECRET), &mut nonces);
     assert_eq!(rejected(&step), RejectCode::IncompatibleVersion);
+    assert_eq!(
+        reason(&step),
+        "peer offers features 0x0, this node requires 0x1"
+    );
+}
+
+#[test]
+fn a_version_1_hello_is_refused_as_incompatible_naming_both_versions() {
+    // Byte for byte what a v1 dialer sends: no `pake`.
+    let v1_hello = format!(
+        r#"{{"type":"hello","version":1,"features":3,"node":"old-home","nonce":"{}"}}"#,
+        "01".repeat(32)
+    );
+    let mut a = Acceptor::new(cfg("cloud-01", SECRET), [2; 32], 0);
+    let step = a.on_frame(&v1_hello, &mut NonceCache::default(), ok);
+    assert_eq!(PROTOCOL_VERSION, 2);
+    assert_eq!(rejected(&step), RejectCode::IncompatibleVersion);
+    assert_eq!(RejectCode::IncompatibleVersion.close_code(), 4005);
+    let want = "peer speaks wire version 1, this node speaks 2";
+    assert_eq!(reason(&step), want);
+    // The v1 peer hears the same reason in a frame its own (v1) decoder reads.
+    match step {
+        Step::Rejected {
+            send: Some(f),
+            by_peer: false,
+            ..
+        } => assert_eq!(
+            f.encode(),
+            format!(r#"{{"type":"reject","code":"incompatible_version","reason":"{want}"}}"#)
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_version_1_challenge_is_refused_by_the_dialer_naming_both_versions() {
+    let v1_challenge = format!(
+        r#"{{"type":"challenge","version":1,"features":3,"node":"old-cloud","nonce":"{}","mac":"{}"}}"#,
+        "02".repeat(32),
+        "ab".repeat(32)
+    );
+    let (mut d, _) = Dialer::new(cfg("home-01", SECRET), None, [1; 32], 0);
+    let step = d.on_frame(&v1_challenge, ok);
+    assert_eq!(rejected(&step), RejectCode::IncompatibleVersion);
+    assert_eq!(
+        reason(&step),
+        "peer speaks wire version 1, this node speaks 2"
+    );
+}
+
+#[test]
+fn a_v1_listeners_malformed_answer_to_our_hello_names_the_likely_cause() {
+    // A v1 listener's strict decoder refuses the `pake` field and answers `malformed`.
+    let (mut d, _) = Dialer::new(cfg("home-01", SECRET), None, [1; 32], 0);
+    let step = d.on_frame(
+        r#"{"type":"reject","code":"malformed","reason":"malformed handshake frame"}"#,
+        ok,
+    );
+    match step {
+        Step::Rejected {
+            code: RejectCode::Malformed,
+            by_peer: true,
+            send: None,
+            reason,
+        } => assert!(
+            reason.contains("wire version 1") && reason.contains("version 2 hello"),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
@@ -331,29 +521,56 @@ fn a_duplicate_node_is_refused_after_authentication() {
 }
 
 #[test]
-fn malformed_and_out_of_order_frames_are_rejected() {
-    let mut nonces = NonceCache::default();
+fn malformed_and_out_of_order_frames_and_bad_shares_are_rejected() {
     let long = format!(r#"{{"type":"auth","mac":"{}"}}"#, "a".repeat(5000));
-    for text in [
-        "",
-        "{",
-        r#"{"type":"hello"}"#,
-        r#"{"type":"auth","mac":"abcd"}"#,
-        r#"{"type":"welcome","features":1}"#,
-        r#"{"type":"hello","version":1,"features":3,"node":"","nonce":"0101010101010101010101010101010101010101010101010101010101010101"}"#,
-        r#"{"type":"hello","version":1,"features":3,"node":"x","nonce":"0101010101010101010101010101010101010101010101010101010101010101","extra":1}"#,
-        long.as_str(),
-    ] {
+    let n = "01".repeat(32);
+    let good = share(9).encode();
+    // 'A' (asymmetric side A) instead of 'S': a share from another SPAKE2 mode.
+    let side_a = format!("41{}", &good[2..]);
+    // Not the compressed encoding of any curve point: y = 2 (little endian) has no x on
+    // Edwards25519, (y² - 1) / (d·y² + 1) is not a square mod 2^255 - 19.
+    let not_a_point = format!("5302{}", "00".repeat(31));
+    let hello = |node: &str, pake: &str, extra: &str| {
+        format!(
+            r#"{{"type":"hello","version":2,"features":3,"node":"{node}","nonce":"{n}","pake":"{pake}"{extra}}}"#
+        )
+    };
+    let cases = [
+        String::new(),
+        "{".into(),
+        r#"{"type":"hello"}"#.into(),
+        r#"{"type":"auth","mac":"abcd"}"#.into(),
+        format!(r#"{{"type":"welcome","features":1,"mac":"{n}"}}"#),
+        hello("", &good, ""),
+        hello("x", &good, r#","extra":1"#),
+        hello("x", &good[..64], ""),
+        hello("x", &side_a, ""),
+        hello("x", &not_a_point, ""),
+        long,
+    ];
+    for (i, text) in cases.iter().enumerate() {
+        // A fresh cache each time: the hellos share a nonce.
         let mut a = Acceptor::new(cfg("cloud-01", SECRET), [2; 32], 0);
         assert_eq!(
-            rejected(&a.on_frame(text, &mut nonces, ok)),
+            rejected(&a.on_frame(text, &mut NonceCache::default(), ok)),
             RejectCode::Malformed,
-            "{text}"
+            "case {i}: {text}"
         );
     }
     let (mut d, _) = Dialer::new(cfg("home-01", SECRET), None, [1; 32], 0);
     assert_eq!(
-        rejected(&d.on_frame(r#"{"type":"welcome","features":1}"#, ok)),
+        rejected(&d.on_frame(
+            &format!(r#"{{"type":"welcome","features":1,"mac":"{n}"}}"#),
+            ok
+        )),
+        RejectCode::Malformed
+    );
+    let (mut d, _) = Dialer::new(cfg("home-01", SECRET), None, [1; 32], 0);
+    let bad_challenge = format!(
+        r#"{{"type":"challenge","version":2,"features":3,"node":"cloud-01","nonce":"{n}","pake":"{not_a_point}"}}"#
+    );
+    assert_eq!(
+        rejected(&d.on_frame(&bad_challenge, ok)),
         RejectCode::Malformed
     );
 }
@@ -380,8 +597,98 @@ fn the_secret_never_appears_on_the_wire() {
     let mut nonces = NonceCache::default();
     let challenge = send(a.on_frame(&hello.encode(), &mut nonces, ok));
     let auth = send(d.on_frame(&challenge, ok));
+    let welcome = match a.on_frame(&auth, &mut nonces, ok) {
+        Step::Done { send: Some(w), .. } => w.encode(),
+        other => panic!("{other:?}"),
+    };
     let secret = std::str::from_utf8(SECRET).expect("utf8");
-    for text in [hello.encode(), challenge, auth] {
+    let secret_hex = clawmatrix::proto::hex::encode(SECRET);
+    for text in [hello.encode(), challenge, auth, welcome] {
         assert!(!text.contains(secret));
+        assert!(!text.contains(&secret_hex));
     }
+}
+
+#[test]
+fn the_listeners_first_answer_is_a_bare_pake_share_with_no_verifier() {
+    // Whatever a raw client sends, the listener answers with its id, nonce and SPAKE2 share:
+    // no MAC, nothing to test a guess against.
+    let mut a = Acceptor::new(cfg("cloud-01", SECRET), [2; 32], 0);
+    let (_, hello) = Dialer::new(cfg("prober", b"a guess of the secret"), None, [1; 32], 0);
+    let challenge = send(a.on_frame(&hello.encode(), &mut NonceCache::default(), ok));
+    assert_eq!(
+        keys(&challenge),
+        ["features", "node", "nonce", "pake", "type", "version"]
+    );
+    // The share is a uniformly random point to anyone without the secret: the same listener
+    // randomness under another secret gives a different, equally well-formed share, and the
+    // prober cannot tell which one it got.
+    let mut other = Acceptor::new(cfg("cloud-01", b"some other secret"), [2; 32], 0);
+    let challenge2 = send(other.on_frame(&hello.encode(), &mut NonceCache::default(), ok));
+    let pake = |t: &str| match HandshakeFrame::decode(t) {
+        Ok(HandshakeFrame::Challenge { pake, .. }) => pake,
+        other => panic!("{other:?}"),
+    };
+    assert_ne!(pake(&challenge), pake(&challenge2));
+    assert_eq!(keys(&challenge), keys(&challenge2));
+    // A wrong guess learns only "no", at confirmation, from a reject without any MAC.
+    let (mut d, hello) = Dialer::new(cfg("prober", b"a guess of the secret"), None, [5; 32], 0);
+    let mut a = Acceptor::new(cfg("cloud-01", SECRET), [6; 32], 0);
+    let mut nonces = NonceCache::default();
+    let challenge = send(a.on_frame(&hello.encode(), &mut nonces, ok));
+    let auth = send(d.on_frame(&challenge, ok));
+    let verdict = a.on_frame(&auth, &mut nonces, ok);
+    assert_eq!(rejected(&verdict), RejectCode::BadMac);
+    let Step::Rejected { send: Some(r), .. } = verdict else {
+        panic!()
+    };
+    assert_eq!(keys(&r.encode()), ["code", "reason", "type"]);
+}
+
+#[test]
+fn a_fake_listener_cannot_test_a_dictionary_offline_against_a_dialers_messages() {
+    // The dialer's hello is a bare share too.
+    let (mut d, hello) = Dialer::new(cfg("home-01", SECRET), Some("cloud-01".into()), [1; 32], 0);
+    assert_eq!(
+        keys(&hello.encode()),
+        ["features", "node", "nonce", "pake", "type", "version"]
+    );
+    // The fake listener runs the exchange with its one online guess (wrong) and records the
+    // dialer's confirmation.
+    let fake_seed = [2; 32];
+    let mut fake = Acceptor::new(cfg("cloud-01", b"guess-0 of the secret"), fake_seed, 0);
+    let challenge = send(fake.on_frame(&hello.encode(), &mut NonceCache::default(), ok));
+    let auth = send(d.on_frame(&challenge, ok));
+    assert_eq!(
+        rejected(&fake.on_frame(&auth, &mut NonceCache::default(), ok)),
+        RejectCode::BadMac
+    );
+    // Offline, it re-runs its side (same randomness) under every word of a dictionary that
+    // contains the real secret: the recorded confirmation verifies under none of them, because
+    // the share it sent fixed its one guess.
+    let dictionary: [&[u8]; 4] = [
+        b"guess-1 of the secret",
+        SECRET,
+        b"correct horse battery stapler",
+        b"",
+    ];
+    for word in dictionary {
+        let mut replay = Acceptor::new(cfg("cloud-01", word), fake_seed, 0);
+        let _ = send(replay.on_frame(&hello.encode(), &mut NonceCache::default(), ok));
+        assert_eq!(
+            rejected(&replay.on_frame(&auth, &mut NonceCache::default(), ok)),
+            RejectCode::BadMac,
+            "{:?}",
+            String::from_utf8_lossy(word)
+        );
+    }
+    // Its one online guess would have worked had it been right: that is the only test.
+    let (mut d, hello) = Dialer::new(cfg("home-01", SECRET), None, [3; 32], 0);
+    let mut right = Acceptor::new(cfg("cloud-01", SECRET), [4; 32], 0);
+    let challenge = send(right.on_frame(&hello.encode(), &mut NonceCache::default(), ok));
+    let auth = send(d.on_frame(&challenge, ok));
+    assert!(matches!(
+        right.on_frame(&auth, &mut NonceCache::default(), ok),
+        Step::Done { .. }
+    ));
 }

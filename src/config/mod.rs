@@ -14,8 +14,10 @@
 //! - `mod.rs`: the types, the defaults and limits (constants), serialization back to JSON.
 //! - `parse`: the JSON reader that collects issues.
 //! - `url`: the small `ws://` / `wss://` URL parser behind [`PeerUrl`].
+//! - [`secret_strength`]: the entropy estimate behind the low-entropy secret warning.
 
 mod parse;
+pub mod secret_strength;
 mod url;
 
 #[cfg(test)]
@@ -28,8 +30,9 @@ use serde_json::{json, Value};
 pub use parse::is_valid_id;
 pub use url::{PeerUrl, UpstreamUrl};
 
-/// Minimum length of the mesh secret, in characters (Unicode scalar values). HMAC keys shorter
-/// than this are guessable; 0.1.8 documented the same minimum.
+/// Minimum length of the mesh secret, in characters (Unicode scalar values): shorter secrets
+/// are guessable; 0.1.8 documented the same minimum. Length alone is not strength: the config
+/// check also warns below [`secret_strength::SECRET_MIN_BITS`] estimated bits.
 pub const SECRET_MIN_CHARS: usize = 16;
 /// Maximum length of node ids and agent ids, in characters.
 pub const ID_MAX_CHARS: usize = 64;
@@ -115,7 +118,8 @@ pub const TOKENS_MIN: u32 = 1;
 pub struct Config {
     /// This node's unique name in the mesh (`cloud-01`). Required.
     pub node_id: String,
-    /// The mesh-wide shared secret (HMAC key), at least [`SECRET_MIN_CHARS`]. Required.
+    /// The mesh-wide shared secret (the handshake's SPAKE2 password), at least
+    /// [`SECRET_MIN_CHARS`]. Required.
     pub secret: String,
     /// Accept inbound WebSocket peers.
     pub listen: bool,

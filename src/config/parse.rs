@@ -19,6 +19,16 @@ pub(super) const REASON_REQUIRED: &str = "is required";
 pub(super) const REASON_ISOLATED: &str =
     "this node neither listens nor dials: it cannot join a mesh";
 
+/// The warning for a secret estimated below `SECRET_MIN_BITS` (never quotes the secret).
+pub(super) fn low_entropy_reason(bits: f64) -> String {
+    format!(
+        "looks low-entropy: about {bits:.0} bits estimated, want at least {min:.0} (short, few \
+         kinds of characters, runs, repeats or common words); each connection may try one \
+         guess, so use a long random value, e.g. from `openssl rand -base64 24`",
+        min = secret_strength::SECRET_MIN_BITS
+    )
+}
+
 const ROOT_KEYS: &[&str] = &[
     "nodeId",
     "secret",
@@ -387,6 +397,11 @@ impl Reader {
                     "secret",
                     format!("must be at least {SECRET_MIN_CHARS} characters long"),
                 );
+            } else {
+                let bits = secret_strength::estimated_bits(s);
+                if bits < secret_strength::SECRET_MIN_BITS {
+                    self.warn("secret", low_entropy_reason(bits));
+                }
             }
         }
         let listen = self.bool_or(map, "", "listen", DEFAULT_LISTEN);

@@ -5,7 +5,8 @@ use serde_json::{json, Value};
 
 use super::*;
 
-const SECRET: &str = "0123456789abcdef";
+/// A secret the low-entropy check accepts (16 random characters from four classes).
+const SECRET: &str = "Vq7#pL2mX9tR4wKz";
 
 /// What a table row expects.
 enum Expect {
@@ -81,7 +82,14 @@ fn validation_rows() -> Vec<Row> {
         err("nodeId is required", json!({"nodeId": "<absent>"}), "nodeId", "is required"),
         err("secret is required", json!({"secret": "<absent>"}), "secret", "is required"),
         err("a short secret names the minimum", json!({"secret": "short"}), "secret", "must be at least 16 characters long"),
-        ok("a secret of exactly 16 characters is enough", json!({"secret": "ABCDEFGHIJKLMNOP"})),
+        ok("a random secret of exactly 16 characters is enough", json!({"secret": "tq8mzv2kx7rp4wjc"})),
+        row("a 16-letter run is accepted with a low-entropy warning", json!({"secret": "ABCDEFGHIJKLMNOP"}), Expect::Warn("secret", "looks low-entropy")),
+        row("digits counting up are accepted with a low-entropy warning", json!({"secret": "0123456789abcdef"}), Expect::Warn("secret", "looks low-entropy: about 18 bits estimated, want at least 64")),
+        row("one repeated character gets the warning", json!({"secret": "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz"}), Expect::Warn("secret", "looks low-entropy")),
+        row("a repeated short phrase gets the warning", json!({"secret": "hunter2hunter2hunter2hunter2"}), Expect::Warn("secret", "looks low-entropy")),
+        row("common words get the warning", json!({"secret": "your-shared-secret"}), Expect::Warn("secret", "looks low-entropy")),
+        row("sixteen digits get the warning", json!({"secret": "8204710398476523"}), Expect::Warn("secret", "looks low-entropy")),
+        ok("a long random base64 secret gets no warning", json!({"secret": "c2VjcmV0IGZyb20gb3BlbnNzbCByYW5k+Q7x"})),
         err("a numeric secret is a type error", json!({"secret": 1234567890123456_u64}), "secret", "expected a string, got number"),
         err("nodeId with a space is invalid", json!({"nodeId": "cloud 01"}), "nodeId", "invalid node id \"cloud 01\""),
         err("nodeId must start with a letter or digit", json!({"nodeId": "-cloud"}), "nodeId", "starting with a letter or digit"),
@@ -430,10 +438,16 @@ fn templates() -> [(&'static str, Value); 3] {
 }
 
 #[test]
-fn the_three_spec_templates_parse_cleanly() {
+fn the_three_spec_templates_parse_with_only_the_placeholder_secret_warning() {
+    // "your-shared-secret" is a placeholder made of common words: the check flags it.
     for (name, t) in templates() {
         match Config::from_json(&t) {
-            Ok(v) => assert!(v.warnings.is_empty(), "{name}: {:?}", v.warnings),
+            Ok(v) => {
+                assert_eq!(v.warnings.len(), 1, "{name}: {:?}", v.warnings);
+                assert_eq!(v.warnings[0].path, "secret");
+                assert!(v.warnings[0].reason.contains("looks low-entropy"));
+                assert!(!v.warnings[0].reason.contains("your-shared-secret"));
+            }
             Err(e) => panic!("{name}: {e}"),
         }
     }

@@ -125,7 +125,8 @@ impl<S: AsyncRead + AsyncWrite> WsLink<S> {
     }
 }
 
-/// 32 fresh bytes from the OS for a handshake nonce.
+/// 32 fresh bytes from the OS: the secret seed of one handshake (its nonce and SPAKE2 scalar
+/// are derived from it, `proto::auth`).
 pub(crate) fn os_nonce() -> Result<[u8; 32], String> {
     let mut n = [0u8; 32];
     getrandom::fill(&mut n).map_err(|e| format!("OS randomness unavailable: {e}"))?;

@@ -1,16 +1,36 @@
-//! Handshake cryptography: the domain-separated transcript, HMAC-SHA256 MACs with
-//! constant-time verification, and the bounded cache of recently seen hello nonces.
+//! Handshake cryptography (`docs/PROTOCOL.md` §3): the SPAKE2 exchange that turns the shared
+//! secret into a per-connection session key, the domain-separated transcript, the HMAC-SHA256
+//! key-confirmation MACs with constant-time verification, and the bounded cache of recently
+//! seen hello nonces.
+//!
+//! Why a PAKE: in wire version 1 the listener answered any `hello` with
+//! `HMAC(secret, transcript)`, so whoever could open a socket took home a value to test secret
+//! guesses against offline, as fast as they could compute HMACs. Here the secret only enters
+//! the SPAKE2 shares, which are uniformly random points to anyone who does not know it, and the
+//! MACs are keyed with the SPAKE2 output: checking a guess requires having put that guess into
+//! a share of a live exchange, so each connection tests at most one guess.
 //!
 //! The transcript is a sequence of length-prefixed fields (u32 BE length + bytes) so distinct
 //! field sequences never collide; `role` differs per direction so a MAC cannot be reflected.
+//!
+//! Sans-IO: the caller supplies 32 fresh secret random bytes (the seed) per handshake; the
+//! public nonce and the SPAKE2 scalar are derived from it with domain-separated SHA-512, so the
+//! nonce reveals nothing about the scalar.
 
-use super::hex::Bytes32;
+use super::hex::{Bytes32, PakeShare};
 use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256, Sha512};
+use spake2::{Ed25519Group, Identity, Password, Spake2};
 use std::collections::{HashSet, VecDeque};
 
-/// Domain separation tag, first field of every transcript.
-pub const DOMAIN: &[u8] = b"clawmatrix-hs-v1";
+/// Domain separation tag, first field of every transcript (and of the seed derivations).
+pub const DOMAIN: &[u8] = b"clawmatrix-hs-v2";
+/// The SPAKE2 symmetric-mode identity: one constant for the whole mesh, because every node holds
+/// the same secret and the dialer does not know the listener's id when it sends its share. Node
+/// ids are bound by the key-confirmation transcript instead.
+pub const PAKE_IDENTITY: &[u8] = b"clawmatrix mesh";
+/// First byte of every SPAKE2 share in symmetric mode (`'S'`).
+pub const PAKE_SIDE_SYMMETRIC: u8 = 0x53;
 
 /// Which side produced a MAC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,34 +48,164 @@ impl Role {
     }
 }
 
-/// Everything a MAC is bound to.
-#[derive(Debug, Clone, Copy)]
-pub struct Transcript<'a> {
-    pub dialer: &'a str,
-    pub listener: &'a str,
-    pub dialer_nonce: &'a Bytes32,
-    pub listener_nonce: &'a Bytes32,
+/// The public nonce for a handshake seed: `SHA-256(DOMAIN | "nonce" | seed)`. One-way, so the
+/// nonce on the wire says nothing about the SPAKE2 scalar drawn from the same seed.
+pub fn nonce_from_seed(seed: &[u8; 32]) -> Bytes32 {
+    let out = Sha256::new()
+        .chain_update(DOMAIN)
+        .chain_update(b"nonce")
+        .chain_update(seed)
+        .finalize();
+    let mut b = [0u8; 32];
+    b.copy_from_slice(&out);
+    Bytes32(b)
+}
+
+/// The randomness SPAKE2 draws its scalar from: SHA-512 in counter mode over the secret seed
+/// (`DOMAIN | "pake scalar" | seed | counter`). `Scalar::random` asks for 64 bytes once.
+struct SeedRng {
+    seed: [u8; 32],
+    counter: u64,
+    block: [u8; 64],
+    used: usize,
+}
+
+impl SeedRng {
+    fn new(seed: &[u8; 32]) -> Self {
+        SeedRng {
+            seed: *seed,
+            counter: 0,
+            block: [0; 64],
+            used: 64,
+        }
+    }
+}
+
+impl rand_core::RngCore for SeedRng {
+    fn next_u32(&mut self) -> u32 {
+        rand_core::impls::next_u32_via_fill(self)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        rand_core::impls::next_u64_via_fill(self)
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        for b in dest {
+            if self.used == self.block.len() {
+                let out = Sha512::new()
+                    .chain_update(DOMAIN)
+                    .chain_update(b"pake scalar")
+                    .chain_update(self.seed)
+                    .chain_update(self.counter.to_be_bytes())
+                    .finalize();
+                self.block.copy_from_slice(&out);
+                self.counter += 1;
+                self.used = 0;
+            }
+            *b = self.block[self.used];
+            self.used += 1;
+        }
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+// The seed is fresh OS randomness per handshake (`node::link::os_nonce`) and SHA-512 is a PRF
+// over it, so the stream is as unpredictable as the seed.
+impl rand_core::CryptoRng for SeedRng {}
+
+/// Why a peer's SPAKE2 share was refused: wrong length or side byte, or not a curve point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadShare;
+
+/// One side's SPAKE2 state, between sending its share and receiving the peer's.
+pub struct Pake(Spake2<Ed25519Group>);
+
+impl std::fmt::Debug for Pake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pake(<secret state>)")
+    }
+}
+
+impl Pake {
+    /// Start the symmetric SPAKE2 exchange for `secret` with the scalar drawn from `seed`;
+    /// returns the state and the share to send.
+    pub fn start(secret: &[u8], seed: &[u8; 32]) -> (Pake, PakeShare) {
+        let (state, msg) = Spake2::<Ed25519Group>::start_symmetric_with_rng(
+            &Password::new(secret),
+            &Identity::new(PAKE_IDENTITY),
+            SeedRng::new(seed),
+        );
+        // The symmetric share is always 1 side byte + 32 point bytes.
+        let mut share = [0u8; 33];
+        if msg.len() == share.len() {
+            share.copy_from_slice(&msg);
+        }
+        (Pake(state), PakeShare(share))
+    }
+
+    /// Combine with the peer's share: the session key. Both sides get the same key exactly when
+    /// both used the same secret; otherwise the keys are unrelated and key confirmation fails.
+    pub fn finish(self, peer: &PakeShare) -> Result<SessionKey, BadShare> {
+        let key = self.0.finish(&peer.0).map_err(|_| BadShare)?;
+        let mut k = [0u8; 32];
+        if key.len() != k.len() {
+            return Err(BadShare);
+        }
+        k.copy_from_slice(&key);
+        Ok(SessionKey(k))
+    }
+}
+
+/// The 32-byte SPAKE2 output of one handshake; keys the confirmation MACs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionKey(pub [u8; 32]);
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKey(<redacted>)")
+    }
+}
+
+/// Everything a confirmation MAC is bound to: both node ids, both nonces, the version the
+/// dialer offered and the one agreed, both feature sets, both SPAKE2 shares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transcript {
+    pub dialer: String,
+    pub listener: String,
+    pub dialer_nonce: Bytes32,
+    pub listener_nonce: Bytes32,
+    pub dialer_version: u16,
     pub version: u16,
     pub dialer_features: u64,
     pub listener_features: u64,
+    pub dialer_share: PakeShare,
+    pub listener_share: PakeShare,
 }
 
-fn keyed(secret: &[u8], role: Role, t: &Transcript<'_>) -> Hmac<Sha256> {
-    // HMAC accepts keys of any length, so this never fails; an empty key is still a key.
-    let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
+fn keyed(key: &SessionKey, role: Role, t: &Transcript) -> Hmac<Sha256> {
+    // HMAC accepts keys of any length, so this never fails.
+    let mut mac = match Hmac::<Sha256>::new_from_slice(&key.0) {
         Ok(m) => m,
         Err(_) => <Hmac<Sha256> as KeyInit>::new(&Default::default()),
     };
-    let fields: [&[u8]; 9] = [
+    let fields: [&[u8]; 12] = [
         DOMAIN,
         role.label(),
         t.dialer.as_bytes(),
         t.listener.as_bytes(),
         &t.dialer_nonce.0,
         &t.listener_nonce.0,
+        &t.dialer_version.to_be_bytes(),
         &t.version.to_be_bytes(),
         &t.dialer_features.to_be_bytes(),
         &t.listener_features.to_be_bytes(),
+        &t.dialer_share.0,
+        &t.listener_share.0,
     ];
     for f in fields {
         mac.update(&(f.len() as u32).to_be_bytes());
@@ -64,17 +214,17 @@ fn keyed(secret: &[u8], role: Role, t: &Transcript<'_>) -> Hmac<Sha256> {
     mac
 }
 
-/// Compute the MAC `role` sends for transcript `t`.
-pub fn compute_mac(secret: &[u8], role: Role, t: &Transcript<'_>) -> Bytes32 {
-    let out = keyed(secret, role, t).finalize().into_bytes();
+/// The confirmation MAC `role` sends for transcript `t` under session key `key`.
+pub fn compute_mac(key: &SessionKey, role: Role, t: &Transcript) -> Bytes32 {
+    let out = keyed(key, role, t).finalize().into_bytes();
     let mut b = [0u8; 32];
     b.copy_from_slice(&out);
     Bytes32(b)
 }
 
-/// Constant-time check that `mac` is what `role` must send for `t`.
-pub fn verify_mac(secret: &[u8], role: Role, t: &Transcript<'_>, mac: &Bytes32) -> bool {
-    keyed(secret, role, t).verify_slice(&mac.0).is_ok()
+/// Constant-time check that `mac` is what `role` must send for `t` under `key`.
+pub fn verify_mac(key: &SessionKey, role: Role, t: &Transcript, mac: &Bytes32) -> bool {
+    keyed(key, role, t).verify_slice(&mac.0).is_ok()
 }
 
 /// Recent hello nonces a listener has seen (FIFO, fixed capacity).

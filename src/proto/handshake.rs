@@ -1,22 +1,28 @@
 //! The handshake state machines: [`Dialer`] (the side that opened the WebSocket) and
 //! [`Acceptor`] (the listening side). Each consumes TEXT frames and returns a [`Step`]: a frame
 //! to send, success, or a rejection with its close code. No I/O, no clock reads, no RNG: the
-//! caller passes `now` and a fresh 32-byte nonce.
+//! caller passes `now` and a fresh secret 32-byte seed (the nonce and the SPAKE2 scalar are
+//! derived from it, [`super::auth`]).
 //!
-//! Flow (`docs/PROTOCOL.md` §3):
+//! Flow (`docs/PROTOCOL.md` §3), wire version 2:
 //! ```text
-//! Dialer::new            -> hello
-//! Acceptor::on_frame(hello)     -> challenge (listener MAC)   | reject
-//! Dialer::on_frame(challenge)   -> auth (dialer MAC)          | reject
-//! Acceptor::on_frame(auth)      -> Done + welcome             | reject
-//! Dialer::on_frame(welcome)     -> Done                       | reject
+//! Dialer::new                   -> hello (nonce, SPAKE2 share X)
+//! Acceptor::on_frame(hello)     -> challenge (nonce, SPAKE2 share Y; no MAC)   | reject
+//! Dialer::on_frame(challenge)   -> auth (dialer confirmation MAC)              | reject
+//! Acceptor::on_frame(auth)      -> Done + welcome (listener confirmation MAC)  | reject
+//! Dialer::on_frame(welcome)     -> Done                                        | reject
 //! ```
-//! "Duplicate node already connected" is decided by the mesh, passed in as `admit`.
+//! The listener reveals a value that depends on the secret only after the dialer proved it;
+//! the dialer's proof is keyed with the SPAKE2 output, so a fake listener can test only the one
+//! guess it put into its share. "Duplicate node already connected" is decided by the mesh,
+//! passed in as `admit`.
 
-use super::auth::{compute_mac, verify_mac, NonceCache, Role, Transcript};
+use super::auth::{
+    compute_mac, nonce_from_seed, verify_mac, NonceCache, Pake, Role, SessionKey, Transcript,
+};
 use super::frame::{valid_node_id, NodeId};
-use super::handshake_frame::{HandshakeFrame, RejectCode};
-use super::hex::Bytes32;
+use super::handshake_frame::{claimed_version, HandshakeFrame, RejectCode};
+use super::hex::{Bytes32, PakeShare};
 use super::{FEATURES, FEATURES_REQUIRED, MAX_VERSION, MIN_VERSION, PROTOCOL_VERSION};
 
 /// Time allowed from the WebSocket upgrade to `welcome`, in ms.
@@ -27,7 +33,7 @@ pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 pub struct HandshakeConfig {
     /// Our node id.
     pub node_id: NodeId,
-    /// The mesh-wide shared secret (never sent).
+    /// The mesh-wide shared secret (never sent; it only blinds the SPAKE2 share).
     pub secret: Vec<u8>,
     /// Version we speak (normally [`PROTOCOL_VERSION`]).
     pub version: u16,
@@ -81,13 +87,18 @@ pub enum Step {
 }
 
 fn reject(code: RejectCode) -> Step {
+    reject_because(code, code.reason().to_string())
+}
+
+/// A rejection whose reason (sent to the peer and logged) says more than the code's default.
+fn reject_because(code: RejectCode, reason: String) -> Step {
     Step::Rejected {
         send: Some(HandshakeFrame::Reject {
             code,
-            reason: code.reason().to_string(),
+            reason: reason.clone(),
         }),
         code,
-        reason: code.reason().to_string(),
+        reason,
         by_peer: false,
     }
 }
@@ -101,13 +112,52 @@ fn peer_rejected(code: RejectCode, reason: String) -> Step {
     }
 }
 
-fn version_ok(v: u16, features: u64) -> bool {
-    (MIN_VERSION..=MAX_VERSION).contains(&v) && features & FEATURES_REQUIRED == FEATURES_REQUIRED
+/// `incompatible_version` naming both versions, e.g. for a version 1 peer.
+fn wrong_version(peer: u64, ours: u16) -> Step {
+    reject_because(RejectCode::IncompatibleVersion, version_reason(peer, ours))
+}
+
+fn version_reason(peer: u64, ours: u16) -> String {
+    format!("peer speaks wire version {peer}, this node speaks {ours}")
+}
+
+/// The rejection, if the peer's `version` is outside our range or its `features` lack a
+/// required one (`ours` is the version we speak, named in the reason).
+fn version_refusal(version: u16, features: u64, ours: u16) -> Option<Step> {
+    if !(MIN_VERSION..=MAX_VERSION).contains(&version) {
+        return Some(wrong_version(u64::from(version), ours));
+    }
+    if features & FEATURES_REQUIRED != FEATURES_REQUIRED {
+        return Some(reject_because(
+            RejectCode::IncompatibleVersion,
+            format!(
+                "peer offers features {features:#x}, this node requires {FEATURES_REQUIRED:#x}"
+            ),
+        ));
+    }
+    None
+}
+
+/// Decode a frame; with `first`, one the strict decoder refuses but that claims another wire
+/// version (a v1 `hello` or `challenge`) is `incompatible_version`, not `malformed`.
+fn decode(text: &str, first: bool, ours: u16) -> Result<HandshakeFrame, (RejectCode, String)> {
+    HandshakeFrame::decode(text).map_err(|code| match claimed_version(text) {
+        Some(v) if first && v != u64::from(ours) => {
+            (RejectCode::IncompatibleVersion, version_reason(v, ours))
+        }
+        _ => (code, code.reason().to_string()),
+    })
 }
 
 enum DialerState {
-    AwaitChallenge,
-    AwaitWelcome { peer: NodeId },
+    AwaitChallenge {
+        pake: Pake,
+    },
+    AwaitWelcome {
+        peer: NodeId,
+        key: SessionKey,
+        transcript: Box<Transcript>,
+    },
     Finished,
 }
 
@@ -116,31 +166,37 @@ pub struct Dialer {
     cfg: HandshakeConfig,
     expected: Option<NodeId>,
     nonce: Bytes32,
+    share: PakeShare,
     deadline: u64,
     state: DialerState,
 }
 
 impl Dialer {
     /// Start a handshake; returns the machine and the `hello` to send. `expected_peer` is the
-    /// node id configured for this URL, if any.
+    /// node id configured for this URL, if any. `seed` must be 32 fresh random bytes, kept
+    /// secret: the hello nonce and the SPAKE2 scalar are derived from it.
     pub fn new(
         cfg: HandshakeConfig,
         expected_peer: Option<NodeId>,
-        nonce: [u8; 32],
+        seed: [u8; 32],
         now: u64,
     ) -> (Self, HandshakeFrame) {
+        let nonce = nonce_from_seed(&seed);
+        let (pake, share) = Pake::start(&cfg.secret, &seed);
         let hello = HandshakeFrame::Hello {
             version: cfg.version,
             features: cfg.features,
             node: cfg.node_id.clone(),
-            nonce: Bytes32(nonce),
+            nonce,
+            pake: share,
         };
         let d = Dialer {
             cfg,
             expected: expected_peer,
-            nonce: Bytes32(nonce),
+            nonce,
+            share,
             deadline: now.saturating_add(HANDSHAKE_TIMEOUT_MS),
-            state: DialerState::AwaitChallenge,
+            state: DialerState::AwaitChallenge { pake },
         };
         (d, hello)
     }
@@ -166,29 +222,44 @@ impl Dialer {
         admit: impl FnOnce(&str) -> Result<(), RejectCode>,
     ) -> Step {
         let state = std::mem::replace(&mut self.state, DialerState::Finished);
-        let frame = match HandshakeFrame::decode(text) {
+        let first = matches!(state, DialerState::AwaitChallenge { .. });
+        let frame = match decode(text, first, self.cfg.version) {
             Ok(f) => f,
-            Err(code) => return reject(code),
+            Err((code, reason)) => return reject_because(code, reason),
         };
         if let HandshakeFrame::Reject { code, reason } = frame {
+            if first && code == RejectCode::Malformed {
+                // A version 1 listener's strict decoder refuses our hello's `pake` field.
+                let v = self.cfg.version;
+                return peer_rejected(
+                    code,
+                    format!(
+                        "{reason} (a wire version 1 listener answers a version {v} hello this way)"
+                    ),
+                );
+            }
             return peer_rejected(code, reason);
         }
         match (state, frame) {
             (
-                DialerState::AwaitChallenge,
+                DialerState::AwaitChallenge { pake },
                 HandshakeFrame::Challenge {
                     version,
                     features,
                     node,
                     nonce,
-                    mac,
+                    pake: peer_share,
                 },
             ) => {
                 if !valid_node_id(&node) {
                     return reject(RejectCode::Malformed);
                 }
-                if !version_ok(version, features) || version > self.cfg.version {
-                    return reject(RejectCode::IncompatibleVersion);
+                if let Some(step) = version_refusal(version, features, self.cfg.version) {
+                    return step;
+                }
+                if version > self.cfg.version {
+                    // The listener must agree on a version we speak.
+                    return wrong_version(u64::from(version), self.cfg.version);
                 }
                 if node == self.cfg.node_id {
                     return reject(RejectCode::SelfId);
@@ -196,30 +267,48 @@ impl Dialer {
                 if self.expected.as_ref().is_some_and(|e| *e != node) {
                     return reject(RejectCode::WrongNode);
                 }
-                let t = Transcript {
-                    dialer: &self.cfg.node_id,
-                    listener: &node,
-                    dialer_nonce: &self.nonce,
-                    listener_nonce: &nonce,
+                let Ok(key) = pake.finish(&peer_share) else {
+                    return reject(RejectCode::Malformed);
+                };
+                let transcript = Transcript {
+                    dialer: self.cfg.node_id.clone(),
+                    listener: node.clone(),
+                    dialer_nonce: self.nonce,
+                    listener_nonce: nonce,
+                    dialer_version: self.cfg.version,
                     version,
                     dialer_features: self.cfg.features,
                     listener_features: features,
+                    dialer_share: self.share,
+                    listener_share: peer_share,
                 };
-                if !verify_mac(&self.cfg.secret, Role::Listener, &t, &mac) {
-                    return reject(RejectCode::BadMac);
-                }
-                let mac = compute_mac(&self.cfg.secret, Role::Dialer, &t);
-                self.state = DialerState::AwaitWelcome { peer: node };
+                let mac = compute_mac(&key, Role::Dialer, &transcript);
+                self.state = DialerState::AwaitWelcome {
+                    peer: node,
+                    key,
+                    transcript: Box::new(transcript),
+                };
                 Step::Send(HandshakeFrame::Auth { mac })
             }
-            (DialerState::AwaitWelcome { peer }, HandshakeFrame::Welcome { features }) => {
+            (
+                DialerState::AwaitWelcome {
+                    peer,
+                    key,
+                    transcript,
+                },
+                HandshakeFrame::Welcome { mac, .. },
+            ) => {
+                if !verify_mac(&key, Role::Listener, &transcript, &mac) {
+                    return reject(RejectCode::BadMac);
+                }
                 if let Err(code) = admit(&peer) {
                     return reject(code);
                 }
+                // The negotiated set from the authenticated transcript, not the welcome's copy.
                 Step::Done {
                     send: None,
                     peer,
-                    features: features & self.cfg.features,
+                    features: transcript.listener_features & self.cfg.features,
                 }
             }
             _ => reject(RejectCode::Malformed),
@@ -228,12 +317,13 @@ impl Dialer {
 }
 
 enum AcceptorState {
-    AwaitHello,
+    AwaitHello {
+        pake: Pake,
+    },
     AwaitAuth {
         peer: NodeId,
-        peer_nonce: Bytes32,
-        peer_features: u64,
-        version: u16,
+        key: SessionKey,
+        transcript: Box<Transcript>,
     },
     Finished,
 }
@@ -242,18 +332,22 @@ enum AcceptorState {
 pub struct Acceptor {
     cfg: HandshakeConfig,
     nonce: Bytes32,
+    share: PakeShare,
     deadline: u64,
     state: AcceptorState,
 }
 
 impl Acceptor {
-    /// A fresh acceptor for one inbound WebSocket; `nonce` must be fresh random bytes.
-    pub fn new(cfg: HandshakeConfig, nonce: [u8; 32], now: u64) -> Self {
+    /// A fresh acceptor for one inbound WebSocket; `seed` must be 32 fresh random bytes, kept
+    /// secret (the nonce and the SPAKE2 scalar are derived from it).
+    pub fn new(cfg: HandshakeConfig, seed: [u8; 32], now: u64) -> Self {
+        let (pake, share) = Pake::start(&cfg.secret, &seed);
         Acceptor {
             cfg,
-            nonce: Bytes32(nonce),
+            nonce: nonce_from_seed(&seed),
+            share,
             deadline: now.saturating_add(HANDSHAKE_TIMEOUT_MS),
-            state: AcceptorState::AwaitHello,
+            state: AcceptorState::AwaitHello { pake },
         }
     }
 
@@ -280,28 +374,30 @@ impl Acceptor {
         admit: impl FnOnce(&str) -> Result<(), RejectCode>,
     ) -> Step {
         let state = std::mem::replace(&mut self.state, AcceptorState::Finished);
-        let frame = match HandshakeFrame::decode(text) {
+        let first = matches!(state, AcceptorState::AwaitHello { .. });
+        let frame = match decode(text, first, self.cfg.version) {
             Ok(f) => f,
-            Err(code) => return reject(code),
+            Err((code, reason)) => return reject_because(code, reason),
         };
         if let HandshakeFrame::Reject { code, reason } = frame {
             return peer_rejected(code, reason);
         }
         match (state, frame) {
             (
-                AcceptorState::AwaitHello,
+                AcceptorState::AwaitHello { pake },
                 HandshakeFrame::Hello {
                     version,
                     features,
                     node,
                     nonce,
+                    pake: peer_share,
                 },
             ) => {
                 if !valid_node_id(&node) {
                     return reject(RejectCode::Malformed);
                 }
-                if !version_ok(version, features) {
-                    return reject(RejectCode::IncompatibleVersion);
+                if let Some(step) = version_refusal(version, features, self.cfg.version) {
+                    return step;
                 }
                 if node == self.cfg.node_id {
                     return reject(RejectCode::SelfId);
@@ -309,59 +405,56 @@ impl Acceptor {
                 if !nonces.insert(&nonce) {
                     return reject(RejectCode::Replay);
                 }
-                let version = version.min(self.cfg.version);
-                let t = Transcript {
-                    dialer: &node,
-                    listener: &self.cfg.node_id,
-                    dialer_nonce: &nonce,
-                    listener_nonce: &self.nonce,
-                    version,
+                let Ok(key) = pake.finish(&peer_share) else {
+                    return reject(RejectCode::Malformed);
+                };
+                let agreed = version.min(self.cfg.version);
+                let transcript = Transcript {
+                    dialer: node.clone(),
+                    listener: self.cfg.node_id.clone(),
+                    dialer_nonce: nonce,
+                    listener_nonce: self.nonce,
+                    dialer_version: version,
+                    version: agreed,
                     dialer_features: features,
                     listener_features: self.cfg.features,
+                    dialer_share: peer_share,
+                    listener_share: self.share,
                 };
-                let mac = compute_mac(&self.cfg.secret, Role::Listener, &t);
+                // Only our share: nothing here depends on the secret in a way the dialer could
+                // check a guess against without running the exchange with that guess.
                 let challenge = HandshakeFrame::Challenge {
-                    version,
+                    version: agreed,
                     features: self.cfg.features,
                     node: self.cfg.node_id.clone(),
                     nonce: self.nonce,
-                    mac,
+                    pake: self.share,
                 };
                 self.state = AcceptorState::AwaitAuth {
                     peer: node,
-                    peer_nonce: nonce,
-                    peer_features: features,
-                    version,
+                    key,
+                    transcript: Box::new(transcript),
                 };
                 Step::Send(challenge)
             }
             (
                 AcceptorState::AwaitAuth {
                     peer,
-                    peer_nonce,
-                    peer_features,
-                    version,
+                    key,
+                    transcript,
                 },
                 HandshakeFrame::Auth { mac },
             ) => {
-                let t = Transcript {
-                    dialer: &peer,
-                    listener: &self.cfg.node_id,
-                    dialer_nonce: &peer_nonce,
-                    listener_nonce: &self.nonce,
-                    version,
-                    dialer_features: peer_features,
-                    listener_features: self.cfg.features,
-                };
-                if !verify_mac(&self.cfg.secret, Role::Dialer, &t, &mac) {
+                if !verify_mac(&key, Role::Dialer, &transcript, &mac) {
                     return reject(RejectCode::BadMac);
                 }
                 if let Err(code) = admit(&peer) {
                     return reject(code);
                 }
-                let features = peer_features & self.cfg.features;
+                let features = transcript.dialer_features & self.cfg.features;
+                let mac = compute_mac(&key, Role::Listener, &transcript);
                 Step::Done {
-                    send: Some(HandshakeFrame::Welcome { features }),
+                    send: Some(HandshakeFrame::Welcome { features, mac }),
                     peer,
                     features,
                 }

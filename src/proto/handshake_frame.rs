@@ -2,35 +2,38 @@
 //! close codes. The flow is in [`super::handshake`] and `docs/PROTOCOL.md` §3.
 
 use super::frame::NodeId;
-use super::hex::Bytes32;
+use super::hex::{Bytes32, PakeShare};
 use serde::{Deserialize, Serialize};
 
 /// Largest handshake frame in bytes; anything longer is `malformed` before parsing.
 pub const MAX_HANDSHAKE_BYTES: usize = 4096;
 
-/// One handshake message.
+/// One handshake message (wire version 2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum HandshakeFrame {
-    /// Dialer → listener: who I am and my fresh nonce.
+    /// Dialer → listener: who I am, my fresh nonce and my SPAKE2 share.
     Hello {
         version: u16,
         features: u64,
         node: NodeId,
         nonce: Bytes32,
+        pake: PakeShare,
     },
-    /// Listener → dialer: who I am, my fresh nonce, and proof that I know the secret.
+    /// Listener → dialer: who I am, my fresh nonce and my SPAKE2 share. Deliberately no MAC:
+    /// the listener proves nothing before the dialer has.
     Challenge {
         version: u16,
         features: u64,
         node: NodeId,
         nonce: Bytes32,
-        mac: Bytes32,
+        pake: PakeShare,
     },
-    /// Dialer → listener: proof that the dialer knows the secret.
+    /// Dialer → listener: key confirmation, the dialer's MAC over the transcript.
     Auth { mac: Bytes32 },
-    /// Listener → dialer: accepted; `features` is the negotiated set.
-    Welcome { features: u64 },
+    /// Listener → dialer: accepted; `features` is the negotiated set, `mac` the listener's key
+    /// confirmation (sent only after it verified the dialer's).
+    Welcome { features: u64, mac: Bytes32 },
     /// Either way: refused, then the socket is closed with `code.close_code()`.
     Reject { code: RejectCode, reason: String },
 }
@@ -50,6 +53,24 @@ impl HandshakeFrame {
         }
         serde_json::from_str(text).map_err(|_| RejectCode::Malformed)
     }
+}
+
+/// The wire version a `hello` or `challenge` claims, read leniently (other fields ignored), for
+/// a frame the strict decoder refused: a version 1 peer's frames lack the `pake` field (and its
+/// challenge carries a `mac`), and it must hear `incompatible_version` naming both versions,
+/// not `malformed`. `None` for anything else or anything over [`MAX_HANDSHAKE_BYTES`].
+pub fn claimed_version(text: &str) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Claim {
+        #[serde(rename = "type")]
+        kind: String,
+        version: u64,
+    }
+    if text.len() > MAX_HANDSHAKE_BYTES {
+        return None;
+    }
+    let c: Claim = serde_json::from_str(text).ok()?;
+    matches!(c.kind.as_str(), "hello" | "challenge").then_some(c.version)
 }
 
 /// Why a handshake (or a duplicate link) was refused. Codes are stable API.

@@ -1,5 +1,6 @@
 //! Fixed-size byte strings that travel as lowercase hex in JSON: frame ids, call ids (16 bytes),
-//! nonces and MACs (32 bytes). Parsing rejects wrong lengths and non-hex characters.
+//! nonces and MACs (32 bytes), SPAKE2 shares (33 bytes). Parsing rejects wrong lengths and
+//! non-hex characters.
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -111,6 +112,12 @@ hex_id!(
     /// 32 bytes: handshake nonces and HMAC-SHA256 tags.
     Bytes32,
     32
+);
+hex_id!(
+    /// 33 bytes: one side's SPAKE2 message in the handshake, the side byte `0x53` (`'S'`,
+    /// symmetric mode) followed by a compressed Edwards25519 point.
+    PakeShare,
+    33
 );
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //! - [`codec`] — `[payload][JSON header][u32 BE header len]` encode/decode with size limits.
 //! - [`header_json`] — the header's canonical JSON written and read without serde (hot path).
 //! - [`handshake_frame`] — the TEXT handshake frames ([`HandshakeFrame`]) and rejection codes.
-//! - [`auth`] — HMAC transcript, constant-time verification, the recent-nonce cache.
+//! - [`auth`] — the SPAKE2 exchange, the key-confirmation transcript and MACs (constant-time
+//!   verification), the recent-nonce cache.
 //! - [`handshake`] — the [`Dialer`] and [`Acceptor`] state machines.
 //!
 //! The normative description is `docs/PROTOCOL.md`.
@@ -28,15 +29,19 @@ pub use frame::{
 };
 pub use handshake::{Acceptor, Dialer, HandshakeConfig, Step};
 pub use handshake_frame::{HandshakeFrame, RejectCode};
-pub use hex::{Bytes32, CallId, FrameId};
+pub use hex::{Bytes32, CallId, FrameId, PakeShare};
 
-/// Wire version spoken by this build (handshake `version`, envelope `v`).
-pub const PROTOCOL_VERSION: u16 = 1;
-/// Oldest peer version we accept.
-pub const MIN_VERSION: u16 = 1;
+/// Wire version spoken by this build (the handshake's `version`). Version 2 replaced the v1
+/// HMAC challenge, which handed anyone who connected material to guess the secret offline, with
+/// a SPAKE2 exchange (`docs/PROTOCOL.md` §3). The binary envelope after the handshake is
+/// unchanged and keeps its own `v` ([`frame::ENVELOPE_VERSION`] = 1).
+pub const PROTOCOL_VERSION: u16 = 2;
+/// Oldest peer version we accept: a v1 peer is refused with `incompatible_version` (its
+/// handshake is the offline guessing oracle v2 removes, so there is no fallback to it).
+pub const MIN_VERSION: u16 = 2;
 /// Newest peer version we accept.
-pub const MAX_VERSION: u16 = 1;
-/// Feature bit 0: binary frames with the envelope of `docs/PROTOCOL.md` §4 (required in v1).
+pub const MAX_VERSION: u16 = 2;
+/// Feature bit 0: binary frames with the envelope of `docs/PROTOCOL.md` §4 (required).
 pub const FEATURE_BINARY_FRAMES: u64 = 1 << 0;
 /// Feature bit 1: chunked streams (`chunk`/`end`).
 pub const FEATURE_STREAMS: u64 = 1 << 1;
