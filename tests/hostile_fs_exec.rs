@@ -1,0 +1,206 @@
+//! Hostile filesystems and hostile commands against the serving node's native tools.
+//!
+//! - While `read` / `write` / `edit` run thousands of times, another thread swaps a directory
+//!   inside the root for a symlink to a directory outside it (an atomic `RENAME_EXCHANGE`, in a
+//!   tight loop). No call may return outside content or change anything outside, through the
+//!   `openat2` resolver or the per-component walk used where `openat2` is missing.
+//! - `exec` timeouts and cancels kill every process the command started, including ones that
+//!   left the process group with `setsid` and double-forked orphans, and return promptly even
+//!   when such a daemon holds stdout open. Processes are found by a marker in their environment.
+
+#![cfg(target_os = "linux")]
+
+mod tools_support;
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clawmatrix::error::ErrorCode;
+use clawmatrix::tools::fs::{self, Replacement};
+use clawmatrix::tools::paths::Root;
+use tools_support::TempDir;
+
+const MAX: usize = 1 << 20;
+/// How long each race runs at most.
+const RACE_FOR: Duration = Duration::from_secs(3);
+/// How many rounds of calls each race makes at most.
+const RACE_ROUNDS: usize = 20_000;
+const SECRET: &str = "OUTSIDE-SECRET";
+
+/// `<tmp>/root` with `d/` (a directory holding `secret.txt` = "inside" and `e.txt`) and `d-swap`
+/// (a symlink to `<tmp>/outside`, which holds `secret.txt` = [`SECRET`] and `e.txt`).
+struct Arena {
+    tmp: TempDir,
+    root_dir: PathBuf,
+}
+
+impl Arena {
+    fn new() -> Arena {
+        let tmp = TempDir::new("hostile-fs");
+        let root_dir = tmp.join("root");
+        let outside = tmp.join("outside");
+        std::fs::create_dir_all(root_dir.join("d")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(root_dir.join("d/secret.txt"), "inside").unwrap();
+        std::fs::write(root_dir.join("d/e.txt"), "value=0").unwrap();
+        std::fs::write(outside.join("secret.txt"), SECRET).unwrap();
+        std::fs::write(outside.join("e.txt"), "value=0").unwrap();
+        std::os::unix::fs::symlink(&outside, root_dir.join("d-swap")).unwrap();
+        Arena { tmp, root_dir }
+    }
+
+    fn outside(&self) -> PathBuf {
+        self.tmp.join("outside")
+    }
+
+    /// The outside directory is exactly as created: same names, same content.
+    fn outside_untouched(&self) -> Result<(), String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.outside())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        if names != ["e.txt", "secret.txt"] {
+            return Err(format!("the outside directory now holds {names:?}"));
+        }
+        let e = std::fs::read_to_string(self.outside().join("e.txt")).unwrap();
+        if e != "value=0" {
+            return Err(format!("outside e.txt was rewritten to {e:?}"));
+        }
+        Ok(())
+    }
+}
+
+/// Exchanges `root/d` and `root/d-swap` (a directory and a symlink out) until stopped.
+struct Swapper {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Swapper {
+    fn start(root_dir: &Path) -> Swapper {
+        let a = CString::new(root_dir.join("d").as_os_str().as_bytes()).unwrap();
+        let b = CString::new(root_dir.join("d-swap").as_os_str().as_bytes()).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_renameat2,
+                        libc::AT_FDCWD,
+                        a.as_ptr(),
+                        libc::AT_FDCWD,
+                        b.as_ptr(),
+                        libc::RENAME_EXCHANGE,
+                    )
+                };
+                assert_eq!(r, 0, "renameat2: {}", std::io::Error::last_os_error());
+                swaps += 1;
+            }
+            swaps
+        });
+        Swapper {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Swapper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    rounds: usize,
+    ok: usize,
+    refused: usize,
+}
+
+/// Runs read, write (an existing parent and a new one) and edit against `root` while the
+/// directory `d` flips between a real directory and a symlink out of the root.
+fn race(arena: &Arena, root: &Root) -> Tally {
+    let swapper = Swapper::start(&arena.root_dir);
+    let mut t = Tally::default();
+    let t0 = Instant::now();
+    let accept = |t: &mut Tally, what: &str, r: Result<(), clawmatrix::error::Error>| match r {
+        Ok(()) => t.ok += 1,
+        // Refused while `d` was the symlink out, or mid-swap; never another kind of error.
+        Err(e) if matches!(e.code, ErrorCode::Denied | ErrorCode::NotFound) => t.refused += 1,
+        Err(e) => panic!("{what}: unexpected {:?}: {}", e.code, e.message),
+    };
+    while t0.elapsed() < RACE_FOR && t.rounds < RACE_ROUNDS {
+        let i = t.rounds;
+        let r = fs::read(root, "d/secret.txt", MAX).map(|r| {
+            assert!(
+                !r.content.contains(SECRET),
+                "read leaked the outside file after {i} rounds: {:?}",
+                r.content
+            );
+            assert_eq!(r.content, "inside");
+        });
+        accept(&mut t, "read", r);
+        let r = fs::write(root, "d/w.txt", b"written", MAX).map(drop);
+        accept(&mut t, "write", r);
+        let r = fs::write(root, &format!("d/new-{}/w.txt", i % 64), b"x", MAX).map(drop);
+        accept(&mut t, "write with a new parent", r);
+        let (old, new) = if i % 2 == 0 {
+            ("value=0", "value=1")
+        } else {
+            ("value=1", "value=0")
+        };
+        let rep = [Replacement {
+            old_text: old.into(),
+            new_text: new.into(),
+        }];
+        match fs::edit(root, "d/e.txt", &rep, false, MAX) {
+            // The inside copy may be at the other value when an earlier round was refused.
+            Err(e) if e.code == ErrorCode::InvalidArgument => t.refused += 1,
+            r => accept(&mut t, "edit", r.map(drop)),
+        }
+        if let Err(why) = arena.outside_untouched() {
+            panic!("a call reached outside the root after {i} rounds: {why}");
+        }
+        t.rounds += 1;
+    }
+    let swaps = swapper.finish();
+    eprintln!("{t:?} in {:?} with {swaps} swaps", t0.elapsed());
+    arena.outside_untouched().unwrap();
+    assert!(swaps > 100, "the swapper barely ran ({swaps} swaps)");
+    assert!(
+        t.ok > 0 && t.refused > 0,
+        "the race was not exercised: {t:?}"
+    );
+    t
+}
+
+#[test]
+fn file_tools_never_leave_the_root_while_a_directory_is_swapped_for_a_symlink() {
+    let arena = Arena::new();
+    let root = Root::open(&arena.root_dir).unwrap();
+    race(&arena, &root);
+}
+
+#[test]
+fn the_walk_without_openat2_never_leaves_the_root_while_a_directory_is_swapped_for_a_symlink() {
+    let arena = Arena::new();
+    let root = Root::open(&arena.root_dir).unwrap().without_openat2();
+    race(&arena, &root);
+}
