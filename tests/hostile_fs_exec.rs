@@ -13,15 +13,18 @@
 mod tools_support;
 
 use std::ffi::CString;
+use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clawmatrix::error::ErrorCode;
+use clawmatrix::tools::exec::{self, Command, ExecRequest};
 use clawmatrix::tools::fs::{self, Replacement};
 use clawmatrix::tools::paths::Root;
+use tokio::sync::watch;
 use tools_support::TempDir;
 
 const MAX: usize = 1 << 20;
@@ -203,4 +206,224 @@ fn the_walk_without_openat2_never_leaves_the_root_while_a_directory_is_swapped_f
     let arena = Arena::new();
     let root = Root::open(&arena.root_dir).unwrap().without_openat2();
     race(&arena, &root);
+}
+
+// ---------------------------------------------------------------------------------------------
+// exec
+
+static NEXT_MARK: AtomicU64 = AtomicU64::new(0);
+
+/// Processes carrying `CLAWMATRIX_TEST_MARK=<mark>` in their environment; each is killed when
+/// the guard drops, so a failing test leaves nothing behind.
+struct Marked(String);
+
+impl Marked {
+    fn new() -> Marked {
+        let n = NEXT_MARK.fetch_add(1, Ordering::Relaxed);
+        let mut random = [0u8; 8];
+        getrandom::fill(&mut random).unwrap();
+        let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        Marked(format!("{}-{n}-{hex}", std::process::id()))
+    }
+
+    fn live(&self) -> Vec<i32> {
+        let needle = format!("CLAWMATRIX_TEST_MARK={}", self.0);
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                continue;
+            };
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, r)| r.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(true);
+            if !zombie && env.split(|b| *b == 0).any(|v| v == needle.as_bytes()) {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    async fn wait_for(&self, what: &str, within: Duration, done: impl Fn(usize) -> bool) {
+        let t0 = Instant::now();
+        loop {
+            let n = self.live().len();
+            if done(n) {
+                return;
+            }
+            assert!(
+                t0.elapsed() < within,
+                "{what}: still {n} marked processes after {within:?}: {:?}",
+                self.live()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Marked {
+    fn drop(&mut self) {
+        for pid in self.live() {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// A command whose processes escape the process group: a `setsid` daemon, a `setsid` shell
+/// with its own background job, a double-forked `setsid` orphan, a plain double-forked orphan,
+/// then a foreground sleep. Seven marked processes once all are up (plus the shell itself).
+fn escaping_tree(mark: &Marked) -> String {
+    format!(
+        "export CLAWMATRIX_TEST_MARK={}; \
+         setsid sleep 1000 & \
+         setsid sh -c 'sleep 1000 & sleep 1000; true' & \
+         (setsid sleep 1000 &); \
+         sh -c 'sleep 1000 &'; \
+         sleep 1000",
+        mark.0
+    )
+}
+const ESCAPING_TREE_PROCESSES: usize = 7;
+
+fn request(tmp: &TempDir, line: String, timeout: Duration) -> ExecRequest {
+    ExecRequest {
+        command: Command::Shell(line),
+        workdir: tmp.path().to_path_buf(),
+        timeout,
+        max_output_bytes: 4096,
+    }
+}
+
+async fn bounded<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), f)
+        .await
+        .expect("test exceeded 20 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_timeout_kills_setsid_daemons_and_double_forked_orphans() {
+    bounded(async {
+        let tmp = TempDir::new("hostile-exec");
+        let mark = Marked::new();
+        let req = request(&tmp, escaping_tree(&mark), Duration::from_secs(2));
+        let run = tokio::spawn(exec::run(req, None, watch::channel(false).1));
+        mark.wait_for("the tree starts", Duration::from_secs(2), |n| {
+            n >= ESCAPING_TREE_PROCESSES
+        })
+        .await;
+        let out = run.await.unwrap().unwrap();
+        assert!(out.timed_out, "{out:?}");
+        let t0 = Instant::now();
+        mark.wait_for("after the timeout", Duration::from_secs(2), |n| n == 0)
+            .await;
+        eprintln!("tree gone {:?} after the call returned", t0.elapsed());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_cancel_kills_setsid_daemons_and_double_forked_orphans() {
+    bounded(async {
+        let tmp = TempDir::new("hostile-exec");
+        let mark = Marked::new();
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let req = request(&tmp, escaping_tree(&mark), Duration::from_secs(60));
+        let run = tokio::spawn(exec::run(req, None, cancel_rx));
+        mark.wait_for("the tree starts", Duration::from_secs(5), |n| {
+            n >= ESCAPING_TREE_PROCESSES
+        })
+        .await;
+        let t0 = Instant::now();
+        cancel_tx.send(true).unwrap();
+        let out = run.await.unwrap().unwrap();
+        assert!(out.cancelled && !out.timed_out, "{out:?}");
+        eprintln!("cancel returned after {:?}", t0.elapsed());
+        mark.wait_for("after the cancel", Duration::from_secs(2), |n| n == 0)
+            .await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_returns_promptly_and_kills_a_daemon_holding_stdout_after_the_shell_exited() {
+    bounded(async {
+        let tmp = TempDir::new("hostile-exec");
+        let mark = Marked::new();
+        // The shell exits at once; the setsid daemon keeps stdout open and is nobody's child.
+        let line = format!(
+            "export CLAWMATRIX_TEST_MARK={}; setsid sleep 1000 & echo started",
+            mark.0
+        );
+        let t0 = Instant::now();
+        let out = exec::run(
+            request(&tmp, line, Duration::from_secs(1)),
+            None,
+            watch::channel(false).1,
+        )
+        .await
+        .unwrap();
+        let took = t0.elapsed();
+        assert!(out.timed_out, "{out:?}");
+        assert_eq!(out.exit_code, Some(0), "the shell itself exited normally");
+        assert_eq!(out.stdout, "started\n");
+        assert!(took < Duration::from_secs(3), "returned after {took:?}");
+        mark.wait_for("after the timeout", Duration::from_secs(2), |n| n == 0)
+            .await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_running_exec_kills_its_whole_tree() {
+    bounded(async {
+        let tmp = TempDir::new("hostile-exec");
+        let mark = Marked::new();
+        let req = request(&tmp, escaping_tree(&mark), Duration::from_secs(60));
+        // The call goes away mid-run (its connection closed, its task aborted).
+        let run = tokio::spawn(exec::run(req, None, watch::channel(false).1));
+        mark.wait_for("the tree starts", Duration::from_secs(5), |n| {
+            n >= ESCAPING_TREE_PROCESSES
+        })
+        .await;
+        run.abort();
+        assert!(run.await.unwrap_err().is_cancelled());
+        mark.wait_for("after the drop", Duration::from_secs(2), |n| n == 0)
+            .await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_detached_on_purpose_outlives_a_call_that_ends_normally() {
+    bounded(async {
+        let tmp = TempDir::new("hostile-exec");
+        let mark = Marked::new();
+        let line = format!(
+            "export CLAWMATRIX_TEST_MARK={}; nohup sleep 1000 >/dev/null 2>&1 & echo started",
+            mark.0
+        );
+        let t0 = Instant::now();
+        let out = exec::run(
+            request(&tmp, line, Duration::from_secs(10)),
+            None,
+            watch::channel(false).1,
+        )
+        .await
+        .unwrap();
+        assert!(!out.timed_out && out.exit_code == Some(0), "{out:?}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        // Still running a moment later (the guard kills it at the end of the test).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(mark.live().len(), 1, "the detached service was killed");
+    })
+    .await;
 }
