@@ -208,6 +208,150 @@ fn the_walk_without_openat2_never_leaves_the_root_while_a_directory_is_swapped_f
     race(&arena, &root);
 }
 
+/// One outcome of a file tool: the content read (or "ok" for a write), or the error code.
+fn outcome<T>(r: Result<T, clawmatrix::error::Error>, show: impl Fn(T) -> String) -> String {
+    match r {
+        Ok(v) => show(v),
+        Err(e) => format!("{:?}", e.code),
+    }
+}
+
+/// Every kind of path the rules distinguish, read and written through `root`.
+fn semantics(tmp: &TempDir, root: &Root) -> Vec<(String, String)> {
+    let r = root.path();
+    let outside = tmp.join("outside");
+    std::fs::write(r.join("a.txt"), "a").unwrap();
+    std::fs::create_dir(r.join("real")).unwrap();
+    std::fs::write(r.join("real/x.txt"), "x").unwrap();
+    let link =
+        |target: &Path, name: &str| std::os::unix::fs::symlink(target, r.join(name)).unwrap();
+    link(Path::new("real"), "alias");
+    link(&r.join("real"), "abs-alias");
+    link(Path::new("real/../a.txt"), "climb");
+    link(Path::new("../outside"), "up");
+    link(&outside.join("secret.txt"), "abs-out");
+    link(&outside.join("later.txt"), "dangling-out");
+    link(Path::new("sub/later.txt"), "dangling-in");
+    link(Path::new("loop2"), "loop1");
+    link(Path::new("loop1"), "loop2");
+    std::fs::hard_link(outside.join("secret.txt"), r.join("hard.txt")).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(r.join("fifo"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let mut got = Vec::new();
+    for path in [
+        "a.txt",
+        "alias/x.txt",
+        "abs-alias/x.txt",
+        "climb",
+        "up/secret.txt",
+        "abs-out",
+        "dangling-out",
+        "dangling-in",
+        "hard.txt",
+        "fifo",
+        "loop1",
+        "a.txt/x",
+        "real",
+    ] {
+        let r = fs::read(root, path, MAX);
+        got.push((format!("read {path}"), outcome(r, |r| r.content)));
+    }
+    for path in [
+        "alias/new.txt",
+        "abs-alias/new2.txt",
+        "dangling-in",
+        "n1/n2/n3/f.txt",
+        "dangling-out",
+        "abs-out",
+        "up/x.txt",
+        "up/deep/x.txt",
+        "hard.txt",
+        "fifo",
+        "real",
+    ] {
+        let w = fs::write(root, path, b"w", MAX);
+        got.push((format!("write {path}"), outcome(w, |_| "ok".into())));
+    }
+    for (path, want) in [
+        ("real/new.txt", "w"),
+        ("real/new2.txt", "w"),
+        ("sub/later.txt", "w"),
+        ("n1/n2/n3/f.txt", "w"),
+    ] {
+        assert_eq!(
+            std::fs::read_to_string(r.join(path)).unwrap(),
+            want,
+            "{path}"
+        );
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["secret.txt"], "nothing written outside");
+    assert_eq!(
+        std::fs::read_to_string(outside.join("secret.txt")).unwrap(),
+        SECRET
+    );
+    got
+}
+
+#[test]
+fn openat2_and_the_walk_give_the_same_answers_for_every_kind_of_path() {
+    let run = |walk_only: bool| {
+        let tmp = TempDir::new("hostile-fs-semantics");
+        std::fs::create_dir_all(tmp.join("root")).unwrap();
+        std::fs::create_dir_all(tmp.join("outside")).unwrap();
+        std::fs::write(tmp.join("outside/secret.txt"), SECRET).unwrap();
+        let root = Root::open(tmp.join("root")).unwrap();
+        let root = if walk_only {
+            root.without_openat2()
+        } else {
+            root
+        };
+        semantics(&tmp, &root)
+    };
+    let with_openat2 = run(false);
+    let walk_only = run(true);
+    assert_eq!(with_openat2, walk_only);
+    let want = [
+        ("read a.txt", "a"),
+        ("read alias/x.txt", "x"),
+        ("read abs-alias/x.txt", "x"),
+        ("read climb", "a"),
+        ("read up/secret.txt", "Denied"),
+        ("read abs-out", "Denied"),
+        ("read dangling-out", "Denied"),
+        ("read dangling-in", "NotFound"),
+        ("read hard.txt", "Denied"),
+        ("read fifo", "NotAFile"),
+        ("read loop1", "Io"),
+        ("read a.txt/x", "NotAFile"),
+        ("read real", "NotAFile"),
+        ("write alias/new.txt", "ok"),
+        ("write abs-alias/new2.txt", "ok"),
+        ("write dangling-in", "ok"),
+        ("write n1/n2/n3/f.txt", "ok"),
+        ("write dangling-out", "Denied"),
+        ("write abs-out", "Denied"),
+        ("write up/x.txt", "Denied"),
+        ("write up/deep/x.txt", "Denied"),
+        ("write hard.txt", "Denied"),
+        ("write fifo", "NotAFile"),
+        ("write real", "NotAFile"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(walk_only, want);
+}
+
 // ---------------------------------------------------------------------------------------------
 // exec
 

@@ -39,16 +39,20 @@
 
 use std::io;
 use std::process::ExitStatus;
+#[cfg(target_os = "linux")]
 use std::time::Duration;
 
 use tokio::process::Child;
 
 /// How many scan-and-kill rounds [`Tree::kill`] makes before giving up on processes it
 /// cannot kill (a setuid program); each round after the first waits [`KILL_ROUND_PAUSE`].
+#[cfg(target_os = "linux")]
 const KILL_ROUNDS: usize = 200;
 /// Pause between kill rounds: lets `SIGKILL` land before the next scan (200 × 2 ms ≈ 0.4 s).
+#[cfg(target_os = "linux")]
 const KILL_ROUND_PAUSE: Duration = Duration::from_millis(2);
 /// How long to wait for the supervisor to report the killed command's status.
+#[cfg(target_os = "linux")]
 const STATUS_WAIT: Duration = Duration::from_secs(1);
 
 /// A command running under its supervisor (see the module docs).
