@@ -10,6 +10,7 @@
 
 #![cfg(target_os = "linux")]
 
+mod loopback_common;
 mod tools_support;
 
 use std::ffi::CString;
@@ -20,10 +21,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clawmatrix::error::ErrorCode;
+use clawmatrix::error::{Error, ErrorCode};
+use clawmatrix::node::remote_tools::{ToolCaller, ToolEvent};
+use clawmatrix::node::{Node, StartOptions, ToolOutput};
 use clawmatrix::tools::exec::{self, Command, ExecRequest};
 use clawmatrix::tools::fs::{self, Replacement};
 use clawmatrix::tools::paths::Root;
+use loopback_common::{config, free_port, is_direct, start, wait_for};
+use serde_json::{json, Value};
 use tokio::sync::watch;
 use tools_support::TempDir;
 
@@ -143,7 +148,7 @@ fn race(arena: &Arena, root: &Root) -> Tally {
     let swapper = Swapper::start(&arena.root_dir);
     let mut t = Tally::default();
     let t0 = Instant::now();
-    let accept = |t: &mut Tally, what: &str, r: Result<(), clawmatrix::error::Error>| match r {
+    let accept = |t: &mut Tally, what: &str, r: Result<(), Error>| match r {
         Ok(()) => t.ok += 1,
         // Refused while `d` was the symlink out, or mid-swap; never another kind of error.
         Err(e) if matches!(e.code, ErrorCode::Denied | ErrorCode::NotFound) => t.refused += 1,
@@ -209,7 +214,7 @@ fn the_walk_without_openat2_never_leaves_the_root_while_a_directory_is_swapped_f
 }
 
 /// One outcome of a file tool: the content read (or "ok" for a write), or the error code.
-fn outcome<T>(r: Result<T, clawmatrix::error::Error>, show: impl Fn(T) -> String) -> String {
+fn outcome<T>(r: Result<T, Error>, show: impl Fn(T) -> String) -> String {
     match r {
         Ok(v) => show(v),
         Err(e) => format!("{:?}", e.code),
@@ -458,9 +463,9 @@ async fn an_exec_timeout_kills_setsid_daemons_and_double_forked_orphans() {
     bounded(async {
         let tmp = TempDir::new("hostile-exec");
         let mark = Marked::new();
-        let req = request(&tmp, escaping_tree(&mark), Duration::from_secs(2));
+        let req = request(&tmp, escaping_tree(&mark), Duration::from_secs(4));
         let run = tokio::spawn(exec::run(req, None, watch::channel(false).1));
-        mark.wait_for("the tree starts", Duration::from_secs(2), |n| {
+        mark.wait_for("the tree starts", Duration::from_millis(3500), |n| {
             n >= ESCAPING_TREE_PROCESSES
         })
         .await;
@@ -568,6 +573,139 @@ async fn a_service_detached_on_purpose_outlives_a_call_that_ends_normally() {
         // Still running a moment later (the guard kills it at the end of the test).
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(mark.live().len(), 1, "the detached service was killed");
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// the same through the mesh: home calls office's tools over a real loopback link
+
+struct Pair {
+    office: Node,
+    home: Node,
+    _state: TempDir,
+}
+
+/// office (listening; tool proxy on for exec/read/write/edit with `root`) and home dialing it.
+async fn pair(root: &Path) -> Pair {
+    let state = TempDir::new("hostile-state");
+    let port = free_port();
+    let office = Node::new(config(
+        "office",
+        Some(port),
+        &[],
+        json!({"toolProxy": {"enabled": true, "allow": ["exec", "read", "write", "edit"],
+                             "root": root.to_string_lossy()}}),
+    ));
+    office
+        .start(&StartOptions {
+            state_dir: Some(state.path().to_path_buf()),
+            ..StartOptions::default()
+        })
+        .expect("start office");
+    let home = start(config("home", None, &[("office", port)], json!({})));
+    wait_for("home and office linked", Duration::from_secs(10), || {
+        is_direct(&home, "office") && is_direct(&office, "home")
+    })
+    .await;
+    Pair {
+        office,
+        home,
+        _state: state,
+    }
+}
+
+async fn remote(node: &Node, name: &str, args: Value) -> Result<ToolOutput, Error> {
+    let call = node.start_tool(name, &args, ToolCaller::default());
+    while let Some(step) = call.next().await {
+        match step {
+            Ok(ToolEvent::Progress { .. }) => {}
+            Ok(ToolEvent::Result(out)) => return Ok(out),
+            Err(e) => return Err(e),
+        }
+    }
+    panic!("{name}: no result");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_reads_and_writes_through_the_mesh_stay_inside_the_root_while_it_changes() {
+    bounded(async {
+        let arena = Arena::new();
+        let p = pair(&arena.root_dir).await;
+        let swapper = Swapper::start(&arena.root_dir);
+        let t0 = Instant::now();
+        let mut t = Tally::default();
+        while t0.elapsed() < RACE_FOR && t.rounds < RACE_ROUNDS {
+            let i = t.rounds;
+            let read = remote(
+                &p.home,
+                "cluster_read",
+                json!({"node": "office", "path": "d/secret.txt"}),
+            )
+            .await;
+            let write = remote(
+                &p.home,
+                "cluster_write",
+                json!({"node": "office", "path": format!("d/new-{}/w.txt", i % 64),
+                       "content": "x"}),
+            )
+            .await;
+            if let Ok(out) = &read {
+                assert!(
+                    !out.text.contains(SECRET),
+                    "a remote read leaked the outside file after {i} rounds: {}",
+                    out.text
+                );
+            }
+            for r in [read.map(drop), write.map(drop)] {
+                match r {
+                    Ok(()) => t.ok += 1,
+                    Err(e) if matches!(e.code, ErrorCode::Denied | ErrorCode::NotFound) => {
+                        t.refused += 1
+                    }
+                    Err(e) => panic!("unexpected {:?}: {}", e.code, e.message),
+                }
+            }
+            if let Err(why) = arena.outside_untouched() {
+                panic!("a remote call reached outside the root after {i} rounds: {why}");
+            }
+            t.rounds += 1;
+        }
+        let swaps = swapper.finish();
+        eprintln!(
+            "{t:?} through the mesh in {:?}, {swaps} swaps",
+            t0.elapsed()
+        );
+        assert!(t.ok > 0 && t.refused > 0, "not exercised: {t:?}");
+        drop(p.office);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_remote_exec_kills_its_setsid_daemons_on_the_serving_node() {
+    bounded(async {
+        let root = TempDir::new("hostile-exec-root");
+        let p = pair(root.path()).await;
+        let mark = Marked::new();
+        let call = p.home.start_tool(
+            "cluster_exec",
+            &json!({"node": "office", "command": escaping_tree(&mark)}),
+            ToolCaller::default(),
+        );
+        mark.wait_for("the tree starts", Duration::from_secs(5), |n| {
+            n >= ESCAPING_TREE_PROCESSES
+        })
+        .await;
+        call.cancel();
+        match call.next().await {
+            Some(Err(e)) => assert_eq!(e.code, ErrorCode::Cancelled, "{}", e.message),
+            other => panic!("expected the cancel error, got {other:?}"),
+        }
+        mark.wait_for("after the remote cancel", Duration::from_secs(3), |n| {
+            n == 0
+        })
+        .await;
     })
     .await;
 }
