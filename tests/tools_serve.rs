@@ -177,7 +177,7 @@ async fn exec_timeout_returns_the_partial_output_and_is_audited_as_a_timeout() {
         .unwrap();
         assert_eq!(
             r.text,
-            "started\n[timed out after 1 s: the process group was killed]"
+            "started\n[timed out after 1 s: every process it started was killed]"
         );
         assert_eq!(r.details["timedOut"], true);
         assert!(e

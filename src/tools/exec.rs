@@ -7,11 +7,15 @@
 //! - stdin is `/dev/null`; the environment is reduced to [`INHERITED_ENV`] (no API keys or
 //!   tokens of the gateway); the working directory is inside
 //!   the filesystem root (default: the root itself).
-//! - The child leads its own process group. On timeout or cancel the whole group gets
-//!   `SIGKILL`, so grandchildren (`sh -c 'make & sleep 100'`) die too; the child is reaped.
-//! - A normal run ends when the child has exited *and* its stdout and stderr are closed: a
-//!   background job that keeps the pipes open keeps the call open until the timeout. Start
-//!   services detached (`nohup svc >log 2>&1 &`).
+//! - The command leads its own process group and runs under a supervisor that keeps every
+//!   process it starts findable ([`crate::tools::reaper`]). On timeout or cancel, or when the
+//!   call is dropped, all of them get `SIGKILL`: grandchildren (`sh -c 'make & sleep 100'`),
+//!   `setsid` daemons and double-forked orphans alike; the call returns at once, whoever still
+//!   holds its pipes.
+//! - A normal run ends when the command has exited *and* its stdout and stderr are closed: a
+//!   background job that keeps the pipes open keeps the call open until the timeout (and is
+//!   killed then). Start services detached (`nohup svc >log 2>&1 &`): those outlive a call
+//!   that ends normally.
 //!
 //! # Output
 //! Chunks are sent as progress on a bounded channel with `try_send`: when the consumer is slow,
@@ -33,6 +37,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::error::{Error, ErrorCode};
 use crate::tools::paths::Root;
+use crate::tools::reaper::Tree;
 
 /// Default timeout of one command, in seconds: 30 minutes, as 0.1.8 (`cluster_exec.timeout`).
 pub const DEFAULT_TIMEOUT_SECS: u64 = 1800;
@@ -59,7 +64,7 @@ pub struct ExecRequest {
     pub command: Command,
     /// Resolved working directory (inside the root).
     pub workdir: PathBuf,
-    /// Time after which the process group is killed.
+    /// Time after which every process of the command is killed.
     pub timeout: Duration,
     /// Budget for the captured stdout + stderr, in bytes.
     pub max_output_bytes: usize,
@@ -152,9 +157,9 @@ pub struct ExecOutcome {
     pub exit_code: Option<i32>,
     /// The signal that killed it, if one did (9 after a timeout or cancel).
     pub signal: Option<i32>,
-    /// The timeout fired and the process group was killed.
+    /// The timeout fired and every process of the command was killed.
     pub timed_out: bool,
-    /// The cancel signal fired and the process group was killed.
+    /// The cancel signal fired and every process of the command was killed.
     pub cancelled: bool,
     /// Captured stdout (lossy UTF-8), with the truncation marker if cut.
     pub stdout: String,
@@ -245,18 +250,17 @@ pub async fn run(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true);
     let program = match &req.command {
         Command::Shell(_) => "/bin/sh".to_owned(),
         Command::Argv(argv) => argv[0].clone(),
     };
     let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| spawn_error(&program, &e))?;
-    // The child leads its own group: its pid is the group id.
-    let pgid = child.id().and_then(|id| i32::try_from(id).ok());
+    // Dropping `tree` before it is killed or released (an error return, the call dropped)
+    // kills every process the command started.
+    let mut tree = Tree::spawn(cmd).map_err(|e| spawn_error(&program, &e))?;
+    let child = tree.child_mut();
     let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
-        kill_group(pgid);
         return Err(Error::new(ErrorCode::Internal, "exec: child pipes missing"));
     };
 
@@ -293,11 +297,10 @@ pub async fn run(
             }
             r = out.read(&mut buf_out), if pipes[0].open => (0usize, r),
             r = err.read(&mut buf_err), if pipes[1].open => (1usize, r),
-            s = child.wait(), if status.is_none() => {
+            s = tree.command_exit(), if status.is_none() => {
                 match s {
                     Ok(s) => status = Some(s),
                     Err(e) => {
-                        kill_group(pgid);
                         return Err(Error::new(ErrorCode::Io, format!("exec: wait failed: {e}")));
                     }
                 }
@@ -332,11 +335,12 @@ pub async fn run(
     }
 
     if timed_out || cancelled {
-        kill_group(pgid);
-        // Reap the leader; the killed grandchildren are reaped by init (or a subreaper).
-        if status.is_none() {
-            status = child.wait().await.ok();
-        }
+        // Everything the command started dies, however it detached; the output pipes are not
+        // waited for.
+        let killed = tree.kill().await;
+        status = status.or(killed);
+    } else {
+        tree.release().await;
     }
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
 
@@ -408,18 +412,6 @@ pub(crate) fn utf8_floor(data: &[u8], end: usize) -> usize {
         end
     } else {
         i
-    }
-}
-
-/// `SIGKILL` to the whole process group (no-op without a pid).
-fn kill_group(pgid: Option<i32>) {
-    if let Some(pgid) = pgid.filter(|p| *p > 1) {
-        // SAFETY: kill(2) has no memory-safety preconditions; a negative pid addresses the
-        // process group we created with process_group(0), whose id is the child's pid. ESRCH
-        // (group already gone) is fine.
-        unsafe {
-            libc::kill(-pgid, libc::SIGKILL);
-        }
     }
 }
 

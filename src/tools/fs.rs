@@ -7,20 +7,23 @@
 //!   directory, is flushed to disk, renamed over the target, and the directory is flushed.
 //!   Readers see the old file or the new one, never a mix; on any failure the temporary file
 //!   is removed and the target is untouched. An existing file keeps its permission bits.
-//!   Missing parent directories are created (inside the root only).
+//!   Missing parent directories are created (inside the root only). Every step works on a
+//!   directory handle from the [`Root`] (`openat` / `renameat` / `fsync` on it), never on a
+//!   path that could be swapped for a symlink meanwhile.
 //! - `edit` replaces exact text (no fuzzy matching): each `oldText` must occur exactly once,
 //!   or, with `replace_all`, at least once; then the file is rewritten atomically like `write`.
 //!
 //! These functions block; the server runs them on the blocking thread pool.
 
-use std::fs::{File, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, ErrorCode};
-use crate::tools::paths::{io_error, Intent, Root};
+use crate::tools::paths::{io_error, sys, Kind, Root, Target};
 
 /// Largest file `write` and `edit` accept, in bytes: the largest string argument the tools
 /// take ([`crate::tools::catalog::MAX_STRING_ARG_BYTES`], 16 MiB).
@@ -85,8 +88,7 @@ pub struct EditResult {
 
 /// Reads `path` (inside `root`). The returned content, after encoding, is at most `max_bytes`.
 pub fn read(root: &Root, path: &str, max_bytes: usize) -> Result<ReadResult, Error> {
-    let real = root.resolve(path, Intent::Read)?;
-    let (file, size) = open_regular(&real, path)?;
+    let (file, size) = open_regular(root, path)?;
     // Checked again below on the bytes read, and once more after base64 (which grows by 4/3).
     if size > max_bytes as u64 {
         return Err(too_large(path, size, max_bytes));
@@ -143,19 +145,13 @@ pub fn write(
             ),
         ));
     }
-    let real = root.resolve(path, Intent::Write)?;
-    let existing = match std::fs::metadata(&real) {
-        Ok(m) if m.is_file() => Some(m),
-        Ok(m) if m.is_dir() => return Err(not_a_file(path, "a directory")),
-        Ok(_) => return Err(not_a_file(path, "a special file")),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io_error(path, &e)),
-    };
-    let mode = existing.as_ref().map(|m| m.permissions().mode() & 0o7777);
-    write_atomic(&real, content, mode, || Ok(())).map_err(|e| io_error(path, &e))?;
+    let target = root.open_target(path)?;
+    let mode = existing_mode(&target, path)?;
+    write_atomic(target.dir.as_fd(), &target.name, content, mode, || Ok(()))
+        .map_err(|e| io_error(path, &e))?;
     Ok(WriteResult {
         size: content.len() as u64,
-        created: existing.is_none(),
+        created: mode.is_none(),
     })
 }
 
@@ -176,8 +172,7 @@ pub fn edit(
     if let Some(i) = replacements.iter().position(|r| r.old_text.is_empty()) {
         return Err(invalid(format!("edit: oldText #{} is empty", i + 1)));
     }
-    let real = root.resolve(path, Intent::Read)?;
-    let (file, size) = open_regular(&real, path)?;
+    let (file, size) = open_regular(root, path)?;
     if size > max_bytes as u64 {
         return Err(too_large(path, size, max_bytes));
     }
@@ -249,30 +244,28 @@ pub fn edit(
             ),
         ));
     }
-    let mode = std::fs::metadata(&real)
-        .ok()
-        .map(|m| m.permissions().mode() & 0o7777);
-    write_atomic(&real, out.as_bytes(), mode, || Ok(())).map_err(|e| io_error(path, &e))?;
+    // Looked up again by the same rules: the file read may have been replaced meanwhile, and
+    // the new content goes wherever the path leads now (inside the root, or nowhere).
+    let target = root.open_target(path)?;
+    let mode = existing_mode(&target, path)?;
+    write_atomic(
+        target.dir.as_fd(),
+        &target.name,
+        out.as_bytes(),
+        mode,
+        || Ok(()),
+    )
+    .map_err(|e| io_error(path, &e))?;
     Ok(EditResult {
         replacements: spans.len(),
         size: out.len() as u64,
     })
 }
 
-/// Opens `real` for reading: a regular file with one link, not following a final symlink
-/// (it was resolved already; one appearing now is a race), without blocking on a FIFO.
-fn open_regular(real: &Path, shown: &str) -> Result<(File, u64), Error> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(real)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => Error::new(
-                ErrorCode::Denied,
-                format!("path {shown:?} is refused: it was replaced by a symlink"),
-            ),
-            _ => io_error(shown, &e),
-        })?;
+/// Opens `shown` inside `root` for reading: a regular file with one link (the open itself
+/// stays inside the root and does not block on a FIFO).
+fn open_regular(root: &Root, shown: &str) -> Result<(File, u64), Error> {
+    let file = root.open_file(shown)?;
     let meta = file.metadata().map_err(|e| io_error(shown, &e))?;
     if meta.is_dir() {
         return Err(not_a_file(shown, "a directory"));
@@ -292,19 +285,32 @@ fn open_regular(real: &Path, shown: &str) -> Result<(File, u64), Error> {
     Ok((file, meta.len()))
 }
 
+/// The permission bits of the regular file a write replaces (`None`: a new file); anything
+/// else at that name is refused.
+fn existing_mode(target: &Target, shown: &str) -> Result<Option<u32>, Error> {
+    match target.existing {
+        None => Ok(None),
+        Some(f) => match f.kind {
+            Kind::File => Ok(Some(f.mode)),
+            Kind::Dir => Err(not_a_file(shown, "a directory")),
+            Kind::Special => Err(not_a_file(shown, "a special file")),
+        },
+    }
+}
+
 /// Distinguishes temporary files of concurrent writes within this process.
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Temp file + fsync + rename + directory fsync. `before_rename` lets tests inject a failure
-/// at the last moment; the temporary file is removed on every error.
+/// Temp file + fsync + rename + directory fsync, all in the directory handle `dir`.
+/// `before_rename` lets tests inject a failure at the last moment; the temporary file is
+/// removed on every error.
 pub(crate) fn write_atomic(
-    target: &Path,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
     content: &[u8],
     mode: Option<u32>,
     before_rename: impl FnOnce() -> io::Result<()>,
 ) -> io::Result<()> {
-    let dir = target.parent().unwrap_or(Path::new("/"));
-    let name = target.file_name().unwrap_or_default();
     let (mut file, tmp) = create_temp(dir, name, mode)?;
     let result = (|| {
         file.write_all(content)?;
@@ -315,28 +321,28 @@ pub(crate) fn write_atomic(
         file.sync_all()?;
         drop(file);
         before_rename()?;
-        std::fs::rename(&tmp, target)
+        sys::rename(dir, &tmp, name)
     })();
     if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = sys::unlink(dir, &tmp);
         return Err(e);
     }
     // The rename is durable once the directory entry is.
-    File::open(dir)?.sync_all()
+    sys::sync(dir)
 }
 
 fn create_temp(
-    dir: &Path,
-    name: &std::ffi::OsStr,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
     mode: Option<u32>,
-) -> io::Result<(File, PathBuf)> {
+) -> io::Result<(File, OsString)> {
     for _ in 0..16 {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let mut random = [0u8; 6];
         getrandom::fill(&mut random).map_err(|e| io::Error::other(e.to_string()))?;
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(
+        let mut tmp = OsString::from(".");
+        tmp.push(name);
+        tmp.push(format!(
             ".clawmatrix-{}-{n}-{}.tmp",
             std::process::id(),
             random
@@ -344,15 +350,8 @@ fn create_temp(
                 .map(|b| format!("{b:02x}"))
                 .collect::<String>()
         ));
-        let tmp = dir.join(tmp_name);
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode.unwrap_or(0o644))
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
-        {
-            Ok(f) => return Ok((f, tmp)),
+        match sys::create_new(dir, &tmp, mode.unwrap_or(0o644)) {
+            Ok(fd) => return Ok((File::from(fd), tmp)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }
@@ -425,9 +424,14 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let target = dir.join("f.txt");
         std::fs::write(&target, "original").unwrap();
-        let err = write_atomic(&target, b"new content", None, || {
-            Err(io::Error::other("injected failure"))
-        })
+        let handle = File::open(&dir).unwrap();
+        let err = write_atomic(
+            handle.as_fd(),
+            OsStr::new("f.txt"),
+            b"new content",
+            None,
+            || Err(io::Error::other("injected failure")),
+        )
         .unwrap_err();
         assert_eq!(err.to_string(), "injected failure");
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "original");

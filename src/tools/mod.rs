@@ -6,7 +6,8 @@
 //! `edit` natively ([`exec`], [`fs`], bounded by the [`paths`] root), hands other tools back for
 //! the local gateway, and records every call in the [`audit`] log.
 //!
-//! The executors use Unix process groups and file APIs; they are built on Unix only.
+//! The executors use Unix process groups and file APIs; they are built on Unix only. On
+//! Linux, [`reaper`] keeps every process a command starts findable for the kill.
 
 pub mod audit;
 pub mod catalog;
@@ -17,5 +18,7 @@ pub mod fs;
 #[cfg(unix)]
 pub mod paths;
 pub mod policy;
+#[cfg(unix)]
+pub(crate) mod reaper;
 #[cfg(unix)]
 pub mod serve;

@@ -141,7 +141,7 @@ impl ToolServer {
 
     /// Serves one call: policy, arguments, execution, reply cap, audit. `progress` receives
     /// exec output as it comes (dropped when full); `cancel` turning `true` kills a running
-    /// command's process group.
+    /// command and every process it started.
     pub async fn call(
         &self,
         caller: &Caller,
@@ -278,7 +278,7 @@ impl ToolServer {
         if out.cancelled {
             return Err(Error::new(
                 ErrorCode::Cancelled,
-                "exec was cancelled by the caller; its process group was killed",
+                "exec was cancelled by the caller; every process it started was killed",
             ));
         }
         let outcome = if out.timed_out {
@@ -503,7 +503,7 @@ fn exec_text(o: &ExecOutcome, timeout_secs: u64) -> String {
     }
     if o.timed_out {
         t.push_str(&format!(
-            "[timed out after {timeout_secs} s: the process group was killed]"
+            "[timed out after {timeout_secs} s: every process it started was killed]"
         ));
     } else if let Some(code) = o.exit_code {
         t.push_str(&format!("[exit code {code}]"));
