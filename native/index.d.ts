@@ -71,7 +71,7 @@ export declare class ClawMatrixNode {
 export declare class ToolCall {
   /** The next step, or `null` after the last one. */
   next(): Promise<ToolStep | null>
-  /** Cancel the call (a remote exec's process group is killed). Idempotent. */
+  /** Cancel the call (a remote exec's whole process tree is killed). Idempotent. */
   cancel(): void
 }
 

@@ -497,7 +497,7 @@ impl ToolCall {
         })
     }
 
-    /// Cancel the call (a remote exec's process group is killed). Idempotent.
+    /// Cancel the call (a remote exec's whole process tree is killed). Idempotent.
     #[napi]
     pub fn cancel(&self) {
         self.inner.cancel();

@@ -12,7 +12,7 @@
 //!   (result parts, reassembled) ◀── chunk 0x00 + ≤ 256 KiB piece of the result ◀── result > 256 KiB
 //!                                        (raw: 0x01, sizes, head JSON, text bytes; or JSON)
 //!   ToolEvent::Result / error ◀── end {"ok":true,"text","details"} | {"ok":false,"code","message"}
-//! ToolCall::cancel() / drop ──────── cancel ─────────▶ cancel watch → exec's process group killed
+//! ToolCall::cancel() / drop ──────── cancel ─────────▶ cancel watch → every process exec started is killed
 //! ```
 //! A result larger than one chunk is streamed: its bytes are cut into pieces that travel as
 //! chunks marked with a leading 0x00 byte (progress chunks are JSON objects), under the caller's
@@ -350,7 +350,7 @@ impl ToolCall {
         Some(step)
     }
 
-    /// Cancel the call (the remote process group is killed for exec). Idempotent.
+    /// Cancel the call (for exec, every process the command started is killed). Idempotent.
     pub fn cancel(&self) {
         let _ = self.cancel.send(true);
     }
