@@ -119,9 +119,12 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
         self.max_message = max;
     }
 
-    /// Bytes held by the read buffer (for tests of the idle footprint).
+    /// Bytes held by the reader: its read buffer and the message being read (for tests of the
+    /// idle footprint and of what a peer's announced lengths cost).
     pub fn buffered_capacity(&self) -> usize {
         self.buf.capacity()
+            + self.cur.as_ref().map_or(0, |p| p.payload.capacity())
+            + self.frag.as_ref().map_or(0, |(_, v)| v.capacity())
     }
 
     /// The next message; `Ok(None)` at a clean end of stream (between frames).
@@ -150,18 +153,23 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             let have = self.buf.len() - self.pos;
             let take = want.min(have);
             if take > 0 {
+                grow(&mut cur.payload, cur.len, take);
                 cur.payload
                     .extend_from_slice(&self.buf[self.pos..self.pos + take]);
                 self.pos += take;
             }
             if cur.payload.len() < cur.len {
                 let n = if cur.len - cur.payload.len() >= DIRECT_READ_MIN {
-                    // Straight into the message's own buffer (its capacity is the frame size).
+                    // Straight into the message's own buffer, as far as it has grown.
                     if self.pos >= self.buf.len() {
                         self.buf = Vec::new();
                         self.pos = 0;
                     }
-                    ready!(poll_read_vec(&mut self.io, &mut cur.payload, cx, cur.len))?
+                    if cur.payload.len() == cur.payload.capacity() {
+                        grow(&mut cur.payload, cur.len, 1);
+                    }
+                    let limit = cur.payload.capacity().min(cur.len);
+                    ready!(poll_read_vec(&mut self.io, &mut cur.payload, cx, limit))?
                 } else {
                     ready!(self.poll_fill(cx))?
                 };
@@ -255,7 +263,8 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             opcode,
             mask,
             len,
-            payload: Vec::with_capacity(len),
+            // Nothing reserved for the announced length: the payload grows as bytes arrive.
+            payload: Vec::new(),
         }))
     }
 
@@ -337,6 +346,23 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             other => other,
         }
     }
+}
+
+/// Make room in `payload` for `more` bytes of a frame of `len` bytes. The capacity follows what
+/// arrived, never the announced length: it at least doubles (so a large message costs one extra
+/// copy at most, amortised), starts at [`READ_CHUNK`], and stops at `len` (a message that fits
+/// one step, as most do, gets exactly its size). A peer announcing 16 MiB and sending 10 bytes
+/// therefore pins 64 KiB, not 16 MiB.
+fn grow(payload: &mut Vec<u8>, len: usize, more: usize) {
+    let need = payload.len().saturating_add(more);
+    if need <= payload.capacity() {
+        return;
+    }
+    let cap = need
+        .max(payload.capacity().saturating_mul(2))
+        .max(READ_CHUNK)
+        .min(len.max(need));
+    payload.reserve_exact(cap - payload.len());
 }
 
 /// Read into `v`'s spare capacity, never past `limit` bytes of length. No zero-filling.
@@ -698,6 +724,50 @@ mod tests {
             drop(a);
             assert!(r.next().await.is_err(), "{bytes:?} accepted");
         }
+    }
+
+    #[tokio::test]
+    async fn an_announced_length_reserves_nothing_before_its_bytes_arrive() {
+        const ANNOUNCED: usize = 16 << 20;
+        let (mut a, b) = tokio::io::duplex(1 << 20);
+        let mut r = WsReader::new(b, Role::Server, 32 << 20);
+        // A masked BINARY header announcing 16 MiB, then 10 bytes of it.
+        let mut head = vec![0x82u8, 0x80 | 127];
+        head.extend_from_slice(&(ANNOUNCED as u64).to_be_bytes());
+        head.extend_from_slice(&[0, 0, 0, 0]);
+        head.extend_from_slice(&[7u8; 10]);
+        a.write_all(&head).await.unwrap();
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(50), r.next()).await;
+        assert!(
+            pending.is_err(),
+            "a 10-byte prefix completed a 16 MiB message"
+        );
+        let held = r.buffered_capacity();
+        assert!(
+            held <= 2 * READ_CHUNK,
+            "the reader holds {held} bytes for 10 received (announced {ANNOUNCED})"
+        );
+        // The rest arrives in pieces: the buffer grows with it, and the message is whole.
+        let writer = tokio::spawn(async move {
+            let rest = vec![7u8; ANNOUNCED - 10];
+            for piece in rest.chunks(1 << 20) {
+                a.write_all(piece).await.unwrap();
+            }
+            a
+        });
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), r.next())
+            .await
+            .expect("the message within 10 s")
+            .unwrap();
+        match got {
+            Some(WsMessage::Binary(v)) => {
+                assert_eq!(v.len(), ANNOUNCED);
+                assert!(v.iter().all(|&x| x == 7));
+                assert!(v.capacity() <= ANNOUNCED, "capacity {}", v.capacity());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        drop(writer.await.unwrap());
     }
 
     #[test]
