@@ -29,6 +29,7 @@
 //! actor sends `leave` and closes every link with 1000 after a bounded flush.
 
 pub mod actor;
+pub mod admission;
 pub mod backoff;
 pub mod dialer;
 pub mod events;
@@ -86,6 +87,9 @@ pub struct StartOptions {
     pub gateway_port: Option<u16>,
     /// This gateway's auth token for `POST /tools/invoke`.
     pub gateway_token: Option<String>,
+    /// The listener's hard pre-auth deadline; `None` = `HANDSHAKE_TIMEOUT_MS` (10 s). Not
+    /// exposed to JS: tests (and embedders) shorten it to see a deadline without waiting 10 s.
+    pub handshake_timeout: Option<Duration>,
 }
 
 /// What `start()` bound.
@@ -110,6 +114,8 @@ struct Running {
     /// Handoffs and messages, both sides, for status.
     #[cfg(unix)]
     handoffs: Arc<handoff::HandoffLog>,
+    /// Hostile-input counters of the listener and the links, for status.
+    counters: Arc<admission::ShellCounters>,
 }
 
 /// A mesh node: configuration plus, while started, its runtime and sockets.
@@ -289,6 +295,7 @@ impl Node {
             services,
         );
         tasks.spawn(actor_task);
+        let counters = Arc::new(admission::ShellCounters::default());
         let ctx = Arc::new(link::LinkCtx {
             actor: actor.clone(),
             events: self.events.clone(),
@@ -299,12 +306,21 @@ impl Node {
             epoch: started,
             next_link: AtomicU64::new(1),
             shutdown: shutdown_rx.clone(),
+            counters: Arc::clone(&counters),
         });
         if let Some(l) = listener {
             let this = listener::Listener {
                 ctx: ctx.clone(),
                 tls: tls_acceptor,
                 nonces: Arc::new(Mutex::new(NonceCache::default())),
+                admission: admission::Admission::new(
+                    admission::MAX_PENDING_HANDSHAKES,
+                    admission::MAX_PENDING_PER_SOURCE,
+                    Arc::clone(&counters),
+                ),
+                handshake_timeout: opts
+                    .handshake_timeout
+                    .unwrap_or(Duration::from_millis(listener::HANDSHAKE_TIMEOUT_MS)),
             };
             tasks.spawn(listener::serve(l, this));
         }
@@ -366,6 +382,7 @@ impl Node {
             tools,
             #[cfg(unix)]
             handoffs,
+            counters,
         });
         Ok(info)
     }
@@ -410,6 +427,7 @@ impl Node {
             None => (false, 0, None),
         };
         let snapshot = guard.as_ref().map(|r| r.snapshot.borrow().clone());
+        let counters = guard.as_ref().map(|r| Arc::clone(&r.counters));
         #[cfg(unix)]
         let tools = guard.as_ref().map(|r| tools_view(&r.tools));
         #[cfg(not(unix))]
@@ -424,10 +442,13 @@ impl Node {
             (true, None) => serde_json::Value::from(c.listen_port),
             (false, _) => serde_json::Value::Bool(false),
         };
-        let (peers, mesh) = match &snapshot {
+        let (peers, mut mesh) = match &snapshot {
             Some(s) => (peer_views(s, uptime_ms), mesh_counters(s)),
             None => (Vec::new(), MeshCounters::default()),
         };
+        if let Some(c) = counters {
+            shell_counters(&mut mesh, &c);
+        }
         StatusReport {
             node_id: c.node_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -810,7 +831,22 @@ fn mesh_counters(s: &MeshSnapshot) -> MeshCounters {
         slow_peer_closes: s.slow_peer_closes,
         calls_started: st.calls_started,
         calls_failed: st.calls_failed,
+        // The shell's own counters: `shell_counters`.
+        ..MeshCounters::default()
     }
+}
+
+/// The counters the shell keeps outside the core (pre-auth admission, 4010 closes).
+fn shell_counters(m: &mut MeshCounters, c: &admission::ShellCounters) {
+    m.preauth_pending = c.pending();
+    m.preauth_rejects = c
+        .preauth_rejects()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    m.protocol_error_closes = c
+        .protocol_closes()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
 }
 
 fn bind(
