@@ -67,6 +67,17 @@ async fn until_closed(tcp: &mut TcpStream, within: Duration) {
     .await;
 }
 
+/// Hold `tcp` until the server closes it, or the test ends.
+async fn hold_until_closed(tcp: &mut TcpStream, stop: &AtomicBool) {
+    let mut b = [0u8; 64];
+    while !stop.load(Ordering::Relaxed) {
+        match tokio::time::timeout(Duration::from_millis(50), tcp.read(&mut b)).await {
+            Err(_) | Ok(Ok(1..)) => continue,
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+        }
+    }
+}
+
 /// The HTTP upgrade by hand; returns once the 101 response has been read.
 async fn upgrade(tcp: &mut TcpStream, port: u16) {
     let req = format!(
@@ -137,29 +148,25 @@ async fn a_client_that_pings_and_never_reads_is_closed_within_the_handshake_dead
 }
 
 /// Open `n` sockets from `HOSTILE_FROM` and keep them open (idle, never sending a byte); each
-/// one the server closes is reopened at once. Runs until `stop`; returns the connects made.
-fn idle_flood(port: u16, n: usize, stop: Arc<AtomicBool>) -> tokio::task::JoinSet<u64> {
+/// one the server closes is reopened at once. Runs until `stop`, counting its connects.
+fn idle_flood(
+    port: u16,
+    n: usize,
+    stop: Arc<AtomicBool>,
+    connects: Arc<AtomicU64>,
+) -> tokio::task::JoinSet<()> {
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..n {
-        let stop = Arc::clone(&stop);
+        let (stop, connects) = (Arc::clone(&stop), Arc::clone(&connects));
         set.spawn(async move {
-            let mut connects = 0;
             while !stop.load(Ordering::Relaxed) {
                 let Ok(mut tcp) = hostile_socket(port, None).await else {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     continue;
                 };
-                connects += 1;
-                // Hold it until the server closes it (then reopen), or the test ends.
-                let mut b = [0u8; 64];
-                while !stop.load(Ordering::Relaxed) {
-                    match tokio::time::timeout(Duration::from_millis(50), tcp.read(&mut b)).await {
-                        Err(_) | Ok(Ok(1..)) => continue,
-                        Ok(Ok(0)) | Ok(Err(_)) => break,
-                    }
-                }
+                connects.fetch_add(1, Ordering::Relaxed);
+                hold_until_closed(&mut tcp, &stop).await;
             }
-            connects
         });
     }
     set
@@ -171,14 +178,15 @@ async fn idle_sockets_from_one_address_reopened_as_closed_do_not_keep_a_peer_out
         let (cloud, port) = hub("cloud-idle", None);
         let stop = Arc::new(AtomicBool::new(false));
         // 80 > the 64 pre-auth slots: before per-source limits these held every one of them.
-        let flood = idle_flood(port, 80, Arc::clone(&stop));
+        let connects = Arc::new(AtomicU64::new(0));
+        let flood = idle_flood(port, 80, Arc::clone(&stop), Arc::clone(&connects));
+        // The flood is reopening what the server closes.
         wait_for(
-            "the flood refused per source",
+            "the flood reopening sockets",
             Duration::from_secs(5),
-            || preauth_rejects(&cloud, "perSource") > 0,
+            || connects.load(Ordering::Relaxed) > 200,
         )
         .await;
-        assert!(cloud.status().mesh.preauth_pending <= 8);
         let home = start(config(
             "home-idle",
             None,
@@ -191,12 +199,12 @@ async fn idle_sockets_from_one_address_reopened_as_closed_do_not_keep_a_peer_out
         .await;
         eprintln!("linked after {took:?} under an idle flood");
         assert!(took < Duration::from_secs(2), "linked after {took:?}");
+        // The address holds its own share of the slots, no more; its refusals are counted.
+        let m = cloud.status().mesh;
+        assert!(m.preauth_pending <= 8, "{m:?}");
+        assert!(preauth_rejects(&cloud, "perSource") > 0, "{m:?}");
         stop.store(true, Ordering::Relaxed);
-        let connects: u64 = flood.join_all().await.into_iter().sum();
-        assert!(
-            connects > 80,
-            "the flood reopened its sockets ({connects} connects)"
-        );
+        flood.join_all().await;
         home.stop();
         cloud.stop();
     })
@@ -220,23 +228,25 @@ async fn a_peer_links_within_a_second_while_a_thousand_hostile_sockets_churn() {
                         continue;
                     };
                     connects.fetch_add(1, Ordering::Relaxed);
-                    // Half send junk, half an upgrade that never goes on; all wait briefly for
-                    // the server, then reset the connection and start over.
-                    let junk: &[u8] = if i % 2 == 0 {
-                        b"\x16\x03\x01 not http at all\r\n\r\n"
-                    } else {
-                        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                    // A third idle, a third an upgrade that never goes on (both held until the
+                    // server closes them), a third junk (reset after 50 ms); then start over.
+                    let (junk, hold): (&[u8], bool) = match i % 3 {
+                        0 => (b"", true),
+                        1 => (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n", true),
+                        _ => (b"\x16\x03\x01 not http at all\r\n\r\n", false),
                     };
                     let _ = tcp.write_all(junk).await;
-                    until_closed(&mut tcp, Duration::from_millis(50)).await;
+                    if hold {
+                        hold_until_closed(&mut tcp, &stop).await;
+                    } else {
+                        until_closed(&mut tcp, Duration::from_millis(50)).await;
+                    }
                 }
             });
         }
-        wait_for(
-            "the churn refused per source",
-            Duration::from_secs(10),
-            || preauth_rejects(&cloud, "perSource") > 1_000,
-        )
+        wait_for("the churn under way", Duration::from_secs(10), || {
+            connects.load(Ordering::Relaxed) > 2_000
+        })
         .await;
         let before = connects.load(Ordering::Relaxed);
         let home = start(config(
