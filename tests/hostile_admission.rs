@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use clawmatrix::node::{Node, StartOptions};
 use clawmatrix::proto::MAX_FRAME_BYTES;
 use loopback_common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -22,8 +22,12 @@ const TEST_BOUND: Duration = Duration::from_secs(30);
 const HOSTILE_FROM: [u8; 4] = [127, 0, 0, 2];
 
 fn hub(id: &str, handshake_timeout: Option<Duration>) -> (Node, u16) {
+    hub_with(id, handshake_timeout, json!({}))
+}
+
+fn hub_with(id: &str, handshake_timeout: Option<Duration>, extra: Value) -> (Node, u16) {
     let port = free_port();
-    let n = Node::new(config(id, Some(port), &[], json!({})));
+    let n = Node::new(config(id, Some(port), &[], extra));
     n.start(&StartOptions {
         handshake_timeout,
         ..StartOptions::default()
@@ -304,6 +308,113 @@ async fn a_frame_over_the_limit_after_the_handshake_closes_the_link_with_4010_an
             m.protocol_error_closes.get("frameTooLarge") == Some(&1) && m.links_up == 0
         })
         .await;
+        cloud.stop();
+    })
+    .await
+    .expect("test bound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_global_cap_takes_eight_sources_to_fill_and_refusals_name_their_reason() {
+    tokio::time::timeout(TEST_BOUND, async {
+        let (cloud, port) = hub("cloud-cap", None);
+        let from = |last: u8| async move {
+            let s = TcpSocket::new_v4().expect("socket");
+            s.bind(([127, 0, 0, last], 0).into()).expect("bind");
+            s.connect(([127, 0, 0, 1], port).into()).await.expect("tcp")
+        };
+        // Eight sources, each with its full share: every slot taken.
+        let mut idle = Vec::new();
+        for last in 2..10u8 {
+            for _ in 0..8 {
+                idle.push(from(last).await);
+            }
+        }
+        wait_for("64 pending", Duration::from_secs(5), || {
+            cloud.status().mesh.preauth_pending == 64
+        })
+        .await;
+        // A ninth source finds the listener full; one of the eight finds its share taken.
+        for (last, why) in [(10u8, "globalFull"), (2, "perSource")] {
+            let mut extra = from(last).await;
+            until_closed(&mut extra, Duration::from_secs(2)).await;
+            wait_for(why, Duration::from_secs(2), || {
+                preauth_rejects(&cloud, why) == 1
+            })
+            .await;
+        }
+        assert_eq!(cloud.status().mesh.preauth_pending, 64);
+        drop(idle);
+        wait_for("slots released", Duration::from_secs(5), || {
+            cloud.status().mesh.preauth_pending == 0
+        })
+        .await;
+        cloud.stop();
+    })
+    .await
+    .expect("test bound");
+}
+
+/// Memory mimalloc (the global allocator) holds read/write now, in bytes.
+fn committed() -> usize {
+    let mut commit = 0usize;
+    // SAFETY: every out-parameter may be null; `commit` is a valid usize to write.
+    unsafe {
+        libmimalloc_sys::mi_process_info(
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            &mut commit,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+    }
+    commit
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announced_frame_lengths_cost_nothing_until_their_bytes_arrive() {
+    const PEERS: usize = 12;
+    tokio::time::timeout(TEST_BOUND, async {
+        // Slow heartbeats: the raw peers do not answer pings, and must stay linked meanwhile.
+        let (cloud, port) = hub_with("cloud-mem", None, json!({"heartbeatIntervalMs": 10_000}));
+        let mut peers = Vec::new();
+        for i in 0..PEERS {
+            peers.push(raw_handshake(port, &format!("hostile-mem-{i}"), "cloud-mem").await);
+        }
+        wait_for("the hostile peers linked", Duration::from_secs(5), || {
+            cloud.status().mesh.links_up == PEERS as u64
+        })
+        .await;
+        let before = committed();
+        // Each announces a message of exactly MAX_FRAME_BYTES (16 MiB) and sends 100 bytes.
+        for ws in &mut peers {
+            let mut head = vec![0x82u8, 0x80 | 127];
+            head.extend_from_slice(&(MAX_FRAME_BYTES as u64).to_be_bytes());
+            head.extend_from_slice(&[0, 0, 0, 0]);
+            head.extend_from_slice(&[0u8; 100]);
+            ws.get_mut().write_all(&head).await.expect("partial frame");
+        }
+        // Reserving the announced lengths would commit 12 × 16 MiB = 192 MiB; watch for half a
+        // second whether the node's memory grows by a third of that.
+        let bound = PEERS * MAX_FRAME_BYTES / 3;
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_millis(500) {
+            let grown = committed().saturating_sub(before);
+            assert!(
+                grown < bound,
+                "{grown} bytes committed for {PEERS} announced 16 MiB frames of 100 bytes"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The links are still up: announcing is allowed, only not paid for in advance.
+        assert_eq!(cloud.status().mesh.links_up, PEERS as u64);
+        eprintln!(
+            "committed {} KiB more for {PEERS} partial 16 MiB frames",
+            committed().saturating_sub(before) / 1024
+        );
         cloud.stop();
     })
     .await

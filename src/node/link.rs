@@ -275,6 +275,11 @@ fn deadline_instant(epoch: Instant, deadline_ms: u64) -> tokio::time::Instant {
     tokio::time::Instant::from_std(epoch + Duration::from_millis(deadline_ms))
 }
 
+/// The end of a listener's pre-auth budget kept for its `timeout` rejection: writing the
+/// `reject` frame and the close into the socket's buffer takes microseconds for a peer that
+/// reads; for one that does not, nothing would help. 100 ms leaves the peer 9.9 of its 10 s.
+const REJECT_GRACE: Duration = Duration::from_millis(100);
+
 /// The time budget of a connection before it authenticated.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PreauthDeadline {
@@ -287,11 +292,13 @@ pub(crate) struct PreauthDeadline {
 
 impl PreauthDeadline {
     /// The listener's budget for a connection accepted at `start`: `timeout` in all, the last
-    /// tenth of it kept for telling the peer why it is being closed.
+    /// [`REJECT_GRACE`] of it (a tenth of a short one) kept for telling the peer why it is
+    /// being closed.
     pub fn inbound(start: tokio::time::Instant, timeout: Duration) -> Self {
+        let hard = start + timeout;
         PreauthDeadline {
-            read: start + timeout - timeout / 10,
-            hard: start + timeout,
+            read: hard - REJECT_GRACE.min(timeout / 10),
+            hard,
         }
     }
 

@@ -10,8 +10,9 @@
 //! are closed at accept and counted. Each pending one is bounded in memory
 //! (`link::HANDSHAKE_MAX_MESSAGE`) and in time by one hard deadline, [`HANDSHAKE_TIMEOUT_MS`]
 //! after accept, that covers TLS, the upgrade, the handshake and every write on the way (pongs,
-//! handshake frames, the rejection and its close): the peer's part ends at 90% of it (then it is
-//! rejected with `timeout`), and whatever still runs at 100% is dropped with the socket. So a
+//! handshake frames, the rejection and its close): the peer's part ends 100 ms before it (then
+//! it is rejected with `timeout`), and whatever still runs at the deadline is dropped with the
+//! socket. So a
 //! flood of idle, junk or never-reading sockets costs at most 64 × a few KiB, each goes away
 //! within the deadline, and one address cannot take more than 8 of the 64 slots.
 
