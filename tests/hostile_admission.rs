@@ -420,3 +420,29 @@ async fn announced_frame_lengths_cost_nothing_until_their_bytes_arrive() {
     .await
     .expect("test bound");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framing_violation_after_the_handshake_closes_the_link_with_4010_and_is_counted() {
+    tokio::time::timeout(TEST_BOUND, async {
+        let (cloud, port) = hub("cloud-unmasked", None);
+        let mut ws = raw_handshake(port, "hostile-unmasked", "cloud-unmasked").await;
+        wait_for("the hostile peer is linked", Duration::from_secs(5), || {
+            cloud.status().mesh.links_up == 1
+        })
+        .await;
+        // An unmasked BINARY frame from a client (RFC 6455 §5.1: the server must fail it).
+        ws.get_mut()
+            .write_all(&[0x82, 3, 1, 2, 3])
+            .await
+            .expect("frame");
+        assert_eq!(close_code(&mut ws).await, Some(4010));
+        wait_for("the 4010 close counted", Duration::from_secs(2), || {
+            let m = cloud.status().mesh;
+            m.protocol_error_closes.get("badFraming") == Some(&1) && m.links_up == 0
+        })
+        .await;
+        cloud.stop();
+    })
+    .await
+    .expect("test bound");
+}

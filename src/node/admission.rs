@@ -86,13 +86,14 @@ impl ProtocolClose {
 }
 
 impl ShellCounters {
-    pub fn preauth_reject(&self, why: PreauthReject) {
+    /// Count one; returns the count for `why` so far (1 for the first).
+    pub fn preauth_reject(&self, why: PreauthReject) -> u64 {
         let c = match why {
             PreauthReject::GlobalFull => &self.global_full,
             PreauthReject::PerSource => &self.per_source,
             PreauthReject::Deadline => &self.deadline,
         };
-        c.fetch_add(1, Ordering::Relaxed);
+        c.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     pub fn protocol_close(&self, why: ProtocolClose) {
@@ -179,10 +180,11 @@ impl Admission {
         })
     }
 
-    /// Take a slot for a connection from `ip`, or say (and count) why not. The per-source limit
-    /// is checked first: a source over its own limit is `perSource` even when the listener is
-    /// also full, so the counters name the address that floods.
-    pub fn try_admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, PreauthReject> {
+    /// Take a slot for a connection from `ip`, or say (and count) why not, with the count of
+    /// that reason so far. The per-source limit is checked first: a source over its own limit
+    /// is `perSource` even when the listener is also full, so the counters name the address
+    /// that floods.
+    pub fn try_admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, (PreauthReject, u64)> {
         let source = Source::of(ip);
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let (total, by_source) = &mut *held;
@@ -196,8 +198,7 @@ impl Admission {
         };
         if let Some(why) = refused {
             drop(held);
-            self.counters.preauth_reject(why);
-            return Err(why);
+            return Err((why, self.counters.preauth_reject(why)));
         }
         *total += 1;
         by_source.insert(source, mine + 1);
@@ -242,7 +243,7 @@ mod tests {
         let s1 = a.try_admit(ip("10.0.0.1")).unwrap();
         let _s2 = a.try_admit(ip("10.0.0.1")).unwrap();
         assert_eq!(
-            a.try_admit(ip("10.0.0.1")).unwrap_err(),
+            a.try_admit(ip("10.0.0.1")).unwrap_err().0,
             PreauthReject::PerSource
         );
         // Another address is still admitted; a released slot is reusable.
@@ -251,7 +252,7 @@ mod tests {
         let _s4 = a.try_admit(ip("10.0.0.1")).unwrap();
         let _s5 = a.try_admit(ip("10.0.0.3")).unwrap();
         assert_eq!(
-            a.try_admit(ip("10.0.0.4")).unwrap_err(),
+            a.try_admit(ip("10.0.0.4")).unwrap_err().0,
             PreauthReject::GlobalFull
         );
         assert_eq!(c.pending(), 4);
@@ -268,13 +269,13 @@ mod tests {
         let a = Admission::new(64, 1, c);
         let _s = a.try_admit(ip("2001:db8:1:2::1")).unwrap();
         assert_eq!(
-            a.try_admit(ip("2001:db8:1:2:ffff::9")).unwrap_err(),
+            a.try_admit(ip("2001:db8:1:2:ffff::9")).unwrap_err().0,
             PreauthReject::PerSource
         );
         let _t = a.try_admit(ip("2001:db8:1:3::1")).unwrap();
         let _u = a.try_admit(ip("192.0.2.7")).unwrap();
         assert_eq!(
-            a.try_admit(ip("::ffff:192.0.2.7")).unwrap_err(),
+            a.try_admit(ip("::ffff:192.0.2.7")).unwrap_err().0,
             PreauthReject::PerSource
         );
     }

@@ -68,11 +68,16 @@ pub(crate) async fn serve(listener: TcpListener, this: Listener) {
                     Ok(slot) => {
                         conns.spawn(connection(this.clone(), sock, addr, slot));
                     }
-                    Err(why) => {
-                        this.ctx.events.push(
-                            Level::Debug,
-                            format!("mesh listener: {addr} closed at accept: {}", refusal(why)),
-                        );
+                    Err((why, count)) => {
+                        // Logged at the 1st, 2nd, 4th, 8th... refusal of each reason: a flood
+                        // must not push everything else out of the bounded event queue.
+                        if count.is_power_of_two() {
+                            this.ctx.events.push(
+                                Level::Debug,
+                                format!("mesh listener: {addr} closed at accept: {} \
+                                         ({count} refused so far)", refusal(why)),
+                            );
+                        }
                         drop(sock);
                     }
                 },

@@ -174,7 +174,7 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
                     ready!(self.poll_fill(cx))?
                 };
                 if n == 0 {
-                    return Poll::Ready(Err(WsError::Protocol("connection closed mid-frame")));
+                    return Poll::Ready(Err(closed_mid_frame()));
                 }
                 continue;
             }
@@ -187,7 +187,7 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
 
     fn at_eof(&mut self) -> Result<Option<WsMessage>, WsError> {
         if self.pos < self.buf.len() || self.frag.is_some() {
-            Err(WsError::Protocol("connection closed mid-frame"))
+            Err(closed_mid_frame())
         } else {
             Ok(None)
         }
@@ -346,6 +346,15 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             other => other,
         }
     }
+}
+
+/// The stream ended inside a frame: an I/O failure (a dropped connection), not a peer breaking
+/// the framing rules.
+fn closed_mid_frame() -> WsError {
+    WsError::Io(io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "connection closed mid-frame",
+    ))
 }
 
 /// Make room in `payload` for `more` bytes of a frame of `len` bytes. The capacity follows what
