@@ -17,7 +17,9 @@
 //!   scripted host for tests and benchmarks.
 //! - [`link`]: one task per WebSocket: handshake, then the pump between socket and actor;
 //!   [`queue`] is its writer queue (which also carries the actor's close request).
-//! - [`listener`]: the mesh listener socket (optional TLS), spawning inbound link tasks.
+//! - [`listener`]: the mesh listener socket (optional TLS), spawning inbound link tasks;
+//!   [`admission`] limits unauthenticated connections (globally, per source) and keeps the
+//!   hostile-input counters.
 //! - [`dialer`] + [`backoff`]: one task per configured peer, reconnecting with backoff.
 //! - [`tls`]: rustls server/client configs from `tls.*`.
 //! - [`wake`]: coalesced wakes where streams cross threads (host → node, node → tool caller).
