@@ -35,6 +35,13 @@ use crate::mesh::Direction;
 pub use crate::proto::handshake::HANDSHAKE_TIMEOUT_MS;
 use crate::proto::{NonceCache, RejectCode};
 
+/// The kernel's queue of connections not yet accepted (capped at `net.core.somaxconn`, 4096 on
+/// current Linux). A flood of connects fills a short queue (std's default is 128) faster than
+/// the accept loop drains it, and a real peer's SYN that finds it full is dropped and only
+/// retried a second later; the accept loop refuses a flooding socket in microseconds, so a long
+/// queue costs nothing but absorbs the burst.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
 /// Everything the accept loop shares with its connection tasks.
 pub(crate) struct Listener {
     pub ctx: Arc<LinkCtx>,

@@ -214,7 +214,12 @@ impl Node {
         // Bind everything before spawning anything, so a bind failure leaves nothing behind.
         let listener = if self.config.listen {
             let addr = format!("{}:{}", self.config.listen_host, self.config.listen_port);
-            Some(bind(&runtime, &addr, "listenPort")?)
+            Some(bind_with_backlog(
+                &runtime,
+                &addr,
+                "listenPort",
+                listener::LISTEN_BACKLOG,
+            )?)
         } else {
             None
         };
@@ -849,6 +854,42 @@ fn shell_counters(m: &mut MeshCounters, c: &admission::ShellCounters) {
         .protocol_closes()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+}
+
+/// Bind `addr` (every address it resolves to, in order, until one binds) with SO_REUSEADDR and
+/// a listen queue of `backlog` connections (the kernel caps it at `net.core.somaxconn`).
+fn bind_with_backlog(
+    runtime: &tokio::runtime::Runtime,
+    addr: &str,
+    field: &str,
+    backlog: u32,
+) -> Result<tokio::net::TcpListener> {
+    use std::net::ToSocketAddrs;
+    let failed = |e: std::io::Error| {
+        Error::new(
+            ErrorCode::BindFailed,
+            format!("{field}: cannot bind {addr}: {e}"),
+        )
+    };
+    let _enter = runtime.enter();
+    let mut last = std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address");
+    for a in addr.to_socket_addrs().map_err(failed)? {
+        let socket = match a {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        };
+        let bound = socket.and_then(|s| {
+            #[cfg(unix)]
+            s.set_reuseaddr(true)?;
+            s.bind(a)?;
+            s.listen(backlog)
+        });
+        match bound {
+            Ok(l) => return Ok(l),
+            Err(e) => last = e,
+        }
+    }
+    Err(failed(last))
 }
 
 fn bind(
