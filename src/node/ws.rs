@@ -9,8 +9,9 @@
 //!
 //! - [`WsReader`] reads up to [`READ_CHUNK`] per syscall into a buffer that is released
 //!   whenever the socket has nothing more to give (an idle link holds no read buffer), copies
-//!   small messages out of it, and reads a large message straight into its own `Vec` (no copy).
-//!   `poll_next` keeps all state in the struct, so it is cancel-safe.
+//!   small messages out of it, and reads a large message straight into its own `Vec`, which
+//!   grows with the bytes that arrive, never ahead of them (an announced length reserves
+//!   nothing). `poll_next` keeps all state in the struct, so it is cancel-safe.
 //! - [`WsWriter`] writes a lone frame with one vectored write (header + payload, no copy),
 //!   coalesces a burst of small frames into one buffer that is released after the burst, and
 //!   masks client frames in place in the payload it owns.
