@@ -326,6 +326,7 @@ impl ClawMatrixNode {
                     workspace_dir: o.workspace_dir.map(Into::into),
                     gateway_port: o.gateway_port.and_then(|p| u16::try_from(p).ok()),
                     gateway_token: o.gateway_token,
+                    handshake_timeout: None,
                 },
                 None => CoreStartOptions::default(),
             },

@@ -77,6 +77,15 @@ pub struct MeshCounters {
     pub dropped: BTreeMap<String, u64>,
     /// Handshake rejections by code (`bad_mac`, `replay`, ...).
     pub handshake_rejects: BTreeMap<String, u64>,
+    /// Inbound connections waiting for their handshake now (pre-auth slots held).
+    pub preauth_pending: u64,
+    /// Inbound connections refused or cut before they authenticated, by reason: `globalFull`
+    /// and `perSource` (closed at accept: every pre-auth slot, or the source's share, taken),
+    /// `deadline` (cut at the hard pre-auth deadline).
+    pub preauth_rejects: BTreeMap<String, u64>,
+    /// Links closed with 4010 `protocol_error` by the framing after the handshake, by reason
+    /// (`frameTooLarge`: a message over `MAX_FRAME_BYTES`; `badFraming`: a WebSocket violation).
+    pub protocol_error_closes: BTreeMap<String, u64>,
     pub decode_errors: u64,
     pub decode_errors_by_code: BTreeMap<String, u64>,
     pub heartbeat_timeouts: u64,
@@ -294,7 +303,8 @@ fn render_counters(m: &MeshCounters) -> String {
     let sum = |m: &BTreeMap<String, u64>| m.values().sum::<u64>();
     format!(
         "{} links up, frames {} in / {} out, relayed {}, dropped {}{}, handshake rejects {}{}, \
-         decode errors {}, slow-peer closes {}, records refused {}{} (holding {} KiB)",
+         pre-auth {} pending / {} refused{}, decode errors {}, protocol-error closes {}{}, \
+         slow-peer closes {}, records refused {}{} (holding {} KiB)",
         m.links_up,
         m.frames_in,
         m.frames_out,
@@ -303,7 +313,12 @@ fn render_counters(m: &MeshCounters) -> String {
         map(&m.dropped),
         sum(&m.handshake_rejects),
         map(&m.handshake_rejects),
+        m.preauth_pending,
+        sum(&m.preauth_rejects),
+        map(&m.preauth_rejects),
         m.decode_errors,
+        sum(&m.protocol_error_closes),
+        map(&m.protocol_error_closes),
         m.slow_peer_closes,
         sum(&m.records_refused),
         map(&m.records_refused),
@@ -395,6 +410,9 @@ mod tests {
             mesh: MeshCounters {
                 links_up: 1,
                 handshake_rejects: [("bad_mac".to_string(), 2)].into_iter().collect(),
+                preauth_pending: 3,
+                preauth_rejects: [("perSource".to_string(), 40)].into_iter().collect(),
+                protocol_error_closes: [("frameTooLarge".to_string(), 1)].into_iter().collect(),
                 ..MeshCounters::default()
             },
         }
@@ -448,9 +466,15 @@ mod tests {
         assert!(text.contains("models: claude-sonnet"), "{text}");
         assert!(
             text.contains("Traffic: 1 links up")
-                && text.contains("handshake rejects 2 (bad_mac 2)"),
+                && text.contains("handshake rejects 2 (bad_mac 2)")
+                && text.contains("pre-auth 3 pending / 40 refused (perSource 40)")
+                && text.contains("protocol-error closes 1 (frameTooLarge 1)"),
             "{text}"
         );
+        let v = serde_json::to_value(report()).unwrap_or_default();
+        assert_eq!(v["mesh"]["preauthPending"], 3);
+        assert_eq!(v["mesh"]["preauthRejects"]["perSource"], 40);
+        assert_eq!(v["mesh"]["protocolErrorCloses"]["frameTooLarge"], 1);
     }
 
     #[test]

@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::actor::{now_ms, ActorHandle, CloseCmd, LinkRegistration};
+use super::admission::{ProtocolClose, ShellCounters};
 use super::events::{EventQueue, Level};
 use super::queue::{link_queue, LinkOut, QueueReceiver};
 use super::ws::{Role, WsError, WsMessage, WsReader, WsWriter};
@@ -60,6 +61,8 @@ pub(crate) struct LinkCtx {
     pub epoch: Instant,
     pub next_link: AtomicU64,
     pub shutdown: watch::Receiver<bool>,
+    /// Hostile-input counters kept by the shell (pre-auth rejections, 4010 closes).
+    pub counters: Arc<ShellCounters>,
 }
 
 impl LinkCtx {
@@ -86,6 +89,7 @@ impl LinkCtx {
             epoch: Instant::now(),
             next_link: AtomicU64::new(1),
             shutdown,
+            counters: Arc::default(),
         });
         (ctx, rx, stop)
     }
@@ -158,7 +162,9 @@ enum Next {
     Malformed(String),
 }
 
-/// Read the next handshake TEXT message (or the reason there is none) before `deadline`.
+/// Read the next handshake TEXT message (or the reason there is none) before `deadline`,
+/// `None` when the deadline passed. The pongs answering the peer's pings are written within the
+/// same deadline: a peer that pings and never reads stalls only itself, until the deadline.
 async fn next_text<S>(
     ws: &mut WsLink<S>,
     deadline: tokio::time::Instant,
@@ -167,24 +173,28 @@ async fn next_text<S>(
 where
     S: AsyncRead + AsyncWrite,
 {
+    tokio::select! {
+        biased;
+        // Shutdown first, then the peer's next message (bounded by the deadline).
+        _ = shutdown.changed() => Some(Next::Stop("node stopping".into())),
+        r = tokio::time::timeout_at(deadline, next_text_now(ws)) => r.ok(),
+    }
+}
+
+async fn next_text_now<S>(ws: &mut WsLink<S>) -> Next
+where
+    S: AsyncRead + AsyncWrite,
+{
     loop {
-        let msg = tokio::select! {
-            biased;
-            // Shutdown first, then the peer's next message (bounded by the deadline).
-            _ = shutdown.changed() => return Some(Next::Stop("node stopping".into())),
-            r = tokio::time::timeout_at(deadline, ws.rd.next()) => match r {
-                Err(_) => return None,
-                Ok(m) => m,
-            },
-        };
-        return Some(match msg {
+        let msg = ws.rd.next().await;
+        return match msg {
             Ok(Some(WsMessage::Text(t))) => Next::Text(t),
             Ok(Some(WsMessage::Binary(_))) => {
                 Next::Malformed("BINARY message before the handshake completed".into())
             }
             Ok(Some(WsMessage::Ping(p))) => {
                 if ws.wr.feed_pong(p).await.is_err() || ws.wr.flush().await.is_err() {
-                    return Some(Next::Stop("socket error during the handshake".into()));
+                    return Next::Stop("socket error during the handshake".into());
                 }
                 continue;
             }
@@ -199,11 +209,12 @@ where
             }
             Err(e) => Next::Stop(format!("socket error during the handshake: {e}")),
             Ok(None) => Next::Stop("peer closed during the handshake".into()),
-        });
+        };
     }
 }
 
-/// Send `frame` if any, close with the code's close code, log once, count.
+/// Log once, count, then send `frame` if any and close with the code's close code, all of the
+/// writing and the linger for the peer's close ending by `deadline.hard`.
 #[allow(clippy::too_many_arguments)]
 async fn reject<S>(
     ws: &mut WsLink<S>,
@@ -214,6 +225,7 @@ async fn reject<S>(
     code: RejectCode,
     reason: &str,
     by_peer: bool,
+    deadline: PreauthDeadline,
 ) -> HandshakeFailure
 where
     S: AsyncRead + AsyncWrite,
@@ -224,10 +236,13 @@ where
         "mesh: handshake rejected{by} ({who}{node}): {code}: {reason}"
     ));
     ctx.actor.handshake_rejected(code).await;
-    if let Some(f) = send {
-        let _ = tokio::time::timeout(CLOSE_FLUSH, ws.wr.send_text(&f.encode())).await;
-    }
-    close_ws(ws, code.close_code(), code.as_str()).await;
+    let _ = tokio::time::timeout_at(deadline.hard, async {
+        if let Some(f) = send {
+            let _ = tokio::time::timeout(CLOSE_FLUSH, ws.wr.send_text(&f.encode())).await;
+        }
+        close_ws(ws, code.close_code(), code.as_str()).await;
+    })
+    .await;
     HandshakeFailure::Rejected(code)
 }
 
@@ -261,27 +276,72 @@ fn deadline_instant(epoch: Instant, deadline_ms: u64) -> tokio::time::Instant {
     tokio::time::Instant::from_std(epoch + Duration::from_millis(deadline_ms))
 }
 
+/// The end of a listener's pre-auth budget kept for its `timeout` rejection: writing the
+/// `reject` frame and the close into the socket's buffer takes microseconds for a peer that
+/// reads; for one that does not, nothing would help. 100 ms leaves the peer 9.9 of its 10 s.
+const REJECT_GRACE: Duration = Duration::from_millis(100);
+
+/// The time budget of a connection before it authenticated.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PreauthDeadline {
+    /// The peer's part ends here: reading its frames, and writing ours that it must read
+    /// (pongs, `challenge`, `welcome`). Past it the handshake is rejected with `timeout`.
+    pub read: tokio::time::Instant,
+    /// Everything ends here, the rejection's `reject` frame, close and linger included.
+    pub hard: tokio::time::Instant,
+}
+
+impl PreauthDeadline {
+    /// The listener's budget for a connection accepted at `start`: `timeout` in all, the last
+    /// [`REJECT_GRACE`] of it (a tenth of a short one) kept for telling the peer why it is
+    /// being closed.
+    pub fn inbound(start: tokio::time::Instant, timeout: Duration) -> Self {
+        let hard = start + timeout;
+        PreauthDeadline {
+            read: hard - REJECT_GRACE.min(timeout / 10),
+            hard,
+        }
+    }
+
+    /// The dialer's budget: the handshake's own deadline, then the usual close bounds.
+    fn outbound(read: tokio::time::Instant) -> Self {
+        PreauthDeadline {
+            read,
+            hard: read + CLOSE_FLUSH + CLOSE_LINGER,
+        }
+    }
+
+    /// Reads end at the earlier of ours and the handshake state machine's own deadline.
+    fn capped(self, machine: tokio::time::Instant) -> Self {
+        PreauthDeadline {
+            read: self.read.min(machine),
+            hard: self.hard,
+        }
+    }
+}
+
 /// The next handshake TEXT frame, or the failure that ends the handshake: malformed input
 /// (rejected with `malformed`), shutdown or a closed socket (aborted), or the deadline (the
 /// state machine's own rejection from `on_timeout`). Shared by both sides of the handshake.
+#[allow(clippy::too_many_arguments)]
 async fn handshake_text<S>(
     ws: &mut WsLink<S>,
     ctx: &LinkCtx,
     who: &str,
     peer: Option<&str>,
-    deadline: tokio::time::Instant,
+    deadline: PreauthDeadline,
     shutdown: &mut watch::Receiver<bool>,
     on_timeout: impl FnOnce() -> Step,
 ) -> Result<String, HandshakeFailure>
 where
     S: AsyncRead + AsyncWrite,
 {
-    match next_text(ws, deadline, shutdown).await {
+    match next_text(ws, deadline.read, shutdown).await {
         Some(Next::Text(t)) => Ok(t),
         Some(Next::Malformed(why)) => {
             let code = RejectCode::Malformed;
             let f = reject_frame(code);
-            Err(reject(ws, ctx, who, peer, f, code, &why, false).await)
+            Err(reject(ws, ctx, who, peer, f, code, &why, false, deadline).await)
         }
         Some(Next::Stop(why)) => {
             ctx.events.push(
@@ -290,7 +350,28 @@ where
             );
             Err(HandshakeFailure::Aborted(why))
         }
-        None => Err(finish_rejected(ws, ctx, who, peer, on_timeout()).await),
+        None => Err(finish_rejected(ws, ctx, who, peer, on_timeout(), deadline).await),
+    }
+}
+
+/// Send one handshake frame within the read deadline (the peer must read it to go on); `Err`
+/// with the failure when it could not be written, or not in time (a `timeout` rejection).
+async fn send_handshake<S>(
+    ws: &mut WsLink<S>,
+    ctx: &LinkCtx,
+    who: &str,
+    peer: Option<&str>,
+    frame: &HandshakeFrame,
+    deadline: PreauthDeadline,
+    on_timeout: impl FnOnce() -> Step,
+) -> Result<(), HandshakeFailure>
+where
+    S: AsyncRead + AsyncWrite,
+{
+    match tokio::time::timeout_at(deadline.read, ws.wr.send_text(&frame.encode())).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(HandshakeFailure::Aborted(e.to_string())),
+        Err(_) => Err(finish_rejected(ws, ctx, who, peer, on_timeout(), deadline).await),
     }
 }
 
@@ -300,6 +381,7 @@ pub(crate) async fn accept_handshake<S>(
     ctx: &LinkCtx,
     nonces: &Mutex<NonceCache>,
     addr: SocketAddr,
+    deadline: PreauthDeadline,
 ) -> Result<NodeId, HandshakeFailure>
 where
     S: AsyncRead + AsyncWrite,
@@ -307,7 +389,7 @@ where
     let who = format!("inbound from {addr}");
     let nonce = os_nonce().map_err(HandshakeFailure::Aborted)?;
     let mut acceptor = Acceptor::new(ctx.handshake.clone(), nonce, now_ms(ctx.epoch));
-    let deadline = deadline_instant(ctx.epoch, acceptor.deadline());
+    let deadline = deadline.capped(deadline_instant(ctx.epoch, acceptor.deadline()));
     let mut shutdown = ctx.shutdown.clone();
     let mut peer: Option<NodeId> = None;
     loop {
@@ -343,20 +425,17 @@ where
         };
         match step {
             Step::Send(f) => {
-                if let Err(e) = ws.wr.send_text(&f.encode()).await {
-                    return Err(HandshakeFailure::Aborted(e.to_string()));
-                }
+                send_handshake(ws, ctx, &who, peer.as_deref(), &f, deadline, timeout_step).await?;
             }
             Step::Done { send, peer, .. } => {
                 if let Some(f) = send {
-                    if let Err(e) = ws.wr.send_text(&f.encode()).await {
-                        return Err(HandshakeFailure::Aborted(e.to_string()));
-                    }
+                    send_handshake(ws, ctx, &who, Some(&peer), &f, deadline, timeout_step).await?;
                 }
                 return Ok(peer);
             }
             step @ Step::Rejected { .. } => {
-                return Err(finish_rejected(ws, ctx, &who, peer.as_deref(), step).await);
+                let failure = finish_rejected(ws, ctx, &who, peer.as_deref(), step, deadline);
+                return Err(failure.await);
             }
         }
     }
@@ -380,7 +459,7 @@ where
         nonce,
         now_ms(ctx.epoch),
     );
-    let deadline = deadline_instant(ctx.epoch, dialer.deadline());
+    let deadline = PreauthDeadline::outbound(deadline_instant(ctx.epoch, dialer.deadline()));
     let mut shutdown = ctx.shutdown.clone();
     if let Err(e) = ws.wr.send_text(&hello.encode()).await {
         return Err(HandshakeFailure::Aborted(e.to_string()));
@@ -418,7 +497,8 @@ where
             }
             Step::Done { peer, .. } => return Ok(peer),
             step @ Step::Rejected { .. } => {
-                return Err(finish_rejected(ws, ctx, &who, peer.as_deref(), step).await);
+                let failure = finish_rejected(ws, ctx, &who, peer.as_deref(), step, deadline);
+                return Err(failure.await);
             }
         }
     }
@@ -446,6 +526,7 @@ async fn finish_rejected<S>(
     who: &str,
     peer: Option<&str>,
     step: Step,
+    deadline: PreauthDeadline,
 ) -> HandshakeFailure
 where
     S: AsyncRead + AsyncWrite,
@@ -456,7 +537,7 @@ where
             code,
             reason,
             by_peer,
-        } => reject(ws, ctx, who, peer, send, code, &reason, by_peer).await,
+        } => reject(ws, ctx, who, peer, send, code, &reason, by_peer, deadline).await,
         // Not reachable: callers pass rejections only.
         _ => HandshakeFailure::Aborted("handshake ended unexpectedly".into()),
     }
@@ -466,8 +547,14 @@ enum End {
     /// The actor asked us to close (or is gone: `None`).
     Close(Option<CloseCmd>),
     Read(String),
+    /// The peer broke the framing rules (a message over `MAX_FRAME_BYTES`, a WebSocket
+    /// protocol violation): closed with 4010 `protocol_error`, counted.
+    Protocol(ProtocolClose, String),
     Write(String),
 }
+
+/// The close code for a peer that broke the protocol after the handshake (PROTOCOL.md §3.4).
+pub const CLOSE_PROTOCOL_ERROR: u16 = 4010;
 
 /// Most frames one writer burst coalesces before it flushes (bounds the time a burst holds the
 /// socket's write side without a flush; frames beyond it start the next burst).
@@ -559,6 +646,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Established<R, W> {
         started: Instant,
     ) -> LinkEnd {
         let end = self.pump(&ctx.actor, link).await;
+        if let End::Protocol(why, detail) = &end {
+            ctx.counters.protocol_close(*why);
+            ctx.events.warn(format!(
+                "mesh: link {} with {peer} closed with {CLOSE_PROTOCOL_ERROR} protocol_error: \
+                 {detail}",
+                link.0
+            ));
+        }
         let reason = Box::pin(self.finish(end)).await;
         Box::pin(ctx.actor.link_down(link, reason.clone())).await;
         ctx.events.push(
@@ -586,7 +681,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Established<R, W> {
                             Err(input) => Box::pin(actor.send(input)).await,
                         };
                         if !alive {
-                            return "node stopping".to_string();
+                            return End::Read("node stopping".to_string());
                         }
                     }
                     Ok(Some(WsMessage::Text(_))) => Box::pin(actor.text_after_handshake()).await,
@@ -594,13 +689,19 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Established<R, W> {
                     Ok(Some(WsMessage::Ping(p))) => queue.push_pong(p),
                     Ok(Some(WsMessage::Pong)) => {}
                     Ok(Some(WsMessage::Close(f))) => {
-                        return match f {
+                        return End::Read(match f {
                             Some((code, reason)) => format!("peer closed ({code} {reason})"),
                             None => "peer closed".to_string(),
-                        }
+                        })
                     }
-                    Err(e) => return format!("read error: {e}"),
-                    Ok(None) => return "connection closed".to_string(),
+                    Err(e @ WsError::TooLarge { .. }) => {
+                        return End::Protocol(ProtocolClose::FrameTooLarge, e.to_string())
+                    }
+                    Err(e @ WsError::Protocol(_)) => {
+                        return End::Protocol(ProtocolClose::BadFraming, e.to_string())
+                    }
+                    Err(e) => return End::Read(format!("read error: {e}")),
+                    Ok(None) => return End::Read("connection closed".to_string()),
                 }
             }
         };
@@ -632,7 +733,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Established<R, W> {
             //    the actor let go of the link.
             c = queue.closed() => End::Close(c),
             // 2. Inbound frames.
-            r = reader => End::Read(r),
+            r = reader => r,
             // 3. Outbound frames.
             w = writer => {
                 // The queue closes only when the actor dropped the link; its close request (if
@@ -675,6 +776,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Established<R, W> {
                 // Answer the peer's close without waiting long.
                 let _ = tokio::time::timeout(Duration::from_millis(100), wr.close(1000, "")).await;
                 r
+            }
+            End::Protocol(_, detail) => {
+                // Nothing more is read from a peer that broke the framing: close and go.
+                let code = CLOSE_PROTOCOL_ERROR;
+                let _ = tokio::time::timeout(CLOSE_FLUSH, wr.close(code, "protocol_error")).await;
+                format!("closed by us ({code} protocol_error: {detail})")
             }
             End::Write(w) => w,
         }

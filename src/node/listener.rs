@@ -5,10 +5,16 @@
 //! pre-auth limits, then our own framing ([`super::ws`]) → handshake
 //! ([`super::link::accept_handshake`]) → the full frame limits → [`super::link::run`].
 //!
-//! At most [`MAX_PENDING_HANDSHAKES`] connections may be unauthenticated at once; extra ones are
-//! closed at accept. Each pending one is bounded in time (the handshake deadline, also applied to
-//! TLS and the upgrade) and in memory (`link::HANDSHAKE_MAX_MESSAGE`), so a flood of idle or
-//! junk sockets costs at most 64 × a few KiB and goes away within the handshake timeout.
+//! Admission ([`super::admission`]): at most [`MAX_PENDING_HANDSHAKES`] connections may be
+//! unauthenticated at once, and at most [`MAX_PENDING_PER_SOURCE`] from one source; extra ones
+//! are closed at accept and counted. Each pending one is bounded in memory
+//! (`link::HANDSHAKE_MAX_MESSAGE`) and in time by one hard deadline, [`HANDSHAKE_TIMEOUT_MS`]
+//! after accept, that covers TLS, the upgrade, the handshake and every write on the way (pongs,
+//! handshake frames, the rejection and its close): the peer's part ends 100 ms before it (then
+//! it is rejected with `timeout`), and whatever still runs at the deadline is dropped with the
+//! socket. So a
+//! flood of idle, junk or never-reading sockets costs at most 64 × a few KiB, each goes away
+//! within the deadline, and one address cannot take more than 8 of the 64 slots.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -17,20 +23,24 @@ use std::time::Duration;
 use futures_util::future::{Either, OptionFuture};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use super::admission::{Admission, PreauthReject, Slot};
+pub use super::admission::{MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_SOURCE};
 use super::events::Level;
-use super::link::{self, LinkCtx};
+use super::link::{self, LinkCtx, PreauthDeadline};
 use super::ws::Role;
 use crate::mesh::Direction;
-use crate::proto::handshake::HANDSHAKE_TIMEOUT_MS;
+pub use crate::proto::handshake::HANDSHAKE_TIMEOUT_MS;
 use crate::proto::{NonceCache, RejectCode};
 
-/// Most inbound connections that may be in TLS/upgrade/handshake at once. 64 covers a burst of
-/// every peer of a large mesh reconnecting together; beyond it sockets are closed at accept.
-pub const MAX_PENDING_HANDSHAKES: usize = 64;
+/// The kernel's queue of connections not yet accepted (capped at `net.core.somaxconn`, 4096 on
+/// current Linux). A flood of connects fills a short queue (std's default is 128) faster than
+/// the accept loop drains it, and a real peer's SYN that finds it full is dropped and only
+/// retried a second later; the accept loop refuses a flooding socket in microseconds, so a long
+/// queue costs nothing but absorbs the burst.
+pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// Everything the accept loop shares with its connection tasks.
 pub(crate) struct Listener {
@@ -39,13 +49,17 @@ pub(crate) struct Listener {
     /// The listener-wide replay cache. A std `Mutex`: it is held only for one synchronous
     /// `Acceptor::on_frame` call, never across an `.await`.
     pub nonces: Arc<Mutex<NonceCache>>,
+    /// The pre-auth slots (global and per source).
+    pub admission: Arc<Admission>,
+    /// The hard pre-auth deadline after accept ([`HANDSHAKE_TIMEOUT_MS`] unless a test or an
+    /// embedder set a shorter one through `StartOptions::handshake_timeout`).
+    pub handshake_timeout: Duration,
 }
 
 /// Accept until shutdown. Dropping the listener on return releases the port; connection tasks
 /// already running are then awaited (the actor closes registered links gracefully).
 pub(crate) async fn serve(listener: TcpListener, this: Listener) {
     let this = Arc::new(this);
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
     let mut shutdown = this.ctx.shutdown.clone();
     let mut conns = JoinSet::new();
     loop {
@@ -55,16 +69,22 @@ pub(crate) async fn serve(listener: TcpListener, this: Listener) {
             _ = shutdown.changed() => break,
             // 2. Inbound connections.
             accepted = listener.accept() => match accepted {
-                Ok((sock, addr)) => match pending.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        conns.spawn(connection(this.clone(), sock, addr, permit));
+                // Admission before anything is read: a refused socket is closed (and counted)
+                // here, so a flood costs the accept loop one map update per socket.
+                Ok((sock, addr)) => match this.admission.try_admit(addr.ip()) {
+                    Ok(slot) => {
+                        conns.spawn(connection(this.clone(), sock, addr, slot));
                     }
-                    Err(_) => {
-                        this.ctx.events.push(
-                            Level::Debug,
-                            format!("mesh listener: {addr} closed at accept: \
-                                     {MAX_PENDING_HANDSHAKES} handshakes already pending"),
-                        );
+                    Err((why, count)) => {
+                        // Logged at the 1st, 2nd, 4th, 8th... refusal of each reason: a flood
+                        // must not push everything else out of the bounded event queue.
+                        if count.is_power_of_two() {
+                            this.ctx.events.push(
+                                Level::Debug,
+                                format!("mesh listener: {addr} closed at accept: {} \
+                                         ({count} refused so far)", refusal(why)),
+                            );
+                        }
                         drop(sock);
                     }
                 },
@@ -82,6 +102,18 @@ pub(crate) async fn serve(listener: TcpListener, this: Listener) {
     while conns.join_next().await.is_some() {}
 }
 
+fn refusal(why: PreauthReject) -> String {
+    match why {
+        PreauthReject::GlobalFull => {
+            format!("{MAX_PENDING_HANDSHAKES} handshakes already pending")
+        }
+        PreauthReject::PerSource => {
+            format!("{MAX_PENDING_PER_SOURCE} handshakes already pending from this source")
+        }
+        PreauthReject::Deadline => "pre-auth deadline".to_string(),
+    }
+}
+
 /// One inbound connection's task. An idle link is this future parked in its link's pump, so:
 /// the pre-auth part (TLS, upgrade, handshake) is boxed, its state is several KiB (a TLS stream
 /// is kept by value while it runs) and only needed until the peer authenticated; the socket
@@ -92,14 +124,26 @@ fn connection(
     this: Arc<Listener>,
     sock: TcpStream,
     addr: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    slot: Slot,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let _ = sock.set_nodelay(true);
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
-    let pre_auth = Box::pin(authenticate(this.clone(), sock, addr, deadline));
+    let deadline = PreauthDeadline::inbound(tokio::time::Instant::now(), this.handshake_timeout);
+    // The hard deadline over the whole pre-auth part: whatever it waits on (a write to a peer
+    // that never reads, the actor), the socket is dropped and the slot freed at `hard`.
+    let pre_auth = Box::pin(tokio::time::timeout_at(
+        deadline.hard,
+        authenticate(this.clone(), sock, addr, deadline),
+    ));
     async move {
-        let authed = pre_auth.await;
-        drop(permit);
+        let authed = pre_auth.await.unwrap_or_else(|_| {
+            this.ctx.counters.preauth_reject(PreauthReject::Deadline);
+            this.ctx.events.push(
+                Level::Debug,
+                format!("mesh listener: {addr} cut at the pre-auth deadline"),
+            );
+            None
+        });
+        drop(slot);
         let ctx = &this.ctx;
         let addr = addr.to_string();
         // Authenticated: `run` switches from the pre-auth limits to the frame limits.
@@ -129,7 +173,7 @@ async fn authenticate(
     this: Arc<Listener>,
     sock: TcpStream,
     addr: SocketAddr,
-    deadline: tokio::time::Instant,
+    deadline: PreauthDeadline,
 ) -> Option<Authed> {
     let Some(acceptor) = &this.tls else {
         let (ws, peer) = upgrade(&this, sock, addr, deadline).await?;
@@ -140,7 +184,7 @@ async fn authenticate(
     let tls = tokio::select! {
         biased;
         _ = shutdown.changed() => return None,
-        r = tokio::time::timeout_at(deadline, acceptor.accept(sock)) => r,
+        r = tokio::time::timeout_at(deadline.read, acceptor.accept(sock)) => r,
     };
     match tls {
         Ok(Ok(stream)) => {
@@ -172,7 +216,7 @@ async fn upgrade<S>(
     this: &Listener,
     stream: S,
     addr: SocketAddr,
-    deadline: tokio::time::Instant,
+    deadline: PreauthDeadline,
 ) -> Option<(link::WsLink<S>, crate::proto::NodeId)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -183,7 +227,7 @@ where
         biased;
         _ = shutdown.changed() => return None,
         r = tokio::time::timeout_at(
-            deadline,
+            deadline.read,
             tokio_tungstenite::accept_async_with_config(stream, Some(link::ws_handshake_config())),
         ) => r,
     };
@@ -202,7 +246,7 @@ where
             return None;
         }
     };
-    let peer = link::accept_handshake(&mut ws, ctx, &this.nonces, addr)
+    let peer = link::accept_handshake(&mut ws, ctx, &this.nonces, addr, deadline)
         .await
         .ok()?;
     Some((ws, peer))
@@ -217,23 +261,73 @@ mod tests {
     /// arguments and the once-awaited sends left the long-lived part; it is ~1,060 now.
     const MAX_CONNECTION_FUTURE: usize = 1_200;
 
-    #[tokio::test]
-    async fn an_idle_inbound_link_task_stays_small() {
-        let (ctx, _rx, _stop) = LinkCtx::for_test();
-        let this = Arc::new(Listener {
+    fn listener(ctx: Arc<LinkCtx>, handshake_timeout: Duration) -> Arc<Listener> {
+        let admission = Admission::new(
+            MAX_PENDING_HANDSHAKES,
+            MAX_PENDING_PER_SOURCE,
+            Arc::clone(&ctx.counters),
+        );
+        Arc::new(Listener {
             ctx,
             tls: None,
             nonces: Arc::new(Mutex::new(NonceCache::default())),
-        });
+            admission,
+            handshake_timeout,
+        })
+    }
+
+    #[tokio::test]
+    async fn an_idle_inbound_link_task_stays_small() {
+        let (ctx, _rx, _stop) = LinkCtx::for_test();
+        let this = listener(ctx, Duration::from_millis(HANDSHAKE_TIMEOUT_MS));
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (sock, addr) = l.accept().await.unwrap();
-        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
-        let task = connection(this, sock, addr, permit);
+        let slot = this.admission.try_admit(addr.ip()).unwrap();
+        let task = connection(this, sock, addr, slot);
         let size = std::mem::size_of_val(&task);
         assert!(
             size <= MAX_CONNECTION_FUTURE,
             "connection future is {size} bytes (bound {MAX_CONNECTION_FUTURE})"
         );
+    }
+
+    /// Whatever the pre-auth part waits on, the connection ends at the hard deadline: here the
+    /// rejection of a junk upgrade waits on an actor whose queue is full and never drained.
+    #[tokio::test]
+    async fn a_connection_stuck_before_auth_is_cut_at_the_hard_deadline_and_counted() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ctx, _rx, _stop) = LinkCtx::for_test();
+        // Fill the actor's one-slot queue: the connection's own report then waits forever.
+        ctx.actor.handshake_rejected(RejectCode::Malformed).await;
+        let timeout = Duration::from_millis(300);
+        let this = listener(Arc::clone(&ctx), timeout);
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (sock, addr) = l.accept().await.unwrap();
+        let slot = this.admission.try_admit(addr.ip()).unwrap();
+        assert_eq!(ctx.counters.pending(), 1);
+        let t0 = tokio::time::Instant::now();
+        let task = tokio::spawn(connection(Arc::clone(&this), sock, addr, slot));
+        client.write_all(b"junk\r\n\r\n").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the connection task ends")
+            .unwrap();
+        let took = t0.elapsed();
+        assert!(
+            took >= timeout - Duration::from_millis(5)
+                && took < timeout + Duration::from_millis(200),
+            "ended after {took:?} (deadline {timeout:?})"
+        );
+        assert_eq!(ctx.counters.pending(), 0);
+        let rejects: Vec<_> = ctx.counters.preauth_rejects().collect();
+        assert!(rejects.contains(&("deadline", 1)), "{rejects:?}");
+        // The socket is gone: the client reads (what was written, then) its end.
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(1), client.read_to_end(&mut buf))
+            .await
+            .expect("closed")
+            .ok();
     }
 }

@@ -18,7 +18,9 @@
 //!   scripted host for tests and benchmarks.
 //! - [`link`]: one task per WebSocket: handshake, then the pump between socket and actor;
 //!   [`queue`] is its writer queue (which also carries the actor's close request).
-//! - [`listener`]: the mesh listener socket (optional TLS), spawning inbound link tasks.
+//! - [`listener`]: the mesh listener socket (optional TLS), spawning inbound link tasks;
+//!   [`admission`] limits unauthenticated connections (globally, per source) and keeps the
+//!   hostile-input counters.
 //! - [`dialer`] + [`backoff`]: one task per configured peer, reconnecting with backoff.
 //! - [`tls`]: rustls server/client configs from `tls.*`.
 //! - [`wake`]: coalesced wakes where streams cross threads (host → node, node → tool caller).
@@ -30,6 +32,7 @@
 //! actor sends `leave` and closes every link with 1000 after a bounded flush.
 
 pub mod actor;
+pub mod admission;
 pub mod backoff;
 pub mod dialer;
 pub mod events;
@@ -88,6 +91,9 @@ pub struct StartOptions {
     pub gateway_port: Option<u16>,
     /// This gateway's auth token for `POST /tools/invoke`.
     pub gateway_token: Option<String>,
+    /// The listener's hard pre-auth deadline; `None` = `HANDSHAKE_TIMEOUT_MS` (10 s). Not
+    /// exposed to JS: tests (and embedders) shorten it to see a deadline without waiting 10 s.
+    pub handshake_timeout: Option<Duration>,
 }
 
 /// What `start()` bound.
@@ -114,6 +120,8 @@ struct Running {
     /// Handoffs and messages, both sides, for status.
     #[cfg(unix)]
     handoffs: Arc<handoff::HandoffLog>,
+    /// Hostile-input counters of the listener and the links, for status.
+    counters: Arc<admission::ShellCounters>,
 }
 
 /// A mesh node: configuration plus, while started, its runtime and sockets.
@@ -210,7 +218,12 @@ impl Node {
         // Bind everything before spawning anything, so a bind failure leaves nothing behind.
         let listener = if self.config.listen {
             let addr = format!("{}:{}", self.config.listen_host, self.config.listen_port);
-            Some(bind(&runtime, &addr, "listenPort")?)
+            Some(bind_with_backlog(
+                &runtime,
+                &addr,
+                "listenPort",
+                listener::LISTEN_BACKLOG,
+            )?)
         } else {
             None
         };
@@ -297,6 +310,7 @@ impl Node {
             Arc::clone(&health),
         );
         tasks.spawn(actor_task);
+        let counters = Arc::new(admission::ShellCounters::default());
         let ctx = Arc::new(link::LinkCtx {
             actor: actor.clone(),
             events: self.events.clone(),
@@ -307,12 +321,21 @@ impl Node {
             epoch: started,
             next_link: AtomicU64::new(1),
             shutdown: shutdown_rx.clone(),
+            counters: Arc::clone(&counters),
         });
         if let Some(l) = listener {
             let this = listener::Listener {
                 ctx: ctx.clone(),
                 tls: tls_acceptor,
                 nonces: Arc::new(Mutex::new(NonceCache::default())),
+                admission: admission::Admission::new(
+                    admission::MAX_PENDING_HANDSHAKES,
+                    admission::MAX_PENDING_PER_SOURCE,
+                    Arc::clone(&counters),
+                ),
+                handshake_timeout: opts
+                    .handshake_timeout
+                    .unwrap_or(Duration::from_millis(listener::HANDSHAKE_TIMEOUT_MS)),
             };
             tasks.spawn(listener::serve(l, this));
         }
@@ -375,6 +398,7 @@ impl Node {
             tools,
             #[cfg(unix)]
             handoffs,
+            counters,
         });
         Ok(info)
     }
@@ -425,6 +449,7 @@ impl Node {
             .unwrap_or((None, None));
         // Started, but the actor is down after a failure: nothing moves, so not running.
         let running = running && failed.is_none();
+        let counters = guard.as_ref().map(|r| Arc::clone(&r.counters));
         #[cfg(unix)]
         let tools = guard.as_ref().map(|r| tools_view(&r.tools));
         #[cfg(not(unix))]
@@ -439,10 +464,13 @@ impl Node {
             (true, None) => serde_json::Value::from(c.listen_port),
             (false, _) => serde_json::Value::Bool(false),
         };
-        let (peers, mesh) = match &snapshot {
+        let (peers, mut mesh) = match &snapshot {
             Some(s) => (peer_views(s, uptime_ms), mesh_counters(s)),
             None => (Vec::new(), MeshCounters::default()),
         };
+        if let Some(c) = counters {
+            shell_counters(&mut mesh, &c);
+        }
         StatusReport {
             node_id: c.node_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -846,7 +874,58 @@ fn mesh_counters(s: &MeshSnapshot) -> MeshCounters {
         records_held_bytes: st.records_held_bytes,
         own_record_echoes: st.own_record_echoes,
         own_record_superseded: st.own_record_superseded,
+        // The shell's own counters: `shell_counters`.
+        ..MeshCounters::default()
     }
+}
+
+/// The counters the shell keeps outside the core (pre-auth admission, 4010 closes).
+fn shell_counters(m: &mut MeshCounters, c: &admission::ShellCounters) {
+    m.preauth_pending = c.pending();
+    m.preauth_rejects = c
+        .preauth_rejects()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    m.protocol_error_closes = c
+        .protocol_closes()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+}
+
+/// Bind `addr` (every address it resolves to, in order, until one binds) with SO_REUSEADDR and
+/// a listen queue of `backlog` connections (the kernel caps it at `net.core.somaxconn`).
+fn bind_with_backlog(
+    runtime: &tokio::runtime::Runtime,
+    addr: &str,
+    field: &str,
+    backlog: u32,
+) -> Result<tokio::net::TcpListener> {
+    use std::net::ToSocketAddrs;
+    let failed = |e: std::io::Error| {
+        Error::new(
+            ErrorCode::BindFailed,
+            format!("{field}: cannot bind {addr}: {e}"),
+        )
+    };
+    let _enter = runtime.enter();
+    let mut last = std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address");
+    for a in addr.to_socket_addrs().map_err(failed)? {
+        let socket = match a {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        };
+        let bound = socket.and_then(|s| {
+            #[cfg(unix)]
+            s.set_reuseaddr(true)?;
+            s.bind(a)?;
+            s.listen(backlog)
+        });
+        match bound {
+            Ok(l) => return Ok(l),
+            Err(e) => last = e,
+        }
+    }
+    Err(failed(last))
 }
 
 fn bind(

@@ -9,8 +9,9 @@
 //!
 //! - [`WsReader`] reads up to [`READ_CHUNK`] per syscall into a buffer that is released
 //!   whenever the socket has nothing more to give (an idle link holds no read buffer), copies
-//!   small messages out of it, and reads a large message straight into its own `Vec` (no copy).
-//!   `poll_next` keeps all state in the struct, so it is cancel-safe.
+//!   small messages out of it, and reads a large message straight into its own `Vec`, which
+//!   grows with the bytes that arrive, never ahead of them (an announced length reserves
+//!   nothing). `poll_next` keeps all state in the struct, so it is cancel-safe.
 //! - [`WsWriter`] writes a lone frame with one vectored write (header + payload, no copy),
 //!   coalesces a burst of small frames into one buffer that is released after the burst, and
 //!   masks client frames in place in the payload it owns.
@@ -119,9 +120,12 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
         self.max_message = max;
     }
 
-    /// Bytes held by the read buffer (for tests of the idle footprint).
+    /// Bytes held by the reader: its read buffer and the message being read (for tests of the
+    /// idle footprint and of what a peer's announced lengths cost).
     pub fn buffered_capacity(&self) -> usize {
         self.buf.capacity()
+            + self.cur.as_ref().map_or(0, |p| p.payload.capacity())
+            + self.frag.as_ref().map_or(0, |(_, v)| v.capacity())
     }
 
     /// The next message; `Ok(None)` at a clean end of stream (between frames).
@@ -150,23 +154,28 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             let have = self.buf.len() - self.pos;
             let take = want.min(have);
             if take > 0 {
+                grow(&mut cur.payload, cur.len, take);
                 cur.payload
                     .extend_from_slice(&self.buf[self.pos..self.pos + take]);
                 self.pos += take;
             }
             if cur.payload.len() < cur.len {
                 let n = if cur.len - cur.payload.len() >= DIRECT_READ_MIN {
-                    // Straight into the message's own buffer (its capacity is the frame size).
+                    // Straight into the message's own buffer, as far as it has grown.
                     if self.pos >= self.buf.len() {
                         self.buf = Vec::new();
                         self.pos = 0;
                     }
-                    ready!(poll_read_vec(&mut self.io, &mut cur.payload, cx, cur.len))?
+                    if cur.payload.len() == cur.payload.capacity() {
+                        grow(&mut cur.payload, cur.len, 1);
+                    }
+                    let limit = cur.payload.capacity().min(cur.len);
+                    ready!(poll_read_vec(&mut self.io, &mut cur.payload, cx, limit))?
                 } else {
                     ready!(self.poll_fill(cx))?
                 };
                 if n == 0 {
-                    return Poll::Ready(Err(WsError::Protocol("connection closed mid-frame")));
+                    return Poll::Ready(Err(closed_mid_frame()));
                 }
                 continue;
             }
@@ -179,7 +188,7 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
 
     fn at_eof(&mut self) -> Result<Option<WsMessage>, WsError> {
         if self.pos < self.buf.len() || self.frag.is_some() {
-            Err(WsError::Protocol("connection closed mid-frame"))
+            Err(closed_mid_frame())
         } else {
             Ok(None)
         }
@@ -255,7 +264,8 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             opcode,
             mask,
             len,
-            payload: Vec::with_capacity(len),
+            // Nothing reserved for the announced length: the payload grows as bytes arrive.
+            payload: Vec::new(),
         }))
     }
 
@@ -337,6 +347,32 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             other => other,
         }
     }
+}
+
+/// The stream ended inside a frame: an I/O failure (a dropped connection), not a peer breaking
+/// the framing rules.
+fn closed_mid_frame() -> WsError {
+    WsError::Io(io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "connection closed mid-frame",
+    ))
+}
+
+/// Make room in `payload` for `more` bytes of a frame of `len` bytes. The capacity follows what
+/// arrived, never the announced length: it at least doubles (so a large message costs one extra
+/// copy at most, amortised), starts at [`READ_CHUNK`], and stops at `len` (a message that fits
+/// one step, as most do, gets exactly its size). A peer announcing 16 MiB and sending 10 bytes
+/// therefore pins 64 KiB, not 16 MiB.
+fn grow(payload: &mut Vec<u8>, len: usize, more: usize) {
+    let need = payload.len().saturating_add(more);
+    if need <= payload.capacity() {
+        return;
+    }
+    let cap = need
+        .max(payload.capacity().saturating_mul(2))
+        .max(READ_CHUNK)
+        .min(len.max(need));
+    payload.reserve_exact(cap - payload.len());
 }
 
 /// Read into `v`'s spare capacity, never past `limit` bytes of length. No zero-filling.
@@ -698,6 +734,50 @@ mod tests {
             drop(a);
             assert!(r.next().await.is_err(), "{bytes:?} accepted");
         }
+    }
+
+    #[tokio::test]
+    async fn an_announced_length_reserves_nothing_before_its_bytes_arrive() {
+        const ANNOUNCED: usize = 16 << 20;
+        let (mut a, b) = tokio::io::duplex(1 << 20);
+        let mut r = WsReader::new(b, Role::Server, 32 << 20);
+        // A masked BINARY header announcing 16 MiB, then 10 bytes of it.
+        let mut head = vec![0x82u8, 0x80 | 127];
+        head.extend_from_slice(&(ANNOUNCED as u64).to_be_bytes());
+        head.extend_from_slice(&[0, 0, 0, 0]);
+        head.extend_from_slice(&[7u8; 10]);
+        a.write_all(&head).await.unwrap();
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(50), r.next()).await;
+        assert!(
+            pending.is_err(),
+            "a 10-byte prefix completed a 16 MiB message"
+        );
+        let held = r.buffered_capacity();
+        assert!(
+            held <= 2 * READ_CHUNK,
+            "the reader holds {held} bytes for 10 received (announced {ANNOUNCED})"
+        );
+        // The rest arrives in pieces: the buffer grows with it, and the message is whole.
+        let writer = tokio::spawn(async move {
+            let rest = vec![7u8; ANNOUNCED - 10];
+            for piece in rest.chunks(1 << 20) {
+                a.write_all(piece).await.unwrap();
+            }
+            a
+        });
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), r.next())
+            .await
+            .expect("the message within 10 s")
+            .unwrap();
+        match got {
+            Some(WsMessage::Binary(v)) => {
+                assert_eq!(v.len(), ANNOUNCED);
+                assert!(v.iter().all(|&x| x == 7));
+                assert!(v.capacity() <= ANNOUNCED, "capacity {}", v.capacity());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        drop(writer.await.unwrap());
     }
 
     #[test]
