@@ -281,11 +281,12 @@ async fn an_idle_socket_is_closed_at_the_handshake_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pending_handshakes_are_capped_and_extra_sockets_closed_at_accept() {
+async fn pending_handshakes_from_one_source_are_capped_and_extra_sockets_closed_at_accept() {
+    // The global cap across sources: tests/hostile_admission.rs.
     use tokio::io::AsyncReadExt;
     tokio::time::timeout(TEST_BOUND, async {
         let (h, port) = hub("hub-flood");
-        let cap = clawmatrix::node::listener::MAX_PENDING_HANDSHAKES;
+        let cap = clawmatrix::node::listener::MAX_PENDING_PER_SOURCE;
         let mut idle = Vec::new();
         for _ in 0..cap {
             idle.push(
@@ -303,6 +304,12 @@ async fn pending_handshakes_are_capped_and_extra_sockets_closed_at_accept() {
             .await
             .expect("closed promptly");
         assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+        wait_for(
+            "the refusal counted per source",
+            Duration::from_secs(2),
+            || h.status().mesh.preauth_rejects.get("perSource").copied() == Some(1),
+        )
+        .await;
         // Freeing the idle sockets makes room again: a real handshake succeeds.
         drop(idle);
         tokio::time::sleep(Duration::from_millis(200)).await;
