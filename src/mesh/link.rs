@@ -5,7 +5,8 @@
 //! Records carry link RTTs for route weights, and every change of a record costs a flood over
 //! every link of the mesh. So a record carries a *bucket*, not the measured value: buckets are
 //! [`RTT_MIN_BUCKET_MS`] × 2^k (10, 20, 40, 80, … ms), the advertised value is the smallest
-//! bucket ≥ the smoothed RTT, and it moves only when the smoothed RTT leaves the current
+//! bucket ≥ the windowed minimum RTT (queueing spikes do not move it), and it moves only when
+//! that minimum leaves the current
 //! bucket's range by more than a quarter of it ([`Link::readvertise`]). Loopback and LAN links
 //! (0-12 ms smoothed) never leave the first bucket; a WAN link's normal jitter (±20 %) never crosses one.
 
@@ -40,14 +41,14 @@ pub struct Link {
 }
 
 /// Smallest advertised RTT bucket, ms. Wide enough that loopback and LAN links, including a
-/// busy process's scheduling delays (smoothed RTT up to 12 ms), stay inside it, so such links
+/// busy process's scheduling delays (RTT up to 12 ms), stay inside it, so such links
 /// never change a record.
 pub const RTT_MIN_BUCKET_MS: u32 = 10;
 
 /// Largest advertised RTT bucket, ms (10 × 2^11 ≈ 20 s: beyond any heartbeat-surviving link).
 pub const RTT_MAX_BUCKET_MS: u32 = RTT_MIN_BUCKET_MS << 11;
 
-/// The bucket advertised for a smoothed RTT of `ms`: the smallest `10 × 2^k` ≥ `ms`.
+/// The bucket advertised for an RTT of `ms`: the smallest `10 × 2^k` ≥ `ms`.
 pub fn rtt_bucket(ms: u64) -> u32 {
     let mut b = RTT_MIN_BUCKET_MS;
     while u64::from(b) < ms && b < RTT_MAX_BUCKET_MS {
@@ -65,12 +66,12 @@ impl Link {
         }
     }
 
-    /// The bucket to advertise if the smoothed RTT has clearly left the advertised one, else
-    /// `None`. "Clearly": above the bucket by more than a quarter of it, or below the bucket
+    /// The bucket to advertise if the link's RTT (the windowed minimum, which queueing spikes
+    /// do not move: see `ping`) has clearly left the advertised one, else `None`. "Clearly": above the bucket by more than a quarter of it, or below the bucket
     /// beneath it by more than a quarter of that (hysteresis, so a value sitting on a boundary
     /// does not flap between two buckets).
     pub fn readvertise(&self) -> Option<u32> {
-        let srtt = self.ping.srtt_ms()?;
+        let srtt = self.ping.min_rtt_ms()?;
         let cur = u64::from(self.advertised_rtt);
         let upper = cur + cur / 4;
         let lower = if self.advertised_rtt <= RTT_MIN_BUCKET_MS {
@@ -87,7 +88,7 @@ mod tests {
     use super::*;
     use crate::mesh::ping::{PingAction, PingTracker};
 
-    fn link_with_srtt(advertised: u32, samples: &[u64]) -> Link {
+    fn link_with_samples(advertised: u32, samples: &[u64]) -> Link {
         let mut ping = PingTracker::new(0, 1_000, 3);
         let mut now = 0;
         for &rtt in samples {
@@ -121,7 +122,7 @@ mod tests {
     #[test]
     fn loopback_jitter_never_leaves_the_first_bucket() {
         for samples in [&[0u64, 1, 0, 2, 4, 1][..], &[3, 3, 8, 4, 12], &[12]] {
-            let l = link_with_srtt(RTT_MIN_BUCKET_MS, samples);
+            let l = link_with_samples(RTT_MIN_BUCKET_MS, samples);
             assert_eq!(l.readvertise(), None, "{samples:?}");
         }
     }
@@ -129,17 +130,17 @@ mod tests {
     #[test]
     fn a_value_on_a_bucket_boundary_does_not_flap() {
         // Advertised 80 (for 41-80 ms); readings around 80 and around 40 stay put.
-        for srtt in [38, 40, 41, 79, 80, 81, 100] {
-            let l = link_with_srtt(80, &[srtt]);
-            assert_eq!(l.readvertise(), None, "srtt {srtt}");
+        for rtt in [38, 40, 41, 79, 80, 81, 100] {
+            let l = link_with_samples(80, &[rtt]);
+            assert_eq!(l.readvertise(), None, "rtt {rtt}");
         }
     }
 
     #[test]
     fn a_real_change_moves_the_bucket() {
-        assert_eq!(link_with_srtt(10, &[80]).readvertise(), Some(80));
-        assert_eq!(link_with_srtt(80, &[101]).readvertise(), Some(160));
-        assert_eq!(link_with_srtt(80, &[29]).readvertise(), Some(40));
-        assert_eq!(link_with_srtt(80, &[2]).readvertise(), Some(10));
+        assert_eq!(link_with_samples(10, &[80]).readvertise(), Some(80));
+        assert_eq!(link_with_samples(80, &[101]).readvertise(), Some(160));
+        assert_eq!(link_with_samples(80, &[29]).readvertise(), Some(40));
+        assert_eq!(link_with_samples(80, &[2]).readvertise(), Some(10));
     }
 }

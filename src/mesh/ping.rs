@@ -1,5 +1,11 @@
-//! Per-link heartbeat: when to ping, which ping is outstanding, consecutive misses, and the
-//! smoothed RTT (EWMA α = 1/8 as RFC 6298's SRTT, kept ×8 in integers).
+//! Per-link heartbeat: when to ping, which ping is outstanding, consecutive misses, the
+//! smoothed RTT (EWMA α = 1/8 as RFC 6298's SRTT, kept ×8 in integers) and the windowed
+//! minimum RTT (the least of the last [`MIN_RTT_WINDOW`] samples).
+//!
+//! The minimum is what records advertise: queueing in a busy process or a congested path only
+//! ever adds delay, so a spike moves the smoothed RTT for a while but never the minimum. The
+//! minimum rises only when every sample of the window (about two minutes at the default
+//! heartbeat) is higher, i.e. when the path itself got slower.
 //!
 //! Flow: `poll(now)` at each tick; when a ping is due and the previous one is unanswered it
 //! counts a miss, and after `misses_allowed` consecutive misses it reports [`PingAction::Dead`].
@@ -8,6 +14,10 @@
 
 /// Largest RTT sample taken, ms (10 minutes: far beyond any link that survives heartbeats).
 pub const MAX_RTT_SAMPLE_MS: u64 = 600_000;
+
+/// RTT samples the windowed minimum looks back over: 8 pings, 2 minutes at the default
+/// 15 s heartbeat.
+pub const MIN_RTT_WINDOW: usize = 8;
 
 /// What the link should do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +40,9 @@ pub struct PingTracker {
     seq: u64,
     misses: u32,
     srtt_x8: Option<u64>,
+    /// The last samples (ring), `samples` of them valid.
+    recent: [u64; MIN_RTT_WINDOW],
+    samples: usize,
 }
 
 impl PingTracker {
@@ -43,6 +56,8 @@ impl PingTracker {
             seq: 0,
             misses: 0,
             srtt_x8: None,
+            recent: [0; MIN_RTT_WINDOW],
+            samples: 0,
         }
     }
 
@@ -84,6 +99,8 @@ impl PingTracker {
             // srtt += (rtt - srtt) / 8, in ×8 fixed point: srtt8 = srtt8 - srtt8/8 + rtt
             Some(s) => s - s / 8 + rtt,
         });
+        self.recent[self.samples % MIN_RTT_WINDOW] = rtt;
+        self.samples += 1;
         Some(rtt)
     }
 
@@ -95,6 +112,12 @@ impl PingTracker {
     /// Smoothed RTT in ms, once measured.
     pub fn srtt_ms(&self) -> Option<u64> {
         self.srtt_x8.map(|s| (s + 4) / 8)
+    }
+
+    /// The least RTT of the last [`MIN_RTT_WINDOW`] samples, ms, once measured.
+    pub fn min_rtt_ms(&self) -> Option<u64> {
+        let n = self.samples.min(MIN_RTT_WINDOW);
+        self.recent[..n].iter().copied().min()
     }
 
     /// Consecutive misses so far.
@@ -151,6 +174,36 @@ mod tests {
             assert!(p.on_pong(u64::MAX - 1, seq, 0).is_some());
         }
         assert_eq!(p.srtt_ms(), Some(MAX_RTT_SAMPLE_MS));
+    }
+
+    #[test]
+    fn the_windowed_minimum_ignores_spikes_and_follows_a_lasting_change() {
+        let mut p = PingTracker::new(0, 1_000, 3);
+        let mut now = 0;
+        let mut sample = |p: &mut PingTracker, rtt: u64| {
+            let PingAction::Send { seq } = p.poll(now, 0) else {
+                panic!()
+            };
+            p.on_pong(now + rtt, seq, now);
+            now += 1_000;
+        };
+        assert_eq!(p.min_rtt_ms(), None);
+        for rtt in [2, 150, 3, 400, 2] {
+            sample(&mut p, rtt);
+        }
+        assert_eq!(p.min_rtt_ms(), Some(2), "spikes never move the minimum");
+        assert!(
+            p.srtt_ms().unwrap_or(0) > 50,
+            "while the average follows them"
+        );
+        for _ in 0..MIN_RTT_WINDOW {
+            sample(&mut p, 80);
+        }
+        assert_eq!(
+            p.min_rtt_ms(),
+            Some(80),
+            "a whole window slower: the path changed"
+        );
     }
 
     #[test]

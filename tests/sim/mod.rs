@@ -81,6 +81,9 @@ pub struct Sim {
     pub bytes_sent: u64,
     /// Extra one-way delay per frame, uniform in `0..=jitter` ms (FIFO per link direction kept).
     pub jitter: u64,
+    /// Occasional long delays, as a busy process or a congested path has them: with probability
+    /// `spike.0` a frame is held `spike.1` ms more (and the frames behind it on that link too).
+    pub spike: (f64, u64),
 }
 
 pub fn node_name(i: usize) -> String {
@@ -123,6 +126,7 @@ impl Sim {
             frames_sent: 0,
             bytes_sent: 0,
             jitter: 0,
+            spike: (0.0, 0),
         };
         for i in 0..n {
             sim.drain(i);
@@ -226,11 +230,14 @@ impl Sim {
         if !conn.up || !self.nodes[other].alive || self.rng.chance(self.loss) {
             return;
         }
-        let extra = if self.jitter > 0 {
+        let mut extra = if self.jitter > 0 {
             self.rng.below(self.jitter + 1)
         } else {
             0
         };
+        if self.spike.0 > 0.0 && self.rng.chance(self.spike.0) {
+            extra += self.spike.1;
+        }
         let way = usize::from(conn.a != i);
         let at = (self.now + conn.latency + extra).max(conn.last_at[way]);
         self.conns[c].last_at[way] = at;
