@@ -21,7 +21,7 @@
 //! Arguments (after `cargo bench --bench scale --`): `--n 25,50,100`, `--quick` (20 s rest,
 //! 2 s settle), `--rest S` (or `CLAWMATRIX_BENCH_REST_S`; default 60), `--settle S` (default
 //! 5), `--converge-cap S` (default 120), `--per-proc K` (nodes per leaf process, default 5),
-//! `--out DIR`.
+//! `--out DIR`; `--table-from FILE` prints the table of a saved `scale-*.json` again.
 
 #[path = "scale/child.rs"]
 mod child;
@@ -91,7 +91,12 @@ impl Options {
                     let v = val()?;
                     o.sizes = v
                         .split(',')
-                        .map(|s| s.trim().parse::<usize>().ok().filter(|n| (4..=400).contains(n)))
+                        .map(|s| {
+                            s.trim()
+                                .parse::<usize>()
+                                .ok()
+                                .filter(|n| (4..=400).contains(n))
+                        })
                         .collect::<Option<_>>()
                         .ok_or(format!("--n: {v:?} is not a list of sizes in 4..=400"))?;
                 }
@@ -120,13 +125,17 @@ fn secs(v: &str, what: &str) -> BenchResult<Duration> {
         .ok()
         .filter(|s| (1..=3_600).contains(s))
         .map(Duration::from_secs)
-        .ok_or(format!("{what}: {v:?} is not a number of seconds in 1..=3600"))
+        .ok_or(format!(
+            "{what}: {v:?} is not a number of seconds in 1..=3600"
+        ))
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = if args.iter().any(|a| a == "--scale-child") {
         child_args(&args).and_then(child::run)
+    } else if let Some(i) = args.iter().position(|a| a == "--table-from") {
+        table_from(args.get(i + 1).map(String::as_str))
     } else {
         Options::parse(&args).and_then(|o| run(&o))
     };
@@ -137,6 +146,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--table-from FILE`: print the markdown table of a saved `scale-*.json` again.
+fn table_from(path: Option<&str>) -> BenchResult<()> {
+    let path = path.ok_or("--table-from needs a scale-*.json file")?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
+    let rs = v["results"]
+        .as_array()
+        .ok_or(format!("{path}: no results"))?;
+    println!("{}", summary::markdown(rs));
+    Ok(())
 }
 
 fn child_args(args: &[String]) -> BenchResult<child::ChildArgs> {
@@ -184,7 +205,7 @@ fn run(o: &Options) -> BenchResult<()> {
         emit(r.clone());
         results.push(r);
     }
-    let md = summary::markdown(&results, o);
+    let md = summary::markdown(&results);
     eprintln!("\n{md}");
     emit(json!({"bench": "scale_table", "markdown": md}));
     summary::write_files(&o.out_dir, &results, &md)?;
@@ -204,7 +225,12 @@ fn measure(n: usize, o: &Options) -> BenchResult<Value> {
     let ready = hub.recv(READY_BOUND)?;
     let hub_ports: Vec<u16> = ready["ports"]
         .as_array()
-        .map(|a| a.iter().filter_map(|p| p.as_u64()).map(|p| p as u16).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.as_u64())
+                .map(|p| p as u16)
+                .collect()
+        })
         .unwrap_or_default();
     if hub_ports.len() != topo::HUBS {
         return Err(format!("hub child reported ports {}", ready["ports"]));
@@ -262,6 +288,7 @@ fn measure(n: usize, o: &Options) -> BenchResult<Value> {
         obj.insert("start_s".into(), json!(report::r2(start_s)));
         obj.insert("processes".into(), json!(all_procs.len()));
         obj.insert("nodes_per_leaf_process".into(), json!(o.per_proc));
+        obj.insert("quick".into(), json!(o.quick));
         obj.insert("load_start".into(), json!(load_start));
         obj.insert("load_end".into(), json!(load_end));
         obj.insert(

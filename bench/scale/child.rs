@@ -361,10 +361,12 @@ fn tcp_bytes() -> HashMap<u64, (u64, u64)> {
         let Ok(target) = std::fs::read_link(e.path()) else {
             continue;
         };
-        let Some(inode) = target
-            .to_str()
-            .and_then(|t| t.strip_prefix("socket:[")?.strip_suffix(']')?.parse::<u64>().ok())
-        else {
+        let Some(inode) = target.to_str().and_then(|t| {
+            t.strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse::<u64>()
+                .ok()
+        }) else {
             continue;
         };
         // SAFETY: an all-zero tcp_info is a valid value (plain integers).

@@ -85,8 +85,8 @@ impl Proc {
                 within.as_secs()
             )
         })?;
-        let v: Value = serde_json::from_str(&line)
-            .map_err(|e| format!("scale child said {line:?}: {e}"))?;
+        let v: Value =
+            serde_json::from_str(&line).map_err(|e| format!("scale child said {line:?}: {e}"))?;
         match v.get("error") {
             Some(e) => Err(format!("scale child {}: {e}", self.first)),
             None => Ok(v),

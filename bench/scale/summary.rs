@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use super::report::{percentile, r1, r2};
-use super::{topo, BenchResult, Options};
+use super::{topo, BenchResult};
 
 /// Target from the issue: bytes sent per node per minute at rest, N = 100.
 pub const TARGET_NODE_BYTES_MIN: f64 = 64.0 * 1024.0;
@@ -64,7 +64,11 @@ pub fn rest_figures(
             b["nodes"].as_array().cloned().unwrap_or_default(),
         );
         if an.len() != *count || bn.len() != *count {
-            return Err(format!("process {p}: {} / {} nodes sampled, expected {count}", an.len(), bn.len()));
+            return Err(format!(
+                "process {p}: {} / {} nodes sampled, expected {count}",
+                an.len(),
+                bn.len()
+            ));
         }
         for (x, y) in an.iter().zip(&bn) {
             let d = stat(y, "bytes_out") - stat(x, "bytes_out");
@@ -73,7 +77,11 @@ pub fn rest_figures(
             frames += f;
             node_bytes.push(d * per_min);
             node_frames.push(f * per_min);
-            if *hub { hub_bytes.push(d * per_min) } else { leaf_bytes.push(d * per_min) }
+            if *hub {
+                hub_bytes.push(d * per_min)
+            } else {
+                leaf_bytes.push(d * per_min)
+            }
             if let Some(o) = y["stats"].as_object() {
                 for (k, v) in o {
                     let dv = v.as_f64().unwrap_or(0.0) - stat(x, k);
@@ -85,7 +93,10 @@ pub fn rest_figures(
             let want = topo::expected_links(i, n) as u64;
             let got = y["links_up"].as_u64().unwrap_or(0);
             if got != want {
-                links_wrong.push(format!("{}: {got} links up, expected {want}", topo::node_id(i)));
+                links_wrong.push(format!(
+                    "{}: {got} links up, expected {want}",
+                    topo::node_id(i)
+                ));
             }
         }
         wire += num(&b["tcp"], "sent");
@@ -102,7 +113,13 @@ pub fn rest_figures(
             leaf_rss += rss_mib;
             leaf_n += count;
         }
-        status_us.extend(b["status_us"].as_array().into_iter().flatten().filter_map(|v| v.as_f64()));
+        status_us.extend(
+            b["status_us"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_f64()),
+        );
         lost_reach += b["min_reach"]
             .as_array()
             .into_iter()
@@ -197,7 +214,7 @@ fn growth(rs: &[Value], f: &dyn Fn(&Value) -> Option<f64>) -> String {
 }
 
 /// The markdown table: one column per N, a target column, and the growth with N.
-pub fn markdown(rs: &[Value], o: &Options) -> String {
+pub fn markdown(rs: &[Value]) -> String {
     let load = |k: &str| {
         rs.iter()
             .filter_map(|r| r[k].as_f64())
@@ -205,18 +222,23 @@ pub fn markdown(rs: &[Value], o: &Options) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let first = rs.first().cloned().unwrap_or(Value::Null);
     let mut out = vec![
         format!(
-            "### Scale at rest (issue #22): 3 hubs + leaves, default heartbeat/anti-entropy, {} s rest{}",
-            o.rest.as_secs(),
-            if o.quick { " (--quick: not for the record)" } else { "" }
+            "### Scale at rest (issue #22): 3 hubs + leaves, default heartbeat/anti-entropy, {:.0} s rest{}",
+            num(&first, "rest_s"),
+            if first["quick"] == json!(true) {
+                " (--quick: not for the record)"
+            } else {
+                ""
+            }
         ),
         String::new(),
         format!(
             "Load average (1 min) at the start of each N: {}; at the end: {}. {} nodes per leaf process, the 3 hubs in one. Definitions: bench/README.md.",
             load("load_start"),
             load("load_end"),
-            o.per_proc
+            first["nodes_per_leaf_process"]
         ),
         String::new(),
     ];
@@ -231,14 +253,19 @@ pub fn markdown(rs: &[Value], o: &Options) -> String {
     type Cell = Box<dyn Fn(&Value) -> Option<f64>>;
     let field = |k: &'static str| -> Cell { Box::new(move |r: &Value| r[k].as_f64()) };
     let at100 = rs.iter().find(|r| r["n"].as_u64() == Some(100));
-    let mut row = |name: &str, f: Cell, fmt: &dyn Fn(f64) -> String, target: Option<(&str, f64)>| {
+    // `target`: (text, limit at N = 100); `grows`: whether the growth column means anything.
+    let mut row = |name: &str,
+                   f: Cell,
+                   fmt: &dyn Fn(f64) -> String,
+                   target: Option<(&str, f64)>,
+                   grows: bool| {
         let mut line = format!("| {name} |");
         for r in rs {
             line += &format!(" {} |", f(r).map(fmt).unwrap_or_else(|| "n/a".into()));
         }
         let (t, met) = match target {
             Some((t, limit)) => {
-                let met = match at100.and_then(|r| f(r)) {
+                let met = match at100.and_then(&f) {
                     Some(v) if v <= limit => "yes",
                     Some(_) => "**no**",
                     None => "n/a",
@@ -247,33 +274,122 @@ pub fn markdown(rs: &[Value], o: &Options) -> String {
             }
             None => ("—".into(), "—"),
         };
-        line += &format!(" {t} | {met} | {} |", growth(rs, &*f));
+        let g = if grows { growth(rs, &*f) } else { "—".into() };
+        line += &format!(" {t} | {met} | {g} |");
         out.push(line);
     };
     let s1 = |v: f64| format!("{v:.1}");
-    let s2 = |v: f64| format!("{v:.2}");
     let s0 = |v: f64| format!("{v:.0}");
+    let s2 = |v: f64| format!("{v:.2}");
     let k = |v: f64| kib(v);
+    let per_node_min = |k: &'static str| -> Cell {
+        Box::new(move |r: &Value| {
+            let c = r["core_counters_rest"][k].as_f64()?;
+            Some(c / num(r, "n") / (num(r, "rest_s") / 60.0))
+        })
+    };
     row(
         "convergence: every node sees all N − 1 others (s)",
-        Box::new(|r: &Value| r["convergence_s"].as_f64()),
+        field("convergence_s"),
         &s1,
         None,
+        true,
     );
-    row("bytes sent per node per minute at rest, mean", field("bytes_per_node_min_mean"), &k, Some(("≤ 64 KiB", TARGET_NODE_BYTES_MIN)));
-    row("bytes sent per node per minute at rest, max (a hub)", field("bytes_per_node_min_max"), &k, None);
-    row("bytes sent per leaf per minute at rest, max", field("bytes_per_leaf_min_max"), &k, None);
-    row("bytes sent by one hub per minute at rest (busiest hub)", field("hub_bytes_min_max"), &k, Some(("≤ 1 MiB", TARGET_HUB_BYTES_MIN)));
-    row("frames sent per node per minute at rest, mean", field("frames_per_node_min_mean"), &s1, None);
-    row("frames sent by all nodes per minute at rest", field("frames_total_min"), &s0, None);
-    row("TCP bytes sent ÷ core bytes_out (wire check)", field("wire_over_core_bytes"), &s2, None);
-    row("RSS per leaf node (MiB, process growth ÷ nodes)", field("rss_mib_per_leaf"), &s1, None);
-    row("RSS per hub node (MiB, process growth ÷ 3)", field("rss_mib_per_hub"), &s1, None);
-    row("CPU per leaf node at rest (% of a core)", field("cpu_pct_per_leaf"), &s2, None);
-    row("CPU per hub node at rest (% of a core)", field("cpu_pct_per_hub"), &s2, None);
-    row("status() p50 (ms)", field("status_p50_ms"), &s2, None);
-    row("status() p99 (ms)", field("status_p99_ms"), &s2, None);
-    row("nodes that lost sight of a peer during the rest", field("nodes_lost_reach_at_rest"), &s0, None);
+    let node_target = Some(("≤ 64 KiB", TARGET_NODE_BYTES_MIN));
+    let hub_target = Some(("≤ 1 MiB", TARGET_HUB_BYTES_MIN));
+    row(
+        "bytes sent per node per minute at rest, mean",
+        field("bytes_per_node_min_mean"),
+        &k,
+        node_target,
+        true,
+    );
+    row(
+        "bytes sent per leaf per minute at rest, max",
+        field("bytes_per_leaf_min_max"),
+        &k,
+        None,
+        true,
+    );
+    row(
+        "bytes sent by one hub per minute at rest (busiest hub)",
+        field("hub_bytes_min_max"),
+        &k,
+        hub_target,
+        true,
+    );
+    row(
+        "frames sent per node per minute at rest, mean",
+        field("frames_per_node_min_mean"),
+        &s0,
+        None,
+        true,
+    );
+    row(
+        "… of which gossip frames",
+        per_node_min("gossip_frames_out"),
+        &s0,
+        None,
+        true,
+    );
+    row(
+        "gossip records accepted per node per minute at rest",
+        per_node_min("records_accepted"),
+        &s0,
+        None,
+        true,
+    );
+    row(
+        "frames sent by all nodes per minute at rest",
+        field("frames_total_min"),
+        &s0,
+        None,
+        true,
+    );
+    row(
+        "TCP bytes sent ÷ core bytes_out (wire check)",
+        field("wire_over_core_bytes"),
+        &s2,
+        None,
+        false,
+    );
+    row(
+        "RSS per leaf node (MiB, process growth ÷ nodes)",
+        field("rss_mib_per_leaf"),
+        &s1,
+        None,
+        true,
+    );
+    row(
+        "RSS per hub node (MiB, process growth ÷ 3)",
+        field("rss_mib_per_hub"),
+        &s1,
+        None,
+        true,
+    );
+    row(
+        "CPU per leaf node at rest (% of a core)",
+        field("cpu_pct_per_leaf"),
+        &s2,
+        None,
+        true,
+    );
+    row(
+        "CPU per hub node at rest (% of a core)",
+        field("cpu_pct_per_hub"),
+        &s2,
+        None,
+        true,
+    );
+    row("status() p50 (ms)", field("status_p50_ms"), &s2, None, true);
+    row("status() p99 (ms)", field("status_p99_ms"), &s2, None, true);
+    row(
+        "nodes that lost sight of a peer during the rest",
+        field("nodes_lost_reach_at_rest"),
+        &s0,
+        None,
+        false,
+    );
     let notes: Vec<String> = rs
         .iter()
         .filter(|r| r["converged"] == json!(false))
