@@ -58,6 +58,9 @@ struct PollResult {
     latencies_us: Vec<u64>,
     /// Per node: the lowest reachable count seen.
     min_reach: Vec<usize>,
+    /// The sum of this process's nodes' `bytes_out`, once per poll round (≈ 1 s), from the
+    /// start of the rest.
+    bytes_series: Vec<u64>,
 }
 
 struct State {
@@ -122,6 +125,7 @@ pub fn run(args: ChildArgs) -> BenchResult<()> {
                     o.insert("rest_secs".into(), json!(secs));
                     o.insert("status_us".into(), json!(poll.latencies_us));
                     o.insert("min_reach".into(), json!(poll.min_reach));
+                    o.insert("bytes_series".into(), json!(poll.bytes_series));
                     o.insert("tcp".into(), tcp);
                 }
                 s
@@ -242,6 +246,7 @@ impl State {
             let mut r = PollResult {
                 latencies_us: Vec::new(),
                 min_reach: vec![usize::MAX; nodes.len()],
+                bytes_series: Vec::new(),
             };
             if nodes.is_empty() {
                 return r;
@@ -251,6 +256,14 @@ impl State {
             let mut k = 0usize;
             while !stop2.load(Ordering::Relaxed) {
                 let idx = k % nodes.len();
+                if idx == 0 {
+                    let sum = nodes
+                        .iter()
+                        .filter_map(|n| n.mesh_stats())
+                        .map(|s| s.bytes_out)
+                        .sum();
+                    r.bytes_series.push(sum);
+                }
                 let t0 = Instant::now();
                 let status = nodes[idx].status();
                 r.latencies_us.push(t0.elapsed().as_micros() as u64);

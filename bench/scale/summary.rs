@@ -52,6 +52,9 @@ pub fn rest_figures(
     let mut rest_secs = Vec::new();
     let mut threads = 0.0;
     let mut sockets_changed = 0.0;
+    // Mesh-wide bytes sent per second of the rest (each child's series starts at its
+    // rest-begin; the parent sends that to all children at once).
+    let mut per_sec: Vec<f64> = Vec::new();
     for (p, ((hub, count), (a, b))) in shape.iter().zip(before.iter().zip(after)).enumerate() {
         let secs = num(b, "rest_secs");
         if secs <= 0.0 {
@@ -113,6 +116,18 @@ pub fn rest_figures(
             leaf_rss += rss_mib;
             leaf_n += count;
         }
+        let series: Vec<f64> = b["bytes_series"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_f64())
+            .collect();
+        for (t, w) in series.windows(2).enumerate() {
+            if per_sec.len() <= t {
+                per_sec.resize(t + 1, 0.0);
+            }
+            per_sec[t] += w[1] - w[0];
+        }
         status_us.extend(
             b["status_us"]
                 .as_array()
@@ -128,6 +143,13 @@ pub fn rest_figures(
             .count();
     }
     status_us.sort_by(f64::total_cmp);
+    // 5 s buckets: the bursts show as peaks; `burst_ratio` = busiest bucket ÷ mean bucket.
+    let per_5s: Vec<f64> = per_sec.chunks(5).map(|c| c.iter().sum::<f64>()).collect();
+    let full: Vec<f64> = per_sec
+        .chunks_exact(5)
+        .map(|c| c.iter().sum::<f64>())
+        .collect();
+    let burst_ratio = (mean(&full) > 0.0).then(|| r1(max(&full) / mean(&full)));
     let rest = mean(&rest_secs);
     let per_min_all = 60.0 / rest;
     for v in counters.values_mut() {
@@ -149,6 +171,8 @@ pub fn rest_figures(
         "bytes_total_rest": bytes,
         "wire_bytes_total_rest": wire,
         "tcp_sockets_opened_or_closed_at_rest": sockets_changed,
+        "mesh_bytes_per_5s": per_5s.iter().map(|b| b.round()).collect::<Vec<_>>(),
+        "burst_ratio_5s": burst_ratio,
         "wire_over_core_bytes": if bytes > 0.0 { json!(r2(wire / bytes)) } else { Value::Null },
         "rss_mib_per_leaf": r1(leaf_rss / leaf_div),
         "rss_mib_per_hub": r1(hub_rss),
@@ -181,7 +205,7 @@ pub fn print_one(r: &Value) {
     eprintln!(
         "scale N={}: at rest per node {} /min (max {}), busiest hub {} /min, {:.0} frames/min in all, wire/core {}, \
          CPU leaf {:.2}% hub {:.2}%, RSS leaf {:.1} MiB hub {:.1} MiB, status p50 {:.2} ms p99 {:.2} ms, \
-         {} nodes lost a peer at rest, {} links wrong",
+         {} nodes lost a peer at rest, {} links wrong; mesh bytes per 5 s: {}",
         r["n"],
         kib(num(r, "bytes_per_node_min_mean")),
         kib(num(r, "bytes_per_node_min_max")),
@@ -196,6 +220,14 @@ pub fn print_one(r: &Value) {
         num(r, "status_p99_ms"),
         r["nodes_lost_reach_at_rest"],
         r["links_wrong"].as_array().map_or(0, |a| a.len()),
+        r["mesh_bytes_per_5s"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .map(|b| kib(b.as_f64().unwrap_or(0.0)))
+                .collect::<Vec<_>>()
+                .join(" "))
+            .unwrap_or_default(),
     );
 }
 
@@ -338,6 +370,13 @@ pub fn markdown(rs: &[Value]) -> String {
         &s0,
         None,
         true,
+    );
+    row(
+        "busiest 5 s of the mesh ÷ mean 5 s (burstiness)",
+        field("burst_ratio_5s"),
+        &s1,
+        None,
+        false,
     );
     row(
         "frames sent by all nodes per minute at rest",
