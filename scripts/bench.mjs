@@ -249,7 +249,8 @@ async function main() {
     [join(ROOT, "bench", "tool-read.mjs"), ...passThrough], 3 * 60_000) : skipped;
   const models = wants("models") ? await runBench("models", "cargo", ["bench", "--bench", "models", "--", ...passThrough], 5 * 60_000) : skipped;
   const handoff = wants("handoff") ? await runBench("handoff", "cargo", ["bench", "--bench", "handoff", "--", ...passThrough], 4 * 60_000) : skipped;
-  // N = 25, 50, 100 nodes at rest (≈ 4-6 min; --quick ≈ 2 min). Its table comes ready-made.
+  // N = 25, 50, 100 nodes at rest (≈ 3.5 min, bounded by its convergence caps; --quick ≈ 1.5 min).
+  // Its table comes ready-made.
   const scale = wants("scale") ? await runBench("scale", "cargo", ["bench", "--bench", "scale", "--", ...passThrough], 15 * 60_000) : skipped;
   const scaleMd = find(scale.rows, "scale_table")?.markdown;
 
@@ -292,11 +293,13 @@ async function main() {
     scale: scale.rows,
     errors: [rust.error, base.error, toolRead.error, handoff.error, models.error, scale.error].filter(Boolean),
   };
-  for (const name of [`bench-${stamp}`, "latest"]) {
+  // latest.* is the last full run; a run of some parts (--only) keeps only its stamped files.
+  const full = PARTS.every(wants);
+  for (const name of full ? [`bench-${stamp}`, "latest"] : [`bench-${stamp}`]) {
     writeFileSync(join(dir, `${name}.md`), md);
     writeFileSync(join(dir, `${name}.json`), `${JSON.stringify(raw, null, 2)}\n`);
   }
-  console.log(`[bench] wrote bench/results/bench-${stamp}.{md,json} (and latest.*) in ${Math.round((Date.now() - started) / 1000)} s`);
+  console.log(`[bench] wrote bench/results/bench-${stamp}.{md,json}${full ? " (and latest.*)" : ""} in ${Math.round((Date.now() - started) / 1000)} s`);
   const errors = raw.errors;
   if (errors.length) {
     for (const e of errors) console.error(`[bench] FAILED: ${e}`);
