@@ -222,6 +222,7 @@ impl State {
                 json!({
                     "i": i, "id": topo::node_id(*i), "reach": reach,
                     "links_up": status.mesh.links_up,
+                    "refusals": refusals(&status.mesh),
                     "stats": numeric_fields(node.mesh_stats().map(|s| serde_json::to_value(s).unwrap_or(Value::Null))),
                 })
             })
@@ -305,6 +306,22 @@ impl State {
             }
         });
     }
+}
+
+/// Connections this node refused, by reason, since it started: the status maps of handshake
+/// rejections and pre-auth refusals (`handshakeRejects`, `preauthRejects`; the latter exists
+/// only in cores with listener admission). Read by name so the bench builds against both.
+fn refusals(mesh: &clawmatrix::status::MeshCounters) -> Value {
+    let v = serde_json::to_value(mesh).unwrap_or(Value::Null);
+    let mut out = Map::new();
+    for key in ["handshakeRejects", "preauthRejects"] {
+        if let Some(Value::Object(m)) = v.get(key) {
+            for (reason, n) in m {
+                out.insert(format!("{key}.{reason}"), n.clone());
+            }
+        }
+    }
+    Value::Object(out)
 }
 
 /// The top-level numbers of a serialized `MeshStats` (by name, so the bench keeps working when

@@ -52,6 +52,8 @@ pub fn rest_figures(
     let mut rest_secs = Vec::new();
     let mut threads = 0.0;
     let mut sockets_changed = 0.0;
+    // Connections refused since start (convergence included), summed over nodes by reason.
+    let mut refusals = serde_json::Map::new();
     // Mesh-wide bytes sent per second of the rest (each child's series starts at its
     // rest-begin; the parent sends that to all children at once).
     let mut per_sec: Vec<f64> = Vec::new();
@@ -90,6 +92,12 @@ pub fn rest_figures(
                     let dv = v.as_f64().unwrap_or(0.0) - stat(x, k);
                     let e = counters.entry(k.clone()).or_insert(json!(0.0));
                     *e = json!(e.as_f64().unwrap_or(0.0) + dv);
+                }
+            }
+            if let Some(o) = y["refusals"].as_object() {
+                for (k, v) in o {
+                    let e = refusals.entry(k.clone()).or_insert(json!(0));
+                    *e = json!(e.as_u64().unwrap_or(0) + v.as_u64().unwrap_or(0));
                 }
             }
             let i = y["i"].as_u64().unwrap_or(0) as usize;
@@ -187,6 +195,8 @@ pub fn rest_figures(
         "nodes_lost_reach_at_rest": lost_reach,
         "links_wrong": links_wrong,
         "core_counters_rest": counters,
+        "refusals_since_start": refusals,
+        "refused_connections": refusals.values().filter_map(|v| v.as_u64()).sum::<u64>(),
         "meets_node_target": mean(&node_bytes) <= TARGET_NODE_BYTES_MIN,
         "meets_hub_target": max(&hub_bytes) <= TARGET_HUB_BYTES_MIN,
     }))
@@ -205,7 +215,7 @@ pub fn print_one(r: &Value) {
     eprintln!(
         "scale N={}: at rest per node {} /min (max {}), busiest hub {} /min, {:.0} frames/min in all, wire/core {}, \
          CPU leaf {:.2}% hub {:.2}%, RSS leaf {:.1} MiB hub {:.1} MiB, status p50 {:.2} ms p99 {:.2} ms, \
-         {} nodes lost a peer at rest, {} links wrong; mesh bytes per 5 s: {}",
+         {} nodes lost a peer at rest, {} links wrong, refused connections since start {}; mesh bytes per 5 s: {}",
         r["n"],
         kib(num(r, "bytes_per_node_min_mean")),
         kib(num(r, "bytes_per_node_min_max")),
@@ -220,6 +230,7 @@ pub fn print_one(r: &Value) {
         num(r, "status_p99_ms"),
         r["nodes_lost_reach_at_rest"],
         r["links_wrong"].as_array().map_or(0, |a| a.len()),
+        r["refusals_since_start"],
         r["mesh_bytes_per_5s"]
             .as_array()
             .map(|a| a
@@ -326,6 +337,13 @@ pub fn markdown(rs: &[Value]) -> String {
         &s1,
         None,
         true,
+    );
+    row(
+        "connections refused by the hubs since start (handshake or pre-auth)",
+        field("refused_connections"),
+        &s0,
+        None,
+        false,
     );
     let node_target = Some(("≤ 64 KiB", TARGET_NODE_BYTES_MIN));
     let hub_target = Some(("≤ 1 MiB", TARGET_HUB_BYTES_MIN));
