@@ -227,8 +227,19 @@ impl State {
                 })
             })
             .collect();
+        // The newest version of every node's record any of our nodes holds: the parent takes the
+        // maximum over all children at both ends of the rest; the difference is how often each
+        // node re-published its record at rest.
+        let mut versions: HashMap<String, u64> = HashMap::new();
+        for (_, node) in &self.nodes {
+            for p in node.mesh_snapshot().map(|s| s.peers).unwrap_or_default() {
+                let v = versions.entry(p.node.to_string()).or_insert(0);
+                *v = (*v).max(p.version);
+            }
+        }
         json!({
             "nodes": nodes,
+            "versions": versions,
             "cpu_us": process_cpu_us(),
             "rss_kib": status_field("self", "VmRSS"),
             "rss_before_kib": self.rss_before_kib,

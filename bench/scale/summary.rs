@@ -31,6 +31,38 @@ fn max(xs: &[f64]) -> f64 {
     xs.iter().copied().fold(0.0, f64::max)
 }
 
+/// How many times each node's record got a new version during the rest, as the mesh saw it (the
+/// newest version any node holds, at the end minus at the start): the source of gossip at rest.
+fn record_bumps(before: &[Value], after: &[Value]) -> Value {
+    let newest = |samples: &[Value]| {
+        let mut m: std::collections::BTreeMap<String, u64> = Default::default();
+        for s in samples {
+            for (id, v) in s["versions"].as_object().into_iter().flatten() {
+                let e = m.entry(id.clone()).or_insert(0);
+                *e = (*e).max(v.as_u64().unwrap_or(0));
+            }
+        }
+        m
+    };
+    let (a, b) = (newest(before), newest(after));
+    let mut per_node: Vec<(String, u64)> = b
+        .iter()
+        .filter_map(|(id, v)| Some((id.clone(), v.saturating_sub(*a.get(id)?))))
+        .filter(|(_, d)| *d > 0)
+        .collect();
+    per_node.sort_by(|x, y| y.1.cmp(&x.1).then(x.0.cmp(&y.0)));
+    let total: u64 = per_node.iter().map(|(_, d)| d).sum();
+    let hubs: u64 = per_node
+        .iter()
+        .filter(|(id, _)| id.starts_with("hub-"))
+        .map(|(_, d)| d)
+        .sum();
+    json!({
+        "total": total, "hubs": hubs, "nodes": per_node.len(),
+        "top": per_node.iter().take(10).map(|(id, d)| json!([id, d])).collect::<Vec<_>>(),
+    })
+}
+
 /// The figures of one mesh at rest. `shape[p]` = (is the hub process, nodes in it);
 /// `before[p]` / `after[p]` = that process's `rest-begin` / `rest-end` replies.
 pub fn rest_figures(
@@ -151,6 +183,7 @@ pub fn rest_figures(
             .count();
     }
     status_us.sort_by(f64::total_cmp);
+    let bumps = record_bumps(before, after);
     // 5 s buckets: the bursts show as peaks; `burst_ratio` = busiest bucket ÷ mean bucket.
     let per_5s: Vec<f64> = per_sec.chunks(5).map(|c| c.iter().sum::<f64>()).collect();
     let full: Vec<f64> = per_sec
@@ -195,6 +228,7 @@ pub fn rest_figures(
         "nodes_lost_reach_at_rest": lost_reach,
         "links_wrong": links_wrong,
         "core_counters_rest": counters,
+        "record_versions_rest": bumps,
         "refusals_since_start": refusals,
         "refused_connections": refusals.values().filter_map(|v| v.as_u64()).sum::<u64>(),
         "meets_node_target": mean(&node_bytes) <= TARGET_NODE_BYTES_MIN,
@@ -215,7 +249,8 @@ pub fn print_one(r: &Value) {
     eprintln!(
         "scale N={}: at rest per node {} /min (max {}), busiest hub {} /min, {:.0} frames/min in all, wire/core {}, \
          CPU leaf {:.2}% hub {:.2}%, RSS leaf {:.1} MiB hub {:.1} MiB, status p50 {:.2} ms p99 {:.2} ms, \
-         {} nodes lost a peer at rest, {} links wrong, refused connections since start {}; mesh bytes per 5 s: {}",
+         {} nodes lost a peer at rest, {} links wrong, refused connections since start {}; \
+         new record versions at rest {}; mesh bytes per 5 s: {}",
         r["n"],
         kib(num(r, "bytes_per_node_min_mean")),
         kib(num(r, "bytes_per_node_min_max")),
@@ -231,6 +266,7 @@ pub fn print_one(r: &Value) {
         r["nodes_lost_reach_at_rest"],
         r["links_wrong"].as_array().map_or(0, |a| a.len()),
         r["refusals_since_start"],
+        r["record_versions_rest"],
         r["mesh_bytes_per_5s"]
             .as_array()
             .map(|a| a
@@ -393,6 +429,20 @@ pub fn markdown(rs: &[Value]) -> String {
         "busiest 5 s of the mesh ÷ mean 5 s (burstiness)",
         field("burst_ratio_5s"),
         &s1,
+        None,
+        false,
+    );
+    row(
+        "new record versions at rest, all nodes (JSON: per node)",
+        Box::new(|r: &Value| r["record_versions_rest"]["total"].as_f64()),
+        &s0,
+        None,
+        false,
+    );
+    row(
+        "nodes that re-published their record at rest",
+        Box::new(|r: &Value| r["record_versions_rest"]["nodes"].as_f64()),
+        &s0,
         None,
         false,
     );
