@@ -1,11 +1,12 @@
-// npm run bench [-- --quick] [-- --skip-build] [-- --idle-links N]
+// npm run bench [-- --quick] [-- --skip-build] [-- --idle-links N] [-- --only mesh,tool-read,models,handoff,scale]
 //
 // Builds the addon (release) and the Rust bench, runs `cargo bench --bench mesh` (clawmatrix
 // nodes in-process on loopback), `bench/ws-baseline.mjs` (the original plugin's Node `ws`
 // stack), `bench/tool-read.mjs` (1 MiB `cluster_read` through the release addon, and a
 // control frame's wait meanwhile) and `cargo bench --bench handoff` (1000 concurrent handoff
 // streams through one relay) in the same run, then prints one markdown table comparing
-// them with the targets.
+// them with the targets; then `cargo bench --bench scale` (N = 25, 50, 100 nodes at rest,
+// issue #22) and its own table. `--only` runs a subset (`--only scale`: the scale bench alone).
 // The table and the raw JSON lines go to bench/results/ (gitignored). What each number means:
 // bench/README.md.
 //
@@ -26,6 +27,16 @@ if (!(idleLinks >= 1 && idleLinks <= 2000)) {
   process.exit(2);
 }
 const passThrough = quick ? ["--quick"] : [];
+const PARTS = ["mesh", "tool-read", "models", "handoff", "scale"];
+const onlyIdx = argv.indexOf("--only");
+const only = onlyIdx >= 0 ? (argv[onlyIdx + 1] ?? "").split(",").filter(Boolean) : PARTS;
+if (!only.length || only.some((p) => !PARTS.includes(p))) {
+  console.error(`--only takes a comma-separated list of ${PARTS.join(", ")}`);
+  process.exit(2);
+}
+const wants = (part) => only.includes(part);
+/** A part that was not selected: no rows, no error. */
+const skipped = { rows: [], error: null, stdout: "" };
 
 /** Targets from the issue (floors measured on this class of machine are in bench/README.md). */
 const TARGET = {
@@ -219,19 +230,29 @@ async function main() {
   const started = Date.now();
   console.log(`[bench] machine: ${m.nproc} CPUs (${m.cpu}), ${m.memGiB} GiB, Linux ${m.kernel}, node ${m.node}`);
   if (!skipBuild) {
-    await run(process.execPath, [join(ROOT, "scripts", "build.mjs"), "--release"], { timeoutMs: 30 * 60_000 });
-    console.log("[bench] cargo bench --bench mesh --bench handoff --bench models --no-run");
-    await run("cargo", ["bench", "--bench", "mesh", "--bench", "handoff", "--bench", "models", "--no-run"], { timeoutMs: 30 * 60_000 });
+    // The release addon is what tool-read drives; the other parts are Rust benches or plain Node.
+    if (wants("tool-read")) {
+      await run(process.execPath, [join(ROOT, "scripts", "build.mjs"), "--release"], { timeoutMs: 30 * 60_000 });
+    }
+    const benches = ["mesh", "handoff", "models", "scale"].filter(wants).flatMap((b) => ["--bench", b]);
+    if (benches.length) {
+      console.log(`[bench] cargo bench ${benches.join(" ")} --no-run`);
+      await run("cargo", ["bench", ...benches, "--no-run"], { timeoutMs: 30 * 60_000 });
+    }
   }
   const loadStart = loadavg()[0];
-  const rust = await runBench("clawmatrix", "cargo",
-    ["bench", "--bench", "mesh", "--", ...passThrough, "--idle-links", String(idleLinks)], 5 * 60_000);
-  const base = await runBench("node-ws", process.execPath,
-    [join(ROOT, "bench", "ws-baseline.mjs"), ...passThrough, "--idle-links", String(idleLinks)], 7 * 60_000);
-  const toolRead = await runBench("tool-read", process.execPath,
-    [join(ROOT, "bench", "tool-read.mjs"), ...passThrough], 3 * 60_000);
-  const models = await runBench("models", "cargo", ["bench", "--bench", "models", "--", ...passThrough], 5 * 60_000);
-  const handoff = await runBench("handoff", "cargo", ["bench", "--bench", "handoff", "--", ...passThrough], 4 * 60_000);
+  const rust = wants("mesh") ? await runBench("clawmatrix", "cargo",
+    ["bench", "--bench", "mesh", "--", ...passThrough, "--idle-links", String(idleLinks)], 5 * 60_000) : skipped;
+  const base = wants("mesh") ? await runBench("node-ws", process.execPath,
+    [join(ROOT, "bench", "ws-baseline.mjs"), ...passThrough, "--idle-links", String(idleLinks)], 7 * 60_000) : skipped;
+  const toolRead = wants("tool-read") ? await runBench("tool-read", process.execPath,
+    [join(ROOT, "bench", "tool-read.mjs"), ...passThrough], 3 * 60_000) : skipped;
+  const models = wants("models") ? await runBench("models", "cargo", ["bench", "--bench", "models", "--", ...passThrough], 5 * 60_000) : skipped;
+  const handoff = wants("handoff") ? await runBench("handoff", "cargo", ["bench", "--bench", "handoff", "--", ...passThrough], 4 * 60_000) : skipped;
+  // N = 25, 50, 100 nodes at rest (≈ 3.5 min, bounded by its convergence caps; --quick ≈ 1.5 min).
+  // Its table comes ready-made.
+  const scale = wants("scale") ? await runBench("scale", "cargo", ["bench", "--bench", "scale", "--", ...passThrough], 15 * 60_000) : skipped;
+  const scaleMd = find(scale.rows, "scale_table")?.markdown;
 
   const cm = metrics([...rust.rows, ...toolRead.rows, ...handoff.rows]), nw = metrics(base.rows);
   // The relay floor's row compares with Node ws's own hop: its ratio is the best any tokio
@@ -246,28 +267,39 @@ async function main() {
       ` Load average (1 min) when measuring started / ended: ${loadStart.toFixed(2)} / ${loadEnd.toFixed(2)}` +
       " (latencies on this VM depend on it: an idle vCPU halts, and waking it costs tens of µs)." +
       (quick ? " **--quick run (short samples; not for the record).**" : ""),
-    `Payload 1 KiB for RTT; idle links: ${cm.idleLinks ?? "n/a"} (clawmatrix) / ${nw.idleLinks ?? "n/a"} (Node ws).` +
-      " Ratio = how many times better clawmatrix is. Definitions: bench/README.md.",
+    (wants("mesh")
+      ? `Payload 1 KiB for RTT; idle links: ${cm.idleLinks ?? "n/a"} (clawmatrix) / ${nw.idleLinks ?? "n/a"} (Node ws).` +
+        " Ratio = how many times better clawmatrix is. Definitions: bench/README.md."
+      : `Parts run: ${only.join(", ")}. Definitions: bench/README.md.`),
     "",
     "",
   ].join("\n");
-  const md = `${header}${table(cm, nw)}\n\n### Shared models: the proxy against calling the upstream directly\n\n` +
-    "Same upstream (in-process, SSE), one keep-alive client, one request at a time; added = proxied − direct. Definitions: bench/README.md.\n\n" +
-    `${modelsTable(models.rows)}\n`;
+  const sections = [];
+  if (wants("mesh") || wants("tool-read") || wants("handoff")) sections.push(`${table(cm, nw)}\n`);
+  if (wants("models")) {
+    sections.push("### Shared models: the proxy against calling the upstream directly\n\n" +
+      "Same upstream (in-process, SSE), one keep-alive client, one request at a time; added = proxied − direct. Definitions: bench/README.md.\n\n" +
+      `${modelsTable(models.rows)}\n`);
+  }
+  if (wants("scale")) sections.push(`${scaleMd ?? "### Scale at rest\n\nn/a (the scale bench failed; see above)"}\n`);
+  const md = `${header}${sections.join("\n")}`;
   console.log(`\n${md}`);
 
   const dir = join(ROOT, "bench", "results");
   mkdirSync(dir, { recursive: true });
   const stamp = when.replace(/[:.]/g, "-");
   const raw = {
-    when, machine: m, quick, clawmatrix: rust.rows, nodeWs: base.rows, toolRead: toolRead.rows, handoff: handoff.rows, models: models.rows,
-    errors: [rust.error, base.error, toolRead.error, handoff.error, models.error].filter(Boolean),
+    when, machine: m, quick, only, clawmatrix: rust.rows, nodeWs: base.rows, toolRead: toolRead.rows, handoff: handoff.rows, models: models.rows,
+    scale: scale.rows,
+    errors: [rust.error, base.error, toolRead.error, handoff.error, models.error, scale.error].filter(Boolean),
   };
-  for (const name of [`bench-${stamp}`, "latest"]) {
+  // latest.* is the last full run; a run of some parts (--only) keeps only its stamped files.
+  const full = PARTS.every(wants);
+  for (const name of full ? [`bench-${stamp}`, "latest"] : [`bench-${stamp}`]) {
     writeFileSync(join(dir, `${name}.md`), md);
     writeFileSync(join(dir, `${name}.json`), `${JSON.stringify(raw, null, 2)}\n`);
   }
-  console.log(`[bench] wrote bench/results/bench-${stamp}.{md,json} (and latest.*) in ${Math.round((Date.now() - started) / 1000)} s`);
+  console.log(`[bench] wrote bench/results/bench-${stamp}.{md,json}${full ? " (and latest.*)" : ""} in ${Math.round((Date.now() - started) / 1000)} s`);
   const errors = raw.errors;
   if (errors.length) {
     for (const e of errors) console.error(`[bench] FAILED: ${e}`);
