@@ -492,7 +492,8 @@ fn resolve_orders_direct_then_latency_and_honours_exclusions() {
         sim.with(i, |m, now| m.update_local(now, info))
             .expect("fits");
     }
-    sim.run_for(5_000);
+    // Links advertise measured latency once a whole window of pongs is in (8 × 15 s).
+    sim.run_for(8 * 15_000 + 5_000);
     let m = sim.mesh(0);
     let names =
         |c: Vec<clawmatrix::mesh::Candidate>| c.into_iter().map(|c| c.node).collect::<Vec<_>>();

@@ -67,10 +67,14 @@ impl Link {
     }
 
     /// The bucket to advertise if the link's RTT (the windowed minimum, which queueing spikes
-    /// do not move: see `ping`) has clearly left the advertised one, else `None`. "Clearly": above the bucket by more than a quarter of it, or below the bucket
+    /// do not move: see `ping`) has clearly left the advertised one, else `None`. Nothing moves
+    /// before a whole window of samples: a new link advertises the first bucket until then. "Clearly": above the bucket by more than a quarter of it, or below the bucket
     /// beneath it by more than a quarter of that (hysteresis, so a value sitting on a boundary
     /// does not flap between two buckets).
     pub fn readvertise(&self) -> Option<u32> {
+        if !self.ping.window_full() {
+            return None;
+        }
         let srtt = self.ping.min_rtt_ms()?;
         let cur = u64::from(self.advertised_rtt);
         let upper = cur + cur / 4;
@@ -86,12 +90,16 @@ impl Link {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::ping::{PingAction, PingTracker};
+    use crate::mesh::ping::{PingAction, PingTracker, MIN_RTT_WINDOW};
 
     fn link_with_samples(advertised: u32, samples: &[u64]) -> Link {
         let mut ping = PingTracker::new(0, 1_000, 3);
         let mut now = 0;
-        for &rtt in samples {
+        let full = samples
+            .iter()
+            .cycle()
+            .take(samples.len().max(MIN_RTT_WINDOW));
+        for &rtt in full {
             let PingAction::Send { seq } = ping.poll(now, 0) else {
                 panic!("ping due")
             };
@@ -134,6 +142,24 @@ mod tests {
             let l = link_with_samples(80, &[rtt]);
             assert_eq!(l.readvertise(), None, "rtt {rtt}");
         }
+    }
+
+    #[test]
+    fn nothing_moves_before_a_whole_window_of_samples() {
+        // The first pongs of a link that came up in a busy moment.
+        let mut l = link_with_samples(10, &[]);
+        let mut now = 0;
+        for i in 0..MIN_RTT_WINDOW {
+            let PingAction::Send { seq } = l.ping.poll(now, 0) else {
+                panic!()
+            };
+            l.ping.on_pong(now + 90, seq, now);
+            now += 1_000;
+            if i + 1 < MIN_RTT_WINDOW {
+                assert_eq!(l.readvertise(), None, "after {} samples", i + 1);
+            }
+        }
+        assert_eq!(l.readvertise(), Some(160), "a whole window at 90 ms");
     }
 
     #[test]

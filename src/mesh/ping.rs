@@ -120,6 +120,13 @@ impl PingTracker {
         self.recent[..n].iter().copied().min()
     }
 
+    /// Whether a whole window of samples has been taken, so [`PingTracker::min_rtt_ms`] is the
+    /// path's latency and not the luck of the first few pongs (a link comes up while the mesh
+    /// is busiest: convergence, reconnect storms).
+    pub fn window_full(&self) -> bool {
+        self.samples >= MIN_RTT_WINDOW
+    }
+
     /// Consecutive misses so far.
     pub fn misses(&self) -> u32 {
         self.misses
