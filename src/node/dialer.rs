@@ -106,6 +106,14 @@ pub(crate) async fn run(ctx: Arc<LinkCtx>, target: DialTarget) {
     }
 }
 
+/// The fd of a TCP socket, for the frame reader's `FIONREAD` (see `ws::WsReader::set_socket`).
+pub(crate) fn socket_fd(tcp: &TcpStream) -> Option<super::ws::SocketFd> {
+    #[cfg(unix)]
+    return Some(std::os::fd::AsRawFd::as_raw_fd(tcp));
+    #[cfg(not(unix))]
+    return None;
+}
+
 async fn attempt(ctx: &LinkCtx, target: &DialTarget) -> Attempt {
     let mut shutdown = ctx.shutdown.clone();
     let p = &target.peer.parsed;
@@ -124,11 +132,12 @@ async fn attempt(ctx: &LinkCtx, target: &DialTarget) -> Attempt {
         },
     };
     let _ = tcp.set_nodelay(true);
+    let socket = socket_fd(&tcp);
     let url = || target.peer.url.to_string();
     // One `.await` of the link, plain or TLS: two would each keep a link future's worth of
     // room in this task.
     let linked = match &target.tls {
-        None => match Box::pin(authenticate(ctx, target, tcp)).await {
+        None => match Box::pin(authenticate(ctx, target, tcp, socket)).await {
             Ok((ws, peer)) => Either::Left(link::run(ws, ctx, peer, Direction::Outbound, url())),
             Err(attempt) => return attempt,
         },
@@ -151,7 +160,7 @@ async fn attempt(ctx: &LinkCtx, target: &DialTarget) -> Attempt {
                 Ok(Err(e)) => return failed(format!("TLS: {e}")),
                 Err(_) => return failed("TLS: timed out".into()),
             };
-            match Box::pin(authenticate(ctx, target, stream)).await {
+            match Box::pin(authenticate(ctx, target, stream, socket)).await {
                 Ok((ws, peer)) => {
                     Either::Right(link::run(ws, ctx, peer, Direction::Outbound, url()))
                 }
@@ -174,6 +183,7 @@ async fn authenticate<S>(
     ctx: &LinkCtx,
     target: &DialTarget,
     stream: S,
+    socket: Option<super::ws::SocketFd>,
 ) -> Result<(link::WsLink<S>, crate::proto::NodeId), Attempt>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -190,7 +200,7 @@ where
         r = upgrade => match r {
             // tungstenite did the HTTP upgrade; our framing takes the socket from here (the
             // listener sends nothing before our hello, so no bytes are left in its buffer).
-            Ok(Ok((ws, _response))) => link::WsLink::new(ws.into_inner(), Role::Client),
+            Ok(Ok((ws, _response))) => link::WsLink::new(ws.into_inner(), Role::Client, socket),
             Ok(Err(e)) => return Err(failed(format!("WebSocket upgrade: {e}"))),
             Err(_) => return Err(failed("WebSocket upgrade: timed out".into())),
         },

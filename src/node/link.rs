@@ -111,14 +111,17 @@ pub(crate) struct WsLink<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite> WsLink<S> {
-    /// Frame `stream` (just upgraded) for `role`, accepting handshake-sized messages until
+    /// Frame `stream` (just upgraded; `socket` is the TCP socket under it) for `role`, accepting handshake-sized messages until
     /// [`WsLink::authenticated`].
-    pub fn new(stream: S, role: Role) -> Self {
+    pub fn new(stream: S, role: Role, socket: Option<super::ws::SocketFd>) -> Self {
         let (r, w) = tokio::io::split(stream);
         // Masking keys only need to be unpredictable to third parties (RFC 6455 §10.3).
         let seed = getrandom::u64().unwrap_or(0x9E37_79B9_7F4A_7C15);
+        let mut rd = WsReader::new(r, role, HANDSHAKE_MAX_MESSAGE);
+        // Only large messages consult it, and the handshake's are at most 4 KiB.
+        rd.set_socket(socket);
         WsLink {
-            rd: WsReader::new(r, role, HANDSHAKE_MAX_MESSAGE),
+            rd,
             wr: WsWriter::new(w, role, seed),
         }
     }
@@ -929,7 +932,7 @@ mod tests {
             inner: a,
             writes: Arc::clone(&writes),
         };
-        let WsLink { rd, wr } = WsLink::new(stream, Role::Server);
+        let WsLink { rd, wr } = WsLink::new(stream, Role::Server, None);
         let (tx, _rx) = tokio::sync::mpsc::channel(1);
         let actor = ActorHandle { tx };
         let (queue_tx, queue) = link_queue();
@@ -983,7 +986,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_link_pump_stays_small_and_queue_items_stay_small() {
         let (a, _b) = tokio::io::duplex(64);
-        let WsLink { rd, wr } = WsLink::new(a, Role::Server);
+        let WsLink { rd, wr } = WsLink::new(a, Role::Server, None);
         let (tx, _rx) = tokio::sync::mpsc::channel(1);
         let actor = ActorHandle { tx };
         let (_tx, queue) = link_queue();

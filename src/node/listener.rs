@@ -175,8 +175,9 @@ async fn authenticate(
     addr: SocketAddr,
     deadline: PreauthDeadline,
 ) -> Option<Authed> {
+    let socket = super::dialer::socket_fd(&sock);
     let Some(acceptor) = &this.tls else {
-        let (ws, peer) = upgrade(&this, sock, addr, deadline).await?;
+        let (ws, peer) = upgrade(&this, sock, socket, addr, deadline).await?;
         return Some(Authed::Plain(ws, peer));
     };
     let mut shutdown = this.ctx.shutdown.clone();
@@ -188,7 +189,7 @@ async fn authenticate(
     };
     match tls {
         Ok(Ok(stream)) => {
-            let (ws, peer) = upgrade(&this, stream, addr, deadline).await?;
+            let (ws, peer) = upgrade(&this, stream, socket, addr, deadline).await?;
             Some(Authed::Tls(ws, peer))
         }
         Ok(Err(e)) => {
@@ -215,6 +216,7 @@ async fn pre_handshake_reject(this: &Listener, addr: SocketAddr, code: RejectCod
 async fn upgrade<S>(
     this: &Listener,
     stream: S,
+    socket: Option<super::ws::SocketFd>,
     addr: SocketAddr,
     deadline: PreauthDeadline,
 ) -> Option<(link::WsLink<S>, crate::proto::NodeId)>
@@ -234,7 +236,7 @@ where
     let mut ws = match accepted {
         // tungstenite did the HTTP upgrade; our framing takes the socket from here (the dialer
         // sends nothing before our 101, so no bytes are left in tungstenite's buffer).
-        Ok(Ok(ws)) => link::WsLink::new(ws.into_inner(), Role::Server),
+        Ok(Ok(ws)) => link::WsLink::new(ws.into_inner(), Role::Server, socket),
         Ok(Err(e)) => {
             let why = format!("WebSocket upgrade failed: {e}");
             pre_handshake_reject(this, addr, RejectCode::Malformed, &why).await;
