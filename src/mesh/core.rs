@@ -86,29 +86,9 @@ fn fnv(s: &str) -> u64 {
     })
 }
 
-/// Upper estimate of a record's JSON size without serializing it (gossip batching runs per
-/// link per tick; exact sizes would cost a full serialization each time).
+/// Upper estimate of a record's JSON size without serializing it (gossip batching).
 fn approx_record_bytes(r: &NodeRecord) -> usize {
-    let strs = |v: &[String]| v.iter().map(|s| s.len() * 2 + 3).sum::<usize>();
-    let agents: usize = r
-        .agents
-        .iter()
-        .map(|a| 40 + 2 * (a.id.len() + a.description.len()) + strs(&a.tags))
-        .sum();
-    let models: usize = r
-        .models
-        .iter()
-        .map(|m| {
-            let extra = if m.extra.is_empty() {
-                0
-            } else {
-                serde_json::to_vec(&m.extra).map_or(MAX_RECORD_BYTES, |v| v.len())
-            };
-            40 + 2 * (m.id.len() + m.description.as_ref().map_or(0, String::len)) + extra
-        })
-        .sum();
-    let links: usize = r.links.iter().map(|l| 30 + 2 * l.peer.len()).sum();
-    120 + 2 * r.node.len() + agents + models + strs(&r.tags) + links
+    super::records::estimate(r, &super::records::JSON_UPPER)
 }
 
 /// Why a received record is refused before anything else looks at it: every name in it

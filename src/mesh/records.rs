@@ -35,32 +35,73 @@ pub enum Merge {
     OverBudget,
 }
 
-/// Estimated memory one stored record holds, in bytes: every string's bytes plus its
-/// allocation and `String` header (48), every entry's fixed part, extra model metadata at
-/// twice its JSON size. An upper estimate: a record of 6,000 one-letter tags counts as
-/// ~300 KiB although its JSON is 24 KiB, which is what it really costs in memory.
-pub fn held_bytes(r: &NodeRecord) -> usize {
-    const STR: usize = 48;
-    let strs = |v: &[String]| v.iter().map(|s| s.len() + STR).sum::<usize>();
+/// Weights for estimating a record's size in one walk over its strings and entries: each
+/// string costs `str_fixed + str_per_byte × len`, each entry its fixed part, extra model
+/// metadata `extra_per_byte ×` its JSON size.
+pub struct SizeModel {
+    pub base: usize,
+    pub str_fixed: usize,
+    pub str_per_byte: usize,
+    pub agent: usize,
+    pub model: usize,
+    pub link: usize,
+    pub extra_per_byte: usize,
+}
+
+/// An upper estimate of a record's JSON size (every byte escaped, quotes and commas): gossip
+/// batching runs per link per tick, and exact sizes would cost a serialization each time.
+pub const JSON_UPPER: SizeModel = SizeModel {
+    base: 120,
+    str_fixed: 3,
+    str_per_byte: 2,
+    agent: 40,
+    model: 40,
+    link: 30,
+    extra_per_byte: 1,
+};
+
+/// Estimated memory a stored record holds: every string's bytes plus its `String` header and
+/// allocation (48), every entry's fixed part, extra model metadata at twice its JSON size. A
+/// record of 6,000 one-letter tags counts as ~300 KiB although its JSON is 24 KiB, which is
+/// what it really costs in memory.
+pub const HELD: SizeModel = SizeModel {
+    base: 256,
+    str_fixed: 48,
+    str_per_byte: 1,
+    agent: 64,
+    model: 96,
+    link: 32,
+    extra_per_byte: 2,
+};
+
+/// `r`'s size under `m`.
+pub fn estimate(r: &NodeRecord, m: &SizeModel) -> usize {
+    let s = |x: &str| m.str_fixed + m.str_per_byte * x.len();
+    let strs = |v: &[String]| v.iter().map(|x| s(x)).sum::<usize>();
     let agents: usize = r
         .agents
         .iter()
-        .map(|a| 64 + a.id.len() + a.description.len() + 2 * STR + strs(&a.tags))
+        .map(|a| m.agent + s(&a.id) + s(&a.description) + strs(&a.tags))
         .sum();
     let models: usize = r
         .models
         .iter()
-        .map(|m| {
-            let extra = if m.extra.is_empty() {
+        .map(|x| {
+            let extra = if x.extra.is_empty() {
                 0
             } else {
-                2 * serde_json::to_vec(&m.extra).map_or(super::MAX_RECORD_BYTES, |v| v.len())
+                serde_json::to_vec(&x.extra).map_or(super::MAX_RECORD_BYTES, |v| v.len())
             };
-            96 + m.id.len() + m.description.as_ref().map_or(0, String::len) + 2 * STR + extra
+            m.model + s(&x.id) + x.description.as_deref().map_or(0, s) + m.extra_per_byte * extra
         })
         .sum();
-    let links: usize = r.links.iter().map(|l| 32 + l.peer.len() + STR).sum();
-    256 + r.node.len() + agents + models + strs(&r.tags) + links
+    let links: usize = r.links.iter().map(|l| m.link + s(&l.peer)).sum();
+    m.base + s(&r.node) + agents + models + strs(&r.tags) + links
+}
+
+/// Estimated memory a stored record holds ([`HELD`]).
+pub fn held_bytes(r: &NodeRecord) -> usize {
+    estimate(r, &HELD)
 }
 
 /// All known records but our own.
