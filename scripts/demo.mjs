@@ -61,7 +61,7 @@ try {
         proxyModels: [{ id: "mock-model", nodeId: "office-01" }], tags: ["home"], proxyPort: await freePort(),
       },
       // Home has no model provider: its default model is office's, through the mesh.
-      extraConfig: { models: { providers: { mock: null } }, agents: { defaults: { model: { primary: "office-01/mock-model" } } } },
+      extraConfig: { models: { providers: { mock: null } }, agents: { defaults: { model: { primary: "clawmatrix-office-01/mock-model" } } } },
     },
   ];
   step("starting cloud, office and home (real OpenClaw gateways, ~30-60 s on 2 cores)");
@@ -83,14 +83,14 @@ try {
     if (status.code !== 0) throw new Error(`clawmatrix status on ${g.name} failed:\n${status.stderr}`);
     console.log(`\n$ openclaw clawmatrix status   # on ${g.name}\n${status.stdout}`);
   }
-  step("home: clawmatrix writes models.providers.office-01 (home's proxy, local token) from gossip");
+  step("home: clawmatrix writes models.providers.clawmatrix-office-01 (home's proxy, local token) from gossip");
   let provider;
   for (const until = Date.now() + 120_000; !provider && Date.now() < until; ) {
-    provider = home.readConfig().models?.providers?.["office-01"];
+    provider = home.readConfig().models?.providers?.["clawmatrix-office-01"];
     if (!provider) await new Promise((r) => setTimeout(r, 500));
   }
   if (!provider) throw new Error("home did not get a provider for office-01 within 120 s");
-  console.log(`\nmodels.providers.office-01 on home: ${JSON.stringify({ ...provider, apiKey: provider.apiKey.slice(0, 8) + "…" })}\n`);
+  console.log(`\nmodels.providers.clawmatrix-office-01 on home: ${JSON.stringify({ ...provider, apiKey: provider.apiKey.slice(0, 8) + "…" })}\n`);
   step("a model call from home's proxy streams office's model through cloud (POST /v1/chat/completions, stream: true)");
   const res = await fetch(`${provider.baseUrl}/chat/completions`, {
     method: "POST",

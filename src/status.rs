@@ -49,7 +49,8 @@ pub struct PeerView {
     pub reachable_via: Option<String>,
     /// Links on the path (1 = direct); `null` when unreachable.
     pub hops: Option<u32>,
-    /// Smoothed path round-trip latency in milliseconds; `null` when unknown.
+    /// Path round-trip latency in milliseconds: the measured smoothed RTT of the first link
+    /// plus the advertised RTT buckets of the links beyond it; `null` when unknown.
     pub latency_ms: Option<f64>,
     /// Milliseconds since anything was last heard from or about this node.
     pub last_seen_ms_ago: Option<u64>,

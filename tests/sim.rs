@@ -535,3 +535,20 @@ fn a_hundred_nodes_with_one_percent_loss_converge() {
     // random link); 60 s allows for several rounds of that.
     assert!(t <= 60_000, "{t} ms");
 }
+
+#[test]
+fn status_latency_is_the_measured_rtt_to_the_first_hop_plus_buckets_beyond() {
+    // Records carry RTT buckets (10 ms at least), but a 1 ms link must not look like 10 ms.
+    let mut sim = Sim::new(3, 22, |_| {});
+    sim.line_topology(1);
+    sim.run_until_converged(10_000, 10).expect("converges");
+    sim.run_for(1_000);
+    let direct = sim.view(0, 1).expect("known");
+    assert_eq!(direct.latency_ms, Some(2), "the measured RTT of the link");
+    let via = sim.view(0, 2).expect("known");
+    assert_eq!(
+        via.latency_ms,
+        Some(2 + 10),
+        "measured first hop + the next link's bucket"
+    );
+}

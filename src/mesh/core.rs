@@ -222,7 +222,7 @@ impl Mesh {
                 PeerView {
                     node: node.clone(),
                     state,
-                    latency_ms: route.map(|r| r.latency_ms),
+                    latency_ms: route.map(|r| self.path_latency(r)),
                     hops: route.map(|r| r.hops),
                     listen: e.record.listen,
                     agents: e.record.agents.clone(),
@@ -234,6 +234,26 @@ impl Mesh {
                 }
             })
             .collect()
+    }
+
+    /// What status shows as a route's latency: the measured smoothed RTT of the first link,
+    /// plus the advertised RTT buckets of the links beyond it (records carry buckets, §6.3, so
+    /// that part is an upper estimate). Routes themselves weigh every link by its buckets.
+    fn path_latency(&self, r: &routes::Route) -> u64 {
+        let measured = self
+            .by_peer
+            .get(&r.next_hop)
+            .and_then(|l| self.links.get(l))
+            .and_then(|l| l.ping.srtt_ms());
+        let first_weight = self
+            .routes
+            .get(&r.next_hop)
+            .filter(|f| f.hops == 1)
+            .map(|f| f.latency_ms);
+        match (measured, first_weight) {
+            (Some(m), Some(w)) => r.latency_ms.saturating_sub(w).saturating_add(m),
+            _ => r.latency_ms,
+        }
     }
 
     /// Ordered candidates for `target` among reachable nodes within `default_ttl` hops, minus
