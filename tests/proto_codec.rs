@@ -84,7 +84,6 @@ fn fixtures() -> Vec<(Header, String)> {
                 None,
                 Body::Digest {
                     entries: vec![("office-01".into(), 1_700_000_000_000, 3)],
-                    summaries: false,
                     sum: None,
                     ask: false,
                 },
@@ -99,14 +98,13 @@ fn fixtures() -> Vec<(Header, String)> {
                 None,
                 Body::Digest {
                     entries: vec![("office-01".into(), 1_700_000_000_000, 3)],
-                    summaries: true,
                     sum: None,
                     ask: true,
                 },
             ),
             envelope(
                 "null",
-                r#"{"type":"digest","entries":[["office-01",1700000000000,3]],"summaries":true,"ask":true}"#,
+                r#"{"type":"digest","entries":[["office-01",1700000000000,3]],"ask":true}"#,
             ),
         ),
         (
@@ -114,7 +112,6 @@ fn fixtures() -> Vec<(Header, String)> {
                 None,
                 Body::Digest {
                     entries: vec![],
-                    summaries: true,
                     sum: Some(DigestSum {
                         n: 2,
                         h: Bytes32([0xab; 32]),
@@ -125,7 +122,7 @@ fn fixtures() -> Vec<(Header, String)> {
             envelope(
                 "null",
                 &format!(
-                    r#"{{"type":"digest","entries":[],"summaries":true,"sum":{{"n":2,"h":"{}"}}}}"#,
+                    r#"{{"type":"digest","entries":[],"sum":{{"n":2,"h":"{}"}}}}"#,
                     "ab".repeat(32)
                 ),
             ),

@@ -75,7 +75,6 @@ fn body(r: &mut Rng) -> Body {
         },
         2 => Body::Digest {
             entries: vec![(r.text(), r.num(), r.num())],
-            summaries: r.below(2) == 0,
             sum: None,
             ask: r.below(2) == 0,
         },

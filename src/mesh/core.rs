@@ -100,7 +100,19 @@ fn check_record(r: &NodeRecord) -> Result<(), &'static str> {
     if !names_ok {
         return Err("bad_node_id");
     }
-    if r.incarnation > MAX_RECORD_STAMP || r.version > MAX_RECORD_STAMP {
+    check_stamp(r.incarnation.max(r.version))
+}
+
+/// A `leave` is held to the same rules as a record: its node id, its incarnation.
+fn check_leave(node: &str, incarnation: u64) -> Result<(), &'static str> {
+    if !valid_node_id(node) {
+        return Err("bad_node_id");
+    }
+    check_stamp(incarnation)
+}
+
+fn check_stamp(highest: u64) -> Result<(), &'static str> {
+    if highest > MAX_RECORD_STAMP {
         return Err("absurd_stamp");
     }
     Ok(())
@@ -451,7 +463,6 @@ impl Mesh {
                 up_since: now,
                 last_seen: now,
                 advertised_rtt: super::link::RTT_MIN_BUCKET_MS,
-                summaries: false,
             },
         );
         self.by_peer.insert(peer.clone(), link);
@@ -638,41 +649,24 @@ impl Mesh {
         match body {
             Body::Ping { seq, t } => self.send_local(now, link, Body::Pong { seq, t }),
             Body::Pong { seq, t } => self.on_pong(now, link, seq, t),
-            Body::Digest {
-                entries,
-                summaries,
-                sum,
-                ask,
-            } => {
-                if let Some(l) = self.links.get_mut(&link) {
-                    l.summaries |= summaries || sum.is_some();
-                }
-                match sum {
-                    Some(theirs) => self.on_digest_sum(now, link, theirs),
-                    None => self.on_digest(now, link, entries, ask),
-                }
-            }
+            Body::Digest { entries, sum, ask } => match sum {
+                Some(theirs) => self.on_digest_sum(now, link, theirs),
+                None => self.on_digest(now, link, entries, ask),
+            },
             Body::Gossip { records } => {
                 for r in records {
                     self.on_record(now, Some(link), r);
                 }
             }
-            Body::Leave { node, incarnation }
-                if !valid_node_id(&node) || incarnation > MAX_RECORD_STAMP =>
-            {
-                self.refuse_record(if valid_node_id(&node) {
-                    "absurd_stamp"
-                } else {
-                    "bad_node_id"
-                });
-            }
-            Body::Leave { node, incarnation }
-                if node != self.cfg.node_id && self.records.leave(&node, incarnation, now) =>
-            {
-                self.event(MeshEvent::Left { node: node.clone() });
-                self.leaves.push((node, incarnation, Some(link)));
-                self.routes_dirty = true;
-                self.work_pending = true;
+            Body::Leave { node, incarnation } => {
+                if let Err(why) = check_leave(&node, incarnation) {
+                    self.refuse_record(why);
+                } else if node != self.cfg.node_id && self.records.leave(&node, incarnation, now) {
+                    self.event(MeshEvent::Left { node: node.clone() });
+                    self.leaves.push((node, incarnation, Some(link)));
+                    self.routes_dirty = true;
+                    self.work_pending = true;
+                }
             }
             // A leave for us or one that changes nothing; routed bodies never get here
             // (decode_header guarantees they carry a dst).
@@ -814,18 +808,13 @@ impl Mesh {
         }
     }
 
-    /// Periodic anti-entropy on `link`: the summary form (one hash, whatever the mesh size) to
-    /// a peer that understands it, else the full digest.
+    /// Periodic anti-entropy on `link`: the summary form, one hash whatever the mesh size
+    /// (every peer speaks wire version 2, which has it).
     fn send_anti_entropy(&mut self, now: u64, link: LinkId) {
-        if !self.links.get(&link).is_some_and(|l| l.summaries) {
-            self.send_digest(now, link, false);
-            return;
-        }
         let sum = DigestSum::of(self.digest_entries().into_iter());
         self.stats.digests_out += 1;
         let body = Body::Digest {
             entries: Vec::new(),
-            summaries: true,
             sum: Some(sum),
             ask: false,
         };
@@ -842,7 +831,6 @@ impl Mesh {
             .collect();
         let digest = |entries| Body::Digest {
             entries,
-            summaries: true,
             sum: None,
             ask,
         };

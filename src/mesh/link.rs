@@ -36,8 +36,6 @@ pub struct Link {
     pub last_seen: u64,
     /// RTT bucket (ms) in the last record we published; starts at [`RTT_MIN_BUCKET_MS`].
     pub advertised_rtt: u32,
-    /// The peer understands summary digests (it said so in a digest of its own).
-    pub summaries: bool,
 }
 
 /// Smallest advertised RTT bucket, ms. Wide enough that loopback and LAN links, including a
@@ -113,7 +111,6 @@ mod tests {
             up_since: 0,
             last_seen: 0,
             advertised_rtt: advertised,
-            summaries: false,
         }
     }
 

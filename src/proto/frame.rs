@@ -66,9 +66,6 @@ pub enum Body {
     /// only their hash (the summary form, `sum`; `entries` is then empty). See PROTOCOL §6.2.
     Digest {
         entries: Vec<(NodeId, u64, u64)>,
-        /// The sender understands the summary form (set on every full digest it sends).
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        summaries: bool,
         /// Summary form: the count and hash of the sender's full entry set.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sum: Option<DigestSum>,
