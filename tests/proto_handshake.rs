@@ -86,7 +86,7 @@ fn handshake_frames_match_their_literal_fixtures() {
     let n1 = Bytes32([1; 32]);
     let m = Bytes32([0xab; 32]);
     let mut p = [0x11u8; 33];
-    p[0] = 0x53;
+    p[0] = clawmatrix::proto::auth::PAKE_SIDE_SYMMETRIC;
     let p = PakeShare(p);
     let h1 = "01".repeat(32);
     let hm = "ab".repeat(32);

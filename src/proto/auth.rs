@@ -142,6 +142,11 @@ impl Pake {
         );
         // The symmetric share is always 1 side byte + 32 point bytes.
         let mut share = [0u8; 33];
+        debug_assert_eq!(
+            msg.len(),
+            share.len(),
+            "spake2's symmetric share size changed"
+        );
         if msg.len() == share.len() {
             share.copy_from_slice(&msg);
         }

@@ -228,8 +228,9 @@ impl Dialer {
             Err((code, reason)) => return reject_because(code, reason),
         };
         if let HandshakeFrame::Reject { code, reason } = frame {
-            if first && code == RejectCode::Malformed {
-                // A version 1 listener's strict decoder refuses our hello's `pake` field.
+            if first && code == RejectCode::Malformed && reason == code.reason() {
+                // A version 1 listener's strict decoder refuses our hello's `pake` field with
+                // the bare reason; a version 2 listener says what was wrong with the hello.
                 let v = self.cfg.version;
                 return peer_rejected(
                     code,
@@ -394,7 +395,8 @@ impl Acceptor {
                 },
             ) => {
                 if !valid_node_id(&node) {
-                    return reject(RejectCode::Malformed);
+                    let why = "hello: the node id breaks the id rule".to_string();
+                    return reject_because(RejectCode::Malformed, why);
                 }
                 if let Some(step) = version_refusal(version, features, self.cfg.version) {
                     return step;
@@ -406,7 +408,8 @@ impl Acceptor {
                     return reject(RejectCode::Replay);
                 }
                 let Ok(key) = pake.finish(&peer_share) else {
-                    return reject(RejectCode::Malformed);
+                    let why = "hello: the pake share is not a valid SPAKE2 share".to_string();
+                    return reject_because(RejectCode::Malformed, why);
                 };
                 let agreed = version.min(self.cfg.version);
                 let transcript = Transcript {
