@@ -364,6 +364,16 @@ struct Served {
     cancelled: bool,
 }
 
+impl Drop for Served {
+    /// A served call the actor forgets is over for the service too: when the actor is dropped
+    /// (a panic and restart, or the node stopping) its services must stop their work (a remote
+    /// exec's process tree, a handoff's agent run) instead of reading the dropped sender as
+    /// "nobody can cancel any more". After a normal end the service has returned already.
+    fn drop(&mut self) {
+        let _ = self.cancel.send(true);
+    }
+}
+
 struct PendingRequest {
     dst: NodeId,
     timeout_ms: u64,

@@ -106,14 +106,6 @@ pub(crate) async fn run(ctx: Arc<LinkCtx>, target: DialTarget) {
     }
 }
 
-/// The fd of a TCP socket, for the frame reader's `FIONREAD` (see `ws::WsReader::set_socket`).
-pub(crate) fn socket_fd(tcp: &TcpStream) -> Option<super::ws::SocketFd> {
-    #[cfg(unix)]
-    return Some(std::os::fd::AsRawFd::as_raw_fd(tcp));
-    #[cfg(not(unix))]
-    return None;
-}
-
 async fn attempt(ctx: &LinkCtx, target: &DialTarget) -> Attempt {
     let mut shutdown = ctx.shutdown.clone();
     let p = &target.peer.parsed;
@@ -132,7 +124,7 @@ async fn attempt(ctx: &LinkCtx, target: &DialTarget) -> Attempt {
         },
     };
     let _ = tcp.set_nodelay(true);
-    let socket = socket_fd(&tcp);
+    let socket = super::ws::socket_fd(&tcp);
     let url = || target.peer.url.to_string();
     // One `.await` of the link, plain or TLS: two would each keep a link future's worth of
     // room in this task.

@@ -557,7 +557,7 @@ enum End {
 }
 
 /// The close code for a peer that broke the protocol after the handshake (PROTOCOL.md §3.4).
-pub const CLOSE_PROTOCOL_ERROR: u16 = 4010;
+pub use crate::mesh::CLOSE_PROTOCOL_ERROR;
 
 /// Most frames one writer burst coalesces before it flushes (bounds the time a burst holds the
 /// socket's write side without a flush; frames beyond it start the next burst).

@@ -175,7 +175,7 @@ async fn authenticate(
     addr: SocketAddr,
     deadline: PreauthDeadline,
 ) -> Option<Authed> {
-    let socket = super::dialer::socket_fd(&sock);
+    let socket = super::ws::socket_fd(&sock);
     let Some(acceptor) = &this.tls else {
         let (ws, peer) = upgrade(&this, sock, socket, addr, deadline).await?;
         return Some(Authed::Plain(ws, peer));

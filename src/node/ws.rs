@@ -399,6 +399,14 @@ fn grow(payload: &mut Vec<u8>, len: usize, more: usize, pending: impl FnOnce() -
     payload.reserve_exact(cap - payload.len());
 }
 
+/// The fd of a TCP socket, for [`WsReader::set_socket`].
+pub(crate) fn socket_fd(tcp: &tokio::net::TcpStream) -> Option<SocketFd> {
+    #[cfg(unix)]
+    return Some(std::os::fd::AsRawFd::as_raw_fd(tcp));
+    #[cfg(not(unix))]
+    return None;
+}
+
 /// Bytes waiting in the receive queue of `socket` (`FIONREAD`); 0 when unknown. For TLS these
 /// are ciphertext bytes, a hair more than the plaintext they carry.
 fn kernel_pending(socket: Option<SocketFd>) -> usize {
