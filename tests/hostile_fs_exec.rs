@@ -570,9 +570,18 @@ async fn a_service_detached_on_purpose_outlives_a_call_that_ends_normally() {
         .unwrap();
         assert!(!out.timed_out && out.exit_code == Some(0), "{out:?}");
         assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
-        // Still running a moment later (the guard kills it at the end of the test).
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(mark.live().len(), 1, "the detached service was killed");
+        // The service is up (its marker shows once it exec'd), and it stays up for longer
+        // than a kill of the tree would take (bounded rounds, ~0.4 s at most); the guard
+        // kills it at the end of the test.
+        mark.wait_for("the detached service up", Duration::from_secs(2), |n| {
+            n == 1
+        })
+        .await;
+        let t1 = Instant::now();
+        while t1.elapsed() < Duration::from_secs(1) {
+            assert_eq!(mark.live().len(), 1, "the detached service was killed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     })
     .await;
 }
