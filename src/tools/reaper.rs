@@ -45,7 +45,7 @@ use std::time::Duration;
 use tokio::process::Child;
 
 /// How many scan-and-kill rounds [`Tree::kill`] makes before giving up on processes it
-/// cannot kill (a setuid program); each round after the first waits [`KILL_ROUND_PAUSE`].
+/// cannot kill (a setuid program); each round ends with a [`KILL_ROUND_PAUSE`] so its SIGKILLs land before the next scan.
 #[cfg(target_os = "linux")]
 const KILL_ROUNDS: usize = 200;
 /// Pause between kill rounds: lets `SIGKILL` land before the next scan (200 × 2 ms ≈ 0.4 s).
@@ -320,21 +320,21 @@ pub(crate) fn kill_descendants(root: Option<i32>) {
     let Some(root) = root.filter(|p| *p > 1) else {
         return;
     };
-    for round in 0..KILL_ROUNDS {
+    for _ in 0..KILL_ROUNDS {
         let found = descendants(root);
         if found.is_empty() {
             return;
         }
-        if round > 0 {
-            std::thread::sleep(KILL_ROUND_PAUSE);
-        }
-        // Stop all first, so none forks between its parent's kill and its own.
+        // Stop all first, so none forks between its parent's kill and its own; signal right
+        // after the scan (no pause that lets what it found fork), then give SIGKILL time to
+        // land before the next scan.
         for &pid in &found {
             signal(Some(pid), libc::SIGSTOP);
         }
         for &pid in &found {
             signal(Some(pid), libc::SIGKILL);
         }
+        std::thread::sleep(KILL_ROUND_PAUSE);
     }
 }
 
