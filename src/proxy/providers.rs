@@ -180,6 +180,12 @@ pub fn plan(current: &Map<String, Value>, desired: &Map<String, Value>) -> Plan 
             .any(|(k, v)| k.eq_ignore_ascii_case(id) && !is_ours(k, v));
         if users {
             conflicts.push(id.clone());
+            // An entry of ours already under this id would be a second spelling of the
+            // user's provider to OpenClaw: the user's wins, ours goes.
+            if current.get(id).is_some_and(|e| is_ours(id, e)) {
+                providers.remove(id);
+                removed.push(id.clone());
+            }
             continue;
         }
         match current.get(id) {
@@ -361,6 +367,14 @@ mod tests {
         assert!(p.removed.is_empty());
         assert!(!p.providers.contains_key("clawmatrix-mine"));
         assert_eq!(p.added.len(), d.len() - 1);
+        // If ours was there before the user added the other spelling, it goes.
+        let ours = d["clawmatrix-mine"].clone();
+        let current = obj(json!({"Clawmatrix-Mine": custom, "clawmatrix-mine": ours}));
+        let p = plan(&current, &obj(serde_json::to_value(&d).unwrap()));
+        assert_eq!(p.conflicts, ["clawmatrix-mine"]);
+        assert_eq!(p.removed, ["clawmatrix-mine"]);
+        assert!(!p.providers.contains_key("clawmatrix-mine"));
+        assert_eq!(p.providers["Clawmatrix-Mine"], custom);
     }
 
     #[test]
