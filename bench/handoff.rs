@@ -19,14 +19,17 @@
 //!
 //! Output: JSON lines on stdout (`{"bench":"handoff_streams",…}`), a summary on stderr.
 
+#[path = "../tests/support/fake_host.rs"]
+mod fake_host;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use clawmatrix::app::{Node, StartOptions};
 use clawmatrix::config::Config;
-use clawmatrix::node::fake_host::{FakeHost, FakeHostOptions};
-use clawmatrix::node::remote_tools::{ToolCaller, ToolEvent};
-use clawmatrix::node::{Node, StartOptions};
+use clawmatrix::tools::remote::{ToolCaller, ToolEvent};
+use fake_host::{FakeHost, FakeHostOptions};
 use serde_json::json;
 
 const SECRET: &str = "clawmatrix-bench-secret-0123456789";

@@ -1,5 +1,5 @@
 //! `cargo bench --bench mesh`: latency, throughput and idle-link memory of real clawmatrix nodes
-//! on loopback, driven through the public Rust API (`clawmatrix::node::Node`).
+//! on loopback, driven through the public Rust API (`clawmatrix::app::Node`).
 //!
 //! What is measured and how is written down in `bench/README.md`; `scripts/bench.mjs` runs this
 //! binary next to the Node `ws` baseline (`bench/ws-baseline.mjs`) and prints the comparison.

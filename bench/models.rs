@@ -27,9 +27,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clawmatrix::app::{Node, StartOptions};
 use clawmatrix::config::Config;
-use clawmatrix::node::host::HostReply;
-use clawmatrix::node::{Node, StartOptions};
+use clawmatrix::host::HostReply;
 use clawmatrix::status::PeerState;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};

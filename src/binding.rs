@@ -13,9 +13,9 @@ use std::sync::Arc;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
+use crate::app::{Node, StartOptions as CoreStartOptions};
 use crate::config::Config;
 use crate::error::{Error as CoreError, ErrorCode};
-use crate::node::{Node, StartOptions as CoreStartOptions};
 
 fn js_err(e: CoreError) -> napi::Error<ErrorCode> {
     napi::Error::new(e.code, e.message)
@@ -403,7 +403,7 @@ impl ClawMatrixNode {
         data: serde_json::Value,
         code: Option<String>,
     ) -> napi::Result<bool, ErrorCode> {
-        use crate::node::host::HostReply;
+        use crate::host::HostReply;
         let reply = match kind.as_str() {
             "event" => Ok(HostReply::Event(data)),
             "result" => Ok(HostReply::Result(data)),
@@ -437,7 +437,7 @@ impl ClawMatrixNode {
         let timeout = std::time::Duration::from_millis(u64::from(timeout_ms.unwrap_or(5000)));
         let t0 = std::time::Instant::now();
         self.node
-            .request(&node_id, crate::node::METHOD_ECHO, vec![0x5a; 64], timeout)
+            .request(&node_id, crate::rpc::METHOD_ECHO, vec![0x5a; 64], timeout)
             .await
             .map_err(|e| napi::Error::from_reason(format!("{}: {}", e.code, e.message)))?;
         Ok(t0.elapsed().as_secs_f64() * 1000.0)
@@ -453,7 +453,7 @@ impl ClawMatrixNode {
         caller: Option<ToolCaller>,
     ) -> ToolCall {
         let caller = caller
-            .map(|c| crate::node::remote_tools::ToolCaller {
+            .map(|c| crate::tools::remote::ToolCaller {
                 agent_id: c.agent_id,
                 session_key: c.session_key,
             })
@@ -467,7 +467,7 @@ impl ClawMatrixNode {
 /// A running tool call.
 #[napi]
 pub struct ToolCall {
-    inner: crate::node::remote_tools::ToolCall,
+    inner: crate::tools::remote::ToolCall,
 }
 
 #[napi]
@@ -475,7 +475,7 @@ impl ToolCall {
     /// The next step, or `null` after the last one.
     #[napi]
     pub async fn next(&self) -> Option<ToolStep> {
-        use crate::node::remote_tools::ToolEvent;
+        use crate::tools::remote::ToolEvent;
         Some(match self.inner.next().await? {
             Ok(ToolEvent::Progress { text, details }) => ToolStep {
                 kind: "progress".into(),
@@ -512,7 +512,7 @@ pub struct StartTask {
 }
 
 impl Task for StartTask {
-    type Output = crate::node::StartInfo;
+    type Output = crate::app::StartInfo;
     type JsValue = StartInfo;
 
     fn compute(&mut self) -> napi::Result<Self::Output> {

@@ -88,12 +88,6 @@ impl Error {
     }
 }
 
-impl From<crate::config::ConfigError> for Error {
-    fn from(e: crate::config::ConfigError) -> Self {
-        Error::new(ErrorCode::ConfigInvalid, e.to_string())
-    }
-}
-
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl AsRef<str> for ErrorCode {
@@ -140,4 +134,12 @@ pub fn json_type_name(v: &serde_json::Value) -> &'static str {
         Value::Array(_) => "array",
         Value::Object(_) => "object",
     }
+}
+/// The text of a caught panic (`panic!` payloads are a `&str` or a `String`).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }

@@ -6,13 +6,17 @@
 
 mod loopback_common;
 
+#[path = "support/fake_host.rs"]
+mod fake_host;
+
 use std::time::{Duration, Instant};
 
+use clawmatrix::app::Node;
 use clawmatrix::error::{Error, ErrorCode};
-use clawmatrix::node::fake_host::{FakeHost, FakeHostOptions};
-use clawmatrix::node::handoff::{HOST_AGENT_ABORT, HOST_AGENT_RUN, HOST_AGENT_SEND};
-use clawmatrix::node::remote_tools::{ToolCall, ToolCaller, ToolEvent};
-use clawmatrix::node::{Node, ToolOutput};
+use clawmatrix::handoff::{HOST_AGENT_ABORT, HOST_AGENT_RUN, HOST_AGENT_SEND};
+use clawmatrix::tools::remote::{ToolCall, ToolCaller, ToolEvent};
+use clawmatrix::tools::ToolOutput;
+use fake_host::{FakeHost, FakeHostOptions};
 use loopback_common::*;
 use serde_json::{json, Value};
 

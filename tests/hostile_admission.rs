@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clawmatrix::node::{Node, StartOptions};
+use clawmatrix::app::{Node, StartOptions};
 use clawmatrix::proto::MAX_FRAME_BYTES;
 use loopback_common::*;
 use serde_json::{json, Value};

@@ -21,12 +21,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clawmatrix::app::{Node, StartOptions};
 use clawmatrix::error::{Error, ErrorCode};
-use clawmatrix::node::remote_tools::{ToolCaller, ToolEvent};
-use clawmatrix::node::{Node, StartOptions, ToolOutput};
 use clawmatrix::tools::exec::{self, Command, ExecRequest};
 use clawmatrix::tools::fs::{self, Replacement};
 use clawmatrix::tools::paths::Root;
+use clawmatrix::tools::remote::{ToolCaller, ToolEvent};
+use clawmatrix::tools::ToolOutput;
 use loopback_common::{config, free_port, is_direct, start, wait_for};
 use serde_json::{json, Value};
 use tokio::sync::watch;

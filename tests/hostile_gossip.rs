@@ -8,8 +8,8 @@ mod loopback_common;
 
 use std::time::Duration;
 
+use clawmatrix::app::Node;
 use clawmatrix::mesh::{MAX_RECORDS_HELD_BYTES, MAX_RECORD_STAMP};
-use clawmatrix::node::Node;
 use clawmatrix::proto::codec;
 use clawmatrix::proto::frame::{Body, Header, ENVELOPE_VERSION};
 use clawmatrix::proto::{AgentInfo, FrameId, NodeRecord};

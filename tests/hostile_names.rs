@@ -6,13 +6,16 @@
 
 mod loopback_common;
 
+#[path = "support/fake_host.rs"]
+mod fake_host;
+
 use std::time::Duration;
 
+use clawmatrix::app::Node;
 use clawmatrix::error::ErrorCode;
-use clawmatrix::node::fake_host::{FakeHost, FakeHostOptions};
-use clawmatrix::node::handoff::{HOST_AGENT_RUN, HOST_AGENT_SEND};
-use clawmatrix::node::remote_tools::{ToolCaller, ToolEvent};
-use clawmatrix::node::Node;
+use clawmatrix::handoff::{HOST_AGENT_RUN, HOST_AGENT_SEND};
+use clawmatrix::tools::remote::{ToolCaller, ToolEvent};
+use fake_host::{FakeHost, FakeHostOptions};
 use loopback_common::*;
 use serde_json::{json, Value};
 
@@ -80,7 +83,7 @@ async fn run_tool(
     name: &str,
     args: Value,
     agent: &str,
-) -> clawmatrix::node::ToolOutput {
+) -> clawmatrix::tools::ToolOutput {
     let call = node.start_tool(
         name,
         &args,
@@ -224,7 +227,7 @@ async fn an_instruction_smuggled_in_caller_agent_never_reaches_the_serving_host(
 /// The `providers` of the next `providers.sync` request from `node`'s core that offers any,
 /// answered like the shim does; bounded by the test's timeout.
 async fn next_provider_sync(node: &Node) -> serde_json::Map<String, Value> {
-    use clawmatrix::node::host::HostReply;
+    use clawmatrix::host::HostReply;
     let bridge = node.host();
     loop {
         let req = bridge.next_request().await.expect("host bridge open");

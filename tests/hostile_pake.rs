@@ -8,7 +8,7 @@ mod loopback_common;
 
 use std::time::Duration;
 
-use clawmatrix::node::Node;
+use clawmatrix::app::Node;
 use clawmatrix::proto::{Acceptor, Bytes32, HandshakeConfig, HandshakeFrame, NonceCache, Step};
 use futures_util::{SinkExt, StreamExt};
 use loopback_common::*;

@@ -6,7 +6,7 @@ mod loopback_common;
 
 use std::time::{Duration, Instant};
 
-use clawmatrix::node::Node;
+use clawmatrix::app::Node;
 use clawmatrix::proto::{Bytes32, Dialer, HandshakeConfig, HandshakeFrame, Step};
 use futures_util::SinkExt;
 use loopback_common::*;

@@ -6,7 +6,7 @@ mod loopback_common;
 use std::time::{Duration, Instant};
 
 use clawmatrix::error::ErrorCode;
-use clawmatrix::node::METHOD_ECHO;
+use clawmatrix::rpc::METHOD_ECHO;
 use clawmatrix::status::PeerState;
 use futures_util::{SinkExt, StreamExt};
 use loopback_common::*;

@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use clawmatrix::app::{Node, StartOptions};
 use clawmatrix::error::{Error, ErrorCode, Result};
-use clawmatrix::node::{
-    BoxFuture, CallCtx, CallOptions, Node, Service, StartOptions, StreamItem, METHOD_ECHO,
-    METHOD_STREAM,
-};
 use clawmatrix::proto::STREAM_WINDOW_CHUNKS;
+use clawmatrix::rpc::{
+    BoxFuture, CallCtx, CallOptions, Service, StreamItem, METHOD_ECHO, METHOD_STREAM,
+};
 use loopback_common::*;
 use serde_json::json;
 

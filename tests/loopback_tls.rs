@@ -6,8 +6,9 @@ mod loopback_common;
 
 use std::time::Duration;
 
+use clawmatrix::app::{Node, StartOptions};
 use clawmatrix::error::ErrorCode;
-use clawmatrix::node::{Node, StartOptions, METHOD_ECHO};
+use clawmatrix::rpc::METHOD_ECHO;
 use loopback_common::*;
 use serde_json::json;
 

@@ -4,9 +4,9 @@
 
 use std::net::TcpListener;
 
+use clawmatrix::app::{Node, StartOptions};
 use clawmatrix::config::Config;
 use clawmatrix::error::ErrorCode;
-use clawmatrix::node::{Node, StartOptions};
 
 mod ports;
 use ports::free_port;

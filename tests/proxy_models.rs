@@ -9,7 +9,7 @@ mod proxy_support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use clawmatrix::node::Node;
+use clawmatrix::app::Node;
 use clawmatrix::proxy::token;
 use loopback_common::*;
 use proxy_support::*;

@@ -8,9 +8,10 @@ mod tools_support;
 
 use std::time::{Duration, Instant};
 
+use clawmatrix::app::{Node, StartOptions};
 use clawmatrix::error::{Error, ErrorCode};
-use clawmatrix::node::remote_tools::{ToolCaller, ToolEvent};
-use clawmatrix::node::{Node, StartOptions, ToolOutput};
+use clawmatrix::tools::remote::{ToolCaller, ToolEvent};
+use clawmatrix::tools::ToolOutput;
 use loopback_common::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -441,7 +442,7 @@ async fn other_tools_go_to_the_serving_gateways_tools_invoke_with_its_token() {
 /// Every piece of `tool.call` on office, asked the way `rawResult` says: the result-part
 /// chunks (0x00 + piece) and the end payload, concatenated; and how many parts there were.
 async fn tool_call_pieces(m: &Mesh, payload: Value) -> (usize, Vec<u8>) {
-    use clawmatrix::node::{CallOptions, StreamItem};
+    use clawmatrix::rpc::{CallOptions, StreamItem};
     let mut s = m
         .home
         .call_stream(

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use clawmatrix::node::{Node, StartOptions};
+use clawmatrix::app::{Node, StartOptions};
 use clawmatrix::proto::{self, Body, Dialer, FrameId, HandshakeConfig, Header, RejectCode, Step};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;

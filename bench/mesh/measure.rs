@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clawmatrix::node::Node;
+use clawmatrix::app::Node;
 use serde_json::json;
 
 use super::report::{count_window, cpu_time_us, emit, percentile, r1, r2};

@@ -18,8 +18,8 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clawmatrix::app::{Node, StartOptions};
 use clawmatrix::config::Config;
-use clawmatrix::node::{Node, StartOptions};
 use clawmatrix::status::PeerState;
 use serde_json::json;
 

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clawmatrix::node::{Node, StartOptions};
+use clawmatrix::app::{Node, StartOptions};
 use clawmatrix::status::PeerState;
 use serde_json::{json, Map, Value};
 

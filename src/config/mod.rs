@@ -404,6 +404,12 @@ pub struct ConfigError {
     pub issues: Vec<ConfigIssue>,
 }
 
+impl From<ConfigError> for crate::error::Error {
+    fn from(e: ConfigError) -> Self {
+        crate::error::Error::new(crate::error::ErrorCode::ConfigInvalid, e.to_string())
+    }
+}
+
 fn join_issues(issues: &[ConfigIssue]) -> String {
     issues
         .iter()

@@ -25,17 +25,19 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
-use super::events::{EventQueue, Level};
+pub(crate) use super::queue::CloseCmd;
 use super::queue::{LinkOut, PushError, QueueSender};
-use super::service::{CallCtx, ChunkSink, Service, MAX_SERVED_CALLS};
-use super::stream::{StreamItem, StreamMsg, STREAM_CHANNEL};
 use super::supervisor::ActorHealth;
-use crate::error::{Error, ErrorCode, Result};
-use crate::mesh::{
-    CallFailure, Direction, DownReason, LinkId, Mesh, MeshEvent, MeshStats, Output, PeerView,
-    SendError,
-};
+use crate::error::{panic_message, Error, ErrorCode, Result};
+use crate::events::{EventQueue, Level};
+use crate::mesh::{CallFailure, Direction, DownReason, LinkId, Mesh, MeshEvent, Output, SendError};
 use crate::proto::{Body, CallId, CodecError, Header, NodeId, RejectCode, STREAM_WINDOW_CHUNKS};
+use crate::rpc::port::WaitingSend;
+use crate::rpc::stream::{StreamMsg, STREAM_CHANNEL};
+use crate::rpc::{
+    CallCtx, ChunkSink, Command, MeshClient, MeshSnapshot, Port, Services, StreamItem,
+    MAX_SERVED_CALLS,
+};
 
 /// Capacity of the actor's input channel, in messages. Large enough that link readers rarely
 /// wait on a busy actor; small enough that a stalled actor stops the readers (and so the
@@ -44,19 +46,7 @@ pub const INPUT_QUEUE: usize = 4096;
 /// Most inputs the actor handles in one turn before it ticks, drains outputs and publishes:
 /// amortises that per-turn work over a burst, while a turn stays a few hundred µs at most.
 const INPUT_BATCH: usize = 64;
-/// Per-link writer queue bound, in frames: every stream window one caller may have open,
-/// 64 chunks × 1024 calls = 65 536. Flow control (credit) is what bounds a stream's frames in
-/// flight, so a smaller frame bound turns windowed traffic into loss whenever a consumer falls
-/// behind: with 1024 frames, 1000 handoff streams at 50 chunks/s through a relay (a burst of
-/// 1000 tiny chunks every 20 ms) overflowed it within a second of CPU starvation and the relay
-/// closed the caller's link as a slow peer. Memory stays bounded by [`WRITER_QUEUE_BYTES`] plus
-/// one queue slot per frame actually queued. Beyond it frames are dropped and counted, never
-/// awaited.
-pub const WRITER_QUEUE_FRAMES: usize =
-    crate::proto::STREAM_WINDOW_CHUNKS as usize * crate::mesh::calls::DEFAULT_MAX_INFLIGHT_CALLS;
-/// Per-link writer queue bound, in bytes: 16 MiB = one largest frame (`MAX_FRAME_BYTES`), so a
-/// single maximum frame always fits an empty queue while a stuck peer pins at most this much.
-pub const WRITER_QUEUE_BYTES: usize = crate::proto::MAX_FRAME_BYTES;
+pub use super::queue::{WRITER_QUEUE_BYTES, WRITER_QUEUE_FRAMES};
 /// A link whose queue refuses frames and does not drain back to half of its bounds within this
 /// time is closed as a slow peer: 5 s is far longer than any healthy burst takes to drain, and
 /// short enough that callers fail over.
@@ -75,21 +65,9 @@ const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(100);
 /// overflow the semaphore or let a producer run unbounded ahead.
 const MAX_BANKED_CREDIT: usize = 4 * STREAM_WINDOW_CHUNKS as usize;
 
-/// The registered services, by method name.
-pub type Services = HashMap<String, Arc<dyn Service>>;
-
 /// Milliseconds since `epoch` (the node's monotonic mesh clock).
 pub(crate) fn now_ms(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
-/// What the actor tells a link task to do with its socket.
-#[derive(Debug, Clone)]
-pub(crate) struct CloseCmd {
-    pub code: u16,
-    pub reason: String,
-    /// Try to flush the frames already queued (bounded) before the close frame.
-    pub flush: bool,
 }
 
 /// Everything the actor needs to drive one authenticated link.
@@ -124,67 +102,10 @@ pub(crate) enum Input {
     TextAfterHandshake,
     /// The link task ended (peer closed, I/O error, or after our close).
     LinkDown { link: LinkId, reason: String },
-    /// Start a call and answer when it completes.
-    Request {
-        dst: NodeId,
-        method: String,
-        payload: Vec<u8>,
-        timeout_ms: u64,
-        reply: oneshot::Sender<Result<Vec<u8>>>,
-    },
-    /// Open a stream; answers with the call id and the stream's receiving end.
-    OpenStream {
-        dst: NodeId,
-        method: String,
-        payload: Vec<u8>,
-        deadline_ms: u64,
-        reply: oneshot::Sender<Result<OpenedStream>>,
-    },
-    /// The consumer of stream `call_id` took `chunks` more chunks: grant them.
-    StreamCredit { call_id: CallId, chunks: u64 },
-    /// The consumer dropped or cancelled stream `call_id`.
-    StreamCancel { call_id: CallId },
-    /// A served call produced a chunk (already within its credit).
-    ServedChunk {
-        from: NodeId,
-        call_id: CallId,
-        bytes: Vec<u8>,
-    },
-    /// A served call finished.
-    ServedDone {
-        from: NodeId,
-        call_id: CallId,
-        result: Result<Vec<u8>>,
-    },
+    /// A command from a feature: a call, a stream, credit, a served call's output, a route.
+    Call(Command),
     /// Panic in the actor (tests of the supervision: [`super::Node::debug_panic_actor`]).
     Panic { reason: String },
-    /// Ordered candidates for a target (`Mesh::resolve`).
-    Resolve {
-        target: crate::mesh::Target,
-        exclude: Vec<NodeId>,
-        reply: oneshot::Sender<Vec<crate::mesh::Candidate>>,
-    },
-}
-
-/// What `OpenStream` answers: the call id, the stream's receiving end and its consumption
-/// counter.
-pub(crate) type OpenedStream = (CallId, mpsc::Receiver<StreamMsg>, Arc<AtomicU64>);
-
-/// The mesh as last published by the actor.
-#[derive(Debug, Clone, Default)]
-pub struct MeshSnapshot {
-    /// Every known node as seen from here.
-    pub peers: Vec<PeerView>,
-    /// The core's counters.
-    pub stats: MeshStats,
-    /// Live links.
-    pub links_up: usize,
-    /// Frames dropped because a link's writer queue was full.
-    pub slow_peer_drops: u64,
-    /// Links closed as slow peers.
-    pub slow_peer_closes: u64,
-    /// Mesh clock (ms since node start) when this snapshot was taken.
-    pub at_ms: u64,
 }
 
 /// Cloneable handle to the actor's input channel.
@@ -252,82 +173,40 @@ impl ActorHandle {
         let _ = self.tx.send(Input::LinkDown { link, reason }).await;
     }
 
-    /// Open a stream to `dst`. Channels only, so any runtime may await this.
-    pub async fn open_stream(
-        &self,
-        dst: &str,
-        method: &str,
-        payload: Vec<u8>,
-        deadline: Duration,
-    ) -> Result<super::stream::CallStream> {
-        let (reply, rx) = oneshot::channel();
-        let input = Input::OpenStream {
-            dst: dst.to_string(),
-            method: method.to_string(),
-            payload,
-            deadline_ms: u64::try_from(deadline.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1),
-            reply,
-        };
-        let stopped = || Error::new(ErrorCode::NotRunning, "the node is not running");
-        self.tx.send(input).await.map_err(|_| stopped())?;
-        let (call_id, rx, taken) = rx.await.map_err(|_| stopped())??;
-        Ok(super::stream::CallStream {
-            call_id,
-            dst: dst.to_string(),
-            rx,
-            actor: self.tx.clone(),
-            consumed: 0,
-            taken,
-            done: false,
-        })
+    /// The features' API on this actor, reading `snapshot`.
+    pub fn client(&self, snapshot: watch::Receiver<MeshSnapshot>) -> MeshClient {
+        MeshClient::new(Arc::new(self.clone()), snapshot)
     }
 
-    /// Ordered candidates for `target` (routes as of the last tick).
-    pub async fn resolve(
+    /// Make the actor panic with `reason` (tests of the supervision); `false` when its queue
+    /// is full or it is gone.
+    pub fn panic(&self, reason: &str) -> bool {
+        self.tx
+            .try_send(Input::Panic {
+                reason: reason.to_string(),
+            })
+            .is_ok()
+    }
+}
+
+impl Port for ActorHandle {
+    fn try_send(
         &self,
-        target: crate::mesh::Target,
-        exclude: Vec<NodeId>,
-    ) -> Vec<crate::mesh::Candidate> {
-        let (reply, rx) = oneshot::channel();
-        let input = Input::Resolve {
-            target,
-            exclude,
-            reply,
-        };
-        if self.tx.send(input).await.is_err() {
-            return Vec::new();
+        cmd: Command,
+    ) -> std::result::Result<(), mpsc::error::TrySendError<Command>> {
+        use mpsc::error::TrySendError;
+        match self.tx.try_reserve() {
+            Ok(permit) => {
+                permit.send(Input::Call(cmd));
+                Ok(())
+            }
+            Err(TrySendError::Full(())) => Err(TrySendError::Full(cmd)),
+            Err(TrySendError::Closed(())) => Err(TrySendError::Closed(cmd)),
         }
-        rx.await.unwrap_or_default()
     }
 
-    /// Send a call and wait for its reply. Channels only, so any runtime may await this.
-    pub async fn request(
-        &self,
-        dst: &str,
-        method: &str,
-        payload: Vec<u8>,
-        timeout: Duration,
-    ) -> Result<Vec<u8>> {
-        let (reply, rx) = oneshot::channel();
-        let input = Input::Request {
-            dst: dst.to_string(),
-            method: method.to_string(),
-            payload,
-            timeout_ms: u64::try_from(timeout.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1),
-            reply,
-        };
-        let stopped = || Error::new(ErrorCode::NotRunning, "the node is not running");
-        self.tx.send(input).await.map_err(|_| stopped())?;
-        rx.await.unwrap_or_else(|_| {
-            Err(Error::new(
-                ErrorCode::Cancelled,
-                format!("request to {dst}: the node stopped before an answer"),
-            ))
-        })
+    fn send_waiting(&self, cmd: Command) -> WaitingSend<'_> {
+        Box::pin(async move { self.tx.send(Input::Call(cmd)).await.is_ok() })
     }
 }
 
@@ -391,7 +270,7 @@ struct Actor {
     served: HashMap<(NodeId, CallId), Served>,
     services: Arc<Services>,
     /// Our own input queue, for the tasks of served calls.
-    self_tx: mpsc::Sender<Input>,
+    port: Arc<dyn Port>,
     events: Arc<EventQueue>,
     /// Shared with the supervisor, so a restarted actor publishes to the same receivers.
     snapshot: Arc<watch::Sender<MeshSnapshot>>,
@@ -439,7 +318,7 @@ pub(crate) fn spawn(
                 Arc::clone(&events),
                 Arc::clone(&snapshot),
                 Arc::clone(&services),
-                tx.clone(),
+                Arc::new(ActorHandle { tx: tx.clone() }),
             );
             // The actor borrows the channel: a panic drops the actor (and with it its links,
             // pending calls and served calls) but not the channel the handles send on.
@@ -504,7 +383,7 @@ impl Actor {
         events: Arc<EventQueue>,
         snapshot: Arc<watch::Sender<MeshSnapshot>>,
         services: Arc<Services>,
-        self_tx: mpsc::Sender<Input>,
+        port: Arc<dyn Port>,
     ) -> Self {
         Actor {
             node_id: mesh.node_id().to_string(),
@@ -515,7 +394,7 @@ impl Actor {
             streams: HashMap::new(),
             served: HashMap::new(),
             services,
-            self_tx,
+            port,
             events,
             snapshot,
             slow_peer_drops: 0,
@@ -678,7 +557,17 @@ impl Actor {
                     self.mesh.handle_link_down(now, link, reason);
                 }
             }
-            Input::Request {
+            Input::Call(cmd) => self.command(now, cmd),
+            Input::Panic { reason } => panic!("{reason}"),
+        }
+    }
+
+    /// A command from a feature (through [`MeshClient`], a [`CallStream`] or a served call).
+    ///
+    /// [`CallStream`]: crate::rpc::CallStream
+    fn command(&mut self, now: u64, cmd: Command) {
+        match cmd {
+            Command::Request {
                 dst,
                 method,
                 payload,
@@ -704,7 +593,7 @@ impl Actor {
                     }
                 }
             }
-            Input::OpenStream {
+            Command::OpenStream {
                 dst,
                 method,
                 payload,
@@ -737,19 +626,19 @@ impl Actor {
                     let _ = reply.send(Err(send_error(&dst, &e)));
                 }
             },
-            Input::StreamCredit { call_id, chunks } => {
+            Command::StreamCredit { call_id, chunks } => {
                 if let Some(s) = self.streams.get_mut(&call_id) {
                     s.allowed = s.allowed.saturating_add(chunks);
                     self.mesh.send_credit(now, call_id, chunks);
                 }
             }
-            Input::StreamCancel { call_id } => {
+            Command::StreamCancel { call_id } => {
                 if self.streams.remove(&call_id).is_some() {
                     self.mesh
                         .cancel_call(now, call_id, "cancelled by the caller");
                 }
             }
-            Input::ServedChunk {
+            Command::ServedChunk {
                 from,
                 call_id,
                 bytes,
@@ -771,7 +660,7 @@ impl Actor {
                     self.cancel_served(&from, call_id);
                 }
             }
-            Input::ServedDone {
+            Command::ServedDone {
                 from,
                 call_id,
                 result,
@@ -813,8 +702,7 @@ impl Actor {
                     );
                 }
             }
-            Input::Panic { reason } => panic!("{reason}"),
-            Input::Resolve {
+            Command::Resolve {
                 target,
                 exclude,
                 reply,
@@ -908,18 +796,18 @@ impl Actor {
                         cancelled: false,
                     },
                 );
-                let tx = self.self_tx.clone();
+                let port = Arc::clone(&self.port);
                 let task_from = from.clone();
                 let ctx = CallCtx {
                     from: from.clone(),
                     method,
-                    sink: ChunkSink {
-                        tx: tx.clone(),
-                        from: from.clone(),
+                    sink: ChunkSink::new(
+                        Arc::clone(&port),
+                        from.clone(),
                         call_id,
                         credit,
-                        cancel: cancel_rx.clone(),
-                    },
+                        cancel_rx.clone(),
+                    ),
                     cancel: cancel_rx,
                 };
                 tokio::spawn(async move {
@@ -937,13 +825,12 @@ impl Actor {
                             ),
                         )),
                     };
-                    let _ = tx
-                        .send(Input::ServedDone {
-                            from: task_from,
-                            call_id,
-                            result,
-                        })
-                        .await;
+                    let done = Command::ServedDone {
+                        from: task_from,
+                        call_id,
+                        result,
+                    };
+                    crate::rpc::port::send(&*port, done).await;
                 });
                 None
             }
@@ -1224,15 +1111,6 @@ impl Actor {
         self.urgent = false;
         self.last_publish = Instant::now();
     }
-}
-
-/// The text of a caught panic (`panic!` payloads are a `&str` or a `String`).
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)")
 }
 
 fn far_future() -> tokio::time::Instant {

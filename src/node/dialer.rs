@@ -22,10 +22,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::backoff::Backoff;
-use super::events::Level;
 use super::link::{self, HandshakeFailure, LinkCtx};
 use super::ws::Role;
 use crate::config::PeerConfig;
+use crate::events::Level;
 use crate::mesh::Direction;
 use crate::proto::handshake::HANDSHAKE_TIMEOUT_MS;
 

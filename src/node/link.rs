@@ -30,9 +30,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::actor::{now_ms, ActorHandle, CloseCmd, LinkRegistration};
 use super::admission::{ProtocolClose, ShellCounters};
-use super::events::{EventQueue, Level};
 use super::queue::{link_queue, LinkOut, QueueReceiver};
 use super::ws::{Role, WsError, WsMessage, WsReader, WsWriter};
+use crate::events::{EventQueue, Level};
 use crate::mesh::{Direction, LinkId};
 use crate::proto::handshake_frame::MAX_HANDSHAKE_BYTES;
 use crate::proto::{

@@ -28,9 +28,9 @@ use tokio_rustls::TlsAcceptor;
 
 use super::admission::{Admission, PreauthReject, Slot};
 pub use super::admission::{MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_SOURCE};
-use super::events::Level;
 use super::link::{self, LinkCtx, PreauthDeadline};
 use super::ws::Role;
+use crate::events::Level;
 use crate::mesh::Direction;
 pub use crate::proto::handshake::HANDSHAKE_TIMEOUT_MS;
 use crate::proto::{NonceCache, RejectCode};

@@ -16,7 +16,7 @@
 //! item buffer (a `VecDeque`) is released whenever the writer finds it empty and parks, so an
 //! idle link holds no slots at all.
 //!
-//! Bounds (the actor's rules, see `actor::WRITER_QUEUE_FRAMES` and `WRITER_QUEUE_BYTES`): at
+//! Bounds (the actor's rules, [`WRITER_QUEUE_FRAMES`] and [`WRITER_QUEUE_BYTES`]): at
 //! most that many items, and that many bytes of frames unless the queue holds none (one maximum
 //! frame always fits an empty queue). Pongs count against the item bound only, not the bytes
 //! (≤ 125 bytes each, and they never came from the actor).
@@ -30,7 +30,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use super::actor::{CloseCmd, WRITER_QUEUE_BYTES, WRITER_QUEUE_FRAMES};
+/// Per-link writer queue bound, in frames: every stream window one caller may have open,
+/// 64 chunks × 1024 calls = 65 536. Flow control (credit) is what bounds a stream's frames in
+/// flight, so a smaller frame bound turns windowed traffic into loss whenever a consumer falls
+/// behind: with 1024 frames, 1000 handoff streams at 50 chunks/s through a relay (a burst of
+/// 1000 tiny chunks every 20 ms) overflowed it within a second of CPU starvation and the relay
+/// closed the caller's link as a slow peer. Memory stays bounded by [`WRITER_QUEUE_BYTES`] plus
+/// one queue slot per frame actually queued. Beyond it frames are dropped and counted, never
+/// awaited.
+pub const WRITER_QUEUE_FRAMES: usize =
+    crate::proto::STREAM_WINDOW_CHUNKS as usize * crate::mesh::calls::DEFAULT_MAX_INFLIGHT_CALLS;
+/// Per-link writer queue bound, in bytes: 16 MiB = one largest frame (`MAX_FRAME_BYTES`), so a
+/// single maximum frame always fits an empty queue while a stuck peer pins at most this much.
+pub const WRITER_QUEUE_BYTES: usize = crate::proto::MAX_FRAME_BYTES;
+/// What the actor tells a link task to do with its socket.
+#[derive(Debug, Clone)]
+pub(crate) struct CloseCmd {
+    pub code: u16,
+    pub reason: String,
+    /// Try to flush the frames already queued (bounded) before the close frame.
+    pub flush: bool,
+}
 
 /// One item of a link's writer queue.
 #[derive(Debug)]

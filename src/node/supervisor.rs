@@ -109,7 +109,7 @@ impl ActorHealth {
 pub fn panic_reason(payload: &(dyn Any + Send)) -> String {
     format!(
         "the node actor panicked: {}",
-        super::actor::panic_message(payload)
+        crate::error::panic_message(payload)
     )
 }
 

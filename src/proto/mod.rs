@@ -19,6 +19,7 @@ pub mod handshake;
 pub mod handshake_frame;
 pub mod header_json;
 pub mod hex;
+pub mod tool_result;
 
 pub use auth::NonceCache;
 pub use codec::{

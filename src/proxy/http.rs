@@ -24,7 +24,7 @@ use super::route::{self, ModelCandidate, ModelQuery, NoRoute};
 use super::tunnel::{self, TunnelEnd, TunnelHead, TunnelRequest};
 use super::ProxyCtx;
 use crate::error::ErrorCode;
-use crate::node::{CallStream, StreamItem};
+use crate::rpc::{CallStream, StreamItem};
 
 /// Largest request body accepted (16 MiB: long conversations with images inline fit; more is
 /// refused with 413 before anything is sent into the mesh).
@@ -127,7 +127,7 @@ fn authorize(req: &Request<Incoming>, token: &str) -> Result<(), ProxyError> {
 /// `GET /v1/models`: every model announced in the mesh (this node's own included), with the
 /// nodes serving it and its metadata.
 fn models(ctx: &ProxyCtx, pin: Option<&str>) -> Reply {
-    let snapshot = ctx.snapshot.borrow().clone();
+    let snapshot = ctx.mesh.snapshot();
     let mut data = Vec::new();
     for p in snapshot
         .peers
@@ -229,7 +229,7 @@ async fn tunnel_request(
         }
     };
     let deadline = arrived + Duration::from_millis(ctx.config.proxy_timeout_ms);
-    let peers = ctx.snapshot.borrow().peers.clone();
+    let peers = ctx.mesh.with_snapshot(|s| s.peers.clone());
     let candidates = route::candidates(
         ModelQuery {
             model: &model,
@@ -388,7 +388,7 @@ async fn attempt(
         )
     };
     let mut call = ctx
-        .actor
+        .mesh
         .open_stream(&cand.node, tunnel::METHOD_MODEL, payload, left)
         .await
         .map_err(mesh_err)?;

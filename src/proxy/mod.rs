@@ -30,17 +30,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::node::actor::ActorHandle;
-use crate::node::host::HostBridge;
-use crate::node::{EventQueue, MeshSnapshot};
+use crate::events::EventQueue;
+use crate::host::HostBridge;
+use crate::rpc::MeshClient;
 
 /// What the proxy needs from the node.
 pub struct ProxyCtx {
     pub config: Arc<Config>,
     /// The local proxy token (see [`token`]).
     pub token: String,
-    pub snapshot: watch::Receiver<MeshSnapshot>,
-    pub(crate) actor: ActorHandle,
+    /// The mesh: calls to the serving node and the snapshot routes are chosen from.
+    pub mesh: MeshClient,
     pub events: Arc<EventQueue>,
 }
 
@@ -99,7 +99,7 @@ pub async fn sync_providers(
     host: Arc<HostBridge>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut snapshot = ctx.snapshot.clone();
+    let mut snapshot = ctx.mesh.watch();
     let mut synced: Option<std::collections::BTreeMap<String, serde_json::Value>> = None;
     let mut warned_detached = false;
     loop {

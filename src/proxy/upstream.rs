@@ -22,8 +22,8 @@ use super::client::{self, Gathered, SendError};
 use super::tunnel::{self, TunnelEnd, TunnelHead};
 use crate::config::{Config, ModelApi, ModelConfig, UpstreamUrl};
 use crate::error::Result;
-use crate::node::host::HostBridge;
-use crate::node::service::{BoxFuture, CallCtx, Service};
+use crate::host::HostBridge;
+use crate::rpc::{BoxFuture, CallCtx, Service};
 
 /// How long a resolved upstream is reused.
 pub const RESOLVE_TTL: Duration = Duration::from_secs(30);

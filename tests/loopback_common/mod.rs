@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use clawmatrix::app::{Node, StartOptions};
 use clawmatrix::config::Config;
-use clawmatrix::node::{Node, StartOptions};
 use clawmatrix::proto::codec;
 use clawmatrix::proto::frame::{Body, Header, ENVELOPE_VERSION};
 use clawmatrix::proto::{Dialer, FrameId, HandshakeConfig, HandshakeFrame, Step};

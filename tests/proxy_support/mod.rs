@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clawmatrix::node::host::HostReply;
-use clawmatrix::node::Node;
+use clawmatrix::app::Node;
+use clawmatrix::host::HostReply;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};

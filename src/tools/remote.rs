@@ -20,7 +20,7 @@
 //! `tool_result::MAX_RESULT_BYTES`. So the hops pipeline, and other frames on the same links (a
 //! heartbeat, another call) wait for at most one piece instead of the whole result. This
 //! version's callers ask for the raw form (`rawResult`), which carries the text's bytes without
-//! JSON escaping ([`super::tool_result`]); JSON results of 64 KiB and more are encoded and parsed
+//! JSON escaping ([`crate::proto::tool_result`]); JSON results of 64 KiB and more are encoded and parsed
 //! on the blocking pool, not on the node's worker.
 //!
 //! Tool outcomes (including refusals) travel inside a successful `end`, so a tool's own error
@@ -53,15 +53,13 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, watch};
 
-use super::actor::ActorHandle;
-use super::service::{BoxFuture, CallCtx, Service};
-use super::stream::{CallOptions, StreamItem};
-use super::tool_result::{self, Assembled, Assembler, AssemblyError, RESULT_PART};
-use super::wake::{Wakes, WrappedWaker};
+use super::exec::ExecChunk;
+use super::serve::{Caller, Dispatch, ToolReply, ToolServer};
 use crate::error::{Error, ErrorCode, Result};
 use crate::mesh::Target;
-use crate::tools::exec::ExecChunk;
-use crate::tools::serve::{Caller, Dispatch, ToolReply, ToolServer};
+use crate::proto::tool_result::{Assembled, Assembler, AssemblyError, RESULT_PART};
+use crate::rpc::{BoxFuture, CallCtx, CallOptions, MeshClient, Service, StreamItem};
+use crate::wake::{Wakes, WrappedWaker};
 
 /// The method remote tool calls use.
 pub const METHOD_TOOL_CALL: &str = "tool.call";
@@ -152,8 +150,8 @@ impl Service for ToolService {
                 Err(e) => Err(e),
             };
             match result {
-                Ok(r) => tool_result::send_ok(&mut sink, r.text, r.details, req.raw_result).await,
-                Err(e) => tool_result::send_err(&mut sink, e.code.as_str(), &e.message).await,
+                Ok(r) => super::result::send_ok(&mut sink, r.text, r.details, req.raw_result).await,
+                Err(e) => super::result::send_err(&mut sink, e.code.as_str(), &e.message).await,
             }
         })
     }
@@ -421,7 +419,7 @@ fn remote_request(name: &str, a: &Map<String, Value>) -> Option<RemoteRequest> {
 /// Start a remote `cluster_*` call on the node's runtime.
 pub(crate) fn start_remote(
     runtime: &tokio::runtime::Handle,
-    actor: ActorHandle,
+    mesh: MeshClient,
     self_id: String,
     name: &str,
     args: &Map<String, Value>,
@@ -437,7 +435,7 @@ pub(crate) fn start_remote(
     let (cancel, cancel_rx) = watch::channel(false);
     let name = name.to_string();
     runtime.spawn(async move {
-        let r = run_remote(&actor, &self_id, &name, req, caller, &tx, cancel_rx).await;
+        let r = run_remote(&mesh, &self_id, &name, req, caller, &tx, cancel_rx).await;
         if let Err(e) = r {
             let _ = tx.send(Err(e)).await;
         }
@@ -446,7 +444,7 @@ pub(crate) fn start_remote(
 }
 
 async fn run_remote(
-    actor: &ActorHandle,
+    mesh: &MeshClient,
     self_id: &str,
     name: &str,
     req: RemoteRequest,
@@ -473,7 +471,7 @@ async fn run_remote(
         Target::Name(n) => vec![n.clone()],
         Target::Tags(tags) => {
             let mut nodes: Vec<String> = Vec::new();
-            for c in actor.resolve(target.clone(), Vec::new()).await {
+            for c in mesh.resolve(target.clone(), Vec::new()).await {
                 if !nodes.contains(&c.node) {
                     nodes.push(c.node);
                 }
@@ -503,7 +501,7 @@ async fn run_remote(
     let mut last_err = None;
     let mut opened = None;
     for node in &candidates {
-        match actor
+        match mesh
             .open_stream(node, METHOD_TOOL_CALL, payload.clone(), opts.deadline)
             .await
         {
@@ -588,11 +586,11 @@ async fn run_remote(
                         head,
                         text,
                         prefix_len,
-                    }) => tool_result::decode_raw(head, text, prefix_len)
+                    }) => super::result::decode_raw(head, text, prefix_len)
                         .await
                         .map_err(|e| unreadable(name, &node, e))?,
                     Ok(Assembled::Json { bytes, prefix }) => {
-                        let v = tool_result::decode_json(bytes)
+                        let v = super::result::decode_json(bytes)
                             .await
                             .map_err(|e| unreadable(name, &node, e))?;
                         if v.ok != Some(true) {

@@ -9,16 +9,19 @@
 
 use std::time::Duration;
 
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 
-use super::actor::Input;
+use super::port::{self, Command, Port};
 use crate::error::{Error, ErrorCode, Result};
 use crate::proto::{CallId, STREAM_WINDOW_CHUNKS};
 
 /// Chunks consumed before credit is granted back: half the window, so the server rarely waits.
 pub const CREDIT_BATCH_CHUNKS: u64 = STREAM_WINDOW_CHUNKS / 2;
 
-/// Options for [`crate::node::Node::call_stream`].
+/// Options for [`crate::app::Node::call_stream`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallOptions {
     /// Inactivity deadline: the call fails with `Timeout` when, for this long, no chunk arrived
@@ -45,26 +48,44 @@ pub enum StreamItem {
 }
 
 /// What the actor pushes into a stream's channel.
-pub(crate) type StreamMsg = Result<StreamItem>;
+pub type StreamMsg = Result<StreamItem>;
 
 /// Capacity of a stream's channel: the window plus one terminal item.
-pub(crate) const STREAM_CHANNEL: usize = STREAM_WINDOW_CHUNKS as usize + 1;
+pub const STREAM_CHANNEL: usize = STREAM_WINDOW_CHUNKS as usize + 1;
 
 /// An open call. Dropping it (or [`CallStream::cancel`]) before its end sends `cancel` to the
 /// server.
 pub struct CallStream {
-    pub(crate) call_id: CallId,
-    pub(crate) dst: String,
-    pub(crate) rx: mpsc::Receiver<StreamMsg>,
-    pub(crate) actor: mpsc::Sender<Input>,
-    pub(crate) consumed: u64,
+    call_id: CallId,
+    dst: String,
+    rx: mpsc::Receiver<StreamMsg>,
+    port: Arc<dyn Port>,
+    consumed: u64,
     /// Chunks taken by the consumer, read by the actor before deadlines are checked (a
     /// consumer that is still draining its buffer keeps the call alive).
-    pub(crate) taken: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    pub(crate) done: bool,
+    taken: Arc<AtomicU64>,
+    done: bool,
 }
 
 impl CallStream {
+    pub(crate) fn new(
+        call_id: CallId,
+        dst: String,
+        rx: mpsc::Receiver<StreamMsg>,
+        port: Arc<dyn Port>,
+        taken: Arc<AtomicU64>,
+    ) -> Self {
+        CallStream {
+            call_id,
+            dst,
+            rx,
+            port,
+            consumed: 0,
+            taken,
+            done: false,
+        }
+    }
+
     /// The destination node.
     pub fn dst(&self) -> &str {
         &self.dst
@@ -97,12 +118,12 @@ impl CallStream {
                 self.consumed += 1;
                 if self.consumed >= CREDIT_BATCH_CHUNKS {
                     let chunks = std::mem::take(&mut self.consumed);
-                    let grant = Input::StreamCredit {
+                    let grant = Command::StreamCredit {
                         call_id: self.call_id,
                         chunks,
                     };
                     // Edges into the actor may wait; the actor never waits on us.
-                    let _ = self.actor.send(grant).await;
+                    port::send(&*self.port, grant).await;
                 }
             }
             Ok(StreamItem::End(_)) | Err(_) => self.done = true,
@@ -116,16 +137,16 @@ impl CallStream {
             return;
         }
         self.done = true;
-        let msg = Input::StreamCancel {
+        let msg = Command::StreamCancel {
             call_id: self.call_id,
         };
-        if let Err(mpsc::error::TrySendError::Full(msg)) = self.actor.try_send(msg) {
+        if let Err(mpsc::error::TrySendError::Full(msg)) = self.port.try_send(msg) {
             // The actor's queue is momentarily full: deliver the cancel from a task instead of
             // blocking a destructor.
-            let actor = self.actor.clone();
+            let port = Arc::clone(&self.port);
             if let Ok(h) = tokio::runtime::Handle::try_current() {
                 h.spawn(async move {
-                    let _ = actor.send(msg).await;
+                    port.send_waiting(msg).await;
                 });
             }
         }

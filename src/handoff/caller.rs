@@ -15,7 +15,7 @@ pub struct HandoffLimits {
 
 /// Context the caller side needs.
 pub(crate) struct CallerCtx {
-    pub actor: ActorHandle,
+    pub mesh: MeshClient,
     pub self_id: String,
     pub limits: HandoffLimits,
     pub log: Arc<HandoffLog>,
@@ -116,7 +116,7 @@ async fn run_handoff(
     let mut failures: Vec<String> = Vec::new();
     let mut last: Option<Error> = None;
     for attempt in 0..=MAX_RETRIES {
-        let candidates = ctx.actor.resolve(target.clone(), exclude.clone()).await;
+        let candidates = ctx.mesh.resolve(target.clone(), exclude.clone()).await;
         let Some(cand) = candidates.into_iter().find(|c| !exclude.contains(&c.node)) else {
             return Err(match last.take() {
                 None => no_candidate(&ctx.self_id, &target),
@@ -288,7 +288,7 @@ async fn attempt_once(
         )
     })?;
     let mut stream = match ctx
-        .actor
+        .mesh
         .open_stream(
             node,
             METHOD_HANDOFF,
@@ -584,7 +584,7 @@ async fn run_send(
     caller: ToolCaller,
 ) -> Result<ToolOutput> {
     let want = describe(&target);
-    let candidates = ctx.actor.resolve(target.clone(), Vec::new()).await;
+    let candidates = ctx.mesh.resolve(target.clone(), Vec::new()).await;
     if candidates.is_empty() {
         let e = no_candidate(&ctx.self_id, &target);
         return Err(Error::new(
@@ -607,7 +607,7 @@ async fn run_send(
             cand.node
         );
         let bytes = match ctx
-            .actor
+            .mesh
             .request(&cand.node, METHOD_SEND, payload, SEND_TIMEOUT)
             .await
         {

@@ -52,14 +52,14 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, watch, Notify};
 
-use super::actor::ActorHandle;
-use super::host::{HostBridge, HostReply};
-use super::remote_tools::{ToolCall, ToolCaller, ToolEvent};
-use super::service::{BoxFuture, CallCtx, Service};
-use super::stream::StreamItem;
-use super::ToolOutput;
 use crate::error::{Error, ErrorCode, Result};
+use crate::host::{HostBridge, HostReply};
 use crate::mesh::Target;
+use crate::rpc::MeshClient;
+use crate::rpc::StreamItem;
+use crate::rpc::{BoxFuture, CallCtx, Service};
+use crate::tools::remote::{ToolCall, ToolCaller, ToolEvent};
+use crate::tools::ToolOutput;
 
 /// The mesh method of a handoff (streamed).
 pub const METHOD_HANDOFF: &str = "agent.handoff";

@@ -16,7 +16,6 @@
 
 use serde_json::Value;
 
-use super::service::ChunkSink;
 use crate::error::{Error, ErrorCode, Result};
 use crate::proto::MAX_CHUNK_BYTES;
 
@@ -26,16 +25,16 @@ pub const RESULT_PART: u8 = 0;
 /// First byte of a raw final payload (a JSON one starts with `{`).
 pub const RAW_RESULT: u8 = 1;
 /// Marker, text length (u64 BE), head length (u32 BE).
-const RAW_FIXED: usize = 1 + 8 + 4;
+pub const RAW_FIXED: usize = 1 + 8 + 4;
 /// Largest result a caller assembles from pieces: one maximum frame, the limit of a result that
 /// travelled as a single reply before results were streamed.
 pub const MAX_RESULT_BYTES: usize = crate::proto::MAX_FRAME_BYTES;
 /// JSON results at least this large are encoded and parsed on the blocking pool: escaping or
 /// unescaping a MiB of text takes about a millisecond, which would hold up every link and call
 /// on the node's single worker meanwhile. Raw texts are only checked for UTF-8 (fast), on the
-/// blocking pool from [`OFFLOAD_UTF8_BYTES`].
-const OFFLOAD_RESULT_BYTES: usize = 64 * 1024;
-const OFFLOAD_UTF8_BYTES: usize = 4 * 1024 * 1024;
+/// blocking pool from [`OFFLOAD_UTF8_BYTES`] (`tools::result` does the offloading).
+pub const OFFLOAD_RESULT_BYTES: usize = 64 * 1024;
+pub const OFFLOAD_UTF8_BYTES: usize = 4 * 1024 * 1024;
 
 /// The JSON form of a tool that ran.
 #[derive(serde::Serialize)]
@@ -75,68 +74,57 @@ pub struct WireResult {
     pub message: Option<String>,
 }
 
-fn internal(e: impl std::fmt::Display) -> Error {
-    Error::new(ErrorCode::Internal, format!("tool result: {e}"))
+/// The JSON form of a tool that ran.
+pub fn encode_json_ok(text: &str, details: &Value) -> Result<Vec<u8>> {
+    serde_json::to_vec(&WireOk {
+        ok: true,
+        text,
+        details,
+    })
+    .map_err(|e| Error::new(ErrorCode::Internal, format!("tool result: {e}")))
 }
 
-/// Send a tool's successful result: raw when the caller asked for it, JSON otherwise. Returns
-/// the `end` payload (the last piece).
-pub async fn send_ok(
-    sink: &mut ChunkSink,
-    text: String,
-    details: Value,
-    raw: bool,
-) -> Result<Vec<u8>> {
-    if raw {
-        let head = serde_json::to_vec(&RawHeadOut {
-            ok: true,
-            details: &details,
-        })
-        .map_err(internal)?;
-        let mut fixed = [0u8; RAW_FIXED];
-        fixed[0] = RAW_RESULT;
-        fixed[1..9].copy_from_slice(&(text.len() as u64).to_be_bytes());
-        fixed[9..].copy_from_slice(&(head.len() as u32).to_be_bytes());
-        return send_pieces(sink, &[&fixed, &head, text.as_bytes()]).await;
-    }
-    let big = text.len() >= OFFLOAD_RESULT_BYTES;
-    let encode = move || {
-        serde_json::to_vec(&WireOk {
-            ok: true,
-            text: &text,
-            details: &details,
-        })
-        .map_err(internal)
-    };
-    let out = if big {
-        tokio::task::spawn_blocking(encode)
-            .await
-            .map_err(internal)??
-    } else {
-        encode()?
-    };
-    send_pieces(sink, &[&out]).await
-}
-
-/// Send a refusal or failure (always JSON, always small enough to be one payload).
-pub async fn send_err(sink: &mut ChunkSink, code: &str, message: &str) -> Result<Vec<u8>> {
-    let out = serde_json::json!({"ok": false, "code": code, "message": message})
+/// The JSON form of a refusal or failure (always small enough to be one payload).
+pub fn encode_json_err(code: &str, message: &str) -> Vec<u8> {
+    serde_json::json!({"ok": false, "code": code, "message": message})
         .to_string()
-        .into_bytes();
-    send_pieces(sink, &[&out]).await
+        .into_bytes()
 }
 
-/// Cut the concatenation of `parts` into result-part chunks (sent under the caller's credit)
-/// and return the last piece, the `end` payload. A payload of at most one chunk is returned
-/// whole. Each piece is copied once, straight from `parts`, when its turn comes.
-pub async fn send_pieces(sink: &mut ChunkSink, parts: &[&[u8]]) -> Result<Vec<u8>> {
-    let mut pieces = Pieces::new(parts);
-    loop {
-        match pieces.next_piece() {
-            Piece::Chunk(c) => sink.send(c).await?,
-            Piece::End(e) => return Ok(e),
-        }
+/// The raw form's fixed prefix and head for a text of `text_len` bytes; the text follows them.
+pub fn encode_raw_head(text_len: usize, details: &Value) -> Result<([u8; RAW_FIXED], Vec<u8>)> {
+    let head = serde_json::to_vec(&RawHeadOut { ok: true, details })
+        .map_err(|e| Error::new(ErrorCode::Internal, format!("tool result: {e}")))?;
+    let mut fixed = [0u8; RAW_FIXED];
+    fixed[0] = RAW_RESULT;
+    fixed[1..9].copy_from_slice(&(text_len as u64).to_be_bytes());
+    fixed[9..].copy_from_slice(&(head.len() as u32).to_be_bytes());
+    Ok((fixed, head))
+}
+
+/// Parse a JSON final payload.
+pub fn parse_json(bytes: &[u8]) -> std::result::Result<WireResult, String> {
+    serde_json::from_slice::<WireResult>(bytes).map_err(|e| e.to_string())
+}
+
+/// A raw result's head: its details (a raw result is always a success).
+pub fn parse_raw_head(head: &[u8]) -> std::result::Result<Value, String> {
+    let h: RawHeadIn = serde_json::from_slice(head).map_err(|e| format!("raw result head: {e}"))?;
+    if h.ok != Some(true) {
+        return Err("raw result head: ok must be true (refusals travel as JSON)".into());
     }
+    Ok(h.details)
+}
+
+/// A raw result's text as a string (the prefix included); an offset in an error counts from
+/// the start of the text as sent, not of the prefix.
+pub fn text_utf8(text: Vec<u8>, prefix_len: usize) -> std::result::Result<String, String> {
+    String::from_utf8(text).map_err(|e| {
+        format!(
+            "raw result text is not UTF-8 (at byte {})",
+            e.utf8_error().valid_up_to().saturating_sub(prefix_len)
+        )
+    })
 }
 
 /// One piece of a final payload on the wire.
@@ -148,7 +136,7 @@ pub enum Piece {
     End(Vec<u8>),
 }
 
-/// The pieces of the concatenation of some slices, in order (see [`send_pieces`]).
+/// The pieces of the concatenation of some slices, in order (see `tools::result::send_pieces`).
 pub struct Pieces<'a> {
     cut: Cutter<'a>,
     /// Result-part chunks still to come before the end.
@@ -231,7 +219,7 @@ type Assembly<T> = std::result::Result<T, AssemblyError>;
 
 /// A finished result, as the caller read it.
 pub enum Assembled {
-    /// A JSON payload: parse it with [`decode_json`]; `prefix` (the assembler's) goes in front
+    /// A JSON payload: parse it with [`parse_json`]; `prefix` (the assembler's) goes in front
     /// of its text.
     Json { bytes: Vec<u8>, prefix: String },
     /// A raw one: its head, and its text behind the assembler's prefix (`prefix_len` bytes).
@@ -360,54 +348,10 @@ impl RawParts {
     }
 }
 
-/// Parse a JSON final payload (on the blocking pool when large).
-pub async fn decode_json(bytes: Vec<u8>) -> std::result::Result<WireResult, String> {
-    let big = bytes.len() >= OFFLOAD_RESULT_BYTES;
-    let parse = move || serde_json::from_slice::<WireResult>(&bytes).map_err(|e| e.to_string());
-    offload_if(parse, big).await
-}
-
-/// A raw result's details and its text as a string (the prefix included); an offset in an
-/// error counts from the start of the text as sent, not of the prefix.
-pub async fn decode_raw(
-    head: Vec<u8>,
-    text: Vec<u8>,
-    prefix_len: usize,
-) -> std::result::Result<(Value, String), String> {
-    let h: RawHeadIn =
-        serde_json::from_slice(&head).map_err(|e| format!("raw result head: {e}"))?;
-    if h.ok != Some(true) {
-        return Err("raw result head: ok must be true (refusals travel as JSON)".into());
-    }
-    let big = text.len() >= OFFLOAD_UTF8_BYTES;
-    let check = move || {
-        String::from_utf8(text).map_err(|e| {
-            format!(
-                "raw result text is not UTF-8 (at byte {})",
-                e.utf8_error().valid_up_to().saturating_sub(prefix_len)
-            )
-        })
-    };
-    let text = offload_if(check, big).await?;
-    Ok((h.details, text))
-}
-
-async fn offload_if<T: Send + 'static>(
-    f: impl FnOnce() -> std::result::Result<T, String> + Send + 'static,
-    big: bool,
-) -> std::result::Result<T, String> {
-    if big {
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| e.to_string())?
-    } else {
-        f()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tools::result::decode_raw;
     use serde_json::json;
 
     /// The pieces a server sends for `parts`, fed to a caller's assembler.

@@ -5,9 +5,9 @@
 //! ```text
 //! actor: `call` for a registered method → served table entry (credit semaphore = window,
 //!        cancel watch) → tokio::spawn(service.call(ctx, payload))
-//! task:  ctx.sink.send(bytes) → waits for a credit permit → Input::ServedChunk → actor → `chunk`
+//! task:  ctx.sink.send(bytes) → waits for a credit permit → Command::ServedChunk → actor → `chunk`
 //! actor: `credit` → semaphore.add_permits; `cancel` / caller unreachable → cancel watch = true
-//! task:  returns Ok(bytes) / Err(e) → Input::ServedDone → actor → `end` (after chunks) or `reply`
+//! task:  returns Ok(bytes) / Err(e) → Command::ServedDone → actor → `end` (after chunks) or `reply`
 //! ```
 //! A slow consumer therefore parks only its own producer task (waiting for credit); the link and
 //! the actor never wait for it.
@@ -16,9 +16,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 
-use super::actor::Input;
+use super::port::{self, Command, Port};
 use crate::error::{Error, ErrorCode, Result};
 use crate::proto::{CallId, NodeId, MAX_CHUNK_BYTES};
 
@@ -68,14 +68,31 @@ pub struct CallCtx {
 
 /// Sends stream chunks of one served call, waiting for the caller's credit.
 pub struct ChunkSink {
-    pub(crate) tx: mpsc::Sender<Input>,
-    pub(crate) from: NodeId,
-    pub(crate) call_id: CallId,
-    pub(crate) credit: Arc<Semaphore>,
-    pub(crate) cancel: watch::Receiver<bool>,
+    port: Arc<dyn Port>,
+    from: NodeId,
+    call_id: CallId,
+    credit: Arc<Semaphore>,
+    cancel: watch::Receiver<bool>,
 }
 
 impl ChunkSink {
+    /// The sink of call `call_id` from `from`: chunks go to `port` once `credit` allows.
+    pub fn new(
+        port: Arc<dyn Port>,
+        from: NodeId,
+        call_id: CallId,
+        credit: Arc<Semaphore>,
+        cancel: watch::Receiver<bool>,
+    ) -> Self {
+        ChunkSink {
+            port,
+            from,
+            call_id,
+            credit,
+            cancel,
+        }
+    }
+
     /// Send `bytes` as one chunk (split into [`MAX_CHUNK_BYTES`] pieces if larger). Waits while
     /// the caller's window is exhausted; fails with `Cancelled` once the call is cancelled and
     /// `NotRunning` when the node stops.
@@ -107,15 +124,16 @@ impl ChunkSink {
                 },
             },
         }
-        let input = Input::ServedChunk {
+        let cmd = Command::ServedChunk {
             from: self.from.clone(),
             call_id: self.call_id,
             bytes,
         };
-        self.tx
-            .send(input)
-            .await
-            .map_err(|_| Error::new(ErrorCode::NotRunning, "the node is stopping"))
+        if port::send(&*self.port, cmd).await {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorCode::NotRunning, "the node is stopping"))
+        }
     }
 
     /// Whether the call was cancelled.

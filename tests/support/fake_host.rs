@@ -1,6 +1,6 @@
 //! A scripted stand-in for the OpenClaw host, for tests and benchmarks: it pulls a node's host
-//! requests ([`super::host::HostBridge::next_request`]) and answers the agent requests of
-//! [`super::handoff`] the way `js/agents.ts` does on a real gateway, following a script chosen
+//! requests ([`HostBridge::next_request`]) and answers the agent requests of
+//! `clawmatrix::handoff` the way `js/agents.ts` does on a real gateway, following a script chosen
 //! per task text. It records every request (and when cancels and aborts arrived) so tests can
 //! assert on them.
 //!
@@ -17,15 +17,17 @@
 //! `stamp` mode (benchmarks): every delta is `"<seq>:<µs since epoch>;"` so the consumer can
 //! compute latency against the same clock.
 
+#![allow(dead_code)] // shared by several test and bench crates; each uses a subset
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::handoff::{HOST_AGENTS_LIST, HOST_AGENT_ABORT, HOST_AGENT_RUN, HOST_AGENT_SEND};
-use super::host::{HostBridge, HostReply, HostRequest, KIND_CANCEL};
-use crate::error::{Error, ErrorCode};
+use clawmatrix::error::{Error, ErrorCode};
+use clawmatrix::handoff::{HOST_AGENTS_LIST, HOST_AGENT_ABORT, HOST_AGENT_RUN, HOST_AGENT_SEND};
+use clawmatrix::host::{HostBridge, HostReply, HostRequest, KIND_CANCEL};
 
 /// What the fake host saw.
 #[derive(Debug, Clone)]
