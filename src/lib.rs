@@ -27,6 +27,8 @@
 //! - [`status`]: the status/peers report shapes shared by the binding and the CLI.
 //! - `binding`: the only `#[napi]` code (the handle class and its plain-data objects).
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod alloc;
 pub mod app;
 pub mod config;

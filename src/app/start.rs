@@ -237,35 +237,16 @@ pub(super) fn spawn(
         shutdown: shutdown_rx.clone(),
         counters: Arc::clone(&counters),
     });
-    if let Some(l) = listener {
-        let this = listener::Listener {
-            ctx: ctx.clone(),
-            tls: tls_acceptor,
-            nonces: Arc::new(Mutex::new(NonceCache::default())),
-            admission: admission::Admission::new(
-                admission::MAX_PENDING_HANDSHAKES,
-                admission::MAX_PENDING_PER_SOURCE,
-                Arc::clone(&counters),
-            ),
-            handshake_timeout: opts
-                .handshake_timeout
-                .unwrap_or(Duration::from_millis(listener::HANDSHAKE_TIMEOUT_MS)),
-        };
-        tasks.spawn(listener::serve(l, this));
-    }
-    for peer in &config.peers {
-        let target = dialer::DialTarget {
-            peer: peer.clone(),
-            tls: if peer.parsed.tls {
-                tls_connector.clone()
-            } else {
-                None
-            },
-            heartbeat: Duration::from_millis(config.heartbeat_interval_ms),
-            seed: os_u64(),
-        };
-        tasks.spawn(dialer::run(ctx.clone(), target));
-    }
+    spawn_mesh_io(
+        &mut tasks,
+        &ctx,
+        config,
+        opts,
+        listener,
+        tls_acceptor,
+        tls_connector,
+        &counters,
+    );
     let mesh = actor.client(snapshot);
     let proxy_ctx = Arc::new(crate::proxy::ProxyCtx {
         config: Arc::clone(config),
@@ -284,21 +265,7 @@ pub(super) fn spawn(
     }
     tasks.spawn(crate::proxy::serve(proxy, proxy_ctx, shutdown_rx));
     drop(_enter);
-    events.info(format!(
-        "node {} started: mesh {}, model proxy on {}",
-        config.node_id,
-        info.listen_addr
-            .map(|a| {
-                let scheme = if config.tls.cert_file.is_some() {
-                    "wss"
-                } else {
-                    "ws"
-                };
-                format!("listening on {a} ({scheme})")
-            })
-            .unwrap_or_else(|| "dial-out only".into()),
-        info.proxy_addr
-    ));
+    log_started(events, config, &info);
     Ok(Running {
         runtime,
         shutdown,
@@ -314,6 +281,68 @@ pub(super) fn spawn(
         handoffs: built.handoffs,
         counters,
     })
+}
+
+/// The listener (when `listen`) and one dialer per configured peer.
+#[allow(clippy::too_many_arguments)]
+fn spawn_mesh_io(
+    tasks: &mut JoinSet<()>,
+    ctx: &Arc<link::LinkCtx>,
+    config: &Config,
+    opts: &StartOptions,
+    listener: Option<tokio::net::TcpListener>,
+    tls_acceptor: Option<TlsAcceptor>,
+    tls_connector: Option<TlsConnector>,
+    counters: &Arc<admission::ShellCounters>,
+) {
+    if let Some(l) = listener {
+        let this = listener::Listener {
+            ctx: Arc::clone(ctx),
+            tls: tls_acceptor,
+            nonces: Arc::new(Mutex::new(NonceCache::default())),
+            admission: admission::Admission::new(
+                admission::MAX_PENDING_HANDSHAKES,
+                admission::MAX_PENDING_PER_SOURCE,
+                Arc::clone(counters),
+            ),
+            handshake_timeout: opts
+                .handshake_timeout
+                .unwrap_or(Duration::from_millis(listener::HANDSHAKE_TIMEOUT_MS)),
+        };
+        tasks.spawn(listener::serve(l, this));
+    }
+    for peer in &config.peers {
+        let target = dialer::DialTarget {
+            peer: peer.clone(),
+            tls: if peer.parsed.tls {
+                tls_connector.clone()
+            } else {
+                None
+            },
+            heartbeat: Duration::from_millis(config.heartbeat_interval_ms),
+            seed: os_u64(),
+        };
+        tasks.spawn(dialer::run(Arc::clone(ctx), target));
+    }
+}
+
+/// The one line that says what a started node bound.
+fn log_started(events: &EventQueue, config: &Config, info: &StartInfo) {
+    events.info(format!(
+        "node {} started: mesh {}, model proxy on {}",
+        config.node_id,
+        info.listen_addr
+            .map(|a| {
+                let scheme = if config.tls.cert_file.is_some() {
+                    "wss"
+                } else {
+                    "ws"
+                };
+                format!("listening on {a} ({scheme})")
+            })
+            .unwrap_or_else(|| "dial-out only".into()),
+        info.proxy_addr
+    ));
 }
 
 /// A u64 from the OS RNG (mesh seed, jitter seeds). If the OS cannot provide one, fall back to
