@@ -6,15 +6,33 @@
 //! at [`Mesh::poll_timeout`]. The core never reads the clock, the network or an RNG.
 //!
 //! # Layout
-//! - [`core`] — the [`Mesh`] struct and its input handlers.
-//! - [`link`] — one live link (peer, direction, heartbeat).
+//! - [`core`] — the [`Mesh`] struct: its fields, construction, accessors, the output queue,
+//!   frame headers and ids, and the timers (`poll_timeout`, `handle_tick`). Its `impl` is split
+//!   by concern into private files:
+//!   - `core::links` — link lifecycle: admission, link up (duplicate tie-break) and down,
+//!     shutdown, heartbeats and pongs.
+//!   - `core::inbound` — one message from a link: decode, count errors, dispatch link-local
+//!     bodies; routed frames go to `core::relay`.
+//!   - `core::gossip` — other nodes' records: checks, merge, leaves, digests and anti-entropy,
+//!     gossip batching and the per-tick flood.
+//!   - `core::own` — our own record: `update_local`, publishing versions (RTT re-advertising
+//!     included), copies of it coming back.
+//!   - `core::reach` — reachability: route recomputation and its events, forgetting
+//!     unreachable nodes, the `peers` view and target resolution.
+//!   - `core::relay` — routed frames: sending ours, forwarding others' (TTL, dedup, loops),
+//!     bouncing undeliverable calls.
+//!   - `core::calls` — calls we originate: start, cancel, credit, deadlines, and delivery of
+//!     frames addressed to us.
+//! - [`link`] — one live link (peer, direction, heartbeat, RTT bucket to advertise).
 //! - [`ping`] — heartbeat tracker with smoothed RTT.
-//! - [`records`] — the record store (merge, leave, forget).
-//! - [`routes`] — link-state shortest paths.
+//! - [`records`] — the record store (merge, leave, forget, memory budget).
+//! - [`routes`] — link-state shortest paths over the records' graph.
 //! - [`dedup`] — bounded duplicate filter for relayed frames.
-//! - [`calls`] — caller-side call/stream correlation.
+//! - [`calls`] — the table of calls we originate (correlation, deadlines).
 //! - [`target`] — `Target` parsing and candidate ordering.
 //! - [`stats`] — counters.
+//! - this file — configuration ([`MeshConfig`], [`LocalInfo`]), the output and event types,
+//!   errors with stable codes, close codes and record limits.
 
 pub mod calls;
 pub mod core;

@@ -1,0 +1,94 @@
+//! One message from a link: decode it (counting errors; an oversized one is a protocol error
+//! that drops the link), note the link's activity, and dispatch. Link-local bodies (ping,
+//! pong, digest, gossip, leave) go to `links` and `gossip`; routed frames go to `relay`.
+
+use super::Mesh;
+use crate::mesh::link::LinkId;
+use crate::mesh::{DownReason, CLOSE_PROTOCOL_ERROR};
+use crate::proto::codec::{self, CodecError};
+use crate::proto::{Body, Frame};
+
+impl Mesh {
+    /// One BINARY message from `link`: decode (counting errors) and handle it.
+    pub fn handle_data(&mut self, now: u64, link: LinkId, bytes: &[u8]) {
+        self.handle_data_owned(now, link, bytes.to_vec());
+    }
+
+    /// [`Mesh::handle_data`] on a message the caller owns: its buffer becomes the frame's
+    /// payload, and a relayed frame leaves in the same buffer (the payload is never copied).
+    pub fn handle_data_owned(&mut self, now: u64, link: LinkId, bytes: Vec<u8>) {
+        self.touch(now);
+        if !self.links.contains_key(&link) {
+            self.stats.unknown_link += 1;
+            return;
+        }
+        let len = bytes.len();
+        match codec::decode_owned(bytes) {
+            Ok(frame) => self.handle_frame(now, link, frame),
+            Err(e) => {
+                self.stats.frames_in += 1;
+                self.stats.bytes_in += len as u64;
+                self.count_decode_error(&e);
+                if matches!(e, CodecError::TooLarge { .. }) {
+                    self.drop_link(now, link, DownReason::ProtocolError(e.to_string()));
+                    self.close(link, CLOSE_PROTOCOL_ERROR, "frame too large");
+                }
+            }
+        }
+    }
+
+    /// Count a decode error the shell hit itself (e.g. a TEXT message after the handshake).
+    pub fn count_decode_error(&mut self, e: &CodecError) {
+        self.stats.decode_errors += 1;
+        *self
+            .stats
+            .decode_errors_by_code
+            .entry(e.code().to_string())
+            .or_insert(0) += 1;
+    }
+
+    /// One decoded frame from `link`.
+    pub fn handle_frame(&mut self, now: u64, link: LinkId, frame: Frame) {
+        self.touch(now);
+        if self.shut_down {
+            return;
+        }
+        let Some(l) = self.links.get_mut(&link) else {
+            self.stats.unknown_link += 1;
+            return;
+        };
+        self.stats.frames_in += 1;
+        self.stats.bytes_in += frame.payload.len() as u64;
+        l.last_seen = now;
+        l.ping.on_activity();
+        let peer = l.peer.clone();
+        if frame.header.dst.is_none() {
+            if frame.header.src != peer {
+                self.stats.dropped_spoofed += 1;
+                return;
+            }
+            self.handle_link_local(now, link, frame.header.body);
+        } else {
+            self.handle_routed(now, link, frame);
+        }
+    }
+
+    fn handle_link_local(&mut self, now: u64, link: LinkId, body: Body) {
+        match body {
+            Body::Ping { seq, t } => self.send_local(now, link, Body::Pong { seq, t }),
+            Body::Pong { seq, t } => self.on_pong(now, link, seq, t),
+            Body::Digest { entries, sum, ask } => match sum {
+                Some(theirs) => self.on_digest_sum(now, link, theirs),
+                None => self.on_digest(now, link, entries, ask),
+            },
+            Body::Gossip { records } => {
+                for r in records {
+                    self.on_record(now, Some(link), r);
+                }
+            }
+            Body::Leave { node, incarnation } => self.on_leave(now, link, node, incarnation),
+            // Routed bodies never get here (decode_header guarantees they carry a dst).
+            _ => {}
+        }
+    }
+}
