@@ -6,7 +6,7 @@
 //! Home starts `--streams` (default 1000) `cluster_handoff` tool calls at once (their starts
 //! spread over one chunk period), each to `coder`, pinned round-robin to the four offices by
 //! node-id targets (an office serves at most 256 calls at once, `MAX_SERVED_CALLS`). On every
-//! office a scripted host (`node::fake_host`, stamp mode) answers `agent.run` with one delta
+//! office a scripted host (`tests/support/fake_host.rs`, stamp mode) answers `agent.run` with one delta
 //! every `1000 / --rate` ms (default 50 chunks/s) for `--secs` seconds; each delta is
 //! `"<seq>:<µs since a shared epoch>;"`. Home's consumers parse every delta they get from
 //! `ToolCall::next()` (the same steps the shim forwards to `onUpdate`) and record:

@@ -266,7 +266,7 @@ impl FromNapiValue for JsText {
     }
 }
 
-/// A request from the core to the host (see `src/node/host.rs`).
+/// A request from the core to the host (see `src/host.rs`).
 #[napi(object)]
 pub struct HostRequest {
     /// The call id to answer with `hostReply`.

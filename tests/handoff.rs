@@ -1,5 +1,5 @@
 //! Handoff and messages over real sockets: home hands tasks to office's `coder` through cloud,
-//! with a scripted OpenClaw host (`node::fake_host`) answering `agent.run` on the serving nodes.
+//! with a scripted OpenClaw host (`tests/support/fake_host.rs`) answering `agent.run` on the serving nodes.
 //! Stream ordering, the inactivity timeout and its reset, the hard cap, retries on another node
 //! only before output, cancel reaching the remote run, isolation of concurrent streams, a
 //! target dropping mid-stream, unknown agents, and `cluster_send` acknowledgements.

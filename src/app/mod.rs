@@ -1,6 +1,6 @@
 //! The composition root: a [`Node`] is the lifecycle handle the binding wraps. It holds the
-//! validated config, starts a node ([`start`]: bind, build the services, spawn the runtime's
-//! tasks), stops it, and assembles the status report ([`report`]) from what the runtime
+//! validated config, starts a node (`start`: bind, build the services, spawn the runtime's
+//! tasks), stops it, and assembles the status report (`report`) from what the runtime
 //! publishes.
 //!
 //! Lifecycle: OpenClaw restarts a plugin's service in place when its config changes, and a reload
@@ -11,8 +11,8 @@
 //! # Layout
 //! - this file: [`Node`], [`StartOptions`], [`StartInfo`], stop, and the entry points of the
 //!   agent tools and the test/bench calls (all through the narrow [`crate::rpc`] API).
-//! - [`start`]: bind (TLS material, runtime, sockets), build the services, spawn the tasks.
-//! - [`report`]: the status report from the mesh snapshot and the services' own state.
+//! - `start`: bind (TLS material, runtime, sockets), build the services, spawn the tasks.
+//! - `report`: the status report from the mesh snapshot and the services' own state.
 //!
 //! Tasks: actor (1), listener (1, plus one per inbound connection), dialer (1 per peer; its
 //! links run inside it), proxy (1 plus its connections), served calls (1 per call, at most

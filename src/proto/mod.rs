@@ -9,6 +9,8 @@
 //! - [`auth`] — the SPAKE2 exchange, the key-confirmation transcript and MACs (constant-time
 //!   verification), the recent-nonce cache.
 //! - [`handshake`] — the [`Dialer`] and [`Acceptor`] state machines.
+//! - [`tool_result`] — a `tool.call`'s final payload (JSON and raw forms), cut into result
+//!   parts and put back together (`tools::result` streams and offloads it).
 //!
 //! The normative description is `docs/PROTOCOL.md`.
 

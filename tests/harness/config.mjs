@@ -1,4 +1,4 @@
-// openclaw.json generation for a test gateway (recipe: /work/shared/docs/openclaw-runtime.md §2).
+// openclaw.json generation for a test gateway (the facts behind it: tests/harness/README.md).
 
 import fs from 'node:fs';
 import path from 'node:path';

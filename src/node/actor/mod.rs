@@ -14,6 +14,15 @@
 //!         Event   → one log line, snapshot refreshed
 //!     actor ──watch──▶ MeshSnapshot (Node::status stays synchronous)
 //! ```
+//! # Layout
+//! - `mod.rs`: the actor's state, its run loop (inputs in batches, ticks, outputs, snapshot),
+//!   shutdown, and `spawn` with the supervision that restarts it after a panic.
+//! - `handle`: the actor's inputs and `ActorHandle` (also the features' `rpc::Port`).
+//! - `calls`: calls started here (requests, streams, credit) and served here (one task per
+//!   call, credit, cancel), and the dispatch of frames addressed to this node.
+//! - `links`: the live link table, carrying out the core's outputs (writer queues, the
+//!   slow-peer rule, closes) and one log line per mesh event.
+//!
 //! Edges into the actor await (backpressure on a link reader is fine: it just stops reading);
 //! edges out of it never await, so a slow peer can neither stall the actor nor other links, and
 //! no cycle of bounded channels can deadlock.
