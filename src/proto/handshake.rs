@@ -244,53 +244,8 @@ impl Dialer {
         match (state, frame) {
             (
                 DialerState::AwaitChallenge { pake },
-                HandshakeFrame::Challenge {
-                    version,
-                    features,
-                    node,
-                    nonce,
-                    pake: peer_share,
-                },
-            ) => {
-                if !valid_node_id(&node) {
-                    return reject(RejectCode::Malformed);
-                }
-                if let Some(step) = version_refusal(version, features, self.cfg.version) {
-                    return step;
-                }
-                if version > self.cfg.version {
-                    // The listener must agree on a version we speak.
-                    return wrong_version(u64::from(version), self.cfg.version);
-                }
-                if node == self.cfg.node_id {
-                    return reject(RejectCode::SelfId);
-                }
-                if self.expected.as_ref().is_some_and(|e| *e != node) {
-                    return reject(RejectCode::WrongNode);
-                }
-                let Ok(key) = pake.finish(&peer_share) else {
-                    return reject(RejectCode::Malformed);
-                };
-                let transcript = Transcript {
-                    dialer: self.cfg.node_id.clone(),
-                    listener: node.clone(),
-                    dialer_nonce: self.nonce,
-                    listener_nonce: nonce,
-                    dialer_version: self.cfg.version,
-                    version,
-                    dialer_features: self.cfg.features,
-                    listener_features: features,
-                    dialer_share: self.share,
-                    listener_share: peer_share,
-                };
-                let mac = compute_mac(&key, Role::Dialer, &transcript);
-                self.state = DialerState::AwaitWelcome {
-                    peer: node,
-                    key,
-                    transcript: Box::new(transcript),
-                };
-                Step::Send(HandshakeFrame::Auth { mac })
-            }
+                challenge @ HandshakeFrame::Challenge { .. },
+            ) => self.on_challenge(pake, challenge),
             (
                 DialerState::AwaitWelcome {
                     peer,
@@ -298,21 +253,83 @@ impl Dialer {
                     transcript,
                 },
                 HandshakeFrame::Welcome { mac, .. },
-            ) => {
-                if !verify_mac(&key, Role::Listener, &transcript, &mac) {
-                    return reject(RejectCode::BadMac);
-                }
-                if let Err(code) = admit(&peer) {
-                    return reject(code);
-                }
-                // The negotiated set from the authenticated transcript, not the welcome's copy.
-                Step::Done {
-                    send: None,
-                    peer,
-                    features: transcript.listener_features & self.cfg.features,
-                }
-            }
+            ) => self.on_welcome(peer, &key, &transcript, &mac, admit),
             _ => reject(RejectCode::Malformed),
+        }
+    }
+
+    /// The listener's challenge: check it, finish SPAKE2, prove the key.
+    fn on_challenge(&mut self, pake: Pake, challenge: HandshakeFrame) -> Step {
+        let HandshakeFrame::Challenge {
+            version,
+            features,
+            node,
+            nonce,
+            pake: peer_share,
+        } = challenge
+        else {
+            return reject(RejectCode::Malformed);
+        };
+        if !valid_node_id(&node) {
+            return reject(RejectCode::Malformed);
+        }
+        if let Some(step) = version_refusal(version, features, self.cfg.version) {
+            return step;
+        }
+        if version > self.cfg.version {
+            // The listener must agree on a version we speak.
+            return wrong_version(u64::from(version), self.cfg.version);
+        }
+        if node == self.cfg.node_id {
+            return reject(RejectCode::SelfId);
+        }
+        if self.expected.as_ref().is_some_and(|e| *e != node) {
+            return reject(RejectCode::WrongNode);
+        }
+        let Ok(key) = pake.finish(&peer_share) else {
+            return reject(RejectCode::Malformed);
+        };
+        let transcript = Transcript {
+            dialer: self.cfg.node_id.clone(),
+            listener: node.clone(),
+            dialer_nonce: self.nonce,
+            listener_nonce: nonce,
+            dialer_version: self.cfg.version,
+            version,
+            dialer_features: self.cfg.features,
+            listener_features: features,
+            dialer_share: self.share,
+            listener_share: peer_share,
+        };
+        let mac = compute_mac(&key, Role::Dialer, &transcript);
+        self.state = DialerState::AwaitWelcome {
+            peer: node,
+            key,
+            transcript: Box::new(transcript),
+        };
+        Step::Send(HandshakeFrame::Auth { mac })
+    }
+
+    /// The listener's proof of the key: verify it and admit the peer.
+    fn on_welcome(
+        &self,
+        peer: NodeId,
+        key: &SessionKey,
+        transcript: &Transcript,
+        mac: &Bytes32,
+        admit: impl FnOnce(&str) -> Result<(), RejectCode>,
+    ) -> Step {
+        if !verify_mac(key, Role::Listener, transcript, mac) {
+            return reject(RejectCode::BadMac);
+        }
+        if let Err(code) = admit(&peer) {
+            return reject(code);
+        }
+        // The negotiated set from the authenticated transcript, not the welcome's copy.
+        Step::Done {
+            send: None,
+            peer,
+            features: transcript.listener_features & self.cfg.features,
         }
     }
 }
@@ -384,61 +401,8 @@ impl Acceptor {
             return peer_rejected(code, reason);
         }
         match (state, frame) {
-            (
-                AcceptorState::AwaitHello { pake },
-                HandshakeFrame::Hello {
-                    version,
-                    features,
-                    node,
-                    nonce,
-                    pake: peer_share,
-                },
-            ) => {
-                if !valid_node_id(&node) {
-                    let why = "hello: the node id breaks the id rule".to_string();
-                    return reject_because(RejectCode::Malformed, why);
-                }
-                if let Some(step) = version_refusal(version, features, self.cfg.version) {
-                    return step;
-                }
-                if node == self.cfg.node_id {
-                    return reject(RejectCode::SelfId);
-                }
-                if !nonces.insert(&nonce) {
-                    return reject(RejectCode::Replay);
-                }
-                let Ok(key) = pake.finish(&peer_share) else {
-                    let why = "hello: the pake share is not a valid SPAKE2 share".to_string();
-                    return reject_because(RejectCode::Malformed, why);
-                };
-                let agreed = version.min(self.cfg.version);
-                let transcript = Transcript {
-                    dialer: node.clone(),
-                    listener: self.cfg.node_id.clone(),
-                    dialer_nonce: nonce,
-                    listener_nonce: self.nonce,
-                    dialer_version: version,
-                    version: agreed,
-                    dialer_features: features,
-                    listener_features: self.cfg.features,
-                    dialer_share: peer_share,
-                    listener_share: self.share,
-                };
-                // Only our share: nothing here depends on the secret in a way the dialer could
-                // check a guess against without running the exchange with that guess.
-                let challenge = HandshakeFrame::Challenge {
-                    version: agreed,
-                    features: self.cfg.features,
-                    node: self.cfg.node_id.clone(),
-                    nonce: self.nonce,
-                    pake: self.share,
-                };
-                self.state = AcceptorState::AwaitAuth {
-                    peer: node,
-                    key,
-                    transcript: Box::new(transcript),
-                };
-                Step::Send(challenge)
+            (AcceptorState::AwaitHello { pake }, hello @ HandshakeFrame::Hello { .. }) => {
+                self.on_hello(pake, hello, nonces)
             }
             (
                 AcceptorState::AwaitAuth {
@@ -447,22 +411,91 @@ impl Acceptor {
                     transcript,
                 },
                 HandshakeFrame::Auth { mac },
-            ) => {
-                if !verify_mac(&key, Role::Dialer, &transcript, &mac) {
-                    return reject(RejectCode::BadMac);
-                }
-                if let Err(code) = admit(&peer) {
-                    return reject(code);
-                }
-                let features = transcript.dialer_features & self.cfg.features;
-                let mac = compute_mac(&key, Role::Listener, &transcript);
-                Step::Done {
-                    send: Some(HandshakeFrame::Welcome { features, mac }),
-                    peer,
-                    features,
-                }
-            }
+            ) => self.on_auth(peer, &key, &transcript, &mac, admit),
             _ => reject(RejectCode::Malformed),
+        }
+    }
+
+    /// The dialer's hello: check it, run our half of SPAKE2, answer with the challenge.
+    fn on_hello(&mut self, pake: Pake, hello: HandshakeFrame, nonces: &mut NonceCache) -> Step {
+        let HandshakeFrame::Hello {
+            version,
+            features,
+            node,
+            nonce,
+            pake: peer_share,
+        } = hello
+        else {
+            return reject(RejectCode::Malformed);
+        };
+        if !valid_node_id(&node) {
+            let why = "hello: the node id breaks the id rule".to_string();
+            return reject_because(RejectCode::Malformed, why);
+        }
+        if let Some(step) = version_refusal(version, features, self.cfg.version) {
+            return step;
+        }
+        if node == self.cfg.node_id {
+            return reject(RejectCode::SelfId);
+        }
+        if !nonces.insert(&nonce) {
+            return reject(RejectCode::Replay);
+        }
+        let Ok(key) = pake.finish(&peer_share) else {
+            let why = "hello: the pake share is not a valid SPAKE2 share".to_string();
+            return reject_because(RejectCode::Malformed, why);
+        };
+        let agreed = version.min(self.cfg.version);
+        let transcript = Transcript {
+            dialer: node.clone(),
+            listener: self.cfg.node_id.clone(),
+            dialer_nonce: nonce,
+            listener_nonce: self.nonce,
+            dialer_version: version,
+            version: agreed,
+            dialer_features: features,
+            listener_features: self.cfg.features,
+            dialer_share: peer_share,
+            listener_share: self.share,
+        };
+        // Only our share: nothing here depends on the secret in a way the dialer could
+        // check a guess against without running the exchange with that guess.
+        let challenge = HandshakeFrame::Challenge {
+            version: agreed,
+            features: self.cfg.features,
+            node: self.cfg.node_id.clone(),
+            nonce: self.nonce,
+            pake: self.share,
+        };
+        self.state = AcceptorState::AwaitAuth {
+            peer: node,
+            key,
+            transcript: Box::new(transcript),
+        };
+        Step::Send(challenge)
+    }
+
+    /// The dialer's proof of the key: verify it, admit the peer, send our own proof.
+    fn on_auth(
+        &mut self,
+        peer: NodeId,
+        key: &SessionKey,
+        transcript: &Transcript,
+        mac: &Bytes32,
+        admit: impl FnOnce(&str) -> Result<(), RejectCode>,
+    ) -> Step {
+        if !verify_mac(key, Role::Dialer, transcript, mac) {
+            return reject(RejectCode::BadMac);
+        }
+        if let Err(code) = admit(&peer) {
+            return reject(code);
+        }
+        let features = transcript.dialer_features & self.cfg.features;
+        let mac = compute_mac(key, Role::Listener, transcript);
+        Step::Done {
+            send: Some(HandshakeFrame::Welcome { features, mac }),
+            peer,
+            features,
         }
     }
 }
