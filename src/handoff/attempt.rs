@@ -4,10 +4,10 @@
 //! ([`super::retry`]). Every way out ends the attempt's status record.
 //!
 //! ```text
-//! Attempt::new ─ open ─▶ read loop ──┬─ chunk  → take_chunk → Progress (waits for the consumer)
-//!                                    ├─ end    → answered / end_refused
-//!                                    ├─ error  → stream_failed
-//!                                    └─ cancel | hard cap | idle → cancel the stream, fail
+//! Attempt::new ─ open ─▶ read loop ─┬─ chunk → take_chunk → Progress (waits for the consumer)
+//!                                   ├─ end   → answered | end_refused
+//!                                   ├─ error → stream_failed
+//!                                   └─ cancel | hard cap | idle → cancel the stream, fail
 //! ```
 
 use super::caller::CallerCtx;
@@ -294,7 +294,12 @@ impl<'a> Attempt<'a> {
         }
         Ok(Some(ToolEvent::Progress {
             text: delta.into_owned(),
-            details: json!({"node": self.node, "agent": self.agent, "seq": seq, "handoffId": self.id}),
+            details: json!({
+                "node": self.node,
+                "agent": self.agent,
+                "seq": seq,
+                "handoffId": self.id,
+            }),
         }))
     }
 

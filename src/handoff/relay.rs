@@ -3,10 +3,10 @@
 //! the stream's end payload and the status record.
 //!
 //! ```text
-//! host "agent.run" events ──▶ read_host_run ──▶ Outbox (merged deltas, last tool) ──▶ send_outbox
-//!   (never waits for credit)                     bounded by MAX_PENDING_OUTPUT_BYTES    (waits for
-//!                                                                                       credit)
-//! result | error | cancel | give-up ──▶ Served::settle ──▶ abort on the host | finish | record error
+//! host "agent.run" events ─▶ read_host_run ─▶ Outbox ─▶ send_outbox ─▶ caller (under credit)
+//!              never waits for the caller ─┘   merged deltas, last tool; at most
+//!                                              MAX_PENDING_OUTPUT_BYTES
+//! result | error | cancel | give-up ─▶ Served::settle ─▶ abort on the host | finish | error
 //! ```
 
 use std::sync::MutexGuard;
