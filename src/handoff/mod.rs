@@ -41,10 +41,27 @@
 //! leaves it in the session transcript for later turns.
 //!
 //! # Layout
-//! - `serve`: the `agent.handoff` / `agent.send` services ([`AgentHost`]).
-//! - `caller`: `cluster_handoff` / `cluster_send` on the calling node ([`HandoffLimits`]).
+//! Calling side (`cluster_handoff`, `cluster_send`):
+//! - `caller`: the tool entry points (arguments read, task spawned, cancel wired),
+//!   [`HandoffLimits`], and what both tools share: the target, why nothing matches it, the
+//!   calling agent's id.
+//! - `retry`: one `cluster_handoff` as a whole: choosing each attempt's candidate, its request
+//!   (handoff id, remaining time), whether a failure fails over to another node, the final
+//!   error with the earlier attempts' failures.
+//! - `attempt`: one attempt on one node: opening the stream, the read loop under the
+//!   inactivity timeout, the hard cap and the cancel, accumulating the output, mapping the end
+//!   (or the failure) to the result or an error, the attempt's status record.
+//! - `send`: `cluster_send`: delivery to the first reachable candidate, the acknowledgement.
+//!
+//! Serving side (`agent.handoff`, `agent.send`):
+//! - `serve`: the services ([`AgentHost`], [`HandoffService`], [`SendService`]): checking
+//!   requests and the agent, serving a message.
+//! - `relay`: one served handoff: the host run, forwarding its output under credit (reader,
+//!   outbox, sender), the abort path, the end payload and the status record.
+//!
+//! Both sides:
 //! - `log`: the status section ([`HandoffLog`]).
-//! - this file: constants, wire payloads, session keys.
+//! - this file: constants, wire payloads, session keys, request field checks.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -187,8 +204,12 @@ fn invalid(field: &str, reason: impl std::fmt::Display) -> Error {
     Error::new(ErrorCode::InvalidArgument, format!("{field}: {reason}"))
 }
 
+mod attempt;
 mod caller;
 mod log;
+mod relay;
+mod retry;
+mod send;
 mod serve;
 
 pub use caller::HandoffLimits;
