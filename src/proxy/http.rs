@@ -13,13 +13,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Limited, StreamBody};
-use hyper::body::{Bytes, Frame, Incoming};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use super::errors::{full, json, ProxyBody, ProxyError, HEADER_NODE};
+use super::body::respond;
+use super::errors::{json, ProxyBody, ProxyError};
 use super::route::{self, ModelCandidate, ModelQuery, NoRoute};
 use super::tunnel::{self, TunnelEnd, TunnelHead, TunnelRequest};
 use super::ProxyCtx;
@@ -30,7 +31,7 @@ use crate::rpc::{CallStream, StreamItem};
 /// refused with 413 before anything is sent into the mesh).
 pub const MAX_REQUEST_BODY: usize = 16 << 20;
 
-type Reply = Response<ProxyBody>;
+pub(super) type Reply = Response<ProxyBody>;
 
 /// Serve one request. Never fails: every problem is an OpenAI-shaped error response.
 pub async fn handle(
@@ -205,8 +206,44 @@ async fn tunnel_request(
     arrived: Instant,
 ) -> Result<Reply, ProxyError> {
     let (headers, body) = read_body(req).await?;
+    let (model, stream) = peek(&body)?;
+    let deadline = arrived + Duration::from_millis(ctx.config.proxy_timeout_ms);
+    let peers = ctx.mesh.with_snapshot(|s| s.peers.clone());
+    let candidates = route::candidates(
+        ModelQuery {
+            model: &model,
+            pinned_node: pin,
+        },
+        &ctx.config,
+        &peers,
+    )
+    .map_err(|e| no_route(e, &model, pin))?;
+    let forwarded: Vec<(String, String)> = tunnel::FORWARDED_REQUEST_HEADERS
+        .iter()
+        .filter_map(|h| {
+            headers
+                .get(*h)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| (h.to_string(), v.to_string()))
+        })
+        .collect();
+    let tunnel = Tunnel {
+        ctx,
+        path,
+        model,
+        stream,
+        body,
+        forwarded,
+        peers,
+        deadline,
+    };
+    tunnel.fail_over(&candidates).await
+}
+
+/// The request's `model` (a non-empty string) and `stream` (a boolean, default `false`).
+fn peek(body: &[u8]) -> Result<(String, bool), ProxyError> {
     let bad = |m: String| ProxyError::new(StatusCode::BAD_REQUEST, "invalid_request", m);
-    let peek: Peek = serde_json::from_slice(&body)
+    let peek: Peek = serde_json::from_slice(body)
         .map_err(|e| bad(format!("request body: invalid JSON: {e}")))?;
     let model = match peek.model {
         Some(serde_json::Value::String(s)) if !s.trim().is_empty() => s,
@@ -228,17 +265,12 @@ async fn tunnel_request(
             )))
         }
     };
-    let deadline = arrived + Duration::from_millis(ctx.config.proxy_timeout_ms);
-    let peers = ctx.mesh.with_snapshot(|s| s.peers.clone());
-    let candidates = route::candidates(
-        ModelQuery {
-            model: &model,
-            pinned_node: pin,
-        },
-        &ctx.config,
-        &peers,
-    )
-    .map_err(|e| match e {
+    Ok((model, stream))
+}
+
+/// Why no node can be asked for `model`.
+fn no_route(e: NoRoute, model: &str, pin: Option<&str>) -> ProxyError {
+    match e {
         NoRoute::UnknownModel => ProxyError::new(
             StatusCode::NOT_FOUND,
             "model_not_found",
@@ -264,71 +296,95 @@ async fn tunnel_request(
             e.retry_after = Some("5".into());
             e
         }
-    })?;
-    let forwarded: Vec<(String, String)> = tunnel::FORWARDED_REQUEST_HEADERS
-        .iter()
-        .filter_map(|h| {
-            headers
-                .get(*h)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| (h.to_string(), v.to_string()))
-        })
-        .collect();
-    let mut last: Option<ProxyError> = None;
-    for cand in &candidates {
-        let now = Instant::now();
-        if now >= deadline {
-            break;
+    }
+}
+
+/// One tunnelled request, as it is offered to each candidate node in turn.
+struct Tunnel<'a> {
+    ctx: &'a ProxyCtx,
+    /// The path under `/v1`.
+    path: String,
+    /// The model as the client named it.
+    model: String,
+    /// The client asked for a streamed (SSE) answer.
+    stream: bool,
+    body: Bytes,
+    /// The request headers passed on to the upstream.
+    forwarded: Vec<(String, String)>,
+    /// The peers the candidates were chosen from (for their descriptions).
+    peers: Vec<crate::mesh::PeerView>,
+    deadline: Instant,
+}
+
+impl Tunnel<'_> {
+    /// Tries the candidates in order until one answers with a head, while the deadline allows
+    /// and the failures are retryable.
+    async fn fail_over(&self, candidates: &[ModelCandidate]) -> Result<Reply, ProxyError> {
+        let mut last: Option<ProxyError> = None;
+        for cand in candidates {
+            let now = Instant::now();
+            if now >= self.deadline {
+                break;
+            }
+            match attempt(self.ctx, cand, self.payload(cand), self.deadline).await {
+                Ok((head, stream_call)) => {
+                    return Ok(respond(head, stream_call, cand, self.stream, self.deadline))
+                }
+                Err((e, retry)) => {
+                    self.ctx.events.info(format!(
+                        "model proxy: {} on {}: {} ({})",
+                        self.model, cand.node, e.message, e.cause
+                    ));
+                    if !retry {
+                        return Err(e);
+                    }
+                    last = Some(e);
+                }
+            }
         }
+        Err(self.exhausted(last))
+    }
+
+    /// The `model.http` payload for `cand`.
+    fn payload(&self, cand: &ModelCandidate) -> Vec<u8> {
         let body_for = with_description(
-            &body,
-            route::description(&ctx.config, &peers, cand).as_deref(),
-            &path,
-            &model,
+            &self.body,
+            route::description(&self.ctx.config, &self.peers, cand).as_deref(),
+            &self.path,
+            &self.model,
             cand,
         );
         let treq = TunnelRequest {
-            path: path.clone(),
+            path: self.path.clone(),
             model: cand.model.clone(),
-            stream,
-            headers: forwarded.clone(),
+            stream: self.stream,
+            headers: self.forwarded.clone(),
         };
-        let payload = tunnel::encode_request(&treq, &body_for);
-        match attempt(ctx, cand, payload, deadline).await {
-            Ok((head, stream_call)) => {
-                return Ok(respond(head, stream_call, cand, stream, deadline))
-            }
-            Err((e, retry)) => {
-                ctx.events.info(format!(
-                    "model proxy: {model} on {}: {} ({})",
-                    cand.node, e.message, e.cause
-                ));
-                if !retry {
-                    return Err(e);
-                }
-                last = Some(e);
-            }
+        tunnel::encode_request(&treq, &body_for)
+    }
+
+    /// The error once no candidate answered: the last failure, or the deadline.
+    fn exhausted(&self, last: Option<ProxyError>) -> ProxyError {
+        let model = &self.model;
+        let timeout_ms = self.ctx.config.proxy_timeout_ms;
+        match last {
+            Some(e) if Instant::now() < self.deadline => e,
+            Some(e) => ProxyError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "deadline",
+                format!(
+                    "model {model:?}: no node answered within proxyTimeoutMs ({timeout_ms} ms); \
+                     last: {}",
+                    e.message
+                ),
+            ),
+            None => ProxyError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "deadline",
+                format!("model {model:?}: proxyTimeoutMs ({timeout_ms} ms) passed"),
+            ),
         }
     }
-    Err(match last {
-        Some(e) if Instant::now() < deadline => e,
-        Some(e) => ProxyError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "deadline",
-            format!(
-                "model {model:?}: no node answered within proxyTimeoutMs ({} ms); last: {}",
-                ctx.config.proxy_timeout_ms, e.message
-            ),
-        ),
-        None => ProxyError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "deadline",
-            format!(
-                "model {model:?}: proxyTimeoutMs ({} ms) passed",
-                ctx.config.proxy_timeout_ms
-            ),
-        ),
-    })
 }
 
 /// The body with the `[Model: …]` system line inserted (chat completions only) and the
@@ -443,143 +499,6 @@ async fn attempt(
             )
             .on(&cand.node);
             Err((e, end.retry))
-        }
-    }
-}
-
-/// Turn the head and the open stream into the client response.
-fn respond(
-    head: TunnelHead,
-    call: CallStream,
-    cand: &ModelCandidate,
-    sse: bool,
-    deadline: Instant,
-) -> Reply {
-    let mut b = Response::builder()
-        .status(StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY))
-        .header(HEADER_NODE, cand.node.as_str());
-    for (k, v) in &head.headers {
-        let lk = k.to_ascii_lowercase();
-        if tunnel::DROPPED_RESPONSE_HEADERS.contains(&lk.as_str()) || lk == HEADER_NODE {
-            continue;
-        }
-        b = b.header(k.as_str(), v.as_str());
-    }
-    let is_sse = sse
-        || head.headers.iter().any(|(k, v)| {
-            k.eq_ignore_ascii_case("content-type") && v.starts_with("text/event-stream")
-        });
-    let state = Body {
-        call,
-        node: cand.node.clone(),
-        sse: is_sse,
-        deadline: Box::pin(tokio::time::sleep_until(deadline)),
-        after: None,
-        done: false,
-    };
-    let stream = futures_util::stream::unfold(state, next_frame);
-    b.body(BodyExt::boxed(StreamBody::new(stream)))
-        .unwrap_or_else(|_| Response::new(full(Vec::new())))
-}
-
-/// The response body: frames pulled straight from the mesh stream by hyper (no task or channel
-/// in between). When the client goes away hyper drops the body, and with it the call, which
-/// cancels it on the serving node. A failure after the head ends an SSE body with an error event
-/// and any other body with an I/O error (the client sees a broken response, never a silently
-/// short one); so does the overall deadline.
-struct Body {
-    call: CallStream,
-    node: String,
-    sse: bool,
-    /// The overall deadline: one timer for the whole body (a `timeout_at` per frame registered
-    /// and removed a timer entry for every chunk of a slow stream).
-    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
-    /// A terminal item met while coalescing, delivered after the data.
-    after: Option<crate::error::Result<StreamItem>>,
-    done: bool,
-}
-
-type BodyItem = Result<Frame<Bytes>, std::io::Error>;
-
-impl Body {
-    fn fail(&mut self, status: StatusCode, cause: &str, message: String) -> BodyItem {
-        self.done = true;
-        self.call.cancel();
-        let e = ProxyError::new(status, cause, message).on(&self.node);
-        if self.sse {
-            Ok(Frame::data(e.sse_event()))
-        } else {
-            Err(std::io::Error::other(format!("{}: {}", e.cause, e.message)))
-        }
-    }
-}
-
-/// Most bytes gathered into one body frame from mesh chunks that are already there.
-const COALESCE_BYTES: usize = 64 * 1024;
-
-async fn next_frame(mut b: Body) -> Option<(BodyItem, Body)> {
-    if b.done {
-        return None;
-    }
-    let item = match b.after.take() {
-        Some(item) => Some(item),
-        None => {
-            let next = tokio::select! {
-                // The stream first: what has arrived is delivered even at the deadline (as
-                // `timeout_at` did).
-                biased;
-                item = b.call.next() => Some(item),
-                _ = b.deadline.as_mut() => None,
-            };
-            match next {
-                Some(item) => item,
-                None => {
-                    let f = b.fail(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "deadline",
-                        "proxyTimeoutMs passed while streaming".into(),
-                    );
-                    return Some((f, b));
-                }
-            }
-        }
-    };
-    match item? {
-        Ok(StreamItem::Chunk(mut data)) => {
-            // Take every chunk that is already here into the same frame (never wait).
-            while data.len() < COALESCE_BYTES {
-                match futures_util::FutureExt::now_or_never(b.call.next()) {
-                    Some(Some(Ok(StreamItem::Chunk(more)))) => data.extend_from_slice(&more),
-                    Some(Some(other)) => {
-                        b.after = Some(other);
-                        break;
-                    }
-                    Some(None) | None => break,
-                }
-            }
-            Some((Ok(Frame::data(Bytes::from(data))), b))
-        }
-        Ok(StreamItem::End(bytes)) => {
-            let end: TunnelEnd = serde_json::from_slice(&bytes).unwrap_or_default();
-            if end.ok {
-                b.done = true;
-                return None;
-            }
-            let cause = end.cause.unwrap_or_else(|| "remote_error".into());
-            let message = end
-                .message
-                .unwrap_or_else(|| "the upstream response broke off".into());
-            let f = b.fail(StatusCode::BAD_GATEWAY, &cause, message);
-            Some((f, b))
-        }
-        Err(e) => {
-            let cause = match e.code {
-                ErrorCode::Unreachable => "node_unreachable",
-                ErrorCode::Timeout => "mesh_timeout",
-                _ => "mesh_error",
-            };
-            let f = b.fail(StatusCode::BAD_GATEWAY, cause, e.message);
-            Some((f, b))
         }
     }
 }

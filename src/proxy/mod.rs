@@ -1,16 +1,22 @@
 //! Shared models: the local OpenAI-compatible proxy on `127.0.0.1:<proxyPort>` (hyper) and the
 //! mesh tunnel behind it.
 //!
-//! - [`http`]: the consumer side (auth, limits, routing, retries before the first byte, the
-//!   response streamed back byte for byte, cancellation when the client goes away).
+//! # Layout
+//! - `mod.rs`: the accept loop ([`serve`]) and the provider sync ([`sync_providers`]).
+//! - [`http`]: the consumer side of one request: auth, limits, routing, fail-over between
+//!   candidate nodes before the first byte.
+//! - `body.rs`: the response streamed back byte for byte from the mesh stream, ended by the
+//!   overall deadline or an error event; cancelled when the client goes away.
 //! - [`route`]: model id (+ pin) → ordered candidate nodes.
 //! - [`tunnel`]: the `model.http` mesh call's payloads.
-//! - [`upstream`] + [`client`]: the serving side (upstream resolution through the host, the
-//!   upstream HTTP request, bytes streamed back).
+//! - [`upstream`]: the serving side, the `model.http` service: upstream resolution through the
+//!   host, the upstream request, bytes streamed back.
+//! - [`client`]: the HTTP/1.1 client and connection pool the serving side calls upstreams with.
 //! - [`providers`]: the OpenClaw providers (`models.providers.clawmatrix-<nodeId>`) kept in step
 //!   with gossip.
 //! - [`errors`]: OpenAI-shaped error responses; [`token`]: the local proxy token.
 
+mod body;
 pub mod client;
 pub mod errors;
 pub mod http;

@@ -14,12 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::Request;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
 use serde_json::Value;
 
-use super::client::{self, Gathered, SendError};
-use super::tunnel::{self, TunnelEnd, TunnelHead};
+use super::client::{self, Conn, Gathered, SendError};
+use super::tunnel::{self, TunnelEnd, TunnelHead, TunnelRequest};
 use crate::config::{Config, ModelApi, ModelConfig, UpstreamUrl};
 use crate::error::Result;
 use crate::host::HostBridge;
@@ -210,38 +210,124 @@ async fn serve(svc: &ModelService, mut ctx: CallCtx, payload: &[u8]) -> TunnelEn
         Ok(x) => x,
         Err(e) => return TunnelEnd::fail(400, "bad_request", e, false),
     };
-    let Some(m) = svc.inner.config.models.iter().find(|m| m.id == req.model) else {
-        return TunnelEnd::fail(
-            404,
-            "model_not_served",
-            format!("model {:?} is not in this node's models[]", req.model),
-            true,
-        );
-    };
-    let up = match svc.resolve(m).await {
+    let up = match svc.upstream_for(&req).await {
         Ok(u) => u,
-        Err(e) => return TunnelEnd::fail(502, "upstream_unresolved", e, true),
+        Err(end) => return end,
     };
-    let asked = tunnel::api_for_path(&req.path);
-    if asked != Some(up.api) {
-        return TunnelEnd::fail(
-            400,
-            "wrong_api",
-            format!(
-                "model {:?} speaks {}: send POST {} instead of {}",
-                m.id,
-                up.api.as_str(),
-                tunnel::path_for_api(up.api),
-                req.path
-            ),
-            false,
-        );
-    }
     let body = if up.model != req.model {
         rename_model(body, &up.model)
     } else {
         Bytes::copy_from_slice(body)
     };
+    let request = match upstream_request(&req, &up, body) {
+        Ok(r) => r,
+        Err(e) => {
+            return TunnelEnd::fail(
+                502,
+                "upstream_request",
+                format!("cannot build the upstream request: {e}"),
+                false,
+            )
+        }
+    };
+    let sent = tokio::select! {
+        biased;
+        _ = ctx.cancel.wait_for(|c| *c) => return cancelled(),
+        r = client::send(&svc.inner.pool, &up.url, request) => r,
+    };
+    let (resp, conn) = match sent {
+        Ok(r) => r,
+        Err(SendError::Connect(e)) => return TunnelEnd::fail(502, "upstream_connect", e, true),
+        Err(SendError::Exchange(e)) => return TunnelEnd::fail(502, "upstream_exchange", e, false),
+    };
+    let head = response_head(&resp);
+    if ctx
+        .sink
+        .send(serde_json::to_vec(&head).unwrap_or_default())
+        .await
+        .is_err()
+    {
+        return cancelled();
+    }
+    svc.relay(&mut ctx, &up.url, resp.into_body(), conn).await
+}
+
+impl ModelService {
+    /// The upstream of the model `req` asks for: it must be in this node's `models[]`, resolve,
+    /// and speak the dialect of the path the consumer used.
+    async fn upstream_for(&self, req: &TunnelRequest) -> std::result::Result<Upstream, TunnelEnd> {
+        let Some(m) = self.inner.config.models.iter().find(|m| m.id == req.model) else {
+            return Err(TunnelEnd::fail(
+                404,
+                "model_not_served",
+                format!("model {:?} is not in this node's models[]", req.model),
+                true,
+            ));
+        };
+        let up = match self.resolve(m).await {
+            Ok(u) => u,
+            Err(e) => return Err(TunnelEnd::fail(502, "upstream_unresolved", e, true)),
+        };
+        let asked = tunnel::api_for_path(&req.path);
+        if asked != Some(up.api) {
+            return Err(TunnelEnd::fail(
+                400,
+                "wrong_api",
+                format!(
+                    "model {:?} speaks {}: send POST {} instead of {}",
+                    m.id,
+                    up.api.as_str(),
+                    tunnel::path_for_api(up.api),
+                    req.path
+                ),
+                false,
+            ));
+        }
+        Ok(up)
+    }
+
+    /// Streams the upstream's body back as mesh chunks until it ends (the connection goes back
+    /// to the pool), breaks off, or the consumer cancels.
+    async fn relay(
+        &self,
+        ctx: &mut CallCtx,
+        url: &UpstreamUrl,
+        mut body: Incoming,
+        mut conn: Conn,
+    ) -> TunnelEnd {
+        loop {
+            // Wait for body bytes, then take every frame that has already arrived (never wait
+            // for more): fewer, larger mesh chunks when the upstream is fast, the same latency
+            // when it is slow. `conn` is driven here, so frames the socket already holds count
+            // as arrived.
+            let mut out = Vec::new();
+            let got = tokio::select! {
+                biased;
+                _ = ctx.cancel.wait_for(|c| *c) => return cancelled(),
+                g = conn.gather(&mut body, &mut out, COALESCE_BYTES) => g,
+            };
+            if !out.is_empty() && ctx.sink.send(out).await.is_err() {
+                return cancelled();
+            }
+            match got {
+                Gathered::More => {}
+                Gathered::End => {
+                    self.inner.pool.put(url, conn);
+                    return TunnelEnd::ok();
+                }
+                Gathered::Failed(e) => return broken(e),
+            }
+        }
+    }
+}
+
+/// The request to the upstream: the consumer's body and forwarded headers, the provider's
+/// headers, and the key in the dialect's header.
+fn upstream_request(
+    req: &TunnelRequest,
+    up: &Upstream,
+    body: Bytes,
+) -> hyper::http::Result<Request<Full<Bytes>>> {
     let mut b = Request::post(up.request_path())
         .header("host", up.url.authority())
         .header("content-type", "application/json")
@@ -269,28 +355,12 @@ async fn serve(svc: &ModelService, mut ctx: CallCtx, payload: &[u8]) -> TunnelEn
             b = b.header("anthropic-version", "2023-06-01");
         }
     }
-    let request = match b.body(Full::new(body)) {
-        Ok(r) => r,
-        Err(e) => {
-            return TunnelEnd::fail(
-                502,
-                "upstream_request",
-                format!("cannot build the upstream request: {e}"),
-                false,
-            )
-        }
-    };
-    let sent = tokio::select! {
-        biased;
-        _ = ctx.cancel.wait_for(|c| *c) => return cancelled(),
-        r = client::send(&svc.inner.pool, &up.url, request) => r,
-    };
-    let (resp, mut conn) = match sent {
-        Ok(r) => r,
-        Err(SendError::Connect(e)) => return TunnelEnd::fail(502, "upstream_connect", e, true),
-        Err(SendError::Exchange(e)) => return TunnelEnd::fail(502, "upstream_exchange", e, false),
-    };
-    let head = TunnelHead {
+    b.body(Full::new(body))
+}
+
+/// The upstream's status and headers as the consumer gets them (hop-by-hop headers dropped).
+fn response_head(resp: &Response<Incoming>) -> TunnelHead {
+    TunnelHead {
         status: resp.status().as_u16(),
         headers: resp
             .headers()
@@ -302,37 +372,6 @@ async fn serve(svc: &ModelService, mut ctx: CallCtx, payload: &[u8]) -> TunnelEn
                     .map(|v| (k.as_str().to_string(), v.to_string()))
             })
             .collect(),
-    };
-    if ctx
-        .sink
-        .send(serde_json::to_vec(&head).unwrap_or_default())
-        .await
-        .is_err()
-    {
-        return cancelled();
-    }
-    let mut body = resp.into_body();
-    loop {
-        // Wait for body bytes, then take every frame that has already arrived (never wait for
-        // more): fewer, larger mesh chunks when the upstream is fast, the same latency when it
-        // is slow. `conn` is driven here, so frames the socket already holds count as arrived.
-        let mut out = Vec::new();
-        let got = tokio::select! {
-            biased;
-            _ = ctx.cancel.wait_for(|c| *c) => return cancelled(),
-            g = conn.gather(&mut body, &mut out, COALESCE_BYTES) => g,
-        };
-        if !out.is_empty() && ctx.sink.send(out).await.is_err() {
-            return cancelled();
-        }
-        match got {
-            Gathered::More => {}
-            Gathered::End => {
-                svc.inner.pool.put(&up.url, conn);
-                return TunnelEnd::ok();
-            }
-            Gathered::Failed(e) => return broken(e),
-        }
     }
 }
 

@@ -224,8 +224,35 @@ fn inherited_env(name: &str) -> bool {
 pub async fn run(
     req: ExecRequest,
     progress: Option<mpsc::Sender<ExecChunk>>,
-    mut cancel: watch::Receiver<bool>,
+    cancel: watch::Receiver<bool>,
 ) -> Result<ExecOutcome, Error> {
+    let (cmd, program) = command(&req);
+    let started = Instant::now();
+    // Dropping `tree` before it is killed or released (an error return, the call dropped)
+    // kills every process the command started.
+    let mut tree = Tree::spawn(cmd).map_err(|e| spawn_error(&program, &e))?;
+    let child = tree.child_mut();
+    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(Error::new(ErrorCode::Internal, "exec: child pipes missing"));
+    };
+    // Each stream may fill the whole budget while running; the fair split happens at the end.
+    let mut capture = Capture::new(req.max_output_bytes, progress);
+    let mut end = wait(&mut tree, out, err, &mut capture, cancel, req.timeout).await?;
+    if end.timed_out || end.cancelled {
+        // Everything the command started dies, however it detached; the output pipes are not
+        // waited for.
+        let killed = tree.kill().await;
+        end.status = end.status.or(killed);
+    } else {
+        tree.release().await;
+    }
+    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    Ok(capture.outcome(end, duration_ms))
+}
+
+/// The process to start for `req` (clean environment, workdir, `/dev/null` stdin, piped
+/// output) and the program name errors show.
+fn command(req: &ExecRequest) -> (tokio::process::Command, String) {
     let mut cmd = match &req.command {
         Command::Shell(line) => {
             let mut c = tokio::process::Command::new("/bin/sh");
@@ -255,30 +282,37 @@ pub async fn run(
         Command::Shell(_) => "/bin/sh".to_owned(),
         Command::Argv(argv) => argv[0].clone(),
     };
-    let started = Instant::now();
-    // Dropping `tree` before it is killed or released (an error return, the call dropped)
-    // kills every process the command started.
-    let mut tree = Tree::spawn(cmd).map_err(|e| spawn_error(&program, &e))?;
-    let child = tree.child_mut();
-    let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err(Error::new(ErrorCode::Internal, "exec: child pipes missing"));
-    };
+    (cmd, program)
+}
 
-    // Each stream may fill the whole budget while running; the fair split happens at the end.
-    let budget = req.max_output_bytes;
-    let mut pipes = [Pipe::new(StreamKind::Stdout), Pipe::new(StreamKind::Stderr)];
+/// How the wait for a command ended.
+struct Ending {
+    /// The exit status, if it was seen.
+    status: Option<std::process::ExitStatus>,
+    timed_out: bool,
+    cancelled: bool,
+}
+
+/// Reads both pipes into `capture` until the command has exited and both pipes are closed,
+/// or the timeout or a cancel comes first. Fails only if waiting for the exit fails.
+async fn wait(
+    tree: &mut Tree,
+    mut out: tokio::process::ChildStdout,
+    mut err: tokio::process::ChildStderr,
+    capture: &mut Capture,
+    mut cancel: watch::Receiver<bool>,
+    timeout: Duration,
+) -> Result<Ending, Error> {
     let mut buf_out = vec![0u8; READ_CHUNK_BYTES];
     let mut buf_err = vec![0u8; READ_CHUNK_BYTES];
-    let mut progress = progress;
-    let mut dropped_progress = 0u64;
     let mut status = None;
     let mut timed_out = false;
     let mut cancelled = *cancel.borrow();
     let mut cancel_live = true;
-    let deadline = tokio::time::sleep(req.timeout);
+    let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
 
-    while !cancelled && (status.is_none() || pipes[0].open || pipes[1].open) {
+    while !cancelled && (status.is_none() || capture.pipes[0].open || capture.pipes[1].open) {
         // Priority: cancel, then the deadline, then output, then the exit status (read the
         // pipes before noticing the exit so no output is lost).
         let (kind, read) = tokio::select! {
@@ -295,8 +329,8 @@ pub async fn run(
                 timed_out = true;
                 break;
             }
-            r = out.read(&mut buf_out), if pipes[0].open => (0usize, r),
-            r = err.read(&mut buf_err), if pipes[1].open => (1usize, r),
+            r = out.read(&mut buf_out), if capture.pipes[0].open => (0usize, r),
+            r = err.read(&mut buf_err), if capture.pipes[1].open => (1usize, r),
             s = tree.command_exit(), if status.is_none() => {
                 match s {
                     Ok(s) => status = Some(s),
@@ -307,61 +341,88 @@ pub async fn run(
                 continue;
             }
         };
-        let pipe = &mut pipes[kind];
         match read {
-            Ok(0) | Err(_) => pipe.open = false,
+            Ok(0) | Err(_) => capture.pipes[kind].open = false,
             Ok(n) => {
                 let data = if kind == 0 {
                     &buf_out[..n]
                 } else {
                     &buf_err[..n]
                 };
-                let kept = pipe.take(data, budget);
-                if !kept.is_empty() {
-                    if let Some(tx) = &progress {
-                        let chunk = ExecChunk {
-                            stream: pipe.kind,
-                            bytes: kept.to_vec(),
-                        };
-                        match tx.try_send(chunk) {
-                            Ok(()) => {}
-                            Err(mpsc::error::TrySendError::Full(_)) => dropped_progress += 1,
-                            Err(mpsc::error::TrySendError::Closed(_)) => progress = None,
-                        }
-                    }
-                }
+                capture.keep(kind, data);
+            }
+        }
+    }
+    Ok(Ending {
+        status,
+        timed_out,
+        cancelled,
+    })
+}
+
+/// Both pipes' captured output, and the progress sent from it.
+struct Capture {
+    pipes: [Pipe; 2],
+    /// Budget for stdout + stderr together.
+    budget: usize,
+    /// `None` once the receiver is gone.
+    progress: Option<mpsc::Sender<ExecChunk>>,
+    dropped_progress: u64,
+}
+
+impl Capture {
+    fn new(budget: usize, progress: Option<mpsc::Sender<ExecChunk>>) -> Capture {
+        Capture {
+            pipes: [Pipe::new(StreamKind::Stdout), Pipe::new(StreamKind::Stderr)],
+            budget,
+            progress,
+            dropped_progress: 0,
+        }
+    }
+
+    /// Keeps what of `data` fits in pipe `kind`'s budget and sends that as progress (dropped
+    /// and counted when the channel is full).
+    fn keep(&mut self, kind: usize, data: &[u8]) {
+        let pipe = &mut self.pipes[kind];
+        let kept = pipe.take(data, self.budget);
+        if kept.is_empty() {
+            return;
+        }
+        if let Some(tx) = &self.progress {
+            let chunk = ExecChunk {
+                stream: pipe.kind,
+                bytes: kept.to_vec(),
+            };
+            match tx.try_send(chunk) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => self.dropped_progress += 1,
+                Err(mpsc::error::TrySendError::Closed(_)) => self.progress = None,
             }
         }
     }
 
-    if timed_out || cancelled {
-        // Everything the command started dies, however it detached; the output pipes are not
-        // waited for.
-        let killed = tree.kill().await;
-        status = status.or(killed);
-    } else {
-        tree.release().await;
+    /// The outcome: the budget split fairly between the streams, each rendered as text.
+    fn outcome(self, end: Ending, duration_ms: u64) -> ExecOutcome {
+        let [p_out, p_err] = self.pipes;
+        let (keep_out, keep_err) =
+            split_budget(p_out.captured.len(), p_err.captured.len(), self.budget);
+        let (stdout, cut_out, bin_out) = render(&p_out.captured, keep_out, p_out.total);
+        let (stderr, cut_err, bin_err) = render(&p_err.captured, keep_err, p_err.total);
+        ExecOutcome {
+            exit_code: end.status.and_then(|s| s.code()),
+            signal: end.status.and_then(|s| s.signal()),
+            timed_out: end.timed_out,
+            cancelled: end.cancelled,
+            stdout,
+            stderr,
+            truncated: cut_out || cut_err,
+            binary: bin_out || bin_err,
+            stdout_bytes: p_out.total,
+            stderr_bytes: p_err.total,
+            dropped_progress: self.dropped_progress,
+            duration_ms,
+        }
     }
-    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-
-    let [p_out, p_err] = pipes;
-    let (keep_out, keep_err) = split_budget(p_out.captured.len(), p_err.captured.len(), budget);
-    let (stdout, cut_out, bin_out) = render(&p_out.captured, keep_out, p_out.total);
-    let (stderr, cut_err, bin_err) = render(&p_err.captured, keep_err, p_err.total);
-    Ok(ExecOutcome {
-        exit_code: status.and_then(|s| s.code()),
-        signal: status.and_then(|s| s.signal()),
-        timed_out,
-        cancelled,
-        stdout,
-        stderr,
-        truncated: cut_out || cut_err,
-        binary: bin_out || bin_err,
-        stdout_bytes: p_out.total,
-        stderr_bytes: p_err.total,
-        dropped_progress,
-        duration_ms,
-    })
 }
 
 /// How many bytes of each stream to keep: each stream is guaranteed half the budget, and the

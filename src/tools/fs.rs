@@ -165,13 +165,55 @@ pub fn edit(
     replace_all: bool,
     max_bytes: usize,
 ) -> Result<EditResult, Error> {
-    let invalid = |m: String| Error::new(ErrorCode::InvalidArgument, m);
     if replacements.is_empty() {
         return Err(invalid("edit: no replacement given".into()));
     }
     if let Some(i) = replacements.iter().position(|r| r.old_text.is_empty()) {
         return Err(invalid(format!("edit: oldText #{} is empty", i + 1)));
     }
+    let original = read_text(root, path, max_bytes)?;
+    let spans = find_spans(&original, path, replacements, replace_all)?;
+    let mut out = String::with_capacity(original.len());
+    let mut cursor = 0;
+    for &(start, end, i) in &spans {
+        out.push_str(&original[cursor..start]);
+        out.push_str(&replacements[i].new_text);
+        cursor = end;
+    }
+    out.push_str(&original[cursor..]);
+    if out.len() > max_bytes {
+        return Err(Error::new(
+            ErrorCode::TooLarge,
+            format!(
+                "{path:?} would be {} bytes after the edit, over the {max_bytes}-byte limit",
+                out.len()
+            ),
+        ));
+    }
+    // Looked up again by the same rules: the file read may have been replaced meanwhile, and
+    // the new content goes wherever the path leads now (inside the root, or nowhere).
+    let target = root.open_target(path)?;
+    let mode = existing_mode(&target, path)?;
+    write_atomic(
+        target.dir.as_fd(),
+        &target.name,
+        out.as_bytes(),
+        mode,
+        || Ok(()),
+    )
+    .map_err(|e| io_error(path, &e))?;
+    Ok(EditResult {
+        replacements: spans.len(),
+        size: out.len() as u64,
+    })
+}
+
+fn invalid(message: String) -> Error {
+    Error::new(ErrorCode::InvalidArgument, message)
+}
+
+/// The text of the file `edit` works on: a regular file of at most `max_bytes`, in UTF-8.
+fn read_text(root: &Root, path: &str, max_bytes: usize) -> Result<String, Error> {
     let (file, size) = open_regular(root, path)?;
     if size > max_bytes as u64 {
         return Err(too_large(path, size, max_bytes));
@@ -183,13 +225,21 @@ pub fn edit(
     if data.len() > max_bytes {
         return Err(too_large(path, data.len() as u64, max_bytes));
     }
-    let original = String::from_utf8(data).map_err(|_| {
+    String::from_utf8(data).map_err(|_| {
         invalid(format!(
             "{path:?} is not UTF-8 text; edit works on text files"
         ))
-    })?;
+    })
+}
 
-    // (start, end, replacement index) of every match, against the original.
+/// `(start, end, replacement index)` of every match in `original`, in order: each `oldText`
+/// found exactly once (at least once with `replace_all`), and no two matches overlapping.
+fn find_spans(
+    original: &str,
+    path: &str,
+    replacements: &[Replacement],
+    replace_all: bool,
+) -> Result<Vec<(usize, usize, usize)>, Error> {
     let mut spans: Vec<(usize, usize, usize)> = Vec::new();
     for (i, r) in replacements.iter().enumerate() {
         let found: Vec<usize> = original
@@ -227,39 +277,7 @@ pub fn edit(
             w[1].2 + 1
         )));
     }
-    let mut out = String::with_capacity(original.len());
-    let mut cursor = 0;
-    for &(start, end, i) in &spans {
-        out.push_str(&original[cursor..start]);
-        out.push_str(&replacements[i].new_text);
-        cursor = end;
-    }
-    out.push_str(&original[cursor..]);
-    if out.len() > max_bytes {
-        return Err(Error::new(
-            ErrorCode::TooLarge,
-            format!(
-                "{path:?} would be {} bytes after the edit, over the {max_bytes}-byte limit",
-                out.len()
-            ),
-        ));
-    }
-    // Looked up again by the same rules: the file read may have been replaced meanwhile, and
-    // the new content goes wherever the path leads now (inside the root, or nowhere).
-    let target = root.open_target(path)?;
-    let mode = existing_mode(&target, path)?;
-    write_atomic(
-        target.dir.as_fd(),
-        &target.name,
-        out.as_bytes(),
-        mode,
-        || Ok(()),
-    )
-    .map_err(|e| io_error(path, &e))?;
-    Ok(EditResult {
-        replacements: spans.len(),
-        size: out.len() as u64,
-    })
+    Ok(spans)
 }
 
 /// Opens `shown` inside `root` for reading: a regular file with one link (the open itself

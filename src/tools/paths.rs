@@ -49,7 +49,7 @@ use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -373,173 +373,7 @@ impl Root {
     /// `O_NOFOLLOW` relative to the handle of the directory before it, so what is checked is
     /// what is opened.
     fn walk(&self, shown: &str, rel: &Path, want: Want) -> Result<Found, Error> {
-        let mut pending: VecDeque<OsString> = rel
-            .components()
-            .map(|c| c.as_os_str().to_os_string())
-            .collect();
-        // Directories entered below the root, with their names.
-        let mut stack: Vec<(OwnedFd, OsString)> = Vec::new();
-        // Names below a directory that does not exist (a lookup without creating only).
-        let mut missing: Vec<OsString> = Vec::new();
-        let mut hops = 0usize;
-        let mut made = 0usize;
-        while let Some(name) = pending.pop_front() {
-            if name == ".." {
-                if !missing.is_empty() {
-                    let e = io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        "\"..\" after a missing directory",
-                    );
-                    return Err(io_error(shown, &e));
-                }
-                if stack.pop().is_none() {
-                    return Err(denied(shown, ESCAPES));
-                }
-                continue;
-            }
-            if !missing.is_empty() {
-                missing.push(name);
-                continue;
-            }
-            let dir = stack.last().map_or(self.fd.as_fd(), |(fd, _)| fd.as_fd());
-            let step = if !pending.is_empty() || want == Want::Dir {
-                match sys::open_dir(dir, &name) {
-                    Ok(fd) => {
-                        stack.push((fd, name));
-                        continue;
-                    }
-                    Err(e) if errno(&e) == libc::ENOENT => match want {
-                        Want::Entry { create: true } => {
-                            sys::mkdir(dir, &name).map_err(|e| io_error(shown, &e))?;
-                            made += 1;
-                            if made > MAX_CREATED_DIRS {
-                                let e = io::Error::other("directories keep disappearing");
-                                return Err(io_error(shown, &e));
-                            }
-                            pending.push_front(name);
-                            continue;
-                        }
-                        Want::Entry { create: false } => {
-                            missing.push(name);
-                            continue;
-                        }
-                        Want::File | Want::Dir => return Err(io_error(shown, &e)),
-                    },
-                    Err(e) if matches!(errno(&e), libc::ELOOP | libc::ENOTDIR) => {
-                        match sys::readlink(dir, &name) {
-                            Ok(target) => Step::Link(target),
-                            // Not a symlink (any more): a file where a directory is needed, or
-                            // a directory again after a swap.
-                            Err(l) if errno(&l) == libc::EINVAL => {
-                                match sys::lstat_at(dir, &name) {
-                                    Ok(st) if sys::facts(&st).kind == Kind::Dir => Step::Again,
-                                    Ok(st) if sys::is_symlink(&st) => Step::Again,
-                                    Ok(_) => {
-                                        let e = io::Error::from_raw_os_error(libc::ENOTDIR);
-                                        return Err(io_error(shown, &e));
-                                    }
-                                    Err(l) => changed(shown, &l)?,
-                                }
-                            }
-                            Err(l) => changed(shown, &l)?,
-                        }
-                    }
-                    Err(e) => return Err(io_error(shown, &e)),
-                }
-            } else if want == Want::File {
-                match sys::open_file(dir, &name) {
-                    Ok(fd) => return Ok(Found::File(fd)),
-                    Err(e) if errno(&e) == libc::ELOOP => match sys::readlink(dir, &name) {
-                        Ok(target) => Step::Link(target),
-                        Err(l) => changed(shown, &l)?,
-                    },
-                    Err(e) => return Err(io_error(shown, &e)),
-                }
-            } else {
-                let existing = match sys::lstat_at(dir, &name) {
-                    Ok(st) if sys::is_symlink(&st) => None,
-                    Ok(st) => Some(Some(sys::facts(&st))),
-                    Err(e) if errno(&e) == libc::ENOENT => Some(None),
-                    Err(e) => return Err(io_error(shown, &e)),
-                };
-                match existing {
-                    Some(existing) => {
-                        let path = self.path_of(&stack, &[&name]);
-                        let dir = self.take_top(shown, &mut stack)?;
-                        return Ok(Found::Entry {
-                            path,
-                            dir: Some(dir),
-                            name,
-                            existing,
-                        });
-                    }
-                    None => match sys::readlink(dir, &name) {
-                        Ok(target) => Step::Link(target),
-                        Err(l) => changed(shown, &l)?,
-                    },
-                }
-            };
-            hops += 1;
-            if hops > MAX_SYMLINK_HOPS {
-                let e = io::Error::other("too many levels of symbolic links");
-                return Err(io_error(shown, &e));
-            }
-            let link = match step {
-                Step::Again => {
-                    pending.push_front(name);
-                    continue;
-                }
-                Step::Link(link) => PathBuf::from(link),
-            };
-            // `name` is a symlink: walk its target in its place.
-            let rest = if link.is_absolute() {
-                stack.clear();
-                link.strip_prefix(&self.path)
-                    .or_else(|_| link.strip_prefix(&self.configured))
-                    .map_err(|_| denied(shown, ESCAPES))?
-                    .to_path_buf()
-            } else if link.as_os_str().is_empty() {
-                return Err(io_error(shown, &io::Error::from(io::ErrorKind::NotFound)));
-            } else {
-                link
-            };
-            for c in rest.components().rev() {
-                match c {
-                    Component::Normal(n) => pending.push_front(n.to_os_string()),
-                    Component::ParentDir => pending.push_front("..".into()),
-                    Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
-                }
-            }
-        }
-        // The names ran out on a directory: the root, or one reached by a final `..`, or a
-        // path below a missing directory.
-        let tail: Vec<&OsStr> = missing.iter().map(|m| m.as_os_str()).collect();
-        let path = self.path_of(&stack, &tail);
-        match want {
-            Want::Dir => Ok(Found::Dir(path)),
-            Want::File => {
-                let dir = stack.last().map_or(self.fd.as_fd(), |(fd, _)| fd.as_fd());
-                sys::open_file(dir, OsStr::new("."))
-                    .map(Found::File)
-                    .map_err(|e| io_error(shown, &e))
-            }
-            Want::Entry { .. } if !missing.is_empty() => Ok(Found::Entry {
-                path,
-                dir: None,
-                name: OsString::new(),
-                existing: None,
-            }),
-            Want::Entry { .. } => Ok(Found::Entry {
-                path,
-                dir: Some(self.take_top(shown, &mut stack)?),
-                name: ".".into(),
-                existing: Some(Facts {
-                    kind: Kind::Dir,
-                    mode: 0,
-                    nlink: 1,
-                }),
-            }),
-        }
+        Walk::new(self, shown, rel, want).run()
     }
 
     /// The handle of the innermost directory entered (the root's, duplicated, if none).
@@ -559,6 +393,266 @@ impl Root {
         p.extend(stack.iter().map(|(_, n)| n.as_os_str()));
         p.extend(tail);
         p
+    }
+}
+
+/// One per-component walk ([`Root::walk`]): the names still to look at, the directories
+/// entered, and the counters that bound it.
+struct Walk<'a> {
+    root: &'a Root,
+    shown: &'a str,
+    want: Want,
+    /// Names still to look at, in order.
+    pending: VecDeque<OsString>,
+    /// Directories entered below the root, with their names.
+    stack: Vec<(OwnedFd, OsString)>,
+    /// Names below a directory that does not exist (a lookup without creating only).
+    missing: Vec<OsString>,
+    /// Symlinks followed and names looked at again.
+    hops: usize,
+    /// Directories created.
+    made: usize,
+}
+
+/// What looking at one name led to.
+enum Seen {
+    /// A directory, now open.
+    Dir(OwnedFd),
+    /// A missing directory, just created: look at the name again.
+    Created,
+    /// A missing directory where none is created: the rest of the path is only reported.
+    Missing,
+    /// The last name of an entry lookup, holding this (`None`: nothing).
+    Entry(Option<Facts>),
+    /// The walk is over.
+    Found(Found),
+    /// A symlink to follow, or a name that changed kind.
+    Step(Step),
+}
+
+impl<'a> Walk<'a> {
+    fn new(root: &'a Root, shown: &'a str, rel: &Path, want: Want) -> Walk<'a> {
+        Walk {
+            root,
+            shown,
+            want,
+            pending: rel
+                .components()
+                .map(|c| c.as_os_str().to_os_string())
+                .collect(),
+            stack: Vec::new(),
+            missing: Vec::new(),
+            hops: 0,
+            made: 0,
+        }
+    }
+
+    fn run(mut self) -> Result<Found, Error> {
+        while let Some(name) = self.pending.pop_front() {
+            if name == ".." {
+                self.up()?;
+                continue;
+            }
+            if !self.missing.is_empty() {
+                self.missing.push(name);
+                continue;
+            }
+            let seen = if !self.pending.is_empty() || self.want == Want::Dir {
+                self.through_dir(&name)?
+            } else if self.want == Want::File {
+                self.open_file(&name)?
+            } else {
+                self.last_entry(&name)?
+            };
+            let step = match seen {
+                Seen::Dir(fd) => {
+                    self.stack.push((fd, name));
+                    continue;
+                }
+                Seen::Created => {
+                    self.pending.push_front(name);
+                    continue;
+                }
+                Seen::Missing => {
+                    self.missing.push(name);
+                    continue;
+                }
+                Seen::Entry(existing) => return self.entry(name, existing),
+                Seen::Found(found) => return Ok(found),
+                Seen::Step(step) => step,
+            };
+            self.hops += 1;
+            if self.hops > MAX_SYMLINK_HOPS {
+                let e = io::Error::other("too many levels of symbolic links");
+                return Err(io_error(self.shown, &e));
+            }
+            match step {
+                Step::Again => self.pending.push_front(name),
+                Step::Link(link) => self.follow(PathBuf::from(link))?,
+            }
+        }
+        self.end()
+    }
+
+    /// The handle of the directory the next name is looked up in.
+    fn dir(&self) -> BorrowedFd<'_> {
+        self.stack
+            .last()
+            .map_or(self.root.fd.as_fd(), |(fd, _)| fd.as_fd())
+    }
+
+    /// A `..`: back to the directory before, never above the root.
+    fn up(&mut self) -> Result<(), Error> {
+        if !self.missing.is_empty() {
+            let e = io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "\"..\" after a missing directory",
+            );
+            return Err(io_error(self.shown, &e));
+        }
+        if self.stack.pop().is_none() {
+            return Err(denied(self.shown, ESCAPES));
+        }
+        Ok(())
+    }
+
+    /// A name that must be a directory (one with names after it, or the last one of
+    /// [`Want::Dir`]): opened, created, noted missing, or a symlink.
+    fn through_dir(&mut self, name: &OsStr) -> Result<Seen, Error> {
+        let shown = self.shown;
+        // Not `self.dir()`: the fields are borrowed apart so `made` can count.
+        let dir = self
+            .stack
+            .last()
+            .map_or(self.root.fd.as_fd(), |(fd, _)| fd.as_fd());
+        match sys::open_dir(dir, name) {
+            Ok(fd) => Ok(Seen::Dir(fd)),
+            Err(e) if errno(&e) == libc::ENOENT => match self.want {
+                Want::Entry { create: true } => {
+                    sys::mkdir(dir, name).map_err(|e| io_error(shown, &e))?;
+                    self.made += 1;
+                    if self.made > MAX_CREATED_DIRS {
+                        let e = io::Error::other("directories keep disappearing");
+                        return Err(io_error(shown, &e));
+                    }
+                    Ok(Seen::Created)
+                }
+                Want::Entry { create: false } => Ok(Seen::Missing),
+                Want::File | Want::Dir => Err(io_error(shown, &e)),
+            },
+            Err(e) if matches!(errno(&e), libc::ELOOP | libc::ENOTDIR) => {
+                match sys::readlink(dir, name) {
+                    Ok(target) => Ok(Seen::Step(Step::Link(target))),
+                    // Not a symlink (any more): a file where a directory is needed, or a
+                    // directory again after a swap.
+                    Err(l) if errno(&l) == libc::EINVAL => match sys::lstat_at(dir, name) {
+                        Ok(st) if sys::facts(&st).kind == Kind::Dir => Ok(Seen::Step(Step::Again)),
+                        Ok(st) if sys::is_symlink(&st) => Ok(Seen::Step(Step::Again)),
+                        Ok(_) => {
+                            let e = io::Error::from_raw_os_error(libc::ENOTDIR);
+                            Err(io_error(shown, &e))
+                        }
+                        Err(l) => changed(shown, &l).map(Seen::Step),
+                    },
+                    Err(l) => changed(shown, &l).map(Seen::Step),
+                }
+            }
+            Err(e) => Err(io_error(shown, &e)),
+        }
+    }
+
+    /// The last name of [`Want::File`]: opened for reading, or a symlink.
+    fn open_file(&self, name: &OsStr) -> Result<Seen, Error> {
+        let dir = self.dir();
+        match sys::open_file(dir, name) {
+            Ok(fd) => Ok(Seen::Found(Found::File(fd))),
+            Err(e) if errno(&e) == libc::ELOOP => match sys::readlink(dir, name) {
+                Ok(target) => Ok(Seen::Step(Step::Link(target))),
+                Err(l) => changed(self.shown, &l).map(Seen::Step),
+            },
+            Err(e) => Err(io_error(self.shown, &e)),
+        }
+    }
+
+    /// The last name of [`Want::Entry`]: what it holds, or a symlink.
+    fn last_entry(&self, name: &OsStr) -> Result<Seen, Error> {
+        let dir = self.dir();
+        match sys::lstat_at(dir, name) {
+            Ok(st) if sys::is_symlink(&st) => match sys::readlink(dir, name) {
+                Ok(target) => Ok(Seen::Step(Step::Link(target))),
+                Err(l) => changed(self.shown, &l).map(Seen::Step),
+            },
+            Ok(st) => Ok(Seen::Entry(Some(sys::facts(&st)))),
+            Err(e) if errno(&e) == libc::ENOENT => Ok(Seen::Entry(None)),
+            Err(e) => Err(io_error(self.shown, &e)),
+        }
+    }
+
+    /// The entry found at the last name, in the innermost directory entered.
+    fn entry(mut self, name: OsString, existing: Option<Facts>) -> Result<Found, Error> {
+        let path = self.root.path_of(&self.stack, &[&name]);
+        let dir = self.root.take_top(self.shown, &mut self.stack)?;
+        Ok(Found::Entry {
+            path,
+            dir: Some(dir),
+            name,
+            existing,
+        })
+    }
+
+    /// The name just looked at is a symlink to `link`: walk its target in its place.
+    fn follow(&mut self, link: PathBuf) -> Result<(), Error> {
+        let rest = if link.is_absolute() {
+            self.stack.clear();
+            link.strip_prefix(&self.root.path)
+                .or_else(|_| link.strip_prefix(&self.root.configured))
+                .map_err(|_| denied(self.shown, ESCAPES))?
+                .to_path_buf()
+        } else if link.as_os_str().is_empty() {
+            return Err(io_error(
+                self.shown,
+                &io::Error::from(io::ErrorKind::NotFound),
+            ));
+        } else {
+            link
+        };
+        for c in rest.components().rev() {
+            match c {
+                Component::Normal(n) => self.pending.push_front(n.to_os_string()),
+                Component::ParentDir => self.pending.push_front("..".into()),
+                Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The names ran out on a directory: the root, or one reached by a final `..`, or a path
+    /// below a missing directory.
+    fn end(mut self) -> Result<Found, Error> {
+        let tail: Vec<&OsStr> = self.missing.iter().map(|m| m.as_os_str()).collect();
+        let path = self.root.path_of(&self.stack, &tail);
+        match self.want {
+            Want::Dir => Ok(Found::Dir(path)),
+            Want::File => sys::open_file(self.dir(), OsStr::new("."))
+                .map(Found::File)
+                .map_err(|e| io_error(self.shown, &e)),
+            Want::Entry { .. } if !self.missing.is_empty() => Ok(Found::Entry {
+                path,
+                dir: None,
+                name: OsString::new(),
+                existing: None,
+            }),
+            Want::Entry { .. } => Ok(Found::Entry {
+                path,
+                dir: Some(self.root.take_top(self.shown, &mut self.stack)?),
+                name: ".".into(),
+                existing: Some(Facts {
+                    kind: Kind::Dir,
+                    mode: 0,
+                    nlink: 1,
+                }),
+            }),
+        }
     }
 }
 
