@@ -1,0 +1,350 @@
+//! The status report as typed JS objects (`ClawMatrixNode.status()` / `peers()`).
+//!
+//! These mirror [`crate::status::StatusReport`] and the JSON sections it carries (`tools`,
+//! `handoffs`), built from the report's serde JSON so that there is one source of truth for the
+//! values. Two things keep the JS objects identical to the JSON the methods returned before
+//! they had types (the `openclaw clawmatrix status --json` output must not change):
+//! - fields are declared in the order of their JS names (the order a `serde_json::Map` has, so
+//!   the order the keys had), and napi sets object fields in declaration order;
+//! - a `None` is `null` where serde wrote `null` (`use_nullable`) and absent where serde skipped
+//!   it.
+//!
+//! The test `typed_status_serializes_exactly_as_the_report_json` proves both for a report with
+//! every section filled.
+
+use std::collections::BTreeMap;
+
+use napi_derive::napi;
+use serde::{Deserialize, Serialize};
+
+/// How this node reaches a peer.
+#[napi(string_enum = "lowercase")]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PeerState {
+    /// An authenticated link to the peer is up.
+    Direct,
+    /// Reachable through another node.
+    Relayed,
+    /// Known from gossip but no path exists right now.
+    Unreachable,
+}
+
+/// An agent offered by a node.
+#[napi(object)]
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AgentView {
+    pub description: String,
+    pub id: String,
+    pub tags: Vec<String>,
+}
+
+/// A model shared by a node.
+#[napi(object)]
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ModelView {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+}
+
+/// One known node as seen from here.
+#[napi(object, use_nullable = true)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerView {
+    pub agents: Vec<AgentView>,
+    /// True when a direct link is up.
+    pub connected: bool,
+    /// Links on the path (1 = direct); `null` when unreachable.
+    pub hops: Option<u32>,
+    /// Milliseconds since anything was last heard from or about this node.
+    pub last_seen_ms_ago: Option<i64>,
+    /// Path round-trip latency in milliseconds; `null` when unknown.
+    pub latency_ms: Option<f64>,
+    pub models: Vec<ModelView>,
+    pub node_id: String,
+    /// The next hop when relayed, `null` otherwise.
+    pub reachable_via: Option<String>,
+    pub state: PeerState,
+    pub tags: Vec<String>,
+}
+
+/// Mesh counters of this node since it started (see [`crate::status::MeshCounters`]).
+#[napi(object)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshCounters {
+    pub bytes_in: i64,
+    pub bytes_out: i64,
+    pub calls_failed: i64,
+    pub calls_started: i64,
+    pub decode_errors: i64,
+    pub decode_errors_by_code: BTreeMap<String, i64>,
+    pub delivered: i64,
+    /// Dropped frames by reason.
+    pub dropped: BTreeMap<String, i64>,
+    pub frames_in: i64,
+    pub frames_out: i64,
+    /// Handshake rejections by code.
+    pub handshake_rejects: BTreeMap<String, i64>,
+    pub heartbeat_timeouts: i64,
+    pub links_up: i64,
+    pub own_record_echoes: i64,
+    pub own_record_superseded: i64,
+    pub preauth_pending: i64,
+    pub preauth_rejects: BTreeMap<String, i64>,
+    pub protocol_error_closes: BTreeMap<String, i64>,
+    pub records_held_bytes: i64,
+    pub records_refused: BTreeMap<String, i64>,
+    pub relayed: i64,
+    pub slow_peer_closes: i64,
+}
+
+/// The most recent remote tool call served here.
+#[napi(object, use_nullable = true)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastToolCall {
+    pub caller_agent: Option<String>,
+    pub caller_node: String,
+    pub duration_ms: i64,
+    /// `ok`, `denied` or `error:<code>`.
+    pub outcome: String,
+    pub tool: String,
+    /// RFC 3339 UTC.
+    pub ts: String,
+}
+
+/// Counters of remote tool calls served since the node started.
+#[napi(object, use_nullable = true)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolAudit {
+    pub by_tool: BTreeMap<String, i64>,
+    pub calls: i64,
+    pub denied: i64,
+    pub errors: i64,
+    pub last: Option<LastToolCall>,
+    pub log_path: Option<String>,
+    pub ok: i64,
+    pub write_errors: i64,
+}
+
+/// Remote tool policy and audit.
+#[napi(object, use_nullable = true)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolsStatus {
+    pub allow: Vec<String>,
+    pub audit: ToolAudit,
+    pub deny: Vec<String>,
+    pub enabled: bool,
+    pub root: Option<String>,
+}
+
+/// One handoff (caller or server side).
+#[napi(object)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HandoffView {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_to_stop_ms: Option<i64>,
+    pub agent: String,
+    pub chars: i64,
+    pub chunks: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_chunk_ms: Option<i64>,
+    pub id: String,
+    pub peer: String,
+    /// `caller` or `server`.
+    pub role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_key: Option<String>,
+    pub started_ms_ago: i64,
+    /// `running`, `ok`, `error`, `timeout`, `cancelled`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_matches_final: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<String>,
+}
+
+/// Handoffs and messages.
+#[napi(object)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HandoffsStatus {
+    pub called: i64,
+    pub messages_received: i64,
+    pub messages_sent: i64,
+    pub recent: Vec<HandoffView>,
+    pub running: i64,
+    pub served: i64,
+}
+
+/// A failure of the node's actor.
+#[napi(object)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    /// When, RFC 3339 UTC.
+    pub at: String,
+    /// What failed (the panic message).
+    pub reason: String,
+    /// Whether a restart is scheduled.
+    pub restarting: bool,
+}
+
+/// Restarts of the node's actor.
+#[napi(object)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Restarts {
+    pub count: u32,
+    pub last_failure: Failure,
+}
+
+/// The status report of this node (0.1.8 fields plus diagnostics).
+#[napi(object)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReport {
+    pub agents: Vec<AgentView>,
+    /// Set while the node's actor is down after a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<Failure>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoffs: Option<HandoffsStatus>,
+    /// The bound mesh listener port, or `false` when not listening.
+    #[napi(ts_type = "number | false")]
+    pub listen: serde_json::Value,
+    /// The bound listener address (`host:port`), when listening.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_addr: Option<String>,
+    pub mesh: MeshCounters,
+    pub models: Vec<ModelView>,
+    pub node_id: String,
+    pub peers: Vec<PeerView>,
+    pub proxy_port: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<Restarts>,
+    pub running: bool,
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<ToolsStatus>,
+    pub uptime_ms: i64,
+    pub version: String,
+}
+
+/// The typed form of a JSON value the core built (a status report or its peer list).
+pub fn typed<T: serde::de::DeserializeOwned>(
+    what: &str,
+    v: impl Serialize,
+) -> crate::error::Result<T> {
+    serde_json::to_value(v)
+        .and_then(serde_json::from_value)
+        .map_err(|e| {
+            crate::error::Error::new(
+                crate::error::ErrorCode::Internal,
+                format!("{what}: the report does not fit its JS type: {e}"),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// A report with every optional part present, its sections built by the code that builds
+    /// them for the real report.
+    fn full_report() -> Value {
+        let audit = crate::tools::audit::AuditSummary {
+            calls: 3,
+            ok: 1,
+            denied: 1,
+            errors: 1,
+            by_tool: [("exec".to_string(), 3)].into_iter().collect(),
+            last: Some(crate::tools::audit::LastCall {
+                ts: "2026-01-01T00:00:00Z".into(),
+                caller_node: "b".into(),
+                caller_agent: None,
+                tool: "exec".into(),
+                outcome: "ok".into(),
+                duration_ms: 4,
+            }),
+            write_errors: 0,
+            log_path: None,
+        };
+        let mut record = crate::handoff::HandoffRecord::default();
+        record.role = "caller";
+        record.id = "h1".into();
+        record.state = "ok".into();
+        record.duration_ms = Some(5);
+        record.tail = Some("…".into());
+        let mut bare = crate::handoff::HandoffRecord::default();
+        bare.role = "server";
+        let failure = json!({ "reason": "boom", "at": "2026-01-01T00:00:00Z", "restarting": true });
+        json!({
+            "nodeId": "a", "version": "0.2.0", "running": true, "listen": 19000,
+            "listenAddr": "127.0.0.1:19000", "proxyPort": 19001, "uptimeMs": 7,
+            "agents": [{ "id": "coder", "description": "", "tags": ["x"] }],
+            "models": [{ "id": "m1", "provider": "p" }, { "id": "m2", "description": "d" }],
+            "tags": [],
+            "peers": [
+                { "nodeId": "b", "state": "direct", "connected": true, "reachableVia": null,
+                  "hops": 1, "latencyMs": 1.5, "lastSeenMsAgo": 3, "agents": [], "models": [], "tags": [] },
+                { "nodeId": "c", "state": "unreachable", "connected": false, "reachableVia": null,
+                  "hops": null, "latencyMs": null, "lastSeenMsAgo": null, "agents": [], "models": [], "tags": [] },
+            ],
+            "mesh": crate::status::MeshCounters {
+                dropped: [("ttl".to_string(), 2)].into_iter().collect(),
+                ..Default::default()
+            },
+            "tools": { "enabled": true, "allow": ["read"], "deny": [], "root": null, "audit": audit.to_json() },
+            "handoffs": { "served": 1, "called": 1, "running": 0, "messagesSent": 0, "messagesReceived": 2,
+                          "recent": [record, bare] },
+            "failed": failure,
+            "restarts": { "count": 1, "lastFailure": failure },
+        })
+    }
+
+    #[test]
+    fn typed_status_serializes_exactly_as_the_report_json() {
+        let v = full_report();
+        let t: StatusReport = typed("status", &v).expect("fits");
+        // Same text: same values, same nulls and absences, and the fields in the order of the
+        // JSON map (which the declaration order must follow, as napi sets them in that order).
+        assert_eq!(
+            serde_json::to_string(&t).expect("serializes"),
+            serde_json::to_string(&v).expect("serializes")
+        );
+    }
+
+    #[test]
+    fn a_stopped_node_s_report_fits_its_type_too() {
+        let report = crate::app::Node::new(
+            crate::config::Config::from_json(
+                &json!({ "nodeId": "n", "secret": "0123456789abcdef" }),
+            )
+            .expect("valid")
+            .config,
+        )
+        .status();
+        let v = serde_json::to_value(&report).expect("serializes");
+        let t: StatusReport = typed("status", &report).expect("fits");
+        assert_eq!(
+            serde_json::to_string(&t).expect("serializes"),
+            serde_json::to_string(&v).expect("serializes")
+        );
+    }
+}
