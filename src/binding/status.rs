@@ -7,15 +7,51 @@
 //! - fields are declared in the order of their JS names (the order a `serde_json::Map` has, so
 //!   the order the keys had), and napi sets object fields in declaration order;
 //! - a `None` is `null` where serde wrote `null` (`use_nullable`) and absent where serde skipped
-//!   it.
+//!   it. The napi derive would set such optional fields after all the others, so the structs
+//!   that have them convert to JS through [`ordered_to_js`] instead, in declaration order.
 //!
 //! The test `typed_status_serializes_exactly_as_the_report_json` proves both for a report with
 //! every section filled.
 
 use std::collections::BTreeMap;
 
+use napi::bindgen_prelude::{Object, ToNapiValue};
 use napi_derive::napi;
 use serde::{Deserialize, Serialize};
+
+/// `ToNapiValue` for an object with fields that are absent when `None`: every field set in
+/// declaration order (`req` always, `opt` when `Some`), under its JS name. Destructures the
+/// struct, so a field added to it and not here does not compile.
+macro_rules! ordered_to_js {
+    ($ty:ident { $($kind:ident $field:ident $key:literal),* $(,)? }) => {
+        impl $ty {
+            /// The JS names of the fields, in the order they are set.
+            #[cfg(test)]
+            const JS_KEYS: &'static [&'static str] = &[$($key),*];
+        }
+
+        impl ToNapiValue for $ty {
+            unsafe fn to_napi_value(
+                env: napi::sys::napi_env,
+                val: Self,
+            ) -> napi::Result<napi::sys::napi_value> {
+                let $ty { $($field),* } = val;
+                let mut obj = Object::new(&napi::Env::from(env))?;
+                $( ordered_to_js!(@set obj $kind $field $key); )*
+                // SAFETY: forwarded with the env we were given.
+                unsafe { Object::to_napi_value(env, obj) }
+            }
+        }
+    };
+    (@set $obj:ident req $field:ident $key:literal) => {
+        $obj.set($key, $field)?;
+    };
+    (@set $obj:ident opt $field:ident $key:literal) => {
+        if let Some(v) = $field {
+            $obj.set($key, v)?;
+        }
+    };
+}
 
 /// How this node reaches a peer.
 #[napi(string_enum = "lowercase")]
@@ -40,7 +76,7 @@ pub struct AgentView {
 }
 
 /// A model shared by a node.
-#[napi(object)]
+#[napi(object, object_to_js = false)]
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ModelView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,7 +182,7 @@ pub struct ToolsStatus {
 }
 
 /// One handoff (caller or server side).
-#[napi(object)]
+#[napi(object, object_to_js = false)]
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HandoffView {
@@ -214,7 +250,7 @@ pub struct Restarts {
 }
 
 /// The status report of this node (0.1.8 fields plus diagnostics).
-#[napi(object)]
+#[napi(object, object_to_js = false)]
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusReport {
@@ -244,6 +280,50 @@ pub struct StatusReport {
     pub uptime_ms: i64,
     pub version: String,
 }
+
+ordered_to_js!(ModelView {
+    opt description "description",
+    req id "id",
+    opt provider "provider",
+});
+
+ordered_to_js!(HandoffView {
+    opt abort_to_stop_ms "abortToStopMs",
+    req agent "agent",
+    req chars "chars",
+    req chunks "chunks",
+    opt duration_ms "durationMs",
+    opt error "error",
+    opt first_chunk_ms "firstChunkMs",
+    req id "id",
+    req peer "peer",
+    req role "role",
+    opt run_id "runId",
+    opt session_key "sessionKey",
+    req started_ms_ago "startedMsAgo",
+    req state "state",
+    opt stream_matches_final "streamMatchesFinal",
+    opt tail "tail",
+});
+
+ordered_to_js!(StatusReport {
+    req agents "agents",
+    opt failed "failed",
+    opt handoffs "handoffs",
+    req listen "listen",
+    opt listen_addr "listenAddr",
+    req mesh "mesh",
+    req models "models",
+    req node_id "nodeId",
+    req peers "peers",
+    req proxy_port "proxyPort",
+    opt restarts "restarts",
+    req running "running",
+    req tags "tags",
+    opt tools "tools",
+    req uptime_ms "uptimeMs",
+    req version "version",
+});
 
 /// The typed form of a JSON value the core built (a status report or its peer list).
 pub fn typed<T: serde::de::DeserializeOwned>(
@@ -328,6 +408,45 @@ mod tests {
             serde_json::to_string(&t).expect("serializes"),
             serde_json::to_string(&v).expect("serializes")
         );
+    }
+
+    /// The keys of `v`'s JSON object, in order.
+    fn keys(v: impl Serialize) -> Vec<String> {
+        match serde_json::to_value(v).expect("serializes") {
+            Value::Object(m) => m.keys().cloned().collect(),
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    #[test]
+    fn objects_converted_by_hand_use_serde_s_names_in_serde_s_order() {
+        let full_handoff = HandoffView {
+            abort_to_stop_ms: Some(1),
+            agent: String::new(),
+            chars: 0,
+            chunks: 0,
+            duration_ms: Some(1),
+            error: Some(String::new()),
+            first_chunk_ms: Some(1),
+            id: String::new(),
+            peer: String::new(),
+            role: String::new(),
+            run_id: Some(String::new()),
+            session_key: Some(String::new()),
+            started_ms_ago: 0,
+            state: String::new(),
+            stream_matches_final: Some(true),
+            tail: Some(String::new()),
+        };
+        assert_eq!(keys(&full_handoff), HandoffView::JS_KEYS);
+        let full_model = ModelView {
+            description: Some(String::new()),
+            id: String::new(),
+            provider: Some(String::new()),
+        };
+        assert_eq!(keys(&full_model), ModelView::JS_KEYS);
+        let report: StatusReport = typed("status", full_report()).expect("fits");
+        assert_eq!(keys(&report), StatusReport::JS_KEYS);
     }
 
     #[test]
