@@ -519,13 +519,21 @@ impl ClawMatrixNode {
     /// The status report (0.1.8 shape plus diagnostics).
     #[napi]
     pub fn status(&self) -> napi::Result<StatusReport, ErrorCode> {
-        guarded("status", || status::typed("status", self.node.status()))
+        guarded("status", || StatusReport::from_core(self.node.status()))
     }
 
     /// The peer list (the `peers` of the status report).
     #[napi]
     pub fn peers(&self) -> napi::Result<Vec<PeerView>, ErrorCode> {
-        guarded("peers", || status::typed("peers", self.node.status().peers))
+        guarded("peers", || {
+            Ok(self
+                .node
+                .status()
+                .peers
+                .into_iter()
+                .map(Into::into)
+                .collect())
+        })
     }
 
     /// The next log line or event; `null` once the node is dropped. Bounded queue, drained by

@@ -1,8 +1,7 @@
 //! The status report as typed JS objects (`ClawMatrixNode.status()` / `peers()`).
 //!
-//! These mirror [`crate::status::StatusReport`] and the JSON sections it carries (`tools`,
-//! `handoffs`), built from the report's serde JSON so that there is one source of truth for the
-//! values. Two things keep the JS objects identical to the JSON the methods returned before
+//! These mirror [`crate::status::StatusReport`] (converted field by field, [`StatusReport::from_core`])
+//! and the JSON sections it carries (`tools`, `handoffs`, parsed from that JSON). Two things keep the JS objects identical to the JSON the methods returned before
 //! they had types (the `openclaw clawmatrix status --json` output must not change):
 //! - fields are declared in the order of their JS names (the order a `serde_json::Map` has, so
 //!   the order the keys had), and napi sets object fields in declaration order;
@@ -325,19 +324,135 @@ ordered_to_js!(StatusReport {
     req version "version",
 });
 
-/// The typed form of a JSON value the core built (a status report or its peer list).
-pub fn typed<T: serde::de::DeserializeOwned>(
+/// A counter as a JS number (exact up to 2^53; a u64 past i64::MAX never occurs).
+fn n(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn counts(m: BTreeMap<String, u64>) -> BTreeMap<String, i64> {
+    m.into_iter().map(|(k, v)| (k, n(v))).collect()
+}
+
+/// The typed form of a JSON section the core built.
+fn section<T: serde::de::DeserializeOwned>(
     what: &str,
-    v: impl Serialize,
+    v: serde_json::Value,
 ) -> crate::error::Result<T> {
-    serde_json::to_value(v)
-        .and_then(serde_json::from_value)
-        .map_err(|e| {
-            crate::error::Error::new(
-                crate::error::ErrorCode::Internal,
-                format!("{what}: the report does not fit its JS type: {e}"),
-            )
+    serde_json::from_value(v).map_err(|e| {
+        crate::error::Error::new(
+            crate::error::ErrorCode::Internal,
+            format!("status report: {what}: does not fit its JS type: {e}"),
+        )
+    })
+}
+
+impl From<crate::status::AgentView> for AgentView {
+    fn from(a: crate::status::AgentView) -> Self {
+        AgentView {
+            description: a.description,
+            id: a.id,
+            tags: a.tags,
+        }
+    }
+}
+
+impl From<crate::status::ModelView> for ModelView {
+    fn from(m: crate::status::ModelView) -> Self {
+        ModelView {
+            description: m.description,
+            id: m.id,
+            provider: m.provider,
+        }
+    }
+}
+
+impl From<crate::status::PeerView> for PeerView {
+    fn from(p: crate::status::PeerView) -> Self {
+        use crate::status::PeerState as S;
+        PeerView {
+            agents: p.agents.into_iter().map(Into::into).collect(),
+            connected: p.connected,
+            hops: p.hops,
+            last_seen_ms_ago: p.last_seen_ms_ago.map(n),
+            latency_ms: p.latency_ms,
+            models: p.models.into_iter().map(Into::into).collect(),
+            node_id: p.node_id,
+            reachable_via: p.reachable_via,
+            state: match p.state {
+                S::Direct => PeerState::Direct,
+                S::Relayed => PeerState::Relayed,
+                S::Unreachable => PeerState::Unreachable,
+            },
+            tags: p.tags,
+        }
+    }
+}
+
+impl From<crate::status::MeshCounters> for MeshCounters {
+    fn from(m: crate::status::MeshCounters) -> Self {
+        MeshCounters {
+            bytes_in: n(m.bytes_in),
+            bytes_out: n(m.bytes_out),
+            calls_failed: n(m.calls_failed),
+            calls_started: n(m.calls_started),
+            decode_errors: n(m.decode_errors),
+            decode_errors_by_code: counts(m.decode_errors_by_code),
+            delivered: n(m.delivered),
+            dropped: counts(m.dropped),
+            frames_in: n(m.frames_in),
+            frames_out: n(m.frames_out),
+            handshake_rejects: counts(m.handshake_rejects),
+            heartbeat_timeouts: n(m.heartbeat_timeouts),
+            links_up: n(m.links_up),
+            own_record_echoes: n(m.own_record_echoes),
+            own_record_superseded: n(m.own_record_superseded),
+            preauth_pending: n(m.preauth_pending),
+            preauth_rejects: counts(m.preauth_rejects),
+            protocol_error_closes: counts(m.protocol_error_closes),
+            records_held_bytes: n(m.records_held_bytes),
+            records_refused: counts(m.records_refused),
+            relayed: n(m.relayed),
+            slow_peer_closes: n(m.slow_peer_closes),
+        }
+    }
+}
+
+impl From<crate::status::Failure> for Failure {
+    fn from(f: crate::status::Failure) -> Self {
+        Failure {
+            at: f.at,
+            reason: f.reason,
+            restarting: f.restarting,
+        }
+    }
+}
+
+impl StatusReport {
+    /// The report for JS. Fails (`CLAWMATRIX_INTERNAL`) only if a JSON section no longer fits
+    /// its type, which the tests below catch.
+    pub fn from_core(r: crate::status::StatusReport) -> crate::error::Result<Self> {
+        Ok(StatusReport {
+            agents: r.agents.into_iter().map(Into::into).collect(),
+            failed: r.failed.map(Into::into),
+            handoffs: r.handoffs.map(|v| section("handoffs", v)).transpose()?,
+            listen: r.listen,
+            listen_addr: r.listen_addr,
+            mesh: r.mesh.into(),
+            models: r.models.into_iter().map(Into::into).collect(),
+            node_id: r.node_id,
+            peers: r.peers.into_iter().map(Into::into).collect(),
+            proxy_port: u32::from(r.proxy_port),
+            restarts: r.restarts.map(|x| Restarts {
+                count: x.count,
+                last_failure: x.last_failure.into(),
+            }),
+            running: r.running,
+            tags: r.tags,
+            tools: r.tools.map(|v| section("tools", v)).transpose()?,
+            uptime_ms: n(r.uptime_ms),
+            version: r.version,
         })
+    }
 }
 
 #[cfg(test)]
@@ -401,7 +516,8 @@ mod tests {
     #[test]
     fn typed_status_serializes_exactly_as_the_report_json() {
         let v = full_report();
-        let t: StatusReport = typed("status", &v).expect("fits");
+        let core: crate::status::StatusReport = serde_json::from_value(v.clone()).expect("parses");
+        let t = StatusReport::from_core(core).expect("fits");
         // Same text: same values, same nulls and absences, and the fields in the order of the
         // JSON map (which the declaration order must follow, as napi sets them in that order).
         assert_eq!(
@@ -445,7 +561,9 @@ mod tests {
             provider: Some(String::new()),
         };
         assert_eq!(keys(&full_model), ModelView::JS_KEYS);
-        let report: StatusReport = typed("status", full_report()).expect("fits");
+        let core: crate::status::StatusReport =
+            serde_json::from_value(full_report()).expect("parses");
+        let report = StatusReport::from_core(core).expect("fits");
         assert_eq!(keys(&report), StatusReport::JS_KEYS);
     }
 
@@ -460,7 +578,7 @@ mod tests {
         )
         .status();
         let v = serde_json::to_value(&report).expect("serializes");
-        let t: StatusReport = typed("status", &report).expect("fits");
+        let t = StatusReport::from_core(report).expect("fits");
         assert_eq!(
             serde_json::to_string(&t).expect("serializes"),
             serde_json::to_string(&v).expect("serializes")
