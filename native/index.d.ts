@@ -147,7 +147,7 @@ export interface HandoffView {
 /** How `hostReply` answers a host request. */
 export type HostReplyKind = 'event' | 'result' | 'error'
 
-/** A request from the core to the host (see `src/node/host.rs`). */
+/** A request from the core to the host (see `src/host.rs`). */
 export interface HostRequest {
   /** The call id to answer with `hostReply`. */
   id: number
