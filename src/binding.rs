@@ -10,7 +10,8 @@
 //! `CLAWMATRIX_*` string ([`ErrorCode`]) and whose `message` is the core's message.
 //! - synchronous methods and getters throw it ([`guarded`]). Those that can fail:
 //!   `ClawMatrixNode.create` (`CONFIG_INVALID`), `hostReply`, `renderStatusText` and
-//!   `planProviders` (`INVALID_ARGUMENT`), `status`/`peers` (`INTERNAL`);
+//!   `planProviders` (`INVALID_ARGUMENT`), `status` (`INTERNAL`, if a JSON section of the
+//!   report no longer fits its type); the others only on a panic;
 //! - async methods reject with it ([`guarded_async`] and [`Outcome`]): `meshPing`, `nextEvent`,
 //!   `nextHostRequest`, and `ToolCall.next` (a failed tool call rejects `next()`);
 //! - tasks on the libuv pool reject with it ([`caught`], built on the JS thread in `resolve`):
