@@ -30,6 +30,18 @@ type AgentRuntime = {
   };
   events: { onAgentEvent(listener: (e: AgentEvent) => void): () => void };
 };
+/** The params the core sends with each request (src/handoff/serve.rs). */
+type RunParams = {
+  agentId: string;
+  sessionKey: string;
+  message: string;
+  extraSystemPrompt: string;
+  idempotencyKey: string;
+  timeoutMs: number;
+};
+type AbortParams = { sessionKey: string; runId?: string | null; reason?: string };
+type SendParams = { agentId: string; sessionKey: string; message: string };
+
 type HarnessSdk = {
   resolveActiveEmbeddedRunSessionId(sessionKey: string): string | undefined;
   abortAndDrainAgentHarnessRun(p: {
@@ -65,7 +77,7 @@ export function agentHandlers(api: PluginApi): Record<string, HostHandler> {
       return { agents: ids.size > 0 ? [...ids] : ["main"] };
     },
 
-    "agent.run": async (p, emit, signal) => {
+    "agent.run": async (p: RunParams, emit, signal) => {
       const rt = runtimeOf(api);
       let runId: string | undefined;
       const early: AgentEvent[] = [];
@@ -112,7 +124,7 @@ export function agentHandlers(api: PluginApi): Record<string, HostHandler> {
       }
     },
 
-    "agent.abort": async (p) => {
+    "agent.abort": async (p: AbortParams) => {
       const sdk = (await import("openclaw/plugin-sdk/agent-harness" as string)) as HarnessSdk;
       const sessionId = sdk.resolveActiveEmbeddedRunSessionId(p.sessionKey);
       const r = sessionId
@@ -125,7 +137,7 @@ export function agentHandlers(api: PluginApi): Record<string, HostHandler> {
       return { ...r, sessionId: sessionId ?? null, status };
     },
 
-    "agent.send": async (p) => {
+    "agent.send": async (p: SendParams) => {
       const started = await runtimeOf(api).subagent.run({ sessionKey: p.sessionKey, message: p.message, deliver: false });
       return { runId: started.runId };
     },

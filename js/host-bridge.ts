@@ -4,8 +4,12 @@
 import type { ClawMatrixNode } from "./native.js";
 import type { Logger } from "./host.js";
 
-/** What a handler gets: the request params, a way to stream events, and the cancel signal. */
-export type HostHandler = (params: any, emit: (event: unknown) => void, signal: AbortSignal) => Promise<unknown>;
+/**
+ * What a handler gets: the request params, a way to stream events, and the cancel signal. Each
+ * handler declares the params the core sends with its kind (`params: never` here admits every such
+ * declaration; the bridge hands over `req.params` as the handler declared them).
+ */
+export type HostHandler = (params: never, emit: (event: unknown) => void, signal: AbortSignal) => Promise<unknown>;
 
 /** Pull and answer host requests until the node's bridge closes (node stopped). */
 export async function pumpHostRequests(node: ClawMatrixNode, handlers: Record<string, HostHandler>, logger: Logger): Promise<void> {
@@ -25,7 +29,7 @@ export async function pumpHostRequests(node: ClawMatrixNode, handlers: Record<st
     const ctl = new AbortController();
     running.set(req.id, ctl);
     const emit = (event: unknown) => void node.hostReply(req.id, "event", event ?? null);
-    handler(req.params, emit, ctl.signal)
+    handler(req.params as never, emit, ctl.signal)
       .then((result) => node.hostReply(req.id, "result", result ?? null))
       .catch((e: unknown) => {
         const err = e as { code?: unknown; message?: unknown };

@@ -50,7 +50,7 @@ export type CliCommand = {
   command(name: string): CliCommand;
   description(text: string): CliCommand;
   option(flags: string, description?: string, defaultValue?: string): CliCommand;
-  action(fn: (...args: any[]) => unknown): CliCommand;
+  action(fn: (...args: never[]) => unknown): CliCommand;
 };
 
 export type HostConfig = {
@@ -65,7 +65,7 @@ export type PluginRuntime = {
     current(): HostConfig;
     mutateConfigFile(params: {
       afterWrite: { mode: "auto" } | { mode: "restart"; reason: string } | { mode: "none"; reason: string };
-      mutate: (draft: any) => void | Promise<void>;
+      mutate: (draft: HostConfig) => void | Promise<void>;
     }): Promise<unknown>;
   };
   modelAuth: {

@@ -1,9 +1,9 @@
 // Gateway methods clawmatrix.status and clawmatrix.peers (scope operator.read).
 import type { PluginApi } from "./host.js";
-import type { ClawMatrixNode } from "./native.js";
+import type { ClawMatrixNode, PeerView, StatusReport } from "./native.js";
 
 export function registerMethods(api: PluginApi, current: () => ClawMatrixNode): void {
-  const method = (name: string, read: (n: ClawMatrixNode) => unknown) =>
+  const method = (name: string, read: (n: ClawMatrixNode) => StatusReport | PeerView[]) =>
     api.registerGatewayMethod(
       name,
       ({ respond }) => {

@@ -5,7 +5,7 @@
 //   planned in Rust; this only reads and writes the config).
 import type { PluginApi } from "./host.js";
 import type { HostHandler } from "./host-bridge.js";
-import { native } from "./native.js";
+import { native, type ProviderPlan } from "./native.js";
 
 export function modelHandlers(api: PluginApi): Record<string, HostHandler> {
   const runtime = () => {
@@ -36,10 +36,10 @@ export function modelHandlers(api: PluginApi): Record<string, HostHandler> {
       const rt = runtime();
       const before = native.planProviders(rt.config.current()?.models?.providers ?? null, params.providers);
       if (!before.changed) return before;
-      let applied: any = before;
+      let applied: ProviderPlan = before;
       await rt.config.mutateConfigFile({
         afterWrite: { mode: "auto" },
-        mutate(draft: any) {
+        mutate(draft) {
           applied = native.planProviders(draft.models?.providers ?? null, params.providers);
           if (!applied.changed) return;
           draft.models ??= {};

@@ -9,7 +9,16 @@ const loadStarted = performance.now();
 export const native: typeof Native = require("../native/index.cjs");
 /** Milliseconds this module spent loading the addon (reported once the service starts). */
 export const addonLoadMs = performance.now() - loadStarted;
-export type { ClawMatrixNode, ToolStep, NodeEvent } from "../native/index.js";
+export type {
+  ClawMatrixNode,
+  HostRequest,
+  NodeEvent,
+  PeerView,
+  ProviderPlan,
+  StatusReport,
+  ToolDefinition,
+  ToolStep,
+} from "../native/index.js";
 
 /** A JS Error carrying the core's stable `code`. */
 export function codedError(code: string, message: string): Error & { code: string } {

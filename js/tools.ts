@@ -1,13 +1,11 @@
 // Registers the seven cluster_* tools from the core's definitions and forwards each call:
-// progress steps become onUpdate partials, the result is returned, an error step is thrown with
-// its code, and an aborted signal cancels the call in the core.
+// progress steps become onUpdate partials, the result is returned, a failed call's coded error
+// (the rejection of next()) is thrown as is, and an aborted signal cancels the call in the core.
 import type { PluginApi, ToolContext, ToolResult } from "./host.js";
 import { native, codedError, type ClawMatrixNode } from "./native.js";
 
-type ToolDef = { name: string; label: string; description: string; parameters: Record<string, unknown> };
-
 export function registerTools(api: PluginApi, current: () => ClawMatrixNode): void {
-  for (const def of native.toolDefinitions() as ToolDef[]) {
+  for (const def of native.toolDefinitions()) {
     api.registerTool(
       (ctx: ToolContext) => ({
         name: def.name,
@@ -33,7 +31,6 @@ export function registerTools(api: PluginApi, current: () => ClawMatrixNode): vo
                 });
                 continue;
               }
-              if (step.kind === "error") throw codedError(step.code ?? "CLAWMATRIX_INTERNAL", step.text);
               const result: ToolResult = { content: [{ type: "text", text: step.text }], details: step.details };
               return result;
             }

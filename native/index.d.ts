@@ -18,7 +18,7 @@ export declare class ClawMatrixNode {
    * Validate `config` and create a stopped node. Throws `CLAWMATRIX_CONFIG_INVALID` naming
    * every bad field.
    */
-  static create(config: any): ClawMatrixNode
+  static create(config: unknown): ClawMatrixNode
   /** Config warnings (valid but probably not what the user meant). */
   warnings(): Array<ConfigIssue>
   /** This node's id. */
@@ -30,9 +30,9 @@ export declare class ClawMatrixNode {
   /** Whether the node is started. */
   get running(): boolean
   /** The status report (0.1.8 shape plus diagnostics). */
-  status(): any
+  status(): StatusReport
   /** The peer list (the `peers` of the status report). */
-  peers(): any
+  peers(): Array<PeerView>
   /**
    * The next log line or event; `null` once the node is dropped. Bounded queue, drained by
    * pull so the core never waits for JS.
@@ -50,29 +50,40 @@ export declare class ClawMatrixNode {
   nextHostRequest(): Promise<HostRequest | null>
   /**
    * Answer host request `id`: `kind` is `event` (more follow), `result` (final) or `error`
-   * (final; `code` is a stable `CLAWMATRIX_*` code or the host's own, `message` the reason).
+   * (final; `code` is a stable `CLAWMATRIX_*` code or the host's own, `data` the message).
    * Returns `false` when the call is gone (cancelled or answered before).
    */
-  hostReply(id: number, kind: string, data: any, code?: string | undefined | null): boolean
+  hostReply(id: number, kind: HostReplyKind, data: unknown, code?: string | undefined | null): boolean
   /**
    * Round-trip time in ms of one `mesh.echo` request with a 64-byte payload to `nodeId`
-   * (for benchmarks and diagnostics). `timeoutMs` defaults to 5000. Rejects with an Error
-   * whose message is `CODE: message` of the core error (not running, unreachable, timeout).
+   * (for benchmarks and diagnostics). `timeoutMs` defaults to 5000. Rejects with the core's
+   * coded error (`CLAWMATRIX_NOT_RUNNING`, `_UNREACHABLE`, `_TIMEOUT`, ...).
    */
   meshPing(nodeId: string, timeoutMs?: number | undefined | null): Promise<number>
   /**
    * Start one of the seven tools. Arguments are validated first; pull the steps with
-   * `ToolCall.next()`: zero or more `progress`, then one `result` or `error`, then `null`.
+   * `ToolCall.next()`: zero or more `progress`, then one `result` (or a rejection with the
+   * call's coded error), then `null`.
    */
-  invokeTool(name: string, args: any, caller?: ToolCaller | undefined | null): ToolCall
+  invokeTool(name: string, args: unknown, caller?: ToolCaller | undefined | null): ToolCall
 }
 
 /** A running tool call. */
 export declare class ToolCall {
-  /** The next step, or `null` after the last one. */
+  /**
+   * The next step, or `null` after the last one. Rejects with the call's coded error when
+   * the tool failed (argument, policy, route, remote error...).
+   */
   next(): Promise<ToolStep | null>
   /** Cancel the call (a remote exec's whole process tree is killed). Idempotent. */
   cancel(): void
+}
+
+/** An agent offered by a node. */
+export interface AgentView {
+  description: string
+  id: string
+  tags: Array<string>
 }
 
 /** The result of [`validate_config`]. */
@@ -91,31 +102,173 @@ export interface ConfigIssue {
 /** The core's version. */
 export declare function coreVersion(): string
 
-/** A request from the core to the host (see `src/node/host.rs`). */
+/** A failure of the node's actor. */
+export interface Failure {
+  /** When, RFC 3339 UTC. */
+  at: string
+  /** What failed (the panic message). */
+  reason: string
+  /** Whether a restart is scheduled. */
+  restarting: boolean
+}
+
+/** Handoffs and messages. */
+export interface HandoffsStatus {
+  called: number
+  messagesReceived: number
+  messagesSent: number
+  recent: Array<HandoffView>
+  running: number
+  served: number
+}
+
+/** One handoff (caller or server side). */
+export interface HandoffView {
+  abortToStopMs?: number
+  agent: string
+  chars: number
+  chunks: number
+  durationMs?: number
+  error?: string
+  firstChunkMs?: number
+  id: string
+  peer: string
+  /** `caller` or `server`. */
+  role: string
+  runId?: string
+  sessionKey?: string
+  startedMsAgo: number
+  /** `running`, `ok`, `error`, `timeout`, `cancelled`. */
+  state: string
+  streamMatchesFinal?: boolean
+  tail?: string
+}
+
+/** How `hostReply` answers a host request. */
+export type HostReplyKind = 'event' | 'result' | 'error'
+
+/** A request from the core to the host (see `src/host.rs`). */
 export interface HostRequest {
   /** The call id to answer with `hostReply`. */
   id: number
   /** What to do (`model.upstream`, `providers.sync`, `cancel`, …). */
   kind: string
-  params: any
+  /** The request's parameters (their shape depends on `kind`). */
+  params: unknown
+}
+
+/** The most recent remote tool call served here. */
+export interface LastToolCall {
+  callerAgent: string | null
+  callerNode: string
+  durationMs: number
+  /** `ok`, `denied` or `error:<code>`. */
+  outcome: string
+  tool: string
+  /** RFC 3339 UTC. */
+  ts: string
+}
+
+/** Severity of a [`NodeEvent`]. */
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error'
+
+/** Mesh counters of this node since it started (see [`crate::status::MeshCounters`]). */
+export interface MeshCounters {
+  bytesIn: number
+  bytesOut: number
+  callsFailed: number
+  callsStarted: number
+  decodeErrors: number
+  decodeErrorsByCode: Record<string, number>
+  delivered: number
+  /** Dropped frames by reason. */
+  dropped: Record<string, number>
+  framesIn: number
+  framesOut: number
+  /** Handshake rejections by code. */
+  handshakeRejects: Record<string, number>
+  heartbeatTimeouts: number
+  linksUp: number
+  ownRecordEchoes: number
+  ownRecordSuperseded: number
+  preauthPending: number
+  preauthRejects: Record<string, number>
+  protocolErrorCloses: Record<string, number>
+  recordsHeldBytes: number
+  recordsRefused: Record<string, number>
+  relayed: number
+  slowPeerCloses: number
+}
+
+/** A model shared by a node. */
+export interface ModelView {
+  description?: string
+  id: string
+  provider?: string
 }
 
 /** A log line or event for the host logger. */
 export interface NodeEvent {
-  /** `debug` | `info` | `warn` | `error` */
-  level: string
+  level: LogLevel
   message: string
+}
+
+/** How this node reaches a peer. */
+export type PeerState = 'direct' | 'relayed' | 'unreachable'
+
+/** One known node as seen from here. */
+export interface PeerView {
+  agents: Array<AgentView>
+  /** True when a direct link is up. */
+  connected: boolean
+  /** Links on the path (1 = direct); `null` when unreachable. */
+  hops: number | null
+  /** Milliseconds since anything was last heard from or about this node. */
+  lastSeenMsAgo: number | null
+  /** Path round-trip latency in milliseconds; `null` when unknown. */
+  latencyMs: number | null
+  models: Array<ModelView>
+  nodeId: string
+  /** The next hop when relayed, `null` otherwise. */
+  reachableVia: string | null
+  state: PeerState
+  tags: Array<string>
 }
 
 /**
  * Merge the mesh's providers (`desired`, from a `providers.sync` host request) into the current
- * `models.providers` object of OpenClaw's config: `{ providers, changed, added, updated,
- * removed, conflicts }`. Entries the user wrote are never changed.
+ * `models.providers` object of OpenClaw's config (`null` for none). Entries the user wrote are
+ * never changed. Throws `CLAWMATRIX_INVALID_ARGUMENT` when either is not an object.
  */
-export declare function planProviders(current: any, desired: any): any
+export declare function planProviders(current: unknown, desired: unknown): ProviderPlan
 
-/** Render a status report (as returned by `clawmatrix.status`) as the readable CLI summary. */
-export declare function renderStatusText(status: any): string
+/** What [`plan_providers`] decided. */
+export interface ProviderPlan {
+  /** Our entries added. */
+  added: Array<string>
+  /** Whether `providers` differs from the current object. */
+  changed: boolean
+  /** Ids the user's own entries hold (ours are not written there). */
+  conflicts: Array<string>
+  /** The new `models.providers` object. */
+  providers: Record<string, unknown>
+  /** Our entries removed (no longer offered by the mesh). */
+  removed: Array<string>
+  /** Our entries changed. */
+  updated: Array<string>
+}
+
+/**
+ * Render a status report (as returned by `clawmatrix.status`; checked here) as the readable
+ * CLI summary.
+ */
+export declare function renderStatusText(status: unknown): string
+
+/** Restarts of the node's actor. */
+export interface Restarts {
+  count: number
+  lastFailure: Failure
+}
 
 /** What `start()` bound. */
 export interface StartInfo {
@@ -137,26 +290,84 @@ export interface StartOptions {
   gatewayToken?: string
 }
 
+/** The status report of this node (0.1.8 fields plus diagnostics). */
+export interface StatusReport {
+  agents: Array<AgentView>
+  /** Set while the node's actor is down after a failure. */
+  failed?: Failure
+  handoffs?: HandoffsStatus
+  /** The bound mesh listener port, or `false` when not listening. */
+  listen: number | false
+  /** The bound listener address (`host:port`), when listening. */
+  listenAddr?: string
+  mesh: MeshCounters
+  models: Array<ModelView>
+  nodeId: string
+  peers: Array<PeerView>
+  proxyPort: number
+  restarts?: Restarts
+  running: boolean
+  tags: Array<string>
+  tools?: ToolsStatus
+  uptimeMs: number
+  version: string
+}
+
+/** Counters of remote tool calls served since the node started. */
+export interface ToolAudit {
+  byTool: Record<string, number>
+  calls: number
+  denied: number
+  errors: number
+  last: LastToolCall | null
+  logPath: string | null
+  ok: number
+  writeErrors: number
+}
+
 /** Who invoked a tool on this gateway (forwarded to the serving node's audit). */
 export interface ToolCaller {
   agentId?: string
   sessionKey?: string
 }
 
-/** The seven tool definitions: `[{ name, label, description, parameters, sideEffecting }]`. */
-export declare function toolDefinitions(): any
-
-/** One step of a tool call: `progress` (partial output), `result` (final), or `error`. */
-export interface ToolStep {
-  /** `progress` | `result` | `error` */
-  kind: string
-  /** Text for the model (progress/result) or the error message. */
-  text: string
-  /** Structured details (progress/result). */
-  details: any
-  /** The stable error code when `kind` is `error`. */
-  code?: string
+/** One agent tool as OpenClaw registers it. */
+export interface ToolDefinition {
+  name: string
+  label: string
+  description: string
+  /** The JSON Schema of the tool's arguments. */
+  parameters: Record<string, unknown>
+  /** Changes state on the remote node (exec, write, handoff, ...). */
+  sideEffecting: boolean
 }
 
+/** The seven tool definitions, in registration order. */
+export declare function toolDefinitions(): Array<ToolDefinition>
+
+/** Remote tool policy and audit. */
+export interface ToolsStatus {
+  allow: Array<string>
+  audit: ToolAudit
+  deny: Array<string>
+  enabled: boolean
+  root: string | null
+}
+
+/**
+ * One step of a tool call: `progress` (partial output) or `result` (final). A failed call
+ * rejects `next()` instead.
+ */
+export interface ToolStep {
+  kind: ToolStepKind
+  /** Text for the model. */
+  text: string
+  /** Structured details (the tool's own shape). */
+  details: unknown
+}
+
+/** What a [`ToolStep`] is. */
+export type ToolStepKind = 'progress' | 'result'
+
 /** Validate a plugin config without starting anything. */
-export declare function validateConfig(config: any): ConfigCheck
+export declare function validateConfig(config: unknown): ConfigCheck

@@ -48,7 +48,7 @@ export function bin(name) {
 /** Build the addon (debug unless release) and the shim. */
 export async function build({ release = false } = {}) {
   await ensureNodeModules();
-  const args = ["build", "--platform", "--output-dir", "native", "--js", "index.cjs", "--dts", "index.d.ts"];
+  const args = ["build", "--platform", "--output-dir", "native", "--js", "index.cjs", "--dts", "index.d.ts", "--no-const-enum"];
   if (release) args.push("--release");
   console.log(`[build] napi ${args.join(" ")}`);
   await run(bin("napi"), args);

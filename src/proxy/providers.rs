@@ -135,7 +135,7 @@ pub fn desired(
     out
 }
 
-/// The result of [`plan`].
+/// The result of [`plan`] (handed to JS as the binding's `ProviderPlan`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     /// The new `models.providers` object.
@@ -146,19 +146,6 @@ pub struct Plan {
     pub removed: Vec<String>,
     /// Provider ids of mesh nodes taken by an entry the user wrote (left alone).
     pub conflicts: Vec<String>,
-}
-
-impl Plan {
-    pub fn to_json(&self) -> Value {
-        json!({
-            "providers": self.providers,
-            "changed": self.changed,
-            "added": self.added,
-            "updated": self.updated,
-            "removed": self.removed,
-            "conflicts": self.conflicts,
-        })
-    }
 }
 
 /// Merge `desired` into the current `models.providers` object: add and update our entries,

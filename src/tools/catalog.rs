@@ -1,8 +1,8 @@
 //! The seven `cluster_*` tools: names, labels, descriptions and parameters (the public API kept
 //! from 0.1.8), plus the argument validator every call goes through before anything runs.
 //!
-//! The shim registers tools from [`definitions_json`], so this table is the single source; a test
-//! keeps it in step with `contracts.tools` in `openclaw.plugin.json`.
+//! The shim registers tools from [`TOOLS`] (the binding's `toolDefinitions()`), so this table is
+//! the single source; a test keeps it in step with `contracts.tools` in `openclaw.plugin.json`.
 
 use serde_json::{json, Map, Value};
 
@@ -162,7 +162,8 @@ pub fn parameters_schema(spec: &ToolSpec) -> Value {
     })
 }
 
-/// Tool definitions for the shim: `[{name, label, description, parameters, sideEffecting}]`.
+/// Tool definitions as JSON: `[{name, label, description, parameters, sideEffecting}]` (the
+/// binding's typed `toolDefinitions()` has the same fields).
 pub fn definitions_json() -> Value {
     Value::Array(
         TOOLS

@@ -1,5 +1,5 @@
 // The binding used directly (no shim, no OpenClaw): two nodes link over loopback, meshPing
-// measures a real round trip, and errors carry the core's code in the message.
+// measures a real round trip, and errors carry the core's code as err.code.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createRequire } from "node:module";
@@ -28,12 +28,18 @@ test("meshPing returns the round trip to a linked node and rejects for an unknow
     const ms = await b.meshPing("a", 5_000);
     assert.equal(typeof ms, "number");
     assert.ok(ms > 0 && ms < 5_000, `round trip ${ms} ms`);
-    await assert.rejects(b.meshPing("nobody", 1_000), /CLAWMATRIX_UNREACHABLE/);
+    await assert.rejects(b.meshPing("nobody", 1_000), (e) => {
+      assert.equal(e.code, "CLAWMATRIX_UNREACHABLE");
+      return true;
+    });
   } finally {
     await b.stop();
     await a.stop();
   }
-  await assert.rejects(b.meshPing("a", 1_000), /CLAWMATRIX_NOT_RUNNING|not running/i);
+  await assert.rejects(b.meshPing("a", 1_000), (e) => {
+    assert.equal(e.code, "CLAWMATRIX_NOT_RUNNING");
+    return true;
+  });
 });
 
 test("the host bridge: a started node asks its host for providers, replies are validated", { timeout: 30_000 }, async () => {
