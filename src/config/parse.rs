@@ -390,20 +390,7 @@ impl Reader {
         let map = self.object(v, "", ROOT_KEYS)?;
 
         let node_id = self.id(map, "", "nodeId", "node id", true);
-        let secret = self.string(map, "", "secret", true);
-        if let Some(s) = &secret {
-            if s.chars().count() < SECRET_MIN_CHARS {
-                self.error(
-                    "secret",
-                    format!("must be at least {SECRET_MIN_CHARS} characters long"),
-                );
-            } else {
-                let bits = secret_strength::estimated_bits(s);
-                if bits < secret_strength::SECRET_MIN_BITS {
-                    self.warn("secret", low_entropy_reason(bits));
-                }
-            }
-        }
+        let secret = self.secret(map);
         let listen = self.bool_or(map, "", "listen", DEFAULT_LISTEN);
         let listen_host = self.listen_host(map);
         let listen_port = self.int_or(
@@ -420,6 +407,75 @@ impl Reader {
         let proxy_models = self.proxy_models(map, node_id.as_deref());
         let tags = self.string_list(map, "", "tags", tag_problem);
         let proxy_port = self.int_or(map, "", "proxyPort", DEFAULT_PROXY_PORT, PORT_MIN, PORT_MAX);
+        let Timing {
+            handoff_timeout_ms,
+            handoff_max_ms,
+            proxy_timeout_ms,
+            heartbeat_interval_ms,
+            heartbeat_misses,
+            forget_after_ms,
+        } = self.timing(map);
+        let tool_proxy = match map.get("toolProxy") {
+            None => ToolProxyConfig::default(),
+            Some(v) => self.tool_proxy(v),
+        };
+        let tls = match map.get("tls") {
+            None => TlsConfig::default(),
+            Some(v) => self.tls(v),
+        };
+        self.cross_checks(
+            listen,
+            &listen_host,
+            listen_port,
+            proxy_port,
+            &tls,
+            peers.is_empty(),
+        );
+
+        Some(Config {
+            node_id: node_id?,
+            secret: secret?,
+            listen,
+            listen_host,
+            listen_port,
+            peers,
+            agents,
+            models,
+            proxy_models,
+            tags,
+            proxy_port,
+            handoff_timeout_ms,
+            handoff_max_ms,
+            proxy_timeout_ms,
+            heartbeat_interval_ms,
+            heartbeat_misses,
+            forget_after_ms,
+            tool_proxy,
+            tls,
+        })
+    }
+
+    /// `secret`: required, long enough; a low-entropy one is a warning.
+    fn secret(&mut self, map: &Map<String, Value>) -> Option<String> {
+        let secret = self.string(map, "", "secret", true);
+        if let Some(s) = &secret {
+            if s.chars().count() < SECRET_MIN_CHARS {
+                self.error(
+                    "secret",
+                    format!("must be at least {SECRET_MIN_CHARS} characters long"),
+                );
+            } else {
+                let bits = secret_strength::estimated_bits(s);
+                if bits < secret_strength::SECRET_MIN_BITS {
+                    self.warn("secret", low_entropy_reason(bits));
+                }
+            }
+        }
+        secret
+    }
+
+    /// The timeouts and heartbeat settings, each within its bounds.
+    fn timing(&mut self, map: &Map<String, Value>) -> Timing {
         let handoff_timeout_ms = self.int_or(
             map,
             "",
@@ -468,14 +524,27 @@ impl Reader {
             FORGET_AFTER_MIN_MS,
             DURATION_MAX_MS,
         );
-        let tool_proxy = match map.get("toolProxy") {
-            None => ToolProxyConfig::default(),
-            Some(v) => self.tool_proxy(v),
-        };
-        let tls = match map.get("tls") {
-            None => TlsConfig::default(),
-            Some(v) => self.tls(v),
-        };
+        Timing {
+            handoff_timeout_ms,
+            handoff_max_ms,
+            proxy_timeout_ms,
+            heartbeat_interval_ms,
+            heartbeat_misses,
+            forget_after_ms,
+        }
+    }
+
+    /// Rules across fields: TLS files on a node that does not listen, the proxy port against
+    /// the listen port, a node with no way to reach anyone.
+    fn cross_checks(
+        &mut self,
+        listen: bool,
+        listen_host: &str,
+        listen_port: u16,
+        proxy_port: u16,
+        tls: &TlsConfig,
+        no_peers: bool,
+    ) {
         if !listen && (tls.cert_file.is_some() || tls.key_file.is_some()) {
             self.warn(
                 "tls.certFile",
@@ -483,40 +552,18 @@ impl Reader {
             );
         }
 
-        if listen && listen_port == proxy_port && is_loopback_or_unspecified(&listen_host) {
+        if listen && listen_port == proxy_port && is_loopback_or_unspecified(listen_host) {
             self.error(
                 "proxyPort",
                 format!(
                     "must differ from listenPort ({listen_port}) while listening on {}",
-                    quote(&listen_host)
+                    quote(listen_host)
                 ),
             );
         }
-        if !listen && peers.is_empty() {
+        if !listen && no_peers {
             self.warn("listen", REASON_ISOLATED);
         }
-
-        Some(Config {
-            node_id: node_id?,
-            secret: secret?,
-            listen,
-            listen_host,
-            listen_port,
-            peers,
-            agents,
-            models,
-            proxy_models,
-            tags,
-            proxy_port,
-            handoff_timeout_ms,
-            handoff_max_ms,
-            proxy_timeout_ms,
-            heartbeat_interval_ms,
-            heartbeat_misses,
-            forget_after_ms,
-            tool_proxy,
-            tls,
-        })
     }
 
     fn listen_host(&mut self, map: &Map<String, Value>) -> String {
@@ -952,4 +999,13 @@ fn quote_key(key: &str) -> String {
     } else {
         quote(key)
     }
+}
+/// The timing fields of the root object, read together.
+struct Timing {
+    handoff_timeout_ms: u64,
+    handoff_max_ms: u64,
+    proxy_timeout_ms: u64,
+    heartbeat_interval_ms: u64,
+    heartbeat_misses: u32,
+    forget_after_ms: u64,
 }
