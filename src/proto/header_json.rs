@@ -286,13 +286,31 @@ pub fn read(json: &[u8]) -> Option<Header> {
     c.lit(b",\"ts\":")?;
     let ts = c.u64()?;
     c.lit(b",\"body\":{\"type\":")?;
+    let body = read_body(&mut c)?;
+    c.lit(b"}}")?;
+    (c.i == json.len()).then_some(Header {
+        v,
+        id,
+        src,
+        dst,
+        ttl,
+        hops,
+        ts,
+        body,
+    })
+}
+
+/// The body after `"type":`: one arm per body type, fields in the order `write_body` writes
+/// them.
+#[inline]
+fn read_body(c: &mut Cur<'_>) -> Option<Body> {
     let body = match c.str()? {
         "ping" => {
-            let (seq, t) = seq_t(&mut c)?;
+            let (seq, t) = seq_t(c)?;
             Body::Ping { seq, t }
         }
         "pong" => {
-            let (seq, t) = seq_t(&mut c)?;
+            let (seq, t) = seq_t(c)?;
             Body::Pong { seq, t }
         }
         "leave" => {
@@ -320,7 +338,7 @@ pub fn read(json: &[u8]) -> Option<Header> {
             }
         }
         "reply" => {
-            let (call_id, ok, code, message) = outcome(&mut c)?;
+            let (call_id, ok, code, message) = outcome(c)?;
             Body::Reply {
                 call_id,
                 ok,
@@ -329,7 +347,7 @@ pub fn read(json: &[u8]) -> Option<Header> {
             }
         }
         "end" => {
-            let (call_id, ok, code, message) = outcome(&mut c)?;
+            let (call_id, ok, code, message) = outcome(c)?;
             Body::End {
                 call_id,
                 ok,
@@ -371,17 +389,7 @@ pub fn read(json: &[u8]) -> Option<Header> {
         }
         _ => return None,
     };
-    c.lit(b"}}")?;
-    (c.i == json.len()).then_some(Header {
-        v,
-        id,
-        src,
-        dst,
-        ttl,
-        hops,
-        ts,
-        body,
-    })
+    Some(body)
 }
 
 /// `,"seq":N,"t":N` of a ping or pong.
