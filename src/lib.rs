@@ -21,7 +21,8 @@
 //!   audit) and their calling side ([`tools::remote`]).
 //! - [`proxy`]: the local OpenAI-compatible model proxy and the serving side of shared models.
 //! - [`host`]: requests from the core to the OpenClaw host (pulled by the shim); [`events`]:
-//!   the log/event queue the shim drains; [`wake`]: coalesced cross-thread wakes.
+//!   the log/event queue the shim drains; [`wake`]: coalesced cross-thread wakes; [`tls`]:
+//!   rustls configs (the mesh listener and dialers, the proxy's upstream client).
 //! - [`app`]: the composition root: [`app::Node`] (start = bind, build services, spawn; stop;
 //!   status assembly).
 //! - [`status`]: the status/peers report shapes shared by the binding and the CLI.
@@ -43,6 +44,7 @@ pub mod proto;
 pub mod proxy;
 pub mod rpc;
 pub mod status;
+pub mod tls;
 pub mod tools;
 pub mod wake;
 

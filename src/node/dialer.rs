@@ -134,7 +134,7 @@ async fn attempt(ctx: &LinkCtx, target: &DialTarget) -> Attempt {
             Err(attempt) => return attempt,
         },
         Some(connector) => {
-            let name = match super::tls::server_name(&p.host) {
+            let name = match crate::tls::server_name(&p.host) {
                 Ok(n) => n,
                 Err(e) => return failed(e),
             };

@@ -12,8 +12,8 @@
 //! - [`listener`]: the mesh listener socket (optional TLS), spawning inbound link tasks;
 //!   [`admission`] limits unauthenticated connections (globally, per source) and keeps the
 //!   hostile-input counters.
-//! - [`dialer`] + [`backoff`]: one task per configured peer, reconnecting with backoff.
-//! - [`tls`]: rustls server/client configs from `tls.*`.
+//! - [`dialer`] + [`backoff`]: one task per configured peer, reconnecting with backoff (TLS
+//!   configs come from [`crate::tls`], shared with the proxy's upstream client).
 //!
 //! Edges into the actor await (a link reader that waits just stops reading); edges out of it
 //! never await, so a slow peer can neither stall the actor nor other links.
@@ -26,7 +26,6 @@ pub mod link;
 pub mod listener;
 pub(crate) mod queue;
 pub mod supervisor;
-pub mod tls;
 pub mod ws;
 
 pub(crate) use actor::ActorHandle;

@@ -207,7 +207,7 @@ fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
     static CONNECTOR: OnceLock<Result<tokio_rustls::TlsConnector, String>> = OnceLock::new();
     CONNECTOR
         .get_or_init(|| {
-            crate::node::tls::client(&crate::config::TlsConfig::default()).map_err(|e| e.message)
+            crate::tls::client(&crate::config::TlsConfig::default()).map_err(|e| e.message)
         })
         .clone()
 }
@@ -223,7 +223,7 @@ async fn connect(url: &UpstreamUrl) -> Result<Pin<Box<dyn Io>>, SendError> {
             return Ok(Box::pin(tcp) as Pin<Box<dyn Io>>);
         }
         let connector = tls_connector().map_err(SendError::Connect)?;
-        let name = crate::node::tls::server_name(&url.host).map_err(SendError::Connect)?;
+        let name = crate::tls::server_name(&url.host).map_err(SendError::Connect)?;
         let tls = connector
             .connect(name, tcp)
             .await
