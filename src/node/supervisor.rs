@@ -66,7 +66,7 @@ impl ActorHealth {
         });
         let failure = Failure {
             reason,
-            at: crate::tools::audit::rfc3339_utc(SystemTime::now()),
+            at: crate::status::rfc3339_utc(SystemTime::now()),
             restarting: delay.is_some(),
         };
         st.last_failure = Some(failure.clone());
