@@ -32,25 +32,25 @@ struct Mesh {
 async fn mesh(extra_allow: &[&str], gateway: Option<(u16, &str)>) -> Mesh {
     let root = TempDir::new("remote-root");
     let state = TempDir::new("remote-state");
-    let cp = free_port();
+    let cp = reserve_port();
     let cloud = start(config("cloud", Some(cp), &[], json!({})));
     let mut allow = vec!["exec", "read", "write", "edit"];
     allow.extend_from_slice(extra_allow);
-    let office = Node::new(config(
-        "office",
-        None,
-        &[("cloud", cp)],
-        json!({"toolProxy": {"enabled": true, "allow": allow, "deny": ["browser"],
-                             "root": root.path().to_string_lossy()}}),
-    ));
-    office
-        .start(&StartOptions {
+    let office = start_with(
+        config(
+            "office",
+            None,
+            &[("cloud", cp)],
+            json!({"toolProxy": {"enabled": true, "allow": allow, "deny": ["browser"],
+                                 "root": root.path().to_string_lossy()}}),
+        ),
+        StartOptions {
             state_dir: Some(state.path().to_path_buf()),
             gateway_port: gateway.map(|g| g.0),
             gateway_token: gateway.map(|g| g.1.to_string()),
             ..StartOptions::default()
-        })
-        .expect("start office");
+        },
+    );
     let home = start(config("home", None, &[("cloud", cp)], json!({})));
     wait_for("office relayed via cloud", Duration::from_secs(10), || {
         is_relayed_via(&home, "office", "cloud") && is_relayed_via(&office, "home", "cloud")
