@@ -497,6 +497,8 @@ impl ClawMatrixNode {
                     gateway_port: o.gateway_port.and_then(|p| u16::try_from(p).ok()),
                     gateway_token: o.gateway_token,
                     handshake_timeout: None,
+                    listener: None,
+                    proxy_listener: None,
                 },
                 None => CoreStartOptions::default(),
             },

@@ -37,7 +37,7 @@ struct Mesh {
 /// cloud listens; each office (offering `coder`, tags coding) and home dial it. `home_extra`
 /// goes into home's config (timeouts).
 async fn mesh(offices: &[(&str, FakeHostOptions)], home_extra: Value) -> Mesh {
-    let cp = free_port();
+    let cp = reserve_port();
     let cloud = start(config("cloud", Some(cp), &[], json!({})));
     let mut out = Vec::new();
     for (id, opts) in offices {

@@ -16,7 +16,7 @@ const TEST_BOUND: Duration = Duration::from_secs(40);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_actor_is_reported_failed_then_restarted_and_links_again() {
     tokio::time::timeout(TEST_BOUND, async {
-        let cp = free_port();
+        let cp = reserve_port();
         let cloud = start(config("cloud", Some(cp), &[], json!({})));
         let home = start(config("home", None, &[("cloud", cp)], json!({})));
         wait_for("home linked to cloud", Duration::from_secs(10), || {

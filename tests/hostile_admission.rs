@@ -26,13 +26,14 @@ fn hub(id: &str, handshake_timeout: Option<Duration>) -> (Node, u16) {
 }
 
 fn hub_with(id: &str, handshake_timeout: Option<Duration>, extra: Value) -> (Node, u16) {
-    let port = free_port();
-    let n = Node::new(config(id, Some(port), &[], extra));
-    n.start(&StartOptions {
-        handshake_timeout,
-        ..StartOptions::default()
-    })
-    .expect("start");
+    let port = reserve_port();
+    let n = start_with(
+        config(id, Some(port), &[], extra),
+        StartOptions {
+            handshake_timeout,
+            ..StartOptions::default()
+        },
+    );
     (n, port)
 }
 

@@ -28,7 +28,7 @@ use clawmatrix::tools::fs::{self, Replacement};
 use clawmatrix::tools::paths::Root;
 use clawmatrix::tools::remote::{ToolCaller, ToolEvent};
 use clawmatrix::tools::ToolOutput;
-use loopback_common::{config, free_port, is_direct, start, wait_for};
+use loopback_common::{config, is_direct, reserve_port, start, start_with, wait_for};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tools_support::TempDir;
@@ -599,20 +599,20 @@ struct Pair {
 /// office (listening; tool proxy on for exec/read/write/edit with `root`) and home dialing it.
 async fn pair(root: &Path) -> Pair {
     let state = TempDir::new("hostile-state");
-    let port = free_port();
-    let office = Node::new(config(
-        "office",
-        Some(port),
-        &[],
-        json!({"toolProxy": {"enabled": true, "allow": ["exec", "read", "write", "edit"],
-                             "root": root.to_string_lossy()}}),
-    ));
-    office
-        .start(&StartOptions {
+    let port = reserve_port();
+    let office = start_with(
+        config(
+            "office",
+            Some(port),
+            &[],
+            json!({"toolProxy": {"enabled": true, "allow": ["exec", "read", "write", "edit"],
+                                 "root": root.to_string_lossy()}}),
+        ),
+        StartOptions {
             state_dir: Some(state.path().to_path_buf()),
             ..StartOptions::default()
-        })
-        .expect("start office");
+        },
+    );
     let home = start(config("home", None, &[("office", port)], json!({})));
     wait_for("home and office linked", Duration::from_secs(10), || {
         is_direct(&home, "office") && is_direct(&office, "home")

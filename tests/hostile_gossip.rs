@@ -70,7 +70,7 @@ fn view(n: &Node, id: &str) -> Option<clawmatrix::mesh::PeerView> {
 }
 
 fn hub(id: &str) -> (Node, u16) {
-    let port = free_port();
+    let port = reserve_port();
     (start(config(id, Some(port), &[], json!({}))), port)
 }
 

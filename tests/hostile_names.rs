@@ -31,7 +31,7 @@ struct Mesh {
 
 /// cloud listens; office (offering `coder`, answered by a fake host) and home dial it.
 async fn mesh() -> Mesh {
-    let cp = free_port();
+    let cp = reserve_port();
     let cloud = start(config("cloud", Some(cp), &[], json!({})));
     let office = start(config(
         "office",
@@ -250,7 +250,7 @@ async fn next_provider_sync(node: &Node) -> serde_json::Map<String, Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_named_like_a_built_in_provider_gets_a_namespaced_provider_id() {
     tokio::time::timeout(TEST_BOUND, async {
-        let cp = free_port();
+        let cp = reserve_port();
         let _cloud = start(config("cloud", Some(cp), &[], json!({"models": []})));
         // A mesh node (it knows the secret) named after OpenClaw's built-in Anthropic provider.
         let _anthropic = start(config("Anthropic", None, &[("cloud", cp)], json!({})));

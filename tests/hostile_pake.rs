@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 const TEST_BOUND: Duration = Duration::from_secs(30);
 
 fn hub(id: &str) -> (Node, u16) {
-    let port = free_port();
+    let port = reserve_port();
     (start(config(id, Some(port), &[], json!({}))), port)
 }
 

@@ -4,6 +4,8 @@
 
 mod loopback_common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clawmatrix::app::Node;
@@ -16,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 const TEST_BOUND: Duration = Duration::from_secs(30);
 
 fn hub(id: &str) -> (Node, u16) {
-    let port = free_port();
+    let port = reserve_port();
     (start(config(id, Some(port), &[], json!({}))), port)
 }
 
@@ -97,7 +99,7 @@ async fn wrong_secret_is_refused_in_both_directions() {
         // The listener with the wrong secret: an honest raw dialer cannot tell from the
         // challenge (a bare SPAKE2 share), confirms, and the listener refuses the confirmation.
         let (wrong, wport) = {
-            let port = free_port();
+            let port = reserve_port();
             let c = config(
                 "hub-wrong",
                 Some(port),
@@ -165,18 +167,24 @@ async fn a_duplicate_node_id_is_refused_and_the_live_link_stays_up() {
     tokio::time::timeout(TEST_BOUND, async {
         let (h, port) = hub("hub-dup");
         let live = raw_handshake(port, "twin", "hub-dup").await;
-        // Keep the live link's heartbeat satisfied: any frame from the peer counts.
-        let pinger = tokio::spawn(async move {
-            let mut live = live;
-            for seq in 1u64.. {
-                if live
-                    .send(Message::binary(ping_frame("twin", seq)))
-                    .await
-                    .is_err()
-                {
-                    break;
+        // Keep the live link's heartbeat satisfied: any frame from the peer counts. `quiet`
+        // stops the pings but keeps the socket open (the control at the end).
+        let quiet = Arc::new(AtomicBool::new(false));
+        let pinger = tokio::spawn({
+            let quiet = Arc::clone(&quiet);
+            async move {
+                let mut live = live;
+                for seq in 1u64.. {
+                    if !quiet.load(Ordering::Relaxed)
+                        && live
+                            .send(Message::binary(ping_frame("twin", seq)))
+                            .await
+                            .is_err()
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
         wait_for("first link up", Duration::from_secs(5), || {
@@ -200,10 +208,18 @@ async fn a_duplicate_node_id_is_refused_and_the_live_link_stays_up() {
         counted(&h, "duplicate_node", 1).await;
         one_reject_line(&h, "duplicate_node").await;
 
-        // The first link is still up, several heartbeats later.
-        tokio::time::sleep(Duration::from_millis(5 * HEARTBEAT_MS)).await;
+        // The first link is still up a heartbeat timeout later (the duplicate's refusal did
+        // not take it down, at once or by starving it)...
+        tokio::time::sleep(HEARTBEAT_DEATH).await;
         assert_eq!(h.status().mesh.links_up, 1);
         assert!(!pinger.is_finished(), "the live link was closed");
+        // ...and the window is long enough to see it go: silenced, it is dropped within it.
+        quiet.store(true, Ordering::Relaxed);
+        wait_for("the silenced link timed out", HEARTBEAT_DEATH, || {
+            let m = h.status().mesh;
+            m.links_up == 0 && m.heartbeat_timeouts == 1
+        })
+        .await;
         pinger.abort();
         h.stop();
     })
@@ -295,7 +311,11 @@ async fn pending_handshakes_from_one_source_are_capped_and_extra_sockets_closed_
                     .expect("tcp"),
             );
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The listener took them all in (each holds a pending slot) before the extra one.
+        wait_for("the idle sockets pending", Duration::from_secs(2), || {
+            h.status().mesh.preauth_pending == cap as u64
+        })
+        .await;
         let mut extra = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("tcp");
@@ -312,7 +332,12 @@ async fn pending_handshakes_from_one_source_are_capped_and_extra_sockets_closed_
         .await;
         // Freeing the idle sockets makes room again: a real handshake succeeds.
         drop(idle);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        wait_for(
+            "the idle sockets' slots freed",
+            Duration::from_secs(2),
+            || h.status().mesh.preauth_pending == 0,
+        )
+        .await;
         let _ws = raw_handshake(port, "late", "hub-flood").await;
         wait_for("late link up", Duration::from_secs(5), || {
             h.status().mesh.links_up == 1

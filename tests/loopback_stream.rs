@@ -4,7 +4,7 @@
 
 mod loopback_common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,11 +20,22 @@ use serde_json::json;
 const TEST_BOUND: Duration = Duration::from_secs(40);
 
 /// A test producer: `count` chunks of 16 bytes (index first), or endless with `count = 0`;
-/// counts what it sent and records when it saw the cancel.
+/// counts what it sent, records when it saw the cancel, and whether its call is over (returned
+/// or dropped: nothing can be sent after that).
 #[derive(Default)]
 struct Producer {
     sent: AtomicU64,
     cancelled_at: Mutex<Option<Instant>>,
+    over: AtomicBool,
+}
+
+/// Sets `Producer::over` when the call's future ends, however it ends.
+struct Over(Arc<Producer>);
+
+impl Drop for Over {
+    fn drop(&mut self) {
+        self.0.over.store(true, Ordering::SeqCst);
+    }
 }
 
 struct ProducerService {
@@ -37,6 +48,7 @@ impl Service for ProducerService {
         let p = Arc::clone(&self.p);
         let count = self.count;
         Box::pin(async move {
+            let _over = Over(Arc::clone(&p));
             let watcher = {
                 let p = Arc::clone(&p);
                 let mut cancel = ctx.cancel.clone();
@@ -90,22 +102,24 @@ fn opts(ms: u64) -> CallOptions {
     }
 }
 
-/// cloud listens; office (with `services`) and home dial it. Returns once home sees office
-/// relayed via cloud.
+/// cloud listens; office (with `services`) and home dial it. Returns once each of home and
+/// office sees the other relayed via cloud (office answers along its own route to home).
 async fn mesh(services: Vec<(&str, Arc<dyn Service>)>) -> (Node, Node, Node) {
-    let cp = free_port();
+    let cp = reserve_port();
     let cloud = start(config("cloud", Some(cp), &[], json!({})));
     let office = Node::new(config("office", None, &[("cloud", cp)], json!({})));
     for (m, s) in services {
         office.register_service(m, s);
     }
     office
-        .start(&StartOptions::default())
+        .start(&handover(office.config(), StartOptions::default()))
         .expect("start office");
     let home = start(config("home", None, &[("cloud", cp)], json!({})));
-    wait_for("office relayed via cloud", Duration::from_secs(10), || {
-        is_relayed_via(&home, "office", "cloud")
-    })
+    wait_for(
+        "office and home relayed via cloud",
+        Duration::from_secs(10),
+        || is_relayed_via(&home, "office", "cloud") && is_relayed_via(&office, "home", "cloud"),
+    )
     .await;
     (cloud, office, home)
 }
@@ -200,10 +214,11 @@ async fn a_consumer_that_stops_reading_blocks_only_its_producer_at_the_window() 
         })
         .await;
         // The producer is parked at the window while nobody reads...
-        tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(p.sent.load(Ordering::SeqCst), STREAM_WINDOW_CHUNKS);
 
-        // ... and another stream on the same links flows meanwhile.
+        // ... and another stream on the same links flows meanwhile (the window of the check
+        // below: 300 chunks crossing the same links and nodes, while an unparked producer
+        // would send its next chunk within microseconds).
         let t0 = Instant::now();
         let req = json!({"count": 300, "bytes": 1024})
             .to_string()
@@ -272,9 +287,14 @@ async fn dropping_a_stream_cancels_the_server_across_two_hops_within_500_ms() {
         let at = p.cancelled_at.lock().unwrap().expect("cancelled");
         eprintln!("cancel reached the server in {:?}", at - t0);
         assert!(at - t0 < Duration::from_millis(500), "{took:?}");
-        // The producer stopped: nothing more is sent.
+        // The producer stopped: its call ends, and nothing more was sent after the cancel.
         let sent = p.sent.load(Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        wait_for(
+            "the producer's call is over",
+            Duration::from_secs(2),
+            || p.over.load(Ordering::SeqCst),
+        )
+        .await;
         assert_eq!(p.sent.load(Ordering::SeqCst), sent);
     })
     .await

@@ -19,7 +19,7 @@ fn fixture(name: &str) -> String {
 }
 
 fn tls_hub(id: &str) -> (Node, u16) {
-    let port = free_port();
+    let port = reserve_port();
     let tls = json!({"tls": {"certFile": fixture("server.pem"), "keyFile": fixture("server.key")}});
     (start(config(id, Some(port), &[], tls)), port)
 }
@@ -104,7 +104,9 @@ async fn a_dialer_pinned_to_another_ca_refuses_the_listener_and_backs_off() {
 
 #[test]
 fn missing_or_bad_tls_files_fail_start_naming_the_field() {
-    let port = free_port();
+    // Held, not reserved: the check at the end binds the port to see that the node did not.
+    let hold = hold_port();
+    let port = hold.port;
     let c = config(
         "tls-bad",
         Some(port),

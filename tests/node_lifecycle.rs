@@ -1,15 +1,20 @@
 //! The node's lifecycle against real sockets: start binds, stop releases, restart rebinds, a
 //! second node (as after an OpenClaw reload loads a second addon copy) can take the same ports,
-//! and bind failures name the field.
+//! bind failures name the field, and sockets handed over in `StartOptions` are served on.
+//!
+//! The tests of the node's own bind hold their ports with [`ports::hold_port`] (bound, not
+//! listening) rather than handing sockets over: the bind of the configured port is what they
+//! test.
 
 use std::net::TcpListener;
 
 use clawmatrix::app::{Node, StartOptions};
 use clawmatrix::config::Config;
 use clawmatrix::error::ErrorCode;
+use clawmatrix::node::listener::PreBound;
 
 mod ports;
-use ports::free_port;
+use ports::{handover, hold_port, reserve_port};
 
 fn port_is_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
@@ -30,7 +35,8 @@ fn config(listen_port: u16, proxy_port: u16) -> Config {
 
 #[test]
 fn start_binds_stop_releases_and_restart_rebinds() {
-    let (lp, pp) = (free_port(), free_port());
+    let (l, p) = (hold_port(), hold_port());
+    let (lp, pp) = (l.port, p.port);
     let node = Node::new(config(lp, pp));
     let info = node.start(&StartOptions::default()).expect("start");
     assert_eq!(info.listen_addr.map(|a| a.port()), Some(lp));
@@ -53,7 +59,8 @@ fn start_binds_stop_releases_and_restart_rebinds() {
 
 #[test]
 fn a_second_node_takes_over_the_ports_after_the_first_stops() {
-    let (lp, pp) = (free_port(), free_port());
+    let (l, p) = (hold_port(), hold_port());
+    let (lp, pp) = (l.port, p.port);
     let first = Node::new(config(lp, pp));
     first.start(&StartOptions::default()).expect("first");
     let second = Node::new(config(lp, pp));
@@ -80,7 +87,8 @@ fn a_second_node_takes_over_the_ports_after_the_first_stops() {
 
 #[test]
 fn proxy_port_conflict_names_proxy_port_and_leaves_the_listener_unbound() {
-    let (lp, pp) = (free_port(), free_port());
+    let (l, p) = (hold_port(), hold_port());
+    let (lp, pp) = (l.port, p.port);
     let _blocker = TcpListener::bind(("127.0.0.1", pp)).expect("blocker");
     let node = Node::new(config(lp, pp));
     let err = node
@@ -101,7 +109,8 @@ fn proxy_port_conflict_names_proxy_port_and_leaves_the_listener_unbound() {
 
 #[test]
 fn dropping_a_running_node_releases_its_ports() {
-    let (lp, pp) = (free_port(), free_port());
+    let (l, p) = (hold_port(), hold_port());
+    let (lp, pp) = (l.port, p.port);
     {
         let node = Node::new(config(lp, pp));
         node.start(&StartOptions::default()).expect("start");
@@ -113,11 +122,14 @@ fn dropping_a_running_node_releases_its_ports() {
 fn state_dir_is_created() {
     let dir = std::env::temp_dir().join(format!("clawmatrix-life-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let node = Node::new(config(free_port(), free_port()));
-    node.start(&StartOptions {
-        state_dir: Some(dir.join("nested")),
-        ..StartOptions::default()
-    })
+    let node = Node::new(config(reserve_port(), reserve_port()));
+    node.start(&handover(
+        node.config(),
+        StartOptions {
+            state_dir: Some(dir.join("nested")),
+            ..StartOptions::default()
+        },
+    ))
     .expect("start");
     assert!(dir.join("nested").is_dir());
     node.stop();
@@ -126,7 +138,7 @@ fn state_dir_is_created() {
 
 #[test]
 fn tools_validate_arguments_before_anything_else_and_name_missing_capabilities() {
-    let node = Node::new(config(free_port(), free_port()));
+    let node = Node::new(config(reserve_port(), reserve_port()));
     let err = node
         .invoke_tool("cluster_peers", &serde_json::json!({}))
         .expect_err("not running");
@@ -137,7 +149,8 @@ fn tools_validate_arguments_before_anything_else_and_name_missing_capabilities()
     assert_eq!(err.code, ErrorCode::InvalidArgument);
     assert_eq!(err.message, "cluster_read.path: required");
 
-    node.start(&StartOptions::default()).expect("start");
+    node.start(&handover(node.config(), StartOptions::default()))
+        .expect("start");
     let out = node
         .invoke_tool("cluster_peers", &serde_json::Value::Null)
         .expect("peers");
@@ -161,4 +174,78 @@ fn tools_validate_arguments_before_anything_else_and_name_missing_capabilities()
         .expect_err("unknown tool");
     assert_eq!(err.code, ErrorCode::InvalidArgument);
     node.stop();
+}
+
+fn listening(port: u16) -> PreBound {
+    PreBound::new(TcpListener::bind(("127.0.0.1", port)).expect("bind"))
+}
+
+#[test]
+fn handed_over_sockets_are_served_on_and_a_restart_binds_the_configured_ports_itself() {
+    let (l, p) = (hold_port(), hold_port());
+    let (lp, pp) = (l.port, p.port);
+    let node = Node::new(config(lp, pp));
+    let opts = StartOptions {
+        listener: Some(listening(lp)),
+        proxy_listener: Some(listening(pp)),
+        ..StartOptions::default()
+    };
+    let info = node.start(&opts).expect("start");
+    assert_eq!(info.listen_addr.map(|a| a.port()), Some(lp));
+    assert_eq!(info.proxy_addr.port(), pp);
+    assert!(!port_is_free(lp) && !port_is_free(pp));
+    // The proxy answers on the handed socket.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", pp)).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    std::io::Write::write_all(&mut s, b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n")
+        .expect("write");
+    let mut head = [0u8; 12];
+    std::io::Read::read_exact(&mut s, &mut head).expect("answer");
+    assert!(head.starts_with(b"HTTP/1.1 "), "{head:?}");
+    drop(s);
+    node.stop();
+    assert!(
+        port_is_free(lp) && port_is_free(pp),
+        "stop closed the handed sockets"
+    );
+    // The sockets went to the first start; the same options now bind the configured ports.
+    let again = node.start(&opts).expect("restart");
+    assert_eq!(again, info);
+    node.stop();
+}
+
+#[test]
+fn a_handed_over_socket_on_another_port_fails_start_naming_the_field() {
+    let (l, p, other) = (hold_port(), hold_port(), hold_port());
+    let node = Node::new(config(l.port, p.port));
+    let err = node
+        .start(&StartOptions {
+            listener: Some(listening(other.port)),
+            ..StartOptions::default()
+        })
+        .expect_err("wrong port");
+    assert_eq!(err.code, ErrorCode::BindFailed);
+    assert!(
+        err.message
+            .starts_with("listenPort: the handed-over socket is bound to")
+            && err
+                .message
+                .contains(&format!("not to the configured port {}", l.port)),
+        "{}",
+        err.message
+    );
+    assert!(!node.is_running());
+    assert!(port_is_free(other.port), "the refused socket was closed");
+    let err = node
+        .start(&StartOptions {
+            proxy_listener: Some(listening(other.port)),
+            ..StartOptions::default()
+        })
+        .expect_err("wrong port");
+    assert!(err.message.starts_with("proxyPort: "), "{}", err.message);
+    assert!(
+        port_is_free(l.port),
+        "the listener bound before the failure was released"
+    );
 }

@@ -85,7 +85,7 @@ async fn mesh(
     providers: &[HashMap<String, Value>],
     home_extra: Value,
 ) -> Mesh {
-    let cp = free_port();
+    let cp = reserve_port();
     let cloud = start(config("cloud", Some(cp), &[], json!({"models": []})));
     let mut offices = Vec::new();
     let mut office_hosts = Vec::new();
@@ -181,10 +181,19 @@ async fn sse_passes_through_byte_for_byte_and_flushes_each_chunk() {
     .expect("bounded");
 }
 
-/// Mesh frames `node` has sent so far, once its throttled status snapshot caught up.
+/// Mesh frames `node` has sent so far: the first status snapshot published after this call
+/// began. Status counters are refreshed by a throttled snapshot, so the value read at once may
+/// be older; a later one that differs was published after it (the heartbeats keep the count
+/// moving, every `HEARTBEAT_MS`), so it counts every frame sent before the call.
 async fn frames_out(node: &Node) -> u64 {
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    node.status().mesh.frames_out
+    let first = node.status().mesh.frames_out;
+    let mut now = first;
+    wait_for("a newer status snapshot", Duration::from_secs(5), || {
+        now = node.status().mesh.frames_out;
+        now != first
+    })
+    .await;
+    now
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,7 +312,8 @@ async fn a_node_that_fails_before_the_first_byte_is_replaced_by_the_next() {
         let up = start_upstream().await;
         up.script("shared", json_script(200, json!({"ok": "from b"}), &[]));
         // office-0's provider points at a closed port: connect fails before any byte.
-        let dead = free_port();
+        let dead_hold = hold_port();
+        let dead = dead_hold.port;
         let providers = vec![
             HashMap::from([(
                 "mock".to_string(),
@@ -654,25 +664,39 @@ async fn upstream_connections_are_kept_alive_between_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_the_upstream_closed_while_idle_is_not_reused() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     tokio::time::timeout(TEST_BOUND, async {
         // A keep-alive upstream that answers one request per connection and then, 100 ms
         // later, closes it without saying so (as servers do with idle keep-alive sockets).
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
+        let closed = Arc::new(AtomicUsize::new(0));
+        let closes = Arc::clone(&closed);
         tokio::spawn(async move {
             while let Ok((mut s, _)) = l.accept().await {
+                let closes = Arc::clone(&closes);
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut tmp = [0u8; 4096];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    // The head, then the body to its content-length (the proxy forwards one).
+                    let whole = |buf: &[u8]| {
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        (buf.len() >= end + len).then_some(())
+                    };
+                    while whole(&buf).is_none() {
                         match s.read(&mut tmp).await {
                             Ok(0) | Err(_) => return,
                             Ok(n) => buf.extend_from_slice(&tmp[..n]),
                         }
                     }
-                    // The request body is small; give it a moment to arrive, then answer.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
                     let body = b"{\"ok\":true}";
                     let head = format!(
                         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
@@ -681,6 +705,7 @@ async fn a_pooled_connection_the_upstream_closed_while_idle_is_not_reused() {
                     let _ = s.write_all(&[head.as_bytes(), body].concat()).await;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     drop(s);
+                    closes.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
@@ -689,8 +714,12 @@ async fn a_pooled_connection_the_upstream_closed_while_idle_is_not_reused() {
             let got = m.complete("idle-close", false).await;
             assert_eq!(got.status, 200, "request {i}: {}", String::from_utf8_lossy(&got.body()));
             assert_eq!(got.json(), json!({"ok": true}));
-            // Past the upstream's close, well within the pool's idle age.
-            tokio::time::sleep(Duration::from_millis(400)).await;
+            // Past the upstream's close (well within the pool's idle age): the next request
+            // finds the closed connection in the pool.
+            wait_for("the upstream closed its side", Duration::from_secs(5), || {
+                closed.load(Ordering::SeqCst) > i
+            })
+            .await;
         }
     })
     .await

@@ -32,25 +32,25 @@ struct Mesh {
 async fn mesh(extra_allow: &[&str], gateway: Option<(u16, &str)>) -> Mesh {
     let root = TempDir::new("remote-root");
     let state = TempDir::new("remote-state");
-    let cp = free_port();
+    let cp = reserve_port();
     let cloud = start(config("cloud", Some(cp), &[], json!({})));
     let mut allow = vec!["exec", "read", "write", "edit"];
     allow.extend_from_slice(extra_allow);
-    let office = Node::new(config(
-        "office",
-        None,
-        &[("cloud", cp)],
-        json!({"toolProxy": {"enabled": true, "allow": allow, "deny": ["browser"],
-                             "root": root.path().to_string_lossy()}}),
-    ));
-    office
-        .start(&StartOptions {
+    let office = start_with(
+        config(
+            "office",
+            None,
+            &[("cloud", cp)],
+            json!({"toolProxy": {"enabled": true, "allow": allow, "deny": ["browser"],
+                                 "root": root.path().to_string_lossy()}}),
+        ),
+        StartOptions {
             state_dir: Some(state.path().to_path_buf()),
             gateway_port: gateway.map(|g| g.0),
             gateway_token: gateway.map(|g| g.1.to_string()),
             ..StartOptions::default()
-        })
-        .expect("start office");
+        },
+    );
     let home = start(config("home", None, &[("cloud", cp)], json!({})));
     wait_for("office relayed via cloud", Duration::from_secs(10), || {
         is_relayed_via(&home, "office", "cloud") && is_relayed_via(&office, "home", "cloud")
@@ -269,6 +269,69 @@ async fn cancelling_a_remote_exec_kills_its_process_tree_on_office() {
             m.office.status().tools.unwrap()["audit"]["errors"] == 1
         })
         .await;
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_cancelled_right_after_it_starts_ends_cancelled_even_for_an_unknown_node() {
+    tokio::time::timeout(TEST_BOUND, async {
+        let m = mesh(&[], None).await;
+        // What the shim does with an already-aborted signal: start, then cancel at once. The
+        // route lookup for "x" fails on its own (Unreachable); the cancel must win anyway.
+        for node in ["x", "office"] {
+            let call = m.home.start_tool(
+                "cluster_exec",
+                &json!({"node": node, "command": "echo hi"}),
+                ToolCaller::default(),
+            );
+            call.cancel();
+            match call.next().await {
+                Some(Err(e)) => assert_eq!(e.code, ErrorCode::Cancelled, "{node}: {}", e.message),
+                other => panic!("{node}: expected the cancel error, got {other:?}"),
+            }
+            assert!(call.next().await.is_none());
+        }
+        // Control: the same call to "x" without the cancel is refused as unreachable.
+        let (_, r) = run(
+            &m.home,
+            "cluster_exec",
+            json!({"node": "x", "command": "echo hi"}),
+        )
+        .await;
+        assert_eq!(r.expect_err("unknown").code, ErrorCode::Unreachable);
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn a_cancel_that_comes_after_the_call_already_failed_still_ends_cancelled() {
+    use clawmatrix::tools::remote::ToolCall;
+    tokio::time::timeout(TEST_BOUND, async {
+        // The race the shim can lose: the call's task reached its outcome (here UNREACHABLE,
+        // queued but not yet pulled) before the cancel arrived.
+        let unreachable = || {
+            Err(Error::new(
+                ErrorCode::Unreachable,
+                "node x is not reachable",
+            ))
+        };
+        let call = ToolCall::ready(unreachable());
+        call.cancel();
+        let e = call.next().await.expect("a step").expect_err("cancelled");
+        assert_eq!(e.code, ErrorCode::Cancelled, "{}", e.message);
+        assert!(
+            e.message.contains("node x is not reachable"),
+            "{}",
+            e.message
+        );
+        assert!(call.next().await.is_none());
+        // Control: without the cancel the outcome is handed out as it is.
+        let call = ToolCall::ready(unreachable());
+        let e = call.next().await.expect("a step").expect_err("unreachable");
+        assert_eq!(e.code, ErrorCode::Unreachable);
     })
     .await
     .expect("bounded");

@@ -193,9 +193,18 @@ async fn cancel_through_the_server_is_an_error_and_is_audited() {
         let e = enabled();
         let (tx, rx) = watch::channel(false);
         let server = &e.server;
-        let fut = call_with(server, "exec", json!({"command": "sleep 30"}), None, rx);
+        // Cancel once the command runs (its first output), not after a guessed delay.
+        let (ptx, mut prx) = mpsc::channel(16);
+        let fut = call_with(
+            server,
+            "exec",
+            json!({"command": "echo started; sleep 30"}),
+            Some(ptx),
+            rx,
+        );
         let cancel = async {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            let first = prx.recv().await.expect("the command's first output");
+            assert_eq!(first.bytes, b"started\n");
             tx.send(true).unwrap();
         };
         let (res, ()) = tokio::join!(fut, cancel);

@@ -59,6 +59,11 @@ pub struct StartOptions {
     /// The listener's hard pre-auth deadline; `None` = `HANDSHAKE_TIMEOUT_MS` (10 s). Not
     /// exposed to JS: tests (and embedders) shorten it to see a deadline without waiting 10 s.
     pub handshake_timeout: Option<Duration>,
+    /// A mesh listener bound by the embedder, used instead of binding `listenPort` (which it
+    /// must be bound to); see [`crate::node::listener::PreBound`]. Not exposed to JS.
+    pub listener: Option<crate::node::listener::PreBound>,
+    /// The same for the model proxy and `proxyPort`.
+    pub proxy_listener: Option<crate::node::listener::PreBound>,
 }
 
 /// What `start()` bound.

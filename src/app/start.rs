@@ -80,22 +80,34 @@ pub(super) fn bind(config: &Config, opts: &StartOptions) -> Result<Bound> {
         .enable_all()
         .build()
         .map_err(|e| Error::new(ErrorCode::Internal, format!("tokio runtime: {e}")))?;
+    // A socket the embedder bound (StartOptions::listener / proxy_listener) replaces the bind
+    // of the configured port.
+    let handed = |l: &Option<listener::PreBound>, port, field| match l {
+        Some(l) => l.adopt(&runtime, port, field),
+        None => Ok(None),
+    };
     let listener = if config.listen {
-        let addr = format!("{}:{}", config.listen_host, config.listen_port);
-        Some(bind_with_backlog(
-            &runtime,
-            &addr,
-            "listenPort",
-            listener::LISTEN_BACKLOG,
-        )?)
+        let port = config.listen_port;
+        Some(match handed(&opts.listener, port, "listenPort")? {
+            Some(l) => l,
+            None => bind_with_backlog(
+                &runtime,
+                &format!("{}:{port}", config.listen_host),
+                "listenPort",
+                listener::LISTEN_BACKLOG,
+            )?,
+        })
     } else {
         None
     };
-    let proxy = bind_proxy(
-        &runtime,
-        &format!("127.0.0.1:{}", config.proxy_port),
-        "proxyPort",
-    )?;
+    let proxy = match handed(&opts.proxy_listener, config.proxy_port, "proxyPort")? {
+        Some(l) => l,
+        None => bind_proxy(
+            &runtime,
+            &format!("127.0.0.1:{}", config.proxy_port),
+            "proxyPort",
+        )?,
+    };
     let info = StartInfo {
         listen_addr: listener.as_ref().and_then(|l| l.local_addr().ok()),
         proxy_addr: proxy

@@ -42,6 +42,61 @@ use crate::proto::{NonceCache, RejectCode};
 /// queue costs nothing but absorbs the burst.
 pub const LISTEN_BACKLOG: u32 = 4096;
 
+/// A listening socket the embedder bound and hands to [`crate::app::Node::start`] (through
+/// `StartOptions::listener` or `StartOptions::proxy_listener`) instead of letting the node bind
+/// the configured port: the port is then never released between choosing it and serving on it
+/// (tests bind `127.0.0.1:0` once and hand the socket over, with no bind-release-rebind race).
+///
+/// Contract: the socket must already listen, and its port must be the configured one
+/// (`listenPort` / `proxyPort`, which status and the providers keep reporting); a socket on
+/// another port fails `start()` with `CLAWMATRIX_BIND_FAILED` naming the field. Its address
+/// and accept backlog are the embedder's (the node binds its own with [`LISTEN_BACKLOG`]).
+/// The handle is cloneable so `StartOptions` stays `Clone`; the socket goes to the first
+/// `start()` that binds, so a later restart (after `stop()`) binds the configured port itself.
+/// A `listener` handed to a node with `listen: false` is dropped.
+#[derive(Debug, Clone)]
+pub struct PreBound(Arc<Mutex<Option<std::net::TcpListener>>>);
+
+impl PreBound {
+    pub fn new(listener: std::net::TcpListener) -> PreBound {
+        PreBound(Arc::new(Mutex::new(Some(listener))))
+    }
+
+    /// The socket, if no `start()` took it yet.
+    pub(crate) fn take(&self) -> Option<std::net::TcpListener> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Take the socket for `runtime` if it is still here: `None` when an earlier start took it
+    /// (the caller then binds `port` itself), an error when it is not on `port`.
+    pub(crate) fn adopt(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        port: u16,
+        field: &str,
+    ) -> crate::error::Result<Option<TcpListener>> {
+        use crate::error::{Error, ErrorCode};
+        let Some(l) = self.take() else {
+            return Ok(None);
+        };
+        let failed = |e: String| Error::new(ErrorCode::BindFailed, format!("{field}: {e}"));
+        let addr = l
+            .local_addr()
+            .map_err(|e| failed(format!("handed-over socket: {e}")))?;
+        if addr.port() != port {
+            return Err(failed(format!(
+                "the handed-over socket is bound to {addr}, not to the configured port {port}"
+            )));
+        }
+        l.set_nonblocking(true)
+            .map_err(|e| failed(format!("{addr}: {e}")))?;
+        let _enter = runtime.enter();
+        TcpListener::from_std(l)
+            .map(Some)
+            .map_err(|e| failed(format!("{addr}: {e}")))
+    }
+}
+
 /// Everything the accept loop shares with its connection tasks.
 pub(crate) struct Listener {
     pub ctx: Arc<LinkCtx>,

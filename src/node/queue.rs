@@ -391,7 +391,9 @@ mod tests {
         assert!(rx.try_recv().is_none());
     }
 
-    #[tokio::test]
+    /// Paused time: each sleep returns only once the spawned task ran and parked (time
+    /// advances when nothing is runnable), so the push and the close find it waiting.
+    #[tokio::test(start_paused = true)]
     async fn a_close_request_and_a_push_wake_the_waiting_task() {
         let (tx, rx) = link_queue();
         let task = tokio::spawn(async move {

@@ -282,17 +282,30 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// An upstream that answers one request with `head` and then every chunk in `chunks` in
-    /// one write (chunked encoding, keep-alive).
-    async fn upstream(chunks: &'static [&'static str]) -> UpstreamUrl {
+    /// An upstream that answers one request with every chunk in `chunks` in one write (chunked
+    /// encoding, keep-alive). `written` fires once that write completed: on loopback the bytes
+    /// are then in our socket's receive queue.
+    struct Upstream {
+        url: UpstreamUrl,
+        written: tokio::sync::oneshot::Receiver<()>,
+        /// With `close`: send to make the server close the connection (without saying so in
+        /// the response, as a server does with an idle keep-alive socket)...
+        close: Option<tokio::sync::oneshot::Sender<()>>,
+        /// ...and this fires once it did.
+        closed: tokio::sync::oneshot::Receiver<()>,
+    }
+
+    async fn upstream(chunks: &'static [&'static str]) -> Upstream {
         upstream_then(chunks, false).await
     }
 
-    /// [`upstream`], closing the connection 100 ms after the answer when `close` (as a server
-    /// does with an idle keep-alive socket), without saying so in the response.
-    async fn upstream_then(chunks: &'static [&'static str], close: bool) -> UpstreamUrl {
+    async fn upstream_then(chunks: &'static [&'static str], close: bool) -> Upstream {
+        use tokio::sync::oneshot;
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
+        let (written_tx, written) = oneshot::channel();
+        let (close_tx, close_rx) = oneshot::channel::<()>();
+        let (closed_tx, closed) = oneshot::channel();
         tokio::spawn(async move {
             let (mut s, _) = l.accept().await.unwrap();
             let mut buf = [0u8; 4096];
@@ -307,15 +320,31 @@ mod tests {
             }
             out.extend_from_slice(b"0\r\n\r\n");
             s.write_all(&out).await.unwrap();
+            let _ = written_tx.send(());
             if close {
-                // After the client read it to the end and pooled the connection.
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Once the client read it to the end and pooled the connection.
+                let _ = close_rx.await;
+                drop(s);
+                let _ = closed_tx.send(());
                 return;
             }
             // Keep the connection open (keep-alive) until the client goes.
             let _ = s.read(&mut buf).await;
         });
-        UpstreamUrl::parse(&format!("http://{addr}")).unwrap()
+        Upstream {
+            url: UpstreamUrl::parse(&format!("http://{addr}")).unwrap(),
+            written,
+            close: close.then_some(close_tx),
+            closed,
+        }
+    }
+
+    /// Wait (bounded) for one of the upstream's signals.
+    async fn signal(rx: tokio::sync::oneshot::Receiver<()>) {
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .expect("within 5 s")
+            .expect("the upstream signalled");
     }
 
     fn get() -> Request<Full<Bytes>> {
@@ -327,12 +356,13 @@ mod tests {
 
     #[tokio::test]
     async fn gather_takes_every_frame_already_there_in_one_call() {
-        let url = upstream(&["a1", "b22", "c333"]).await;
+        let up = upstream(&["a1", "b22", "c333"]).await;
+        let url = up.url;
         let pool = Pool::default();
         let (resp, mut conn) = send(&pool, &url, get()).await.unwrap();
         let mut body = resp.into_body();
-        // Let all of it reach our socket first.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // All of it is in our socket first.
+        signal(up.written).await;
         let mut out = Vec::new();
         let got = tokio::time::timeout(
             Duration::from_secs(5),
@@ -355,10 +385,10 @@ mod tests {
 
     #[tokio::test]
     async fn gather_stops_at_its_limit_and_keeps_the_rest_for_the_next_call() {
-        let url = upstream(&["a1", "b22", "c333"]).await;
-        let (resp, mut conn) = send(&Pool::default(), &url, get()).await.unwrap();
+        let up = upstream(&["a1", "b22", "c333"]).await;
+        let (resp, mut conn) = send(&Pool::default(), &up.url, get()).await.unwrap();
         let mut body = resp.into_body();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        signal(up.written).await;
         let mut all = Vec::new();
         loop {
             let mut out = Vec::new();
@@ -382,16 +412,18 @@ mod tests {
 
     #[tokio::test]
     async fn the_pool_does_not_hand_out_a_connection_the_server_closed_while_it_was_idle() {
-        let url = upstream_then(&["ok"], true).await;
+        let mut up = upstream_then(&["ok"], true).await;
+        let url = up.url.clone();
         let pool = Pool::default();
         let (resp, mut conn) = send(&pool, &url, get()).await.unwrap();
         let mut body = resp.into_body();
         let mut out = Vec::new();
         while let Gathered::More = conn.gather(&mut body, &mut out, 1 << 16).await {}
-        // Read to the end before the close arrived: pooled.
+        // Read to the end before the close: pooled.
         pool.put(&url, conn);
-        // The server closes 100 ms after its answer; nobody drives the idle connection meanwhile.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Now the server closes; nobody drives the idle connection meanwhile.
+        let _ = up.close.take().expect("a closing upstream").send(());
+        signal(up.closed).await;
         // `take` drives it once, sees the close, and does not hand it out.
         assert!(
             pool.take(&url).is_none(),

@@ -114,7 +114,8 @@ export class Gateway {
   /** @param {GatewaySpec} spec @param {StartOptions} opts @param {string} runDir @param {number} port */
   constructor(spec, opts, runDir, port) {
     /** @readonly */ this.name = spec.name;
-    /** @readonly */ this.port = port;
+    /** Moves to a fresh range if the port turns out taken at start (see start). */
+    this.port = port;
     /** @readonly */ this.token = `tok-${spec.name}-${crypto.randomBytes(12).toString('hex')}`;
     /** @readonly */ this.dir = path.join(runDir, spec.name);
     /** @readonly */ this.configPath = path.join(this.dir, 'openclaw.json');
@@ -122,7 +123,7 @@ export class Gateway {
     /** @readonly */ this.openclawLogPath = path.join(this.dir, 'logs', 'openclaw.log');
     /** @readonly */ this.workspace = path.join(this.dir, 'workspace');
     /** @readonly */ this.stateDir = path.join(this.dir, 'state');
-    /** @readonly */ this.url = `http://127.0.0.1:${port}`;
+    this.url = `http://127.0.0.1:${port}`;
     /** @type {number} */ this.pid = 0;
     /** @type {Timings} */ this.timings = { healthMs: -1, readyMs: -1, starts: 0 };
     /** @private @type {import('./provision.mjs').Provisioned} */ this.provisioned = opts.provisioned;
@@ -165,11 +166,39 @@ export class Gateway {
 
   /**
    * Spawns `node24 openclaw.mjs gateway run` (own process group) and waits for /readyz 200.
+   * The port was free when reserved, but the gateway binds it only after loading (seconds): if
+   * something outside the harness took it meanwhile (taken at spawn, or EADDRINUSE in the start-up
+   * log), the gateway moves to a fresh reserved range and starts again, at most
+   * PORT_CONFLICT_RETRIES times; `port` and `url` then name the new one.
    * @param {number} [readyTimeoutMs] @returns {Promise<Timings>}
    */
   async start(readyTimeoutMs = 300_000) {
+    for (let retry = 0; ; retry++) {
+      try {
+        return await this.startOnce(readyTimeoutMs);
+      } catch (e) {
+        if (!(/** @type {any} */ (e).portConflict) || retry >= PORT_CONFLICT_RETRIES) throw e;
+        await this.movePort(/** @type {Error} */ (e).message.split('\n')[0]);
+      }
+    }
+  }
+
+  /** @private @param {string} why */
+  async movePort(why) {
+    const [base] = await allocateGatewayPorts(1);
+    releaseGatewayPort(this.port);
+    fs.appendFileSync(this.logPath, `\n=== harness: ${why}; moving to port ${base} ===\n`);
+    this.port = base;
+    this.url = `http://127.0.0.1:${base}`;
+    const cfg = this.readConfig();
+    cfg.gateway = { ...(cfg.gateway ?? {}), port: base };
+    this.writeConfig(cfg);
+  }
+
+  /** @private @param {number} readyTimeoutMs @returns {Promise<Timings>} */
+  async startOnce(readyTimeoutMs) {
     if (this.child) throw new Error(`gateway ${this.name}: already started (pid ${this.pid})`);
-    if (!(await isPortFree(this.port))) throw new Error(`gateway ${this.name}: port ${this.port} is in use`);
+    if (!(await isPortFree(this.port))) throw portConflict(`gateway ${this.name}: port ${this.port} is in use`);
     this.startMark = { gw: fileSize(this.logPath), oc: fileSize(this.openclawLogPath) };
     fs.appendFileSync(this.logPath, `\n=== harness: start #${this.timings.starts + 1} at ${new Date().toISOString()} port ${this.port} ===\n`);
     const fd = fs.openSync(this.logPath, 'a');
@@ -189,9 +218,16 @@ export class Gateway {
     this.exited = new Promise((resolve) => child.once('exit', (code, signal) => { exitInfo = { code, signal }; resolve(); }));
 
     const deadline = t0 + readyTimeoutMs;
+    const mark = this.startMark;
+    const taken = new RegExp(`EADDRINUSE[^\\n]*:${this.port}\\b`);
+    const portTaken = () => taken.test(readFrom(this.logPath, mark.gw) + readFrom(this.openclawLogPath, mark.oc));
     while (Date.now() < deadline) {
-      if (exitInfo) {
-        throw new Error(`gateway ${this.name}: process exited during start-up (${JSON.stringify(exitInfo)}); log ${this.logPath}:\n${this.logTail(40)}`);
+      if (exitInfo || portTaken()) {
+        const why = exitInfo ? `process exited during start-up (${JSON.stringify(exitInfo)})` : 'its port is taken';
+        const conflict = portTaken();
+        if (conflict) await this.stop({ timeoutMs: 5_000 });
+        const msg = `gateway ${this.name}: ${why}; log ${this.logPath}:\n${this.logTail(40)}`;
+        throw conflict ? portConflict(`gateway ${this.name}: port ${this.port} taken (EADDRINUSE)\n${msg}`) : new Error(msg);
       }
       if (this.timings.healthMs < 0 && (await probe(`${this.url}/health`))) this.timings.healthMs = Date.now() - t0;
       if (await probe(`${this.url}/readyz`)) {
@@ -405,3 +441,11 @@ function stripAnsi(s) {
 }
 
 const sleep = (/** @type {number} */ ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Start attempts after the first when the gateway's port turns out taken. */
+const PORT_CONFLICT_RETRIES = 2;
+
+/** An error that Gateway.start answers by moving to another port. @param {string} msg */
+function portConflict(msg) {
+  return Object.assign(new Error(msg), { portConflict: true });
+}

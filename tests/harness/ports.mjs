@@ -105,9 +105,35 @@ export function releaseGatewayPort(base) {
   unreserveAcrossProcesses(base);
 }
 
+/** The block single ports are handed out from: a gateway slot this process reserved. */
+let block = /** @type {{base:number, next:number}|null} */ (null);
+
+/**
+ * A loopback port for one listener that a child process or the addon binds later (the plugin's
+ * listenPort / proxyPort): taken from a slot of the gateway range this process reserved like a
+ * gateway's (so other harness processes stay out of it) and checked free now. The range lies
+ * below the kernel's ephemeral range, so no port-0 listener and no outgoing connection on the
+ * machine lands on it while it waits to be bound, which a released port-0 port does not
+ * guarantee (the old bind-release-rebind race). What remains: a process outside the harness that
+ * binds an explicit port in 20000-32000. Reserved until this process exits.
+ * @returns {Promise<number>}
+ */
+export async function reservePort() {
+  for (let attempt = 0; attempt < 1000; attempt++) {
+    if (!block || block.next >= GATEWAY_PORT_STRIDE) {
+      const [base] = await allocateGatewayPorts(1);
+      block = { base, next: 0 };
+    }
+    const port = block.base + block.next++;
+    if (await isPortFree(port)) return port;
+  }
+  throw new Error('ports: no free port in 1000 tries');
+}
+
 /**
  * A free loopback port chosen by the kernel (ephemeral range, so never inside a gateway range),
- * for the plugin's own listeners, proxies or a mock. It is free now, not reserved.
+ * for a listener bound at once in this process. It is free now, not reserved: for a port
+ * something binds later, use reservePort.
  * @returns {Promise<number>}
  */
 export function findFreePort() {

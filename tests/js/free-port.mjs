@@ -1,15 +1,14 @@
 import { createServer } from "node:net";
+import { reservePort } from "../harness/ports.mjs";
 
-/** A currently free loopback TCP port (the OS picks it). */
+/**
+ * A loopback port for the addon (or a gateway's plugin) to bind later. The addon cannot take a
+ * socket from JS, so the port cannot be bound once and handed over as the Rust tests do; it comes
+ * from a range this process reserved below the kernel's ephemeral range instead (see
+ * reservePort), where no port-0 bind or outgoing connection takes it in the meantime.
+ */
 export function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
+  return reservePort();
 }
 
 /** True when 127.0.0.1:port accepts a bind (nobody holds it). */

@@ -1,5 +1,6 @@
-//! Helpers shared by the loopback tests: free ports, node configs with fast heartbeats, polling
-//! with a deadline, event draining, and a raw WebSocket peer that speaks the handshake by hand.
+//! Helpers shared by the loopback tests: ports bound once and handed to the node, node configs
+//! with fast heartbeats, polling with a deadline, event draining, and a raw WebSocket peer that
+//! speaks the handshake by hand.
 
 #![allow(dead_code)]
 
@@ -20,12 +21,18 @@ use tokio_tungstenite::WebSocketStream;
 pub const SECRET: &str = "loopback-secret-0123456789";
 /// Fast heartbeats: 200 ms × 3 misses.
 pub const HEARTBEAT_MS: u64 = 200;
+pub const HEARTBEAT_MISSES: u64 = 3;
+/// Within this a link that hears nothing is dropped (`heartbeat_timeout`): the node gives up
+/// after `HEARTBEAT_MISSES` silent intervals, checked once per interval, plus an interval of
+/// slack. The window of "the link stays up" assertions, each with a silenced link as control.
+pub const HEARTBEAT_DEATH: Duration = Duration::from_millis((HEARTBEAT_MISSES + 3) * HEARTBEAT_MS);
 
 pub type Ws = WebSocketStream<TcpStream>;
 
 #[path = "../ports/mod.rs"]
 mod ports;
-pub use ports::free_port;
+#[allow(unused_imports)]
+pub use ports::{handover, hold_port, reserve_port, PortHold};
 
 /// A config: listening on `listen` (if any), dialing `peers` = [(nodeId, port)].
 pub fn config(id: &str, listen: Option<u16>, peers: &[(&str, u16)], extra: Value) -> Config {
@@ -35,9 +42,9 @@ pub fn config(id: &str, listen: Option<u16>, peers: &[(&str, u16)], extra: Value
         "listen": listen.is_some(),
         "listenHost": "127.0.0.1",
         "listenPort": listen.unwrap_or(19000),
-        "proxyPort": free_port(),
+        "proxyPort": reserve_port(),
         "heartbeatIntervalMs": HEARTBEAT_MS,
-        "heartbeatMisses": 3,
+        "heartbeatMisses": HEARTBEAT_MISSES,
         "peers": peers.iter().map(|(n, p)| json!({"nodeId": n, "url": format!("ws://127.0.0.1:{p}")})).collect::<Vec<_>>(),
         "agents": [{"id": format!("{id}-agent"), "description": "test agent", "tags": ["t-agent"]}],
         "models": [{"id": format!("{id}-model"), "provider": "ollama"}],
@@ -53,9 +60,14 @@ pub fn config(id: &str, listen: Option<u16>, peers: &[(&str, u16)], extra: Value
         .config
 }
 
+/// Start a node on the sockets reserved for its ports ([`reserve_port`]).
 pub fn start(c: Config) -> Node {
+    start_with(c, StartOptions::default())
+}
+
+pub fn start_with(c: Config, opts: StartOptions) -> Node {
     let n = Node::new(c);
-    n.start(&StartOptions::default()).expect("start");
+    n.start(&handover(n.config(), opts)).expect("start");
     n
 }
 

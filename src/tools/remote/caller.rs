@@ -124,6 +124,13 @@ async fn run_remote(
         payload["callerAgent"] = Value::String(agent.clone());
     }
     let payload = payload.to_string().into_bytes();
+    // A call cancelled before it reached anyone ends here: nothing is started remotely.
+    if *cancel.borrow() {
+        return Err(Error::new(
+            ErrorCode::Cancelled,
+            format!("{name}: cancelled before it was sent"),
+        ));
+    }
     let (node, stream) = open_first(mesh, self_id, name, &req, &candidates, payload).await?;
     // Pieces of a streamed result (see `tool_result`), bounded by MAX_RESULT_BYTES; a raw text
     // is assembled behind the line that names where the tool ran.

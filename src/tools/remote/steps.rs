@@ -58,7 +58,10 @@ impl ToolCall {
     }
 
     /// The next step; `None` after the result or an error. A call whose task vanished without
-    /// a result (the node stopped) ends with a `Cancelled` error.
+    /// a result (the node stopped) ends with a `Cancelled` error, and so does a call cancelled
+    /// before its outcome was handed out: whatever the task reached meanwhile (a routing error
+    /// such as `Unreachable`, or even a result) loses to the caller's cancel, so an aborted call
+    /// always ends `Cancelled` however the cancel raced the call's own progress.
     pub async fn next(&self) -> Option<Result<ToolEvent>> {
         use std::sync::atomic::Ordering;
         if self.finished.load(Ordering::Acquire) {
@@ -75,15 +78,32 @@ impl ToolCall {
                 "the tool call ended without a result (the clawmatrix service stopped)",
             ))
         });
-        if !matches!(step, Ok(ToolEvent::Progress { .. })) {
-            self.finished.store(true, Ordering::Release);
+        if matches!(step, Ok(ToolEvent::Progress { .. })) {
+            return Some(step);
         }
+        self.finished.store(true, Ordering::Release);
+        let step = match step {
+            Err(e) if e.code == ErrorCode::Cancelled => Err(e),
+            ended if *self.cancel.borrow() => Err(Error::new(
+                ErrorCode::Cancelled,
+                match ended {
+                    Err(e) => format!(
+                        "cancelled by the caller (the call had ended: {})",
+                        e.message
+                    ),
+                    Ok(_) => "cancelled by the caller (the result came too late)".to_string(),
+                },
+            )),
+            step => step,
+        };
         Some(step)
     }
 
     /// Cancel the call (for exec, every process the command started is killed). Idempotent.
     pub fn cancel(&self) {
-        let _ = self.cancel.send(true);
+        // `send_replace`, not `send`: the flag must stick even when the call's task already
+        // ended and dropped its receiver, since `next` reads it.
+        self.cancel.send_replace(true);
     }
 }
 
