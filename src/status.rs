@@ -185,21 +185,7 @@ pub fn render_text(s: &StatusReport) -> String {
             (None, false) => "stopped",
         }
     );
-    if let Some(f) = &s.failed {
-        let next = if f.restarting {
-            "restarting"
-        } else {
-            "not restarted again: restart the service"
-        };
-        let _ = writeln!(out, "  Failed at {}: {} ({next})", f.at, f.reason);
-    }
-    if let Some(r) = &s.restarts {
-        let _ = writeln!(
-            out,
-            "  Restarts: {} (last failure at {}: {})",
-            r.count, r.last_failure.at, r.last_failure.reason
-        );
-    }
+    render_health(&mut out, s);
     let _ = writeln!(out, "  Mesh: {listen}");
     let _ = writeln!(out, "  Traffic: {}", render_counters(&s.mesh));
     let _ = writeln!(out, "  Model proxy: http://127.0.0.1:{}/v1", s.proxy_port);
@@ -221,9 +207,36 @@ pub fn render_text(s: &StatusReport) -> String {
     let _ = writeln!(out, "  Agents: {}", join_agents(&s.agents));
     let _ = writeln!(out, "  Models: {}", join_models(&s.models));
     let _ = writeln!(out, "  Tags: {}", join_or_none(&s.tags));
-    let connected = s.peers.iter().filter(|p| p.connected).count();
-    let _ = writeln!(out, "Peers ({}/{} connected)", connected, s.peers.len());
-    for p in &s.peers {
+    render_peers(&mut out, &s.peers);
+    out
+}
+
+/// The failure and restart lines, when there are any.
+fn render_health(out: &mut String, s: &StatusReport) {
+    use std::fmt::Write;
+    if let Some(f) = &s.failed {
+        let next = if f.restarting {
+            "restarting"
+        } else {
+            "not restarted again: restart the service"
+        };
+        let _ = writeln!(out, "  Failed at {}: {} ({next})", f.at, f.reason);
+    }
+    if let Some(r) = &s.restarts {
+        let _ = writeln!(
+            out,
+            "  Restarts: {} (last failure at {}: {})",
+            r.count, r.last_failure.at, r.last_failure.reason
+        );
+    }
+}
+
+/// The peers header and one block per peer.
+fn render_peers(out: &mut String, peers: &[PeerView]) {
+    use std::fmt::Write;
+    let connected = peers.iter().filter(|p| p.connected).count();
+    let _ = writeln!(out, "Peers ({}/{} connected)", connected, peers.len());
+    for p in peers {
         let how = match p.state {
             PeerState::Direct => "connected directly".to_string(),
             PeerState::Relayed => format!(
@@ -250,7 +263,6 @@ pub fn render_text(s: &StatusReport) -> String {
         let _ = writeln!(out, "      models: {}", join_models(&p.models));
         let _ = writeln!(out, "      tags: {}", join_or_none(&p.tags));
     }
-    out
 }
 
 /// One line of remote-tool policy and audit counters.

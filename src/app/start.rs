@@ -25,9 +25,9 @@ use crate::events::EventQueue;
 use crate::host::HostBridge;
 use crate::mesh::{LocalInfo, Mesh, MeshConfig};
 use crate::node::{actor, admission, dialer, link, listener, supervisor};
-use crate::tls;
 use crate::proto::{HandshakeConfig, ModelInfo, NonceCache};
 use crate::rpc::{EchoService, Services, StreamTestService, METHOD_ECHO, METHOD_STREAM};
+use crate::tls;
 use crate::wake::Wakes;
 
 /// Step 1's result: what is bound, and the runtime the rest runs on.
