@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use clawmatrix::app::{Node, StartOptions};
 use clawmatrix::config::Config;
-use clawmatrix::host::HostReply;
+use clawmatrix::host::{HostKind, HostReply};
 use clawmatrix::status::PeerState;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
@@ -198,12 +198,12 @@ fn fake_host(node: &Node, upstream: SocketAddr, calls: Arc<AtomicU64>) -> BenchR
     let rt = node.runtime_handle().ok_or("office not running")?;
     rt.spawn(async move {
         while let Some(req) = bridge.next_request().await {
-            if req.kind == "cancel" {
+            if req.kind == HostKind::Cancel {
                 continue;
             }
             calls.fetch_add(1, Ordering::Relaxed);
-            let reply = match req.kind.as_str() {
-                "model.upstream" => json!({"providerConfig": {"baseUrl": format!("http://{upstream}/v1"), "api": "openai-completions"}, "apiKey": null}),
+            let reply = match req.kind {
+                HostKind::ModelUpstream => json!({"providerConfig": {"baseUrl": format!("http://{upstream}/v1"), "api": "openai-completions"}, "apiKey": null}),
                 _ => json!({"changed": false}),
             };
             bridge.reply(req.id, Ok(HostReply::Result(reply)));

@@ -1,7 +1,7 @@
-// Answers the core's host requests (see src/node/host.rs): the core asks, the shim pulls with
+// Answers the core's host requests (see src/host.rs): the core asks, the shim pulls with
 // nextHostRequest(), runs the matching handler against OpenClaw's runtime and replies. Handlers
 // only translate between the core's request and one host API call; decisions stay in Rust.
-import type { ClawMatrixNode } from "./native.js";
+import type { ClawMatrixNode, HostRequestKind } from "./native.js";
 import type { Logger } from "./host.js";
 
 /**
@@ -12,7 +12,10 @@ import type { Logger } from "./host.js";
 export type HostHandler = (params: never, emit: (event: unknown) => void, signal: AbortSignal) => Promise<unknown>;
 
 /** Pull and answer host requests until the node's bridge closes (node stopped). */
-export async function pumpHostRequests(node: ClawMatrixNode, handlers: Record<string, HostHandler>, logger: Logger): Promise<void> {
+/** The handlers by request kind (`cancel` is the bridge's own). */
+export type HostHandlers = Partial<Record<Exclude<HostRequestKind, "cancel">, HostHandler>>;
+
+export async function pumpHostRequests(node: ClawMatrixNode, handlers: HostHandlers, logger: Logger): Promise<void> {
   const running = new Map<number, AbortController>();
   for (;;) {
     const req = await node.nextHostRequest();

@@ -12,6 +12,7 @@ export const addonLoadMs = performance.now() - loadStarted;
 export type {
   ClawMatrixNode,
   HostRequest,
+  HostRequestKind,
   NodeEvent,
   PeerView,
   ProviderPlan,

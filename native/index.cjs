@@ -839,6 +839,7 @@ module.exports.ClawMatrixNode = nativeBinding.ClawMatrixNode
 module.exports.ToolCall = nativeBinding.ToolCall
 module.exports.coreVersion = nativeBinding.coreVersion
 module.exports.HostReplyKind = nativeBinding.HostReplyKind
+module.exports.HostRequestKind = nativeBinding.HostRequestKind
 module.exports.LogLevel = nativeBinding.LogLevel
 module.exports.PeerState = nativeBinding.PeerState
 module.exports.planProviders = nativeBinding.planProviders

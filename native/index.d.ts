@@ -151,11 +151,17 @@ export type HostReplyKind = 'event' | 'result' | 'error'
 export interface HostRequest {
   /** The call id to answer with `hostReply`. */
   id: number
-  /** What to do (`model.upstream`, `providers.sync`, `cancel`, …). */
-  kind: string
+  /** What to do. */
+  kind: HostRequestKind
   /** The request's parameters (their shape depends on `kind`). */
   params: unknown
 }
+
+/**
+ * What a host request asks for (the core's `HostKind`; `cancel` = the core gave up on call
+ * `params.id`).
+ */
+export type HostRequestKind = 'agents.list' | 'agent.run' | 'agent.abort' | 'agent.send' | 'providers.sync' | 'model.upstream' | 'cancel'
 
 /** The most recent remote tool call served here. */
 export interface LastToolCall {

@@ -423,11 +423,46 @@ impl FromNapiValue for JsText {
 pub struct HostRequest {
     /// The call id to answer with `hostReply`.
     pub id: i64,
-    /// What to do (`model.upstream`, `providers.sync`, `cancel`, …).
-    pub kind: String,
+    /// What to do.
+    pub kind: HostRequestKind,
     /// The request's parameters (their shape depends on `kind`).
     #[napi(ts_type = "unknown")]
     pub params: serde_json::Value,
+}
+
+/// What a host request asks for (the core's `HostKind`; `cancel` = the core gave up on call
+/// `params.id`).
+#[napi(string_enum)]
+pub enum HostRequestKind {
+    #[napi(value = "agents.list")]
+    AgentsList,
+    #[napi(value = "agent.run")]
+    AgentRun,
+    #[napi(value = "agent.abort")]
+    AgentAbort,
+    #[napi(value = "agent.send")]
+    AgentSend,
+    #[napi(value = "providers.sync")]
+    ProvidersSync,
+    #[napi(value = "model.upstream")]
+    ModelUpstream,
+    #[napi(value = "cancel")]
+    Cancel,
+}
+
+impl From<crate::host::HostKind> for HostRequestKind {
+    fn from(k: crate::host::HostKind) -> Self {
+        use crate::host::HostKind as K;
+        match k {
+            K::AgentsList => HostRequestKind::AgentsList,
+            K::AgentRun => HostRequestKind::AgentRun,
+            K::AgentAbort => HostRequestKind::AgentAbort,
+            K::AgentSend => HostRequestKind::AgentSend,
+            K::ProvidersSync => HostRequestKind::ProvidersSync,
+            K::ModelUpstream => HostRequestKind::ModelUpstream,
+            K::Cancel => HostRequestKind::Cancel,
+        }
+    }
 }
 
 /// How `hostReply` answers a host request.
@@ -577,7 +612,7 @@ impl ClawMatrixNode {
             let bridge = self.node.host();
             Ok(bridge.next_request().await.map(|r| HostRequest {
                 id: i64::try_from(r.id).unwrap_or(i64::MAX),
-                kind: r.kind,
+                kind: r.kind.into(),
                 params: r.params,
             }))
         })
@@ -814,5 +849,27 @@ pub mod debug_panic {
         fn resolve(&mut self, env: Env, out: Self::Output) -> napi::Result<()> {
             out.map_err(|e| coded_js_error(env.raw(), e))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The JS union of host request kinds (generated from [`super::HostRequestKind`]'s values
+    /// into `native/index.d.ts`, whose drift `npm test` checks) names exactly the core's kinds.
+    #[test]
+    fn the_typed_host_request_kinds_are_the_core_s_kinds() {
+        let dts = include_str!("../native/index.d.ts");
+        let line = dts
+            .lines()
+            .find(|l| l.starts_with("export type HostRequestKind ="))
+            .unwrap_or_default();
+        let mut typed: Vec<&str> = line.split('\'').skip(1).step_by(2).collect::<Vec<_>>();
+        let mut core: Vec<&str> = crate::host::HostKind::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .collect();
+        typed.sort_unstable();
+        core.sort_unstable();
+        assert_eq!(typed, core, "{line}");
     }
 }

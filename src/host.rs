@@ -39,14 +39,66 @@ pub const MAX_QUEUED: usize = 4096;
 /// Most unread replies (events) buffered per call.
 pub const REPLY_BUFFER: usize = 1024;
 
+/// What the core asks the host for. The shim keys its handlers by [`HostKind::as_str`]; JS
+/// sees the same strings as the `HostRequestKind` union.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HostKind {
+    /// `agents.list`: the agents this gateway has (handoff checks the target against them).
+    AgentsList,
+    /// `agent.run`: run a handoff's task on an agent, streaming its output.
+    AgentRun,
+    /// `agent.abort`: abort a run the caller gave up on.
+    AgentAbort,
+    /// `agent.send`: deliver a one-way message into an agent's session.
+    AgentSend,
+    /// `providers.sync`: write this node's `models.providers` entries.
+    ProvidersSync,
+    /// `model.upstream`: resolve a shared model's upstream URL and key.
+    ModelUpstream,
+    /// `cancel`: the core gave up on a call (`params.id` = the call's id).
+    Cancel,
+}
+
+impl HostKind {
+    /// Every kind, for tests and the binding.
+    pub const ALL: [HostKind; 7] = [
+        HostKind::AgentsList,
+        HostKind::AgentRun,
+        HostKind::AgentAbort,
+        HostKind::AgentSend,
+        HostKind::ProvidersSync,
+        HostKind::ModelUpstream,
+        HostKind::Cancel,
+    ];
+
+    /// The kind's name on the host side.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostKind::AgentsList => "agents.list",
+            HostKind::AgentRun => "agent.run",
+            HostKind::AgentAbort => "agent.abort",
+            HostKind::AgentSend => "agent.send",
+            HostKind::ProvidersSync => "providers.sync",
+            HostKind::ModelUpstream => "model.upstream",
+            HostKind::Cancel => "cancel",
+        }
+    }
+}
+
+impl std::fmt::Display for HostKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The request kind the core sends when it gives up on a call (`params.id` = the call's id).
-pub const KIND_CANCEL: &str = "cancel";
+pub const KIND_CANCEL: HostKind = HostKind::Cancel;
 
 /// One request for the host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostRequest {
     pub id: u64,
-    pub kind: String,
+    pub kind: HostKind,
     pub params: Value,
 }
 
@@ -94,7 +146,7 @@ impl HostBridge {
 
     /// Send `kind` with `params` to the host. Fails at once when no host is attached or the
     /// bridge is full.
-    pub fn call(self: &Arc<Self>, kind: &str, params: Value) -> Result<HostCall> {
+    pub fn call(self: &Arc<Self>, kind: HostKind, params: Value) -> Result<HostCall> {
         let (tx, rx) = mpsc::channel(REPLY_BUFFER);
         let id = {
             let mut g = self.lock();
@@ -116,17 +168,13 @@ impl HostBridge {
             g.next_id += 1;
             let id = g.next_id;
             g.pending.insert(id, tx);
-            g.queue.push_back(HostRequest {
-                id,
-                kind: kind.to_string(),
-                params,
-            });
+            g.queue.push_back(HostRequest { id, kind, params });
             id
         };
         self.notify.notify_one();
         Ok(HostCall {
             id,
-            kind: kind.to_string(),
+            kind,
             rx,
             waker: WrappedWaker::default(),
             bridge: Arc::clone(self),
@@ -229,7 +277,7 @@ impl HostBridge {
             }
             g.queue.push_back(HostRequest {
                 id,
-                kind: KIND_CANCEL.to_string(),
+                kind: KIND_CANCEL,
                 params: serde_json::json!({ "id": id }),
             });
         }
@@ -244,7 +292,7 @@ impl HostBridge {
 /// One call to the host. Dropping it before the last reply cancels it on the host.
 pub struct HostCall {
     id: u64,
-    kind: String,
+    kind: HostKind,
     rx: mpsc::Receiver<Result<HostReply>>,
     /// The consumer's waker, wrapped so the host's replies wake it through the bridge's wakes.
     waker: WrappedWaker,
@@ -323,7 +371,7 @@ mod tests {
     #[test]
     fn without_a_host_calls_fail_at_once() {
         let b = HostBridge::new();
-        let e = b.call("model.upstream", json!({})).err().unwrap();
+        let e = b.call(HostKind::ModelUpstream, json!({})).err().unwrap();
         assert_eq!(e.code, ErrorCode::NotRunning);
         assert!(e.message.contains("model.upstream"), "{}", e.message);
     }
@@ -335,9 +383,9 @@ mod tests {
             let host = Arc::clone(&b);
             let first = tokio::spawn(async move { host.next_request().await });
             tokio::task::yield_now().await;
-            let mut call = b.call("agent.run", json!({"task": "x"})).unwrap();
+            let mut call = b.call(HostKind::AgentRun, json!({"task": "x"})).unwrap();
             let req = first.await.unwrap().unwrap();
-            assert_eq!(req.kind, "agent.run");
+            assert_eq!(req.kind, HostKind::AgentRun);
             assert_eq!(req.params, json!({"task": "x"}));
             assert!(b.reply(req.id, Ok(HostReply::Event(json!(1)))));
             assert!(b.reply(req.id, Ok(HostReply::Event(json!(2)))));
@@ -365,10 +413,10 @@ mod tests {
         rt().block_on(async {
             let b = HostBridge::new();
             b.lock().attached = true;
-            let pulled = b.call("a", json!(null)).unwrap();
-            let unpulled = b.call("b", json!(null)).unwrap();
+            let pulled = b.call(HostKind::AgentsList, json!(null)).unwrap();
+            let unpulled = b.call(HostKind::AgentSend, json!(null)).unwrap();
             let r = b.next_request().await.unwrap();
-            assert_eq!(r.kind, "a");
+            assert_eq!(r.kind, HostKind::AgentsList);
             drop(unpulled);
             drop(pulled);
             let c = b.next_request().await.unwrap();
@@ -387,8 +435,8 @@ mod tests {
         rt().block_on(async {
             let b = HostBridge::new();
             b.lock().attached = true;
-            let mut slow = b.call("slow", json!(null)).unwrap();
-            let mut other = b.call("other", json!(null)).unwrap();
+            let mut slow = b.call(HostKind::AgentRun, json!(null)).unwrap();
+            let mut other = b.call(HostKind::AgentSend, json!(null)).unwrap();
             let s = b.next_request().await.unwrap();
             let o = b.next_request().await.unwrap();
             for i in 0..REPLY_BUFFER {
@@ -415,12 +463,12 @@ mod tests {
         rt().block_on(async {
             let b = HostBridge::new();
             b.lock().attached = true;
-            let call = b.call("x", json!(null)).unwrap();
+            let call = b.call(HostKind::AgentRun, json!(null)).unwrap();
             b.close();
             let e = call.result().await.unwrap_err();
             assert_eq!(e.code, ErrorCode::NotRunning);
             assert!(b.next_request().await.is_none());
-            assert!(b.call("y", json!(null)).is_err());
+            assert!(b.call(HostKind::AgentSend, json!(null)).is_err());
             b.reopen();
             assert!(!b.attached());
         });
@@ -439,7 +487,7 @@ mod tests {
         let b = HostBridge::new();
         b.lock().attached = true;
         let pump = node_rt.spawn(b.wakes().pump());
-        let mut call = b.call("agent.run", json!(null)).unwrap();
+        let mut call = b.call(HostKind::AgentRun, json!(null)).unwrap();
         let id = node_rt.block_on(b.next_request()).unwrap().id;
         let consumer = node_rt.spawn(async move {
             let mut got = Vec::new();
@@ -482,9 +530,18 @@ mod tests {
         b.lock().attached = true;
         let mut calls = Vec::new();
         for _ in 0..MAX_PENDING {
-            calls.push(b.call("x", Value::Null).unwrap());
+            calls.push(b.call(HostKind::AgentRun, Value::Null).unwrap());
         }
-        let e = b.call("x", Value::Null).err().unwrap();
+        let e = b.call(HostKind::AgentRun, Value::Null).err().unwrap();
         assert!(e.message.contains("limit"), "{}", e.message);
+    }
+
+    #[test]
+    fn every_kind_has_its_own_dotted_name() {
+        let names: std::collections::HashSet<&str> =
+            HostKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), HostKind::ALL.len());
+        assert_eq!(HostKind::AgentRun.to_string(), "agent.run");
+        assert_eq!(KIND_CANCEL.as_str(), "cancel");
     }
 }

@@ -231,7 +231,7 @@ async fn next_provider_sync(node: &Node) -> serde_json::Map<String, Value> {
     let bridge = node.host();
     loop {
         let req = bridge.next_request().await.expect("host bridge open");
-        if req.kind != "providers.sync" {
+        if req.kind != clawmatrix::host::HostKind::ProvidersSync {
             continue;
         }
         bridge.reply(

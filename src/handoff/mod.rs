@@ -70,7 +70,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::host::{HostBridge, HostReply};
+use crate::host::{HostBridge, HostKind, HostReply};
 use crate::mesh::Target;
 use crate::rpc::MeshClient;
 use crate::rpc::StreamItem;
@@ -84,13 +84,13 @@ pub const METHOD_HANDOFF: &str = "agent.handoff";
 pub const METHOD_SEND: &str = "agent.send";
 /// Host request: run an agent turn, streaming `{type:"delta",text}` / `{type:"tool",name}` /
 /// `{type:"started",runId}` events, result `{status, text, runId, error?}`.
-pub const HOST_AGENT_RUN: &str = "agent.run";
+pub const HOST_AGENT_RUN: HostKind = HostKind::AgentRun;
 /// Host request: abort the run of a session and wait until it stopped (`{aborted, drained}`).
-pub const HOST_AGENT_ABORT: &str = "agent.abort";
+pub const HOST_AGENT_ABORT: HostKind = HostKind::AgentAbort;
 /// Host request: start a turn in a session without waiting for it (`{runId}`).
-pub const HOST_AGENT_SEND: &str = "agent.send";
+pub const HOST_AGENT_SEND: HostKind = HostKind::AgentSend;
 /// Host request: the agent ids OpenClaw knows on this gateway (`{agents: [id, …]}`).
-pub const HOST_AGENTS_LIST: &str = "agents.list";
+pub const HOST_AGENTS_LIST: HostKind = HostKind::AgentsList;
 
 /// Retries after the first attempt, each on another node (0.1.8: up to 2).
 pub const MAX_RETRIES: usize = 2;

@@ -3,6 +3,7 @@
 
 use super::relay::serve_handoff;
 use super::*;
+use crate::host::HostKind;
 
 /// How long the host may take for the quick requests (`agents.list`, `agent.send`): they only
 /// read config or queue a run. Both together stay under the caller's `SEND_TIMEOUT` (30 s).
@@ -11,7 +12,7 @@ const HOST_QUICK_TIMEOUT: Duration = Duration::from_secs(10);
 /// One host request's final value, bounded in time.
 async fn host_result(
     host: &Arc<HostBridge>,
-    kind: &str,
+    kind: HostKind,
     params: Value,
     within: Duration,
 ) -> Result<Value> {

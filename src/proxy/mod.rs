@@ -116,7 +116,7 @@ pub async fn sync_providers(
         let mut wait = None;
         if synced.as_ref() != Some(&want) {
             let params = serde_json::json!({ "providers": want });
-            match host.call("providers.sync", params) {
+            match host.call(crate::host::HostKind::ProvidersSync, params) {
                 Err(_) if !host.attached() => {
                     if !warned_detached {
                         ctx.events

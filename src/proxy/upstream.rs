@@ -114,7 +114,7 @@ async fn resolve_with_host(
     let reply = if needs_host {
         let call = host
             .call(
-                "model.upstream",
+                crate::host::HostKind::ModelUpstream,
                 serde_json::json!({ "provider": m.provider, "model": m.id }),
             )
             .map_err(|e| {

@@ -268,8 +268,8 @@ pub fn fake_host(
     let rt = node.runtime_handle().expect("node running");
     rt.spawn(async move {
         while let Some(req) = bridge.next_request().await {
-            let reply = match req.kind.as_str() {
-                "model.upstream" => {
+            let reply = match req.kind {
+                clawmatrix::host::HostKind::ModelUpstream => {
                     *u2.lock().unwrap() += 1;
                     let p = req.params["provider"].as_str().unwrap_or_default();
                     Ok(HostReply::Result(json!({
@@ -277,11 +277,11 @@ pub fn fake_host(
                         "apiKey": key,
                     })))
                 }
-                "providers.sync" => {
+                clawmatrix::host::HostKind::ProvidersSync => {
                     s2.lock().unwrap().push(req.params.clone());
                     Ok(HostReply::Result(json!({"changed": true, "added": [], "updated": [], "removed": [], "conflicts": []})))
                 }
-                "cancel" => continue,
+                clawmatrix::host::HostKind::Cancel => continue,
                 other => Err(clawmatrix::error::Error::new(clawmatrix::error::ErrorCode::NotImplemented, format!("fake host: {other}"))),
             };
             bridge.reply(req.id, reply);

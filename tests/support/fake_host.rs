@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 
 use clawmatrix::error::{Error, ErrorCode};
 use clawmatrix::handoff::{HOST_AGENTS_LIST, HOST_AGENT_ABORT, HOST_AGENT_RUN, HOST_AGENT_SEND};
-use clawmatrix::host::{HostBridge, HostReply, HostRequest, KIND_CANCEL};
+use clawmatrix::host::{HostBridge, HostKind, HostReply, HostRequest, KIND_CANCEL};
 
 /// What the fake host saw.
 #[derive(Debug, Clone)]
@@ -109,7 +109,7 @@ impl FakeHost {
             .unwrap_or_else(|e| e.into_inner())
             .push(Seen {
                 at: Instant::now(),
-                kind: req.kind.clone(),
+                kind: req.kind.as_str().to_string(),
                 params: p,
             });
     }
@@ -129,8 +129,11 @@ impl FakeHost {
     }
 
     /// Requests of one kind.
-    pub fn seen_kind(&self, kind: &str) -> Vec<Seen> {
-        self.seen().into_iter().filter(|s| s.kind == kind).collect()
+    pub fn seen_kind(&self, kind: HostKind) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.kind == kind.as_str())
+            .collect()
     }
 }
 
@@ -142,7 +145,7 @@ async fn answer(bridge: Arc<HostBridge>, req: HostRequest, opts: FakeHostOptions
     let done = |v: Value| {
         bridge.reply(id, Ok(HostReply::Result(v)));
     };
-    match req.kind.as_str() {
+    match req.kind {
         HOST_AGENTS_LIST => done(json!({"agents": opts.agents})),
         HOST_AGENT_SEND => done(json!({"runId": format!("send-{id}")})),
         HOST_AGENT_ABORT => done(json!({"aborted": true, "drained": true})),
