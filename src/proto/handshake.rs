@@ -244,8 +244,23 @@ impl Dialer {
         match (state, frame) {
             (
                 DialerState::AwaitChallenge { pake },
-                challenge @ HandshakeFrame::Challenge { .. },
-            ) => self.on_challenge(pake, challenge),
+                HandshakeFrame::Challenge {
+                    version,
+                    features,
+                    node,
+                    nonce,
+                    pake: share,
+                },
+            ) => self.on_challenge(
+                pake,
+                Greeting {
+                    version,
+                    features,
+                    node,
+                    nonce,
+                    share,
+                },
+            ),
             (
                 DialerState::AwaitWelcome {
                     peer,
@@ -259,17 +274,14 @@ impl Dialer {
     }
 
     /// The listener's challenge: check it, finish SPAKE2, prove the key.
-    fn on_challenge(&mut self, pake: Pake, challenge: HandshakeFrame) -> Step {
-        let HandshakeFrame::Challenge {
+    fn on_challenge(&mut self, pake: Pake, challenge: Greeting) -> Step {
+        let Greeting {
             version,
             features,
             node,
             nonce,
-            pake: peer_share,
-        } = challenge
-        else {
-            return reject(RejectCode::Malformed);
-        };
+            share: peer_share,
+        } = challenge;
         if !valid_node_id(&node) {
             return reject(RejectCode::Malformed);
         }
@@ -319,10 +331,7 @@ impl Dialer {
         mac: &Bytes32,
         admit: impl FnOnce(&str) -> Result<(), RejectCode>,
     ) -> Step {
-        if !verify_mac(key, Role::Listener, transcript, mac) {
-            return reject(RejectCode::BadMac);
-        }
-        if let Err(code) = admit(&peer) {
+        if let Err(code) = check_proof(key, Role::Listener, transcript, mac, &peer, admit) {
             return reject(code);
         }
         // The negotiated set from the authenticated transcript, not the welcome's copy.
@@ -332,6 +341,32 @@ impl Dialer {
             features: transcript.listener_features & self.cfg.features,
         }
     }
+}
+
+/// What a hello and a challenge both carry: the sender's version, features, id, nonce and
+/// SPAKE2 share.
+struct Greeting {
+    version: u16,
+    features: u64,
+    node: NodeId,
+    nonce: Bytes32,
+    share: PakeShare,
+}
+
+/// The peer's key confirmation (its MAC over the transcript, made as `role`), then admission:
+/// `Err` is the rejection to answer with.
+fn check_proof(
+    key: &SessionKey,
+    role: Role,
+    transcript: &Transcript,
+    mac: &Bytes32,
+    peer: &str,
+    admit: impl FnOnce(&str) -> Result<(), RejectCode>,
+) -> Result<(), RejectCode> {
+    if !verify_mac(key, role, transcript, mac) {
+        return Err(RejectCode::BadMac);
+    }
+    admit(peer)
 }
 
 enum AcceptorState {
@@ -401,9 +436,26 @@ impl Acceptor {
             return peer_rejected(code, reason);
         }
         match (state, frame) {
-            (AcceptorState::AwaitHello { pake }, hello @ HandshakeFrame::Hello { .. }) => {
-                self.on_hello(pake, hello, nonces)
-            }
+            (
+                AcceptorState::AwaitHello { pake },
+                HandshakeFrame::Hello {
+                    version,
+                    features,
+                    node,
+                    nonce,
+                    pake: share,
+                },
+            ) => self.on_hello(
+                pake,
+                Greeting {
+                    version,
+                    features,
+                    node,
+                    nonce,
+                    share,
+                },
+                nonces,
+            ),
             (
                 AcceptorState::AwaitAuth {
                     peer,
@@ -417,17 +469,14 @@ impl Acceptor {
     }
 
     /// The dialer's hello: check it, run our half of SPAKE2, answer with the challenge.
-    fn on_hello(&mut self, pake: Pake, hello: HandshakeFrame, nonces: &mut NonceCache) -> Step {
-        let HandshakeFrame::Hello {
+    fn on_hello(&mut self, pake: Pake, hello: Greeting, nonces: &mut NonceCache) -> Step {
+        let Greeting {
             version,
             features,
             node,
             nonce,
-            pake: peer_share,
-        } = hello
-        else {
-            return reject(RejectCode::Malformed);
-        };
+            share: peer_share,
+        } = hello;
         if !valid_node_id(&node) {
             let why = "hello: the node id breaks the id rule".to_string();
             return reject_because(RejectCode::Malformed, why);
@@ -477,17 +526,14 @@ impl Acceptor {
 
     /// The dialer's proof of the key: verify it, admit the peer, send our own proof.
     fn on_auth(
-        &mut self,
+        &self,
         peer: NodeId,
         key: &SessionKey,
         transcript: &Transcript,
         mac: &Bytes32,
         admit: impl FnOnce(&str) -> Result<(), RejectCode>,
     ) -> Step {
-        if !verify_mac(key, Role::Dialer, transcript, mac) {
-            return reject(RejectCode::BadMac);
-        }
-        if let Err(code) = admit(&peer) {
+        if let Err(code) = check_proof(key, Role::Dialer, transcript, mac, &peer, admit) {
             return reject(code);
         }
         let features = transcript.dialer_features & self.cfg.features;
