@@ -95,7 +95,11 @@ if (want("cargo")) {
 if (want("js")) {
   const files = [...testFiles("tests/js", ".test.mjs"), ...testFiles("tests/harness", ".test.mjs")];
   await step("JS tests", () =>
-    counted(nodeTestCounts, process.execPath, ["--test", "--test-reporter=tap", ...files], { timeoutMs: 5 * 60_000 }),
+    // The addon was just built in debug: tests that need its debug-only hooks must run, not skip.
+    counted(nodeTestCounts, process.execPath, ["--test", "--test-reporter=tap", ...files], {
+      timeoutMs: 5 * 60_000,
+      env: { ...process.env, CLAWMATRIX_DEBUG_ADDON: "1" },
+    }),
   );
 }
 if (want("e2e")) {
