@@ -208,10 +208,10 @@ impl Mesh {
         }
     }
 
-    /// Gossip frames for `records`, batched like [`Mesh::send_gossip`], encoded once.
-    fn gossip_frames(&mut self, now: u64, records: Vec<NodeRecord>) -> Vec<Arc<[u8]>> {
-        let mut frames = Vec::new();
-        let mut batches: Vec<Vec<NodeRecord>> = Vec::new();
+    /// `records` cut into gossip batches of at most [`GOSSIP_BATCH_BYTES`] (estimated); a
+    /// record over [`MAX_RECORD_BYTES`] is counted and left out.
+    fn gossip_batches(&mut self, records: Vec<NodeRecord>) -> Vec<Vec<NodeRecord>> {
+        let mut batches = Vec::new();
         let mut batch = Vec::new();
         let mut size = 0;
         for r in records {
@@ -230,7 +230,13 @@ impl Mesh {
         if !batch.is_empty() {
             batches.push(batch);
         }
-        for records in batches {
+        batches
+    }
+
+    /// Gossip frames for `records`, batched like [`Mesh::send_gossip`], encoded once.
+    fn gossip_frames(&mut self, now: u64, records: Vec<NodeRecord>) -> Vec<Arc<[u8]>> {
+        let mut frames = Vec::new();
+        for records in self.gossip_batches(records) {
             let h = self.header(now, None, Body::Gossip { records });
             match codec::encode(&h, &[]) {
                 Ok(bytes) => frames.push(Arc::from(bytes)),
@@ -242,26 +248,9 @@ impl Mesh {
     }
 
     fn send_gossip(&mut self, now: u64, link: LinkId, records: Vec<NodeRecord>) {
-        let mut batch = Vec::new();
-        let mut size = 0;
-        for r in records {
-            let est = approx_record_bytes(&r);
-            if est > MAX_RECORD_BYTES {
-                self.stats.records_ignored += 1;
-                continue;
-            }
-            if size + est > GOSSIP_BATCH_BYTES && !batch.is_empty() {
-                self.stats.gossip_frames_out += 1;
-                let records = std::mem::take(&mut batch);
-                self.send_local(now, link, Body::Gossip { records });
-                size = 0;
-            }
-            size += est;
-            batch.push(r);
-        }
-        if !batch.is_empty() {
+        for records in self.gossip_batches(records) {
             self.stats.gossip_frames_out += 1;
-            self.send_local(now, link, Body::Gossip { records: batch });
+            self.send_local(now, link, Body::Gossip { records });
         }
     }
 
