@@ -9,9 +9,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, watch};
 
 use super::steps::{ToolCall, ToolEvent};
-use super::{
-    EXEC_DEADLINE_SLACK, EXEC_DEFAULT_TIMEOUT_SECS, METHOD_TOOL_CALL, STEP_QUEUE, TOOL_DEADLINE,
-};
+use super::{EXEC_DEADLINE_SLACK, METHOD_TOOL_CALL, STEP_QUEUE, TOOL_DEADLINE};
 use crate::error::{Error, ErrorCode, Result};
 use crate::mesh::Target;
 use crate::proto::tool_result::{Assembled, Assembler, AssemblyError, RESULT_PART};
@@ -33,22 +31,35 @@ struct RemoteRequest {
     deadline: Duration,
 }
 
+/// The call deadline of a remote exec: its own timeout (`timeout` or `timeoutSeconds`, the
+/// executor's default when absent) plus slack. Capped at the executor's maximum, which the
+/// serving node enforces anyway: a caller's `timeout` near `u64::MAX` must neither overflow the
+/// addition (a panic on the tool call's path) nor hold the call open for centuries.
+fn exec_deadline(args: &Value) -> Duration {
+    let secs = args
+        .get("timeout")
+        .or_else(|| args.get("timeoutSeconds"))
+        .and_then(Value::as_u64)
+        .unwrap_or(crate::tools::exec::DEFAULT_TIMEOUT_SECS)
+        .min(crate::tools::exec::MAX_TIMEOUT_SECS);
+    Duration::from_secs(secs) + EXEC_DEADLINE_SLACK
+}
+
 /// Map a validated `cluster_*` call to its remote tool.
 fn remote_request(name: &str, a: &Map<String, Value>) -> Option<RemoteRequest> {
     let s = |k: &str| a.get(k).and_then(Value::as_str).map(String::from);
     let node = s("node")?;
     let (tool, args, deadline) = match name {
         "cluster_exec" => {
-            let timeout = a.get("timeout").and_then(Value::as_u64);
             let mut args = Map::new();
             for k in ["command", "workdir", "timeout"] {
                 if let Some(v) = a.get(k).filter(|v| !v.is_null()) {
                     args.insert(k.to_string(), v.clone());
                 }
             }
-            let secs = timeout.unwrap_or(EXEC_DEFAULT_TIMEOUT_SECS);
-            let deadline = Duration::from_secs(secs) + EXEC_DEADLINE_SLACK;
-            ("exec".to_string(), Value::Object(args), deadline)
+            let args = Value::Object(args);
+            let deadline = exec_deadline(&args);
+            ("exec".to_string(), args, deadline)
         }
         "cluster_read" => ("read".into(), json!({"path": s("path")?}), TOOL_DEADLINE),
         "cluster_write" => (
@@ -60,12 +71,7 @@ fn remote_request(name: &str, a: &Map<String, Value>) -> Option<RemoteRequest> {
             let tool = s("tool")?;
             let args = a.get("args").cloned().unwrap_or_else(|| json!({}));
             let deadline = if tool == "exec" {
-                let secs = args
-                    .get("timeout")
-                    .or_else(|| args.get("timeoutSeconds"))
-                    .and_then(Value::as_u64)
-                    .unwrap_or(EXEC_DEFAULT_TIMEOUT_SECS);
-                Duration::from_secs(secs) + EXEC_DEADLINE_SLACK
+                exec_deadline(&args)
             } else {
                 TOOL_DEADLINE
             };
@@ -378,5 +384,31 @@ fn assembly_error(name: &str, node: &str, e: AssemblyError) -> Error {
             Error::new(ErrorCode::TooLarge, format!("{name} on {node}: {m}"))
         }
         AssemblyError::Malformed(m) => unreadable(name, node, m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exec_timeout_beyond_the_executor_s_maximum_caps_the_deadline_instead_of_panicking() {
+        let max = Duration::from_secs(crate::tools::exec::MAX_TIMEOUT_SECS) + EXEC_DEADLINE_SLACK;
+        for name in ["cluster_exec", "cluster_tool"] {
+            let a = json!({
+                "node": "office", "command": "true", "timeout": u64::MAX,
+                "tool": "exec", "args": {"command": "true", "timeout": u64::MAX}
+            });
+            let a = a.as_object().cloned().unwrap_or_default();
+            let req = remote_request(name, &a).expect("a remote tool");
+            assert_eq!(req.deadline, max, "{name}");
+        }
+        let a = json!({"node": "office", "command": "true"});
+        let req = remote_request("cluster_exec", a.as_object().expect("object")).expect("exec");
+        let default = crate::tools::exec::DEFAULT_TIMEOUT_SECS;
+        assert_eq!(
+            req.deadline,
+            Duration::from_secs(default) + EXEC_DEADLINE_SLACK
+        );
     }
 }

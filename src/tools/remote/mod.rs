@@ -71,8 +71,6 @@ pub const METHOD_TOOL_CALL: &str = "tool.call";
 pub const TOOL_DEADLINE: Duration = Duration::from_secs(120);
 /// Slack added to an exec's own timeout for the call deadline (process start, transfer).
 pub const EXEC_DEADLINE_SLACK: Duration = Duration::from_secs(30);
-/// exec's default timeout when the caller gives none (seconds; matches the executor's).
-const EXEC_DEFAULT_TIMEOUT_SECS: u64 = 1800;
 /// How long the serving gateway may take to answer `POST /tools/invoke`.
 pub const GATEWAY_TIMEOUT: Duration = Duration::from_secs(110);
 /// Largest `POST /tools/invoke` answer read, in bytes (the reply is capped further by
