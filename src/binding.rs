@@ -564,13 +564,7 @@ impl ClawMatrixNode {
     #[napi]
     pub fn peers(&self) -> napi::Result<Vec<PeerView>, ErrorCode> {
         guarded("peers", || {
-            Ok(self
-                .node
-                .status()
-                .peers
-                .into_iter()
-                .map(Into::into)
-                .collect())
+            Ok(self.node.peers().into_iter().map(Into::into).collect())
         })
     }
 

@@ -301,10 +301,6 @@ impl Node {
                     .map_err(|e| Error::new(ErrorCode::Internal, e.to_string()))?;
                 Ok(ToolOutput { text, details })
             }
-            "cluster_handoff" | "cluster_send" => Err(Error::new(
-                ErrorCode::InvalidArgument,
-                format!("{name} streams its result: use Node::start_tool"),
-            )),
             other => Err(Error::new(
                 ErrorCode::InvalidArgument,
                 format!("{other} streams its result: use Node::start_tool"),

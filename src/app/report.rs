@@ -13,6 +13,15 @@ use crate::rpc::MeshSnapshot;
 use crate::status::{MeshCounters, ModelView, PeerState, PeerView, StatusReport};
 
 impl Node {
+    /// The peer rows of the status report, without building the rest of it.
+    pub fn peers(&self) -> Vec<PeerView> {
+        let guard = self.lock();
+        guard.as_ref().map_or_else(Vec::new, |r| {
+            let uptime_ms = r.started.elapsed().as_millis() as u64;
+            r.mesh.with_snapshot(|s| peer_views(s, uptime_ms))
+        })
+    }
+
     /// The status report (spec §4 shape plus diagnostics). Synchronous: it reads the snapshot
     /// the actor last published.
     pub fn status(&self) -> StatusReport {
@@ -26,7 +35,11 @@ impl Node {
             ),
             None => (false, 0, None),
         };
-        let snapshot = guard.as_ref().map(|r| r.mesh.snapshot());
+        // Read the published snapshot in place: only the rows and counters are copied out.
+        let viewed = guard.as_ref().map(|r| {
+            r.mesh
+                .with_snapshot(|s| (peer_views(s, uptime_ms), mesh_counters(s)))
+        });
         let (failed, restarts) = guard
             .as_ref()
             .map(|r| r.health.view())
@@ -48,10 +61,7 @@ impl Node {
             (true, None) => serde_json::Value::from(c.listen_port),
             (false, _) => serde_json::Value::Bool(false),
         };
-        let (peers, mut mesh) = match &snapshot {
-            Some(s) => (peer_views(s, uptime_ms), mesh_counters(s)),
-            None => (Vec::new(), MeshCounters::default()),
-        };
+        let (peers, mut mesh) = viewed.unwrap_or_default();
         if let Some(c) = counters {
             shell_counters(&mut mesh, &c);
         }
