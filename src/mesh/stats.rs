@@ -38,7 +38,7 @@ pub struct MeshStats {
     /// `absurd_stamp`, `too_large`, `budget`, `full`); each is also in `records_ignored`.
     pub records_refused: BTreeMap<String, u64>,
     /// Gauge, not a counter: estimated bytes held now for other nodes' records (bounded by
-    /// `MAX_RECORDS_HELD_BYTES`).
+    /// `MAX_RECORDS_HELD_BYTES`). Filled from the record store by `Mesh::stats`.
     pub records_held_bytes: u64,
     /// Copies of our own record that came back no newer than ours (a loop echo; ignored).
     pub own_record_echoes: u64,

@@ -88,7 +88,6 @@ impl Mesh {
             Merge::Full => self.refuse_record("full"),
             Merge::OverBudget => self.refuse_record("budget"),
         }
-        self.stats.records_held_bytes = self.records.held() as u64;
     }
 
     /// A `leave` from `link`: the node is marked left and the leave flooded at the next tick.

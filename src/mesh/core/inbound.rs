@@ -61,12 +61,15 @@ impl Mesh {
         self.stats.bytes_in += frame.payload.len() as u64;
         l.last_seen = now;
         l.ping.on_activity();
-        let peer = l.peer.clone();
-        if frame.header.dst.is_none() {
-            if frame.header.src != peer {
-                self.stats.dropped_spoofed += 1;
-                return;
-            }
+        // A link-local frame speaks for the link's peer only (checked while the link is at hand,
+        // so no copy of the peer id per frame).
+        let local = frame.header.dst.is_none();
+        let spoofed = local && frame.header.src != l.peer;
+        if spoofed {
+            self.stats.dropped_spoofed += 1;
+            return;
+        }
+        if local {
             self.handle_link_local(now, link, frame.header.body);
         } else {
             self.handle_routed(now, link, frame);

@@ -146,8 +146,12 @@ impl Mesh {
     }
 
     /// Counters.
-    pub fn stats(&self) -> &MeshStats {
-        &self.stats
+    pub fn stats(&self) -> MeshStats {
+        MeshStats {
+            // Read from the store, not kept in step with it by hand.
+            records_held_bytes: self.records.held() as u64,
+            ..self.stats.clone()
+        }
     }
 
     /// The configuration.

@@ -153,7 +153,6 @@ impl Mesh {
                 self.routes_dirty = true;
             }
         }
-        self.stats.records_held_bytes = self.records.held() as u64;
         self.refresh_routes(now);
     }
 }

@@ -82,16 +82,16 @@ impl Mesh {
     /// Hand a routed frame that is not for us (and not a duplicate) to the next hop toward its
     /// destination, with one hop more and TTL one less; bounce it if it can go no further.
     fn forward(&mut self, now: u64, link: LinkId, mut header: Header, payload: Vec<u8>) {
-        let dst = header.dst.clone().unwrap_or_default();
         if header.ttl <= 1 {
             self.stats.dropped_ttl += 1;
             self.bounce(now, &header);
             return;
         }
         self.refresh_routes(now);
-        let next = self
-            .routes
-            .get(&dst)
+        let next = header
+            .dst
+            .as_deref()
+            .and_then(|dst| self.routes.get(dst))
             .and_then(|r| self.by_peer.get(&r.next_hop))
             .copied();
         let Some(next) = next else {

@@ -414,7 +414,7 @@ impl Actor {
     fn publish(&mut self) {
         let snap = MeshSnapshot {
             peers: self.mesh.peers(),
-            stats: self.mesh.stats().clone(),
+            stats: self.mesh.stats(),
             links_up: self.mesh.link_count(),
             slow_peer_drops: self.slow_peer_drops,
             slow_peer_closes: self.slow_peer_closes,
