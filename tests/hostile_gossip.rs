@@ -269,6 +269,13 @@ async fn bloated_records_are_bounded_and_status_still_renders() {
             "{} held",
             m.records_held_bytes
         );
+        // Positive control: budget refusals mean the store is nearly full, and the gauge says so
+        // (a gauge stuck at 0 would pass the bound above).
+        assert!(
+            m.records_held_bytes as usize > MAX_RECORDS_HELD_BYTES / 2,
+            "{} held after budget refusals",
+            m.records_held_bytes
+        );
         assert!(peer(&h, "too-big").is_none());
         // status and peers still render (text and JSON), and stay proportionate.
         let text = clawmatrix::status::render_text(&h.status());
