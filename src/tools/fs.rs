@@ -88,19 +88,8 @@ pub struct EditResult {
 
 /// Reads `path` (inside `root`). The returned content, after encoding, is at most `max_bytes`.
 pub fn read(root: &Root, path: &str, max_bytes: usize) -> Result<ReadResult, Error> {
-    let (file, size) = open_regular(root, path)?;
-    // Checked again below on the bytes read, and once more after base64 (which grows by 4/3).
-    if size > max_bytes as u64 {
-        return Err(too_large(path, size, max_bytes));
-    }
-    let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-    // `take` bounds the read even if the file grows meanwhile.
-    file.take(max_bytes as u64 + 1)
-        .read_to_end(&mut data)
-        .map_err(|e| io_error(path, &e))?;
-    if data.len() > max_bytes {
-        return Err(too_large(path, data.len() as u64, max_bytes));
-    }
+    // Checked on the size and the bytes read, and once more after base64 (which grows by 4/3).
+    let data = read_bounded(root, path, max_bytes)?;
     let size = data.len() as u64;
     match String::from_utf8(data) {
         Ok(text) => Ok(ReadResult {
@@ -208,24 +197,30 @@ pub fn edit(
     })
 }
 
-fn invalid(message: String) -> Error {
-    Error::new(ErrorCode::InvalidArgument, message)
-}
-
-/// The text of the file `edit` works on: a regular file of at most `max_bytes`, in UTF-8.
-fn read_text(root: &Root, path: &str, max_bytes: usize) -> Result<String, Error> {
+/// The bytes of the regular file `path`: refused when it is larger than `max_bytes`, by its
+/// size or by what was read (`take` bounds the read even if the file grows meanwhile).
+fn read_bounded(root: &Root, path: &str, max_bytes: usize) -> Result<Vec<u8>, Error> {
     let (file, size) = open_regular(root, path)?;
     if size > max_bytes as u64 {
         return Err(too_large(path, size, max_bytes));
     }
-    let mut data = Vec::new();
+    let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     file.take(max_bytes as u64 + 1)
         .read_to_end(&mut data)
         .map_err(|e| io_error(path, &e))?;
     if data.len() > max_bytes {
         return Err(too_large(path, data.len() as u64, max_bytes));
     }
-    String::from_utf8(data).map_err(|_| {
+    Ok(data)
+}
+
+fn invalid(message: String) -> Error {
+    Error::new(ErrorCode::InvalidArgument, message)
+}
+
+/// The text of the file `edit` works on: a regular file of at most `max_bytes`, in UTF-8.
+fn read_text(root: &Root, path: &str, max_bytes: usize) -> Result<String, Error> {
+    String::from_utf8(read_bounded(root, path, max_bytes)?).map_err(|_| {
         invalid(format!(
             "{path:?} is not UTF-8 text; edit works on text files"
         ))
