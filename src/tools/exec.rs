@@ -276,8 +276,10 @@ fn command(req: &ExecRequest) -> (tokio::process::Command, String) {
     cmd.current_dir(&req.workdir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .stderr(Stdio::piped());
+    // On Linux the tree's own Drop ends the supervisor once the tree is killed (reaper.rs).
+    #[cfg(not(target_os = "linux"))]
+    cmd.kill_on_drop(true);
     let program = match &req.command {
         Command::Shell(_) => "/bin/sh".to_owned(),
         Command::Argv(argv) => argv[0].clone(),

@@ -21,7 +21,8 @@
 //!   its descendant, even after the command itself has exited.
 //! - Timeout, cancel, or the call dropped: [`Tree::kill`] walks `/proc` for the supervisor's
 //!   descendants, sends each `SIGSTOP` (no more forks) then `SIGKILL`, and repeats until none
-//!   is left (bounded); then the supervisor is killed and reaped.
+//!   is left (bounded); then the supervisor is killed and reaped. A tree dropped mid-run does
+//!   the same on a thread of its own, never on the runtime worker that drops it.
 //! - A normal end (the command exited and its output pipes closed) releases the tree: the
 //!   supervisor is killed, and a service the command detached on purpose (`nohup svc >log
 //!   2>&1 &`) re-parents to init and keeps running, as before.
@@ -83,8 +84,16 @@ impl Tree {
             }
             let child = cmd.spawn()?;
             drop(write); // only the supervisor writes; its exit is our EOF
-            let status = tokio::net::unix::pipe::Receiver::from_owned_fd(read)?;
             let pid = child.id().and_then(|id| i32::try_from(id).ok());
+            let status = match tokio::net::unix::pipe::Receiver::from_owned_fd(read) {
+                Ok(status) => status,
+                Err(e) => {
+                    // No kill_on_drop on Linux: end what was started before giving up.
+                    kill_descendants(pid);
+                    signal(pid, libc::SIGKILL);
+                    return Err(e);
+                }
+            };
             Ok(Tree {
                 child,
                 pid,
@@ -173,14 +182,33 @@ impl Tree {
 
 impl Drop for Tree {
     fn drop(&mut self) {
-        if self.armed {
-            // The call went away mid-run: nothing it started may outlive it.
-            #[cfg(target_os = "linux")]
-            kill_descendants(self.pid);
-            #[cfg(not(target_os = "linux"))]
-            signal(self.pid.map(|p| -p), libc::SIGKILL);
-            // tokio's kill_on_drop then kills and reaps the direct child.
+        if !self.armed {
+            return;
         }
+        // The call went away mid-run: nothing it started may outlive it.
+        #[cfg(target_os = "linux")]
+        {
+            // The kill scans /proc and pauses between rounds (up to ~0.4 s for a tree that
+            // resists), so it runs on a thread of its own, never on the one dropping us (a
+            // runtime worker that carries every link). The supervisor is not killed on drop
+            // (no `kill_on_drop` on Linux): it stays alive until the scan is done, so what it
+            // started stays findable through it; then it is killed, and tokio reaps it.
+            let pid = self.pid;
+            let kill = move || {
+                kill_descendants(pid);
+                signal(pid, libc::SIGKILL);
+            };
+            let spawned = std::thread::Builder::new()
+                .name("clawmatrix-kill".into())
+                .spawn(kill);
+            if spawned.is_err() {
+                kill_descendants(pid);
+                signal(pid, libc::SIGKILL);
+            }
+        }
+        // tokio's kill_on_drop then kills and reaps the direct child.
+        #[cfg(not(target_os = "linux"))]
+        signal(self.pid.map(|p| -p), libc::SIGKILL);
     }
 }
 
