@@ -88,6 +88,24 @@ enum RootSource {
     Missing,
 }
 
+impl RootSource {
+    /// Open the root (blocking: canonicalize and open a directory handle).
+    fn open(&self, node_id: &str) -> Result<Root, Error> {
+        match self {
+            RootSource::Configured(p) => Root::open(p)
+                .map_err(|e| Error::new(e.code, format!("{} (toolProxy.root)", e.message))),
+            RootSource::Workspace(p) => Root::open(p),
+            RootSource::Missing => Err(Error::new(
+                ErrorCode::Denied,
+                format!(
+                    "no filesystem root on {node_id}: set toolProxy.root (no agent workspace is \
+                     known either), so exec, read, write and edit are refused"
+                ),
+            )),
+        }
+    }
+}
+
 /// Serves remote tool calls for one node. Share it behind an `Arc`.
 #[derive(Debug)]
 pub struct ToolServer {
@@ -219,20 +237,16 @@ impl ToolServer {
         }
     }
 
-    fn open_root(&self) -> Result<Root, Error> {
-        match &self.root {
-            RootSource::Configured(p) => Root::open(p)
-                .map_err(|e| Error::new(e.code, format!("{} (toolProxy.root)", e.message))),
-            RootSource::Workspace(p) => Root::open(p),
-            RootSource::Missing => Err(Error::new(
-                ErrorCode::Denied,
-                format!(
-                    "no filesystem root on {}: set toolProxy.root (no agent workspace is known \
-                     either), so exec, read, write and edit are refused",
-                    self.node_id
-                ),
-            )),
-        }
+    /// The filesystem root, opened (canonicalized, then a directory handle) on the blocking
+    /// pool together with `then`, which works inside it: none of these syscalls runs on the
+    /// runtime worker that carries the node's links.
+    async fn with_root<T: Send + 'static>(
+        &self,
+        then: impl FnOnce(Root) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let source = self.root.clone();
+        let node_id = self.node_id.clone();
+        blocking(move || then(source.open(&node_id)?)).await
     }
 
     async fn exec(
@@ -267,12 +281,15 @@ impl ToolServer {
             }
             (t, u) => t.or(u),
         };
-        let root = self.open_root()?;
         let budget = self
             .max_output_bytes
             .saturating_sub(EXEC_REPLY_RESERVE_BYTES)
             .max(1);
-        let req = ExecRequest::new(&root, command, workdir.as_deref(), timeout, budget)?;
+        let req = self
+            .with_root(move |root| {
+                ExecRequest::new(&root, command, workdir.as_deref(), timeout, budget)
+            })
+            .await?;
         let timeout_secs = req.timeout.as_secs();
         let out = exec::run(req, progress, cancel).await?;
         if out.cancelled {
@@ -304,10 +321,9 @@ impl ToolServer {
     async fn read(&self, args: Value) -> Result<Routed, Error> {
         let mut a = Args::new("read", args, &["path"])?;
         let path = a.required_string("path")?;
-        let root = self.open_root()?;
         let max = self.max_output_bytes;
         let p = path.clone();
-        let r = blocking(move || fs::read(&root, &p, max)).await?;
+        let r = self.with_root(move |root| fs::read(&root, &p, max)).await?;
         let details = json!({"path": path, "size": r.size, "encoding": r.encoding.as_str()});
         Ok(Routed::Native(
             ToolReply {
@@ -324,9 +340,10 @@ impl ToolServer {
         let content = a
             .string("content", true)?
             .ok_or_else(|| a.err("content", "required"))?;
-        let root = self.open_root()?;
         let p = path.clone();
-        let r = blocking(move || fs::write(&root, &p, content.as_bytes(), MAX_WRITE_BYTES)).await?;
+        let r = self
+            .with_root(move |root| fs::write(&root, &p, content.as_bytes(), MAX_WRITE_BYTES))
+            .await?;
         let verb = if r.created { "created" } else { "replaced" };
         Ok(Routed::Native(
             ToolReply {
@@ -364,9 +381,9 @@ impl ToolServer {
                 ))
             }
         };
-        let root = self.open_root()?;
         let p = path.clone();
-        let r = blocking(move || fs::edit(&root, &p, &replacements, replace_all, MAX_WRITE_BYTES))
+        let r = self
+            .with_root(move |root| fs::edit(&root, &p, &replacements, replace_all, MAX_WRITE_BYTES))
             .await?;
         Ok(Routed::Native(
             ToolReply {
