@@ -29,12 +29,6 @@ pub const RAW_FIXED: usize = 1 + 8 + 4;
 /// Largest result a caller assembles from pieces: one maximum frame, the limit of a result that
 /// travelled as a single reply before results were streamed.
 pub const MAX_RESULT_BYTES: usize = crate::proto::MAX_FRAME_BYTES;
-/// JSON results at least this large are encoded and parsed on the blocking pool: escaping or
-/// unescaping a MiB of text takes about a millisecond, which would hold up every link and call
-/// on the node's single worker meanwhile. Raw texts are only checked for UTF-8 (fast), on the
-/// blocking pool from [`OFFLOAD_UTF8_BYTES`] (`tools::result` does the offloading).
-pub const OFFLOAD_RESULT_BYTES: usize = 64 * 1024;
-pub const OFFLOAD_UTF8_BYTES: usize = 4 * 1024 * 1024;
 
 /// The JSON form of a tool that ran.
 #[derive(serde::Serialize)]

@@ -9,9 +9,16 @@ use serde_json::Value;
 use crate::error::{Error, ErrorCode, Result};
 use crate::proto::tool_result::{
     encode_json_err, encode_json_ok, encode_raw_head, parse_json, parse_raw_head, text_utf8, Piece,
-    Pieces, WireResult, OFFLOAD_RESULT_BYTES, OFFLOAD_UTF8_BYTES,
+    Pieces, WireResult,
 };
 use crate::rpc::ChunkSink;
+
+/// JSON results at least this large are encoded and parsed on the blocking pool: escaping or
+/// unescaping a MiB of text takes about a millisecond, which would hold up every link and call
+/// on the node's single worker meanwhile.
+const OFFLOAD_RESULT_BYTES: usize = 64 * 1024;
+/// Raw texts are only checked for UTF-8 (fast): on the blocking pool from this size.
+const OFFLOAD_UTF8_BYTES: usize = 4 * 1024 * 1024;
 
 fn internal(e: impl std::fmt::Display) -> Error {
     Error::new(ErrorCode::Internal, format!("tool result: {e}"))
