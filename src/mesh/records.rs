@@ -20,6 +20,9 @@ pub struct Entry {
     pub left_at: Option<u64>,
     /// `Some(t)`: no route to it since `t`.
     pub unreachable_since: Option<u64>,
+    /// [`held_bytes`] of `record`, counted into the store's total when it was merged (so a
+    /// replacement or a forget does not estimate the old record again).
+    held: usize,
 }
 
 /// Outcome of [`RecordStore::merge`].
@@ -155,10 +158,7 @@ impl RecordStore {
             return Merge::Ignored;
         }
         let size = held_bytes(&record);
-        let old = self
-            .entries
-            .get(&record.node)
-            .map_or(0, |e| held_bytes(&e.record));
+        let old = self.entries.get(&record.node).map_or(0, |e| e.held);
         if self.held - old + size > self.budget {
             return Merge::OverBudget;
         }
@@ -166,6 +166,7 @@ impl RecordStore {
             Some(e) => {
                 self.held = self.held - old + size;
                 e.record = record;
+                e.held = size;
                 e.last_seen = now;
                 e.left_at = None;
                 Merge::Accepted
@@ -183,6 +184,7 @@ impl RecordStore {
                         last_seen: now,
                         left_at: None,
                         unreachable_since: None,
+                        held: size,
                     },
                 );
                 Merge::Accepted
@@ -206,7 +208,7 @@ impl RecordStore {
     pub fn forget(&mut self, node: &str, until: u64) -> bool {
         match self.entries.remove(node) {
             Some(e) => {
-                self.held -= held_bytes(&e.record);
+                self.held -= e.held;
                 self.tombstones
                     .insert(node.to_string(), (e.record.stamp(), until));
                 true
