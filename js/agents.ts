@@ -7,7 +7,7 @@
 //                 active run, then waitForRun until it ended; result {aborted, drained, status}
 //   agent.send  → api.runtime.subagent.run in the agent's session, not awaited; result {runId}
 import type { PluginApi } from "./host.js";
-import type { HostHandler } from "./host-bridge.js";
+import type { HostHandlers } from "./host-bridge.js";
 import { codedError } from "./native.js";
 
 /** The slice of OpenClaw's `api.runtime` these handlers use (openclaw 2026.9.6, PluginRuntime). */
@@ -67,7 +67,7 @@ function runtimeOf(api: PluginApi): AgentRuntime {
 
 const str = (v: unknown): string | undefined => (typeof v === "string" ? v : undefined);
 
-export function agentHandlers(api: PluginApi): Record<string, HostHandler> {
+export function agentHandlers(api: PluginApi): HostHandlers {
   return {
     "agents.list": async () => {
       // agents.entries (keyed by id; legacy agents.list rosters too); none = the default "main".

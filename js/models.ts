@@ -4,10 +4,10 @@
 // - providers.sync: merge the core's provider entries into models.providers (the merge is
 //   planned in Rust; this only reads and writes the config).
 import type { PluginApi } from "./host.js";
-import type { HostHandler } from "./host-bridge.js";
+import type { HostHandlers } from "./host-bridge.js";
 import { native, type ProviderPlan } from "./native.js";
 
-export function modelHandlers(api: PluginApi): Record<string, HostHandler> {
+export function modelHandlers(api: PluginApi): HostHandlers {
   const runtime = () => {
     const r = api.runtime;
     if (!r) throw Object.assign(new Error("OpenClaw runtime API is not available to this plugin instance"), { code: "CLAWMATRIX_NOT_RUNNING" });
