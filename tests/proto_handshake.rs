@@ -692,3 +692,32 @@ fn a_fake_listener_cannot_test_a_dictionary_offline_against_a_dialers_messages()
         Step::Done { .. }
     ));
 }
+
+#[test]
+fn a_version_2_listener_never_answers_a_first_frame_with_the_bare_reason_a_version_1_one_gives() {
+    // Dialers explain a bare `malformed` reason to their first frame as a version 1 listener
+    // (its strict decoder refuses the version 2 hello's `pake` field): a version 2 listener
+    // must always say more, or a garbled hello would be reported as an old peer.
+    for first in [
+        "{not json".to_string(),
+        r#"{"type":"auth","mac":"00"}"#.to_string(),
+        HandshakeFrame::Auth {
+            mac: clawmatrix::proto::Bytes32([7; 32]),
+        }
+        .encode(),
+    ] {
+        let mut a = Acceptor::new(cfg("cloud-01", SECRET), [2; 32], 0);
+        let step = a.on_frame(&first, &mut NonceCache::default(), ok);
+        assert_eq!(rejected(&step), RejectCode::Malformed, "{first}");
+        assert_ne!(reason(&step), RejectCode::Malformed.reason(), "{first}");
+    }
+    // The dialer then reports the listener's own reason, not a version 1 listener.
+    let (mut d, _hello) = Dialer::new(cfg("home-01", SECRET), None, [1; 32], 0);
+    let mut a = Acceptor::new(cfg("cloud-01", SECRET), [2; 32], 0);
+    let refusal = match a.on_frame("{not json", &mut NonceCache::default(), ok) {
+        Step::Rejected { send: Some(f), .. } => f.encode(),
+        other => panic!("expected a rejection to send, got {other:?}"),
+    };
+    let step = d.on_frame(&refusal, ok);
+    assert!(!reason(&step).contains("version 1"), "{}", reason(&step));
+}

@@ -430,6 +430,13 @@ impl Acceptor {
         let first = matches!(state, AcceptorState::AwaitHello { .. });
         let frame = match decode(text, first, self.cfg.version) {
             Ok(f) => f,
+            // Never the bare reason on the first frame: that is how a version 1 listener
+            // answers a version 2 hello, and dialers read it so (`Dialer::on_frame`).
+            Err((RejectCode::Malformed, reason)) if first => {
+                let v = self.cfg.version;
+                let why = format!("{reason}: the first frame is not a wire version {v} hello");
+                return reject_because(RejectCode::Malformed, why);
+            }
             Err((code, reason)) => return reject_because(code, reason),
         };
         if let HandshakeFrame::Reject { code, reason } = frame {
@@ -464,6 +471,10 @@ impl Acceptor {
                 },
                 HandshakeFrame::Auth { mac },
             ) => self.on_auth(peer, &key, &transcript, &mac, admit),
+            _ if first => reject_because(
+                RejectCode::Malformed,
+                "the first frame must be a hello".to_string(),
+            ),
             _ => reject(RejectCode::Malformed),
         }
     }
