@@ -106,7 +106,18 @@ pub(crate) fn start_remote(
     let (cancel, cancel_rx) = watch::channel(false);
     let name = name.to_string();
     runtime.spawn(async move {
-        let r = run_remote(&mesh, &self_id, &name, req, caller, &tx, cancel_rx).await;
+        // The caller's cancel wins at every step, not only while a stream is open: when it
+        // comes first the call is dropped wherever it is (resolving, opening: a stream already
+        // open is cancelled on the server by its drop), and nothing is started remotely after.
+        let mut cancelled = cancel_rx.clone();
+        let r = tokio::select! {
+            biased;
+            Ok(_) = cancelled.wait_for(|c| *c) => Err(Error::new(
+                ErrorCode::Cancelled,
+                format!("{name}: cancelled by the caller"),
+            )),
+            r = run_remote(&mesh, &self_id, &name, req, caller, &tx, cancel_rx) => r,
+        };
         if let Err(e) = r {
             let _ = tx.send(Err(e)).await;
         }
@@ -130,13 +141,6 @@ async fn run_remote(
         payload["callerAgent"] = Value::String(agent.clone());
     }
     let payload = payload.to_string().into_bytes();
-    // A call cancelled before it reached anyone ends here: nothing is started remotely.
-    if *cancel.borrow() {
-        return Err(Error::new(
-            ErrorCode::Cancelled,
-            format!("{name}: cancelled before it was sent"),
-        ));
-    }
     let (node, stream) = open_first(mesh, self_id, name, &req, &candidates, payload).await?;
     // Pieces of a streamed result (see `tool_result`), bounded by MAX_RESULT_BYTES; a raw text
     // is assembled behind the line that names where the tool ran.
