@@ -38,6 +38,7 @@ pub mod events;
 #[cfg(unix)]
 pub mod handoff;
 pub mod host;
+pub mod identity;
 pub mod mesh;
 pub mod node;
 pub mod proto;

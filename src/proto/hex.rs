@@ -40,7 +40,7 @@ const NIBBLE: [u8; 256] = {
     t
 };
 
-fn from_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+pub fn from_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     let b = s.as_bytes();
     if b.len() != N * 2 {
         return None;
@@ -112,6 +112,11 @@ hex_id!(
     /// 32 bytes: handshake nonces and HMAC-SHA256 tags.
     Bytes32,
     32
+);
+hex_id!(
+    /// 64 bytes: an Ed25519 signature (records, leaves, the handshake's key proof).
+    Sig64,
+    64
 );
 hex_id!(
     /// 33 bytes: one side's SPAKE2 message in the handshake, the side byte `0x53` (`'S'`,
