@@ -40,6 +40,10 @@ pub enum ErrorCode {
     TooLarge,
     /// An operating-system I/O error other than the above (permissions, disk full, ...).
     Io,
+    /// The node key file or the trust store cannot be used as it is (readable by others, not a
+    /// regular file, oversized, malformed). The message names the file and how to fix it; the
+    /// node never replaces such a file by itself.
+    Identity,
 }
 
 impl ErrorCode {
@@ -61,6 +65,7 @@ impl ErrorCode {
             ErrorCode::NotAFile => "CLAWMATRIX_NOT_A_FILE",
             ErrorCode::TooLarge => "CLAWMATRIX_TOO_LARGE",
             ErrorCode::Io => "CLAWMATRIX_IO",
+            ErrorCode::Identity => "CLAWMATRIX_IDENTITY",
         }
     }
 }
@@ -98,7 +103,7 @@ impl AsRef<str> for ErrorCode {
 
 impl ErrorCode {
     /// Every code, for parsing.
-    const ALL: [ErrorCode; 15] = [
+    const ALL: [ErrorCode; 16] = [
         ErrorCode::ConfigInvalid,
         ErrorCode::BindFailed,
         ErrorCode::NotRunning,
@@ -114,6 +119,7 @@ impl ErrorCode {
         ErrorCode::NotAFile,
         ErrorCode::TooLarge,
         ErrorCode::Io,
+        ErrorCode::Identity,
     ];
 
     /// The code whose [`as_str`](ErrorCode::as_str) is `s` (e.g. an error code a remote node

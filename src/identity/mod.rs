@@ -8,6 +8,9 @@
 //! handshake's SPAKE2; `ring` only offers single-use ephemeral X25519 keys, and a node agrees one
 //! key with every peer from one per-process secret).
 
+mod files;
 pub mod key;
+pub mod keyfile;
+pub mod trust_file;
 
 pub use key::{ExchangeKey, Fingerprint, NodeKey, PublicKey};
