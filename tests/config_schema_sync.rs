@@ -8,6 +8,8 @@ use clawmatrix::config::{self, Config, ModelApi, ModelInput};
 use serde_json::{json, Value};
 
 const SECRET: &str = "0123456789abcdef";
+const FINGERPRINT: &str = "ed25519:00112233445566778899aabbccddeeff";
+const REVOKED: &str = "ed25519:ffeeddccbbaa99887766554433221100";
 
 fn manifest() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openclaw.plugin.json");
@@ -25,6 +27,7 @@ fn full_emitted() -> Value {
     let input = json!({
         "nodeId": "office-01", "secret": SECRET, "listen": true, "listenHost": "0.0.0.0",
         "listenPort": 19000, "proxyPort": 19001,
+        "secretPrevious": "fedcba9876543210", "identity": {"keyFile": "/etc/cm/node.key", "pins": {"cloud-01": FINGERPRINT}, "revoked": [REVOKED]},
         "peers": [{"nodeId": "cloud-01", "url": "wss://cloud.example.com:19000"}],
         "agents": [{"id": "coder", "description": "writes code", "tags": ["coding"]}],
         "models": [{
@@ -388,6 +391,12 @@ fn every_schema_object_forbids_unknown_fields_and_every_field_is_documented() {
         objects.len()
     );
     for (path, o) in objects {
+        if o.get("properties").is_none() && o.get("propertyNames").is_some() {
+            // A map (`identity.pins`): its keys have a pattern, its values a typed schema.
+            assert!(o["propertyNames"]["pattern"].is_string(), "{path}");
+            assert!(o["additionalProperties"]["type"].is_string(), "{path}");
+            continue;
+        }
         assert_eq!(o["additionalProperties"], json!(false), "{path}");
         for (k, p) in o["properties"].as_object().into_iter().flatten() {
             assert!(p["type"].is_string(), "{path}.{k} has no type");
@@ -498,4 +507,25 @@ fn a_type_disagreement_is_caught() {
     let m = key_mismatches(&s, &full_emitted(), "config");
     assert_eq!(m.len(), 1, "{m:?}");
     assert!(m[0].starts_with("config.listenPort: schema type"), "{m:?}");
+}
+
+#[test]
+fn identity_schema_limits_equal_rust_constants() {
+    use config::identity::{FINGERPRINT_PATTERN, MAX_PINS, MAX_REVOKED};
+    let s = schema();
+    let p = &s["properties"];
+    assert_eq!(
+        p["secretPrevious"]["minLength"],
+        json!(config::SECRET_MIN_CHARS)
+    );
+    let pins = &p["identity"]["properties"]["pins"];
+    assert_eq!(pins["maxProperties"], json!(MAX_PINS));
+    assert_eq!(pins["propertyNames"]["pattern"], json!(config::ID_PATTERN));
+    assert_eq!(
+        pins["additionalProperties"]["pattern"],
+        json!(FINGERPRINT_PATTERN)
+    );
+    let revoked = &p["identity"]["properties"]["revoked"];
+    assert_eq!(revoked["maxItems"], json!(MAX_REVOKED));
+    assert_eq!(revoked["items"]["pattern"], json!(FINGERPRINT_PATTERN));
 }

@@ -13,9 +13,12 @@
 //! # Layout
 //! - `mod.rs`: the types, the defaults and limits (constants), serialization back to JSON.
 //! - `parse`: the JSON reader that collects issues.
+//! - [`identity`]: the `identity` section and `secretPrevious` (node keys, pins, revocation,
+//!   secret rotation).
 //! - `url`: the small `ws://` / `wss://` URL parser behind [`PeerUrl`].
 //! - [`secret_strength`]: the entropy estimate behind the low-entropy secret warning.
 
+pub mod identity;
 mod parse;
 pub mod secret_strength;
 mod url;
@@ -27,6 +30,7 @@ use std::fmt;
 
 use serde_json::{json, Value};
 
+pub use identity::{check_own_pin, IdentityConfig};
 pub use parse::is_valid_id;
 pub use url::{PeerUrl, UpstreamUrl};
 
@@ -121,6 +125,11 @@ pub struct Config {
     /// The mesh-wide shared secret (the handshake's SPAKE2 password), at least
     /// [`SECRET_MIN_CHARS`]. Required.
     pub secret: String,
+    /// The previous mesh secret during a rotation (JSON `secretPrevious`): a listener accepts
+    /// it besides `secret`; dialers try `secret` first. Same rules as `secret`, never equal.
+    pub secret_previous: Option<String>,
+    /// Node identity settings (JSON `identity`): key file, pinned keys, revoked keys.
+    pub identity: IdentityConfig,
     /// Accept inbound WebSocket peers.
     pub listen: bool,
     /// Address the mesh listener binds (an IP literal or a hostname).
@@ -447,6 +456,21 @@ impl Config {
     /// The configuration as plugin config JSON (camelCase, every field including defaults and
     /// the secret). `from_json(&c.to_json())` gives `c` back.
     pub fn to_json(&self) -> Value {
+        let mut v = self.base_json();
+        // Optional sections are emitted only when set, so a 0.1.8 config comes back unchanged.
+        if let Some(obj) = v.as_object_mut() {
+            if let Some(p) = &self.secret_previous {
+                obj.insert("secretPrevious".to_owned(), Value::from(p.as_str()));
+            }
+            if !self.identity.is_default() {
+                obj.insert("identity".to_owned(), self.identity.to_json());
+            }
+        }
+        v
+    }
+
+    /// [`Config::to_json`] without the optional sections.
+    fn base_json(&self) -> Value {
         json!({
             "nodeId": self.node_id,
             "secret": self.secret,
@@ -475,6 +499,9 @@ impl Config {
         let mut v = self.to_json();
         if let Some(obj) = v.as_object_mut() {
             obj.insert("secret".to_owned(), Value::from("***"));
+            if obj.contains_key("secretPrevious") {
+                obj.insert("secretPrevious".to_owned(), Value::from("***"));
+            }
         }
         v
     }
@@ -485,6 +512,11 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("node_id", &self.node_id)
             .field("secret", &"***")
+            .field(
+                "secret_previous",
+                &self.secret_previous.as_ref().map(|_| "***"),
+            )
+            .field("identity", &self.identity)
             .field("listen", &self.listen)
             .field("listen_host", &self.listen_host)
             .field("listen_port", &self.listen_port)

@@ -32,6 +32,8 @@ pub(super) fn low_entropy_reason(bits: f64) -> String {
 const ROOT_KEYS: &[&str] = &[
     "nodeId",
     "secret",
+    "secretPrevious",
+    "identity",
     "listen",
     "listenHost",
     "listenPort",
@@ -391,6 +393,13 @@ impl Reader {
 
         let node_id = self.id(map, "", "nodeId", "node id", true);
         let secret = self.secret(map);
+        let secret_previous = super::identity::read_secret_previous(
+            map,
+            secret.as_deref(),
+            &mut self.errors,
+            &mut self.warnings,
+        );
+        let identity = super::identity::read_identity(map, &mut self.errors, &mut self.warnings);
         let listen = self.bool_or(map, "", "listen", DEFAULT_LISTEN);
         let listen_host = self.listen_host(map);
         let listen_port = self.int_or(
@@ -435,6 +444,8 @@ impl Reader {
         Some(Config {
             node_id: node_id?,
             secret: secret?,
+            secret_previous,
+            identity,
             listen,
             listen_host,
             listen_port,
