@@ -14,8 +14,10 @@
 //! - `mod.rs`: the types, the defaults and limits (constants), serialization back to JSON.
 //! - `parse`: the JSON reader that collects issues.
 //! - `url`: the small `ws://` / `wss://` URL parser behind [`PeerUrl`].
+//! - `access`: the `access` section ([`AccessConfig`]), read and validated.
 //! - [`secret_strength`]: the entropy estimate behind the low-entropy secret warning.
 
+mod access;
 mod parse;
 pub mod secret_strength;
 mod url;
@@ -27,6 +29,9 @@ use std::fmt;
 
 use serde_json::{json, Value};
 
+pub use access::{
+    AccessConfig, AccessEffect, AccessRule, ACCESS_LIST_MAX, ACCESS_RULES_MAX, ACCESS_WILDCARD,
+};
 pub use parse::is_valid_id;
 pub use url::{PeerUrl, UpstreamUrl};
 
@@ -157,6 +162,9 @@ pub struct Config {
     /// TLS for mesh links (JSON `tls`): a server certificate for the listener (`wss://`), and
     /// the CA bundle `wss://` peers are verified against. Default: none of it.
     pub tls: TlsConfig,
+    /// Per-caller rules on what this node serves (JSON `access`); default: everyone may use
+    /// everything, as in 0.1.8.
+    pub access: AccessConfig,
 }
 
 /// TLS settings (`tls`). Paths are checked for existence and parsed when the node starts, not
@@ -467,6 +475,7 @@ impl Config {
             "forgetAfterMs": self.forget_after_ms,
             "toolProxy": self.tool_proxy.to_json(),
             "tls": self.tls.to_json(),
+            "access": self.access.to_json(),
         })
     }
 
@@ -502,6 +511,7 @@ impl fmt::Debug for Config {
             .field("forget_after_ms", &self.forget_after_ms)
             .field("tool_proxy", &self.tool_proxy)
             .field("tls", &self.tls)
+            .field("access", &self.access)
             .finish()
     }
 }
