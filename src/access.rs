@@ -171,7 +171,12 @@ fn matches(
         Kind::Agent => (&rule.agents, false),
     };
     list.iter().any(|x| {
-        x == ACCESS_WILDCARD || if fold_case { x.eq_ignore_ascii_case(name) } else { x == name }
+        x == ACCESS_WILDCARD
+            || if fold_case {
+                x.eq_ignore_ascii_case(name)
+            } else {
+                x == name
+            }
     })
 }
 
@@ -301,7 +306,10 @@ mod tests {
             {"name": "named-agents", "nodes": ["lab-02"], "callerAgents": ["*"],
              "agents": ["*"], "effect": "allow"}
         ]}));
-        assert_eq!(a.decide("home-01", Some("main"), Kind::Tool, "read"), Ok(()));
+        assert_eq!(
+            a.decide("home-01", Some("main"), Kind::Tool, "read"),
+            Ok(())
+        );
         let r = refused(a.decide("home-01", Some("other"), Kind::Tool, "read"));
         assert_eq!(
             r.message,
@@ -322,6 +330,10 @@ mod tests {
         let long = "x".repeat(500);
         let r = refused(a.decide("home-01", None, Kind::Tool, &format!("a\nb{long}")));
         assert!(r.message.contains("tool a\\nbx"), "{}", r.message);
-        assert!(r.message.ends_with('…') && r.message.len() < 300, "{}", r.message);
+        assert!(
+            r.message.ends_with('…') && r.message.len() < 300,
+            "{}",
+            r.message
+        );
     }
 }

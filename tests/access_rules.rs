@@ -31,7 +31,12 @@ const TEST_BOUND: Duration = Duration::from_secs(40);
 async fn pair(office_extra: Value, office_opts: StartOptions) -> (Node, Node) {
     let port = reserve_port();
     let office = start_with(config("office", Some(port), &[], office_extra), office_opts);
-    let home = start(config("home", None, &[("office", port)], json!({"models": []})));
+    let home = start(config(
+        "home",
+        None,
+        &[("office", port)],
+        json!({"models": []}),
+    ));
     wait_for("home and office linked", Duration::from_secs(10), || {
         is_direct(&home, "office") && is_direct(&office, "home")
     })
@@ -144,7 +149,10 @@ async fn a_handoff_and_a_message_to_a_refused_agent_name_the_rule_and_never_reac
             StartOptions::default(),
         )
         .await;
-        let host = FakeHost::spawn(office.host(), FakeHostOptions::agents(&["coder", "reviewer"]));
+        let host = FakeHost::spawn(
+            office.host(),
+            FakeHostOptions::agents(&["coder", "reviewer"]),
+        );
         wait_for("home sees office's agents", Duration::from_secs(10), || {
             peer(&home, "office").is_some_and(|p| p.agents.iter().any(|a| a.id == "reviewer"))
         })

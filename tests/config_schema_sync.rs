@@ -301,7 +301,8 @@ fn schema_required_fields_equal_rust_required_fields() {
             schema_items.insert(format!("{key}[0].{r}"));
         }
     }
-    for r in sorted_strings(&s["properties"]["access"]["properties"]["rules"]["items"]["required"]) {
+    for r in sorted_strings(&s["properties"]["access"]["properties"]["rules"]["items"]["required"])
+    {
         schema_items.insert(format!("access.rules[0].{r}"));
     }
     assert_eq!(schema_items, rust_items);
@@ -386,13 +387,23 @@ fn schema_limits_equal_rust_constants() {
     assert_eq!(rules["maxItems"], json!(config::ACCESS_RULES_MAX));
     let id_or_wildcard = format!(
         "^(?:\\*|{})$",
-        config::ID_PATTERN.trim_start_matches('^').trim_end_matches('$')
+        config::ID_PATTERN
+            .trim_start_matches('^')
+            .trim_end_matches('$')
     );
     for key in ["nodes", "callerAgents", "tools", "models", "agents"] {
         let list = &rules["items"]["properties"][key];
-        assert_eq!(list["maxItems"], json!(config::ACCESS_LIST_MAX), "access rule {key}");
+        assert_eq!(
+            list["maxItems"],
+            json!(config::ACCESS_LIST_MAX),
+            "access rule {key}"
+        );
         if key != "tools" && key != "models" {
-            assert_eq!(list["items"]["pattern"], json!(id_or_wildcard), "access rule {key}");
+            assert_eq!(
+                list["items"]["pattern"],
+                json!(id_or_wildcard),
+                "access rule {key}"
+            );
         }
     }
     assert_eq!(

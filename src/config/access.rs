@@ -176,7 +176,12 @@ impl Reader<'_> {
         self.errors.push(ConfigIssue::new(path, reason));
     }
 
-    fn object<'v>(&mut self, v: &'v Value, path: &str, known: &[&str]) -> Option<&'v Map<String, Value>> {
+    fn object<'v>(
+        &mut self,
+        v: &'v Value,
+        path: &str,
+        known: &[&str],
+    ) -> Option<&'v Map<String, Value>> {
         let Value::Object(map) = v else {
             self.error(path, format!("expected an object, got {}", type_name(v)));
             return None;
@@ -355,7 +360,10 @@ impl Reader<'_> {
         if items.len() > ACCESS_LIST_MAX {
             self.error(
                 path,
-                format!("too many entries ({}, limit {ACCESS_LIST_MAX})", items.len()),
+                format!(
+                    "too many entries ({}, limit {ACCESS_LIST_MAX})",
+                    items.len()
+                ),
             );
             return Vec::new();
         }
@@ -470,7 +478,8 @@ mod tests {
         let e = errors_of(json!({"rules": vec![rule; ACCESS_RULES_MAX + 1]}));
         assert_eq!(e, ["access.rules: too many rules (257, limit 256)"]);
         let nodes: Vec<String> = (0..=ACCESS_LIST_MAX).map(|i| format!("n{i}")).collect();
-        let e = errors_of(json!({"rules": [{"nodes": nodes, "tools": ["read"], "effect": "allow"}]}));
+        let e =
+            errors_of(json!({"rules": [{"nodes": nodes, "tools": ["read"], "effect": "allow"}]}));
         assert_eq!(
             e,
             ["access.rules[0].nodes: too many entries (257, limit 256)"]
