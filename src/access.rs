@@ -26,7 +26,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::config::{AccessConfig, AccessEffect, AccessRule, ACCESS_WILDCARD};
+use crate::config::{
+    AccessConfig, AccessEffect, AccessRule, ACCESS_DEFAULT_LABEL, ACCESS_WILDCARD,
+};
 use crate::error::{Error, ErrorCode};
 
 /// Longest requested name or calling agent echoed back in a refusal, in characters: they come
@@ -132,7 +134,7 @@ impl Access {
             None if self.config.default == AccessEffect::Allow => Ok(()),
             None => Err(Refusal {
                 rule_index: None,
-                rule: "default".to_owned(),
+                rule: ACCESS_DEFAULT_LABEL.to_owned(),
                 message: format!(
                     "refused by access.default \"deny\": no rule lets {who} use {} {}",
                     kind.as_str(),

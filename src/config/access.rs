@@ -31,6 +31,9 @@ pub const ACCESS_RULES_MAX: usize = 256;
 /// Most entries in one list of a rule (`nodes`, `callerAgents`, `tools`, `models`, `agents`).
 pub const ACCESS_LIST_MAX: usize = 256;
 
+/// The label of `access.default` in refusals and audit lines, hence not a rule name.
+pub const ACCESS_DEFAULT_LABEL: &str = "default";
+
 const ACCESS_KEYS: &[&str] = &["default", "rules"];
 const RULE_KEYS: &[&str] = &[
     "name",
@@ -265,6 +268,13 @@ impl Reader<'_> {
         let before = self.errors.len();
         let name = match obj.get("name") {
             None => None,
+            Some(Value::String(s)) if s == ACCESS_DEFAULT_LABEL => {
+                self.error(
+                    format!("{path}.name"),
+                    "\"default\" is reserved: refusals and the audit log use it for access.default",
+                );
+                None
+            }
             Some(Value::String(s)) if is_valid_id(s) => Some(s.clone()),
             Some(Value::String(s)) => {
                 self.error(
@@ -461,13 +471,16 @@ mod tests {
         let e = errors_of(json!({"rules": [
             {"name": "a", "nodes": ["*"], "tools": ["read"], "effect": "allow"},
             {"name": "a", "nodes": ["n1", "n1"], "tools": ["read"], "effect": "allow"},
-            {"name": "a", "nodes": ["n1"], "tools": ["read"], "effect": "allow"}
+            {"name": "a", "nodes": ["n1"], "tools": ["read"], "effect": "allow"},
+            {"name": "default", "nodes": ["n1"], "tools": ["read"], "effect": "allow"}
         ]}));
         assert_eq!(
             e,
             [
                 "access.rules[1].nodes[1]: duplicate \"n1\"",
                 "access.rules[2].name: duplicate rule name \"a\" (also access.rules[0])",
+                "access.rules[3].name: \"default\" is reserved: refusals and the audit log use \
+                 it for access.default",
             ]
         );
     }

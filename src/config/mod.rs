@@ -30,7 +30,8 @@ use std::fmt;
 use serde_json::{json, Value};
 
 pub use access::{
-    AccessConfig, AccessEffect, AccessRule, ACCESS_LIST_MAX, ACCESS_RULES_MAX, ACCESS_WILDCARD,
+    AccessConfig, AccessEffect, AccessRule, ACCESS_DEFAULT_LABEL, ACCESS_LIST_MAX,
+    ACCESS_RULES_MAX, ACCESS_WILDCARD,
 };
 pub use parse::is_valid_id;
 pub use url::{PeerUrl, UpstreamUrl};
