@@ -1,7 +1,8 @@
 //! Per-caller access rules (`access`) enforced on the serving node over real loopback sockets:
 //! home dials office directly, office's rules refuse some of what home asks for. Each refusal
 //! names its rule (tool call, handoff, message, model request); the calls next to it still run.
-//! Tool refusals are audited with the rule, the caller node and its agent.
+//! Tool refusals are audited with the rule, the caller node and its agent. A model request one
+//! node refuses is served by the next node that allows it.
 
 mod loopback_common;
 mod proxy_support;
@@ -262,6 +263,63 @@ async fn a_model_request_refused_by_the_default_is_a_403_naming_it_and_an_allowe
         assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body()));
         assert_eq!(got.json(), reply);
         assert_eq!(up.seen().len(), 1);
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_request_one_node_refuses_is_served_by_the_next_node_that_allows_it() {
+    tokio::time::timeout(TEST_BOUND, async {
+        let up = proxy_support::start_upstream().await;
+        let providers = HashMap::from([(
+            "mock".to_string(),
+            json!({"baseUrl": up.base_url(), "api": "openai-completions"}),
+        )]);
+        let served = json!({"models": [{"id": "m-shared", "provider": "mock"}]});
+        // office-0 is home's direct peer, so it is tried first; office-1 is one hop further.
+        let port = reserve_port();
+        let mut strict = served.clone();
+        strict["access"] = json!({"rules": [
+            {"name": "not-home", "nodes": ["home"], "models": ["*"], "effect": "deny"}
+        ]});
+        let office0 = start(config("office-0", Some(port), &[], strict));
+        let office1 = start(config("office-1", None, &[("office-0", port)], served));
+        let home = start(config("home", None, &[("office-0", port)], json!({"models": []})));
+        let _hosts = [
+            proxy_support::fake_host(&office0, providers.clone(), Some("sk-test")),
+            proxy_support::fake_host(&office1, providers, Some("sk-test")),
+            proxy_support::fake_host(&home, HashMap::new(), None),
+        ];
+        wait_for("home reaches office-1 via office-0", Duration::from_secs(10), || {
+            is_direct(&home, "office-0") && is_relayed_via(&home, "office-1", "office-0")
+        })
+        .await;
+        let reply = json!({"id": "x", "object": "chat.completion",
+                           "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]});
+        up.script("m-shared", proxy_support::json_script(200, reply.clone(), &[]));
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", home.config().proxy_port)
+            .parse()
+            .unwrap();
+        let got = proxy_support::fetch(
+            addr,
+            "POST",
+            "/v1/chat/completions",
+            Some(&token::derive(SECRET, "home")),
+            proxy_support::chat("m-shared", false),
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body()));
+        assert_eq!(got.headers["x-clawmatrix-node"], "office-1");
+        assert_eq!(got.json(), reply);
+        assert_eq!(up.seen().len(), 1);
+        let log = drain(&home).await;
+        assert!(
+            log.iter()
+                .any(|l| l.contains("m-shared on office-0") && l.contains("'not-home'")),
+            "home tried office-0 first and was refused: {log:?}"
+        );
     })
     .await
     .expect("bounded");
