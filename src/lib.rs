@@ -5,6 +5,8 @@
 //!
 //! # Layout
 //!
+//! - [`access`]: per-caller access rules (`access`) the serving node checks before it runs a
+//!   tool, a model request or an agent.
 //! - [`alloc`]: the global allocator (mimalloc) and why.
 //! - [`config`]: the plugin configuration (`plugins.entries.clawmatrix.config`) with its
 //!   documented defaults, validated once into typed structs; errors name the field path.
@@ -30,6 +32,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod access;
 pub mod alloc;
 pub mod app;
 pub mod config;

@@ -41,7 +41,11 @@ fn full_emitted() -> Value {
         "tags": ["office"], "handoffTimeout": 600000, "handoffMaxMs": 3600000, "proxyTimeoutMs": 600000,
         "heartbeatIntervalMs": 15000, "heartbeatMisses": 3, "forgetAfterMs": 600000,
         "toolProxy": {"enabled": true, "allow": ["exec"], "deny": ["write"], "maxOutputBytes": 2048, "root": "/srv/agent"},
-        "tls": {"certFile": "/etc/cm/cert.pem", "keyFile": "/etc/cm/key.pem", "caFile": "/etc/cm/ca.pem"}
+        "tls": {"certFile": "/etc/cm/cert.pem", "keyFile": "/etc/cm/key.pem", "caFile": "/etc/cm/ca.pem"},
+        "access": {"default": "deny", "rules": [{
+            "name": "home-read-only", "nodes": ["home-01"], "callerAgents": ["main"],
+            "tools": ["read"], "models": ["*"], "agents": ["coder"], "effect": "allow"
+        }]}
     });
     match Config::from_json(&input) {
         Ok(v) => v.config.to_json(),
@@ -248,6 +252,7 @@ fn schema_defaults_equal_rust_defaults() {
         "agents": [{"id": "a1"}],
         "models": [{"id": "m1", "provider": "ollama"}],
         "proxyModels": [{"id": "m2"}],
+        "access": {"rules": [{"nodes": ["*"], "tools": ["read"], "effect": "allow"}]},
     }))
     .unwrap_or_else(|e| panic!("{e}"))
     .config
@@ -259,6 +264,14 @@ fn schema_defaults_equal_rust_defaults() {
             &format!("config.{key}[]"),
         ));
     }
+    // A rule that sets only `tools` of the three lists: the others take their defaults.
+    let mut rule = with_items["access"]["rules"][0].clone();
+    rule["tools"] = json!([]);
+    m.extend(default_mismatches(
+        &s["properties"]["access"]["properties"]["rules"]["items"],
+        &rule,
+        "config.access.rules[]",
+    ));
     assert!(m.is_empty(), "default mismatch:\n{}", m.join("\n"));
 }
 
@@ -283,12 +296,17 @@ fn schema_required_fields_equal_rust_required_fields() {
     let rust_items = required_paths(json!({
         "nodeId": "n1", "secret": SECRET,
         "peers": [{}], "agents": [{}], "models": [{}], "proxyModels": [{}],
+        "access": {"rules": [{}]},
     }));
     let mut schema_items = BTreeSet::new();
     for key in ["peers", "agents", "models", "proxyModels"] {
         for r in sorted_strings(&s["properties"][key]["items"]["required"]) {
             schema_items.insert(format!("{key}[0].{r}"));
         }
+    }
+    for r in sorted_strings(&s["properties"]["access"]["properties"]["rules"]["items"]["required"])
+    {
+        schema_items.insert(format!("access.rules[0].{r}"));
     }
     assert_eq!(schema_items, rust_items);
 }
@@ -368,6 +386,36 @@ fn schema_limits_equal_rust_constants() {
             "{ptr}"
         );
     }
+    let rules = &p["access"]["properties"]["rules"];
+    assert_eq!(rules["maxItems"], json!(config::ACCESS_RULES_MAX));
+    let id_or_wildcard = format!(
+        "^(?:\\*|{})$",
+        config::ID_PATTERN
+            .trim_start_matches('^')
+            .trim_end_matches('$')
+    );
+    for key in ["nodes", "callerAgents", "tools", "models", "agents"] {
+        let list = &rules["items"]["properties"][key];
+        assert_eq!(
+            list["maxItems"],
+            json!(config::ACCESS_LIST_MAX),
+            "access rule {key}"
+        );
+        if key != "tools" && key != "models" {
+            assert_eq!(
+                list["items"]["pattern"],
+                json!(id_or_wildcard),
+                "access rule {key}"
+            );
+        }
+    }
+    assert_eq!(
+        rules["items"]["properties"]["name"]["pattern"],
+        json!(config::ID_PATTERN)
+    );
+    let effects = json!(["allow", "deny"]);
+    assert_eq!(p["access"]["properties"]["default"]["enum"], effects);
+    assert_eq!(rules["items"]["properties"]["effect"]["enum"], effects);
     let apis: Vec<&str> = ModelApi::ALL.iter().map(|a| a.as_str()).collect();
     assert_eq!(
         p["models"]["items"]["properties"]["api"]["enum"],

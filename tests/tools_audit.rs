@@ -21,7 +21,28 @@ fn entry(tool: &str, outcome: Outcome) -> AuditEntry {
         bytes_in: len,
         bytes_out: 42,
         duration: Duration::from_millis(12),
+        caller_key: None,
+        rule: None,
     }
+}
+
+#[test]
+fn a_line_names_the_callers_key_and_the_refusing_access_rule_when_known() {
+    let tmp = TempDir::new("audit-key");
+    let log = AuditLog::open(Some(tmp.path()));
+    let key = clawmatrix::identity::Fingerprint([0xab; 16]);
+    log.record(&AuditEntry {
+        caller_key: Some(key),
+        rule: Some("no-exec".into()),
+        ..entry("exec", Outcome::Denied)
+    });
+    let text = std::fs::read_to_string(tmp.join("audit.log")).unwrap();
+    let line: Value = serde_json::from_str(text.trim_end()).unwrap();
+    assert_eq!(line["caller_key"], key.to_string());
+    assert!(line["caller_key"].as_str().unwrap().starts_with("ed25519:"));
+    assert_eq!(line["rule"], "no-exec");
+    assert_eq!(line["caller_node"], "home-01");
+    assert_eq!(line["outcome"], "denied");
 }
 
 #[test]

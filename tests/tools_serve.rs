@@ -57,6 +57,7 @@ fn caller() -> Caller {
     Caller {
         node: "home-01".into(),
         agent: Some("main".into()),
+        key: None,
     }
 }
 

@@ -185,6 +185,7 @@ pub(super) fn build_services(
             host: Arc::clone(host),
             max_ms: config.handoff_max_ms,
             log: Arc::clone(&handoffs),
+            access: crate::access::Access::new(&config.access),
         };
         services.insert(
             handoff::METHOD_HANDOFF.to_string(),

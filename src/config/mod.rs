@@ -16,8 +16,10 @@
 //! - [`identity`]: the `identity` section and `secretPrevious` (node keys, pins, revocation,
 //!   secret rotation).
 //! - `url`: the small `ws://` / `wss://` URL parser behind [`PeerUrl`].
+//! - `access`: the `access` section ([`AccessConfig`]), read and validated.
 //! - [`secret_strength`]: the entropy estimate behind the low-entropy secret warning.
 
+mod access;
 pub mod identity;
 mod parse;
 pub mod secret_strength;
@@ -30,6 +32,10 @@ use std::fmt;
 
 use serde_json::{json, Value};
 
+pub use access::{
+    AccessConfig, AccessEffect, AccessRule, ACCESS_DEFAULT_LABEL, ACCESS_LIST_MAX,
+    ACCESS_RULES_MAX, ACCESS_WILDCARD,
+};
 pub use identity::{check_own_pin, IdentityConfig};
 pub use parse::is_valid_id;
 pub use url::{PeerUrl, UpstreamUrl};
@@ -166,6 +172,9 @@ pub struct Config {
     /// TLS for mesh links (JSON `tls`): a server certificate for the listener (`wss://`), and
     /// the CA bundle `wss://` peers are verified against. Default: none of it.
     pub tls: TlsConfig,
+    /// Per-caller rules on what this node serves (JSON `access`); default: everyone may use
+    /// everything, as in 0.1.8.
+    pub access: AccessConfig,
 }
 
 /// TLS settings (`tls`). Paths are checked for existence and parsed when the node starts, not
@@ -491,6 +500,7 @@ impl Config {
             "forgetAfterMs": self.forget_after_ms,
             "toolProxy": self.tool_proxy.to_json(),
             "tls": self.tls.to_json(),
+            "access": self.access.to_json(),
         })
     }
 
@@ -534,6 +544,7 @@ impl fmt::Debug for Config {
             .field("forget_after_ms", &self.forget_after_ms)
             .field("tool_proxy", &self.tool_proxy)
             .field("tls", &self.tls)
+            .field("access", &self.access)
             .finish()
     }
 }

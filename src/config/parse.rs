@@ -51,6 +51,7 @@ const ROOT_KEYS: &[&str] = &[
     "forgetAfterMs",
     "toolProxy",
     "tls",
+    "access",
 ];
 const PEER_KEYS: &[&str] = &["nodeId", "url"];
 const AGENT_KEYS: &[&str] = &["id", "description", "tags"];
@@ -142,7 +143,7 @@ fn tag_problem(tag: &str) -> Option<String> {
 }
 
 /// Why a `toolProxy.allow` / `deny` entry is invalid, if it is.
-fn tool_name_problem(name: &str) -> Option<String> {
+pub(super) fn tool_name_problem(name: &str) -> Option<String> {
     if name.is_empty() {
         return Some("tool name must not be empty".to_owned());
     }
@@ -432,6 +433,10 @@ impl Reader {
             None => TlsConfig::default(),
             Some(v) => self.tls(v),
         };
+        let access = match map.get("access") {
+            None => AccessConfig::default(),
+            Some(v) => super::access::parse(v, &mut self.errors),
+        };
         self.cross_checks(
             listen,
             &listen_host,
@@ -463,6 +468,7 @@ impl Reader {
             forget_after_ms,
             tool_proxy,
             tls,
+            access,
         })
     }
 
@@ -999,7 +1005,7 @@ impl Reader {
 }
 
 /// An unknown key as it appears in a path: plain if it looks like an identifier, else quoted.
-fn quote_key(key: &str) -> String {
+pub(super) fn quote_key(key: &str) -> String {
     let plain = !key.is_empty()
         && key.chars().count() <= ID_MAX_CHARS
         && key

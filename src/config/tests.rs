@@ -386,7 +386,12 @@ fn to_json_round_trips_a_full_config() {
         "tags": ["office", "gpu"], "handoffTimeout": 1000, "handoffMaxMs": 2000, "proxyTimeoutMs": 30000,
         "heartbeatIntervalMs": 100, "heartbeatMisses": 100, "forgetAfterMs": 5000,
         "toolProxy": {"enabled": true, "allow": ["exec"], "deny": ["write"], "maxOutputBytes": 4096, "root": "/srv/agent"},
-        "tls": {"certFile": "/etc/cm/cert.pem", "keyFile": "/etc/cm/key.pem", "caFile": "/etc/cm/ca.pem"}
+        "tls": {"certFile": "/etc/cm/cert.pem", "keyFile": "/etc/cm/key.pem", "caFile": "/etc/cm/ca.pem"},
+        "access": {"default": "deny", "rules": [
+            {"name": "home-read-only", "nodes": ["home-01"], "callerAgents": ["main"],
+             "tools": ["read"], "models": ["*"], "agents": [], "effect": "allow"},
+            {"nodes": ["*"], "tools": ["exec"], "models": [], "agents": ["coder"], "effect": "deny"}
+        ]}
     });
     let c = Config::from_json(&input).unwrap().config;
     assert_eq!(c.to_json(), input);

@@ -22,7 +22,9 @@ pub(super) async fn serve_handoff(
     ctx: CallCtx,
     req: HandoffRequest,
 ) -> Result<Value> {
-    let agent = h.check_agent(req.agent.as_deref()).await?;
+    let agent = h
+        .check_agent(&ctx.from, req.caller_agent.as_deref(), req.agent.as_deref())
+        .await?;
     let served = Served::new(h, &req, agent);
     let run = served.start(&req, &ctx.from)?;
     let relayed = relay(run, ctx.sink, ctx.cancel.clone(), &served).await;

@@ -1,8 +1,10 @@
-//! The serving side: the `agent.handoff` and `agent.send` services, which check the agent and
-//! run it through the host bridge (`agent.run` / `agent.abort` / `agent.send`).
+//! The serving side: the `agent.handoff` and `agent.send` services, which check the agent (the
+//! access rules for the calling node first, then `agents[]` and OpenClaw) and run it through
+//! the host bridge (`agent.run` / `agent.abort` / `agent.send`).
 
 use super::relay::serve_handoff;
 use super::*;
+use crate::access::{Access, Kind};
 use crate::host::HostKind;
 
 /// How long the host may take for the quick requests (`agents.list`, `agent.send`): they only
@@ -38,11 +40,19 @@ pub struct AgentHost {
     /// This node's `handoffMaxMs`: the run is bounded by the smaller of it and the caller's.
     pub max_ms: u64,
     pub log: Arc<HandoffLog>,
+    /// This node's access rules (`access`), checked for every request (kind `agent`).
+    pub access: Arc<Access>,
 }
 
 impl AgentHost {
-    /// The agent to run: offered here and known to OpenClaw.
-    pub(super) async fn check_agent(&self, requested: Option<&str>) -> Result<String> {
+    /// The agent to run: one the access rules let `from` (through `caller_agent`) use, offered
+    /// here and known to OpenClaw. The rules are checked before anything else is looked at.
+    pub(super) async fn check_agent(
+        &self,
+        from: &str,
+        caller_agent: Option<&str>,
+        requested: Option<&str>,
+    ) -> Result<String> {
         let agent = match requested {
             Some(a) => a.to_string(),
             None => self.offered.first().cloned().ok_or_else(|| {
@@ -52,6 +62,9 @@ impl AgentHost {
                 )
             })?,
         };
+        self.access
+            .decide(from, caller_agent, Kind::Agent, &agent)
+            .map_err(Error::from)?;
         if !self.offered.contains(&agent) {
             return Err(Error::new(
                 ErrorCode::NotFound,
@@ -178,7 +191,9 @@ fn send_request(payload: &[u8]) -> Result<SendRequest> {
 }
 
 async fn serve_send(h: &AgentHost, from: &str, req: SendRequest) -> Result<Value> {
-    let agent = h.check_agent(req.agent.as_deref()).await?;
+    let agent = h
+        .check_agent(from, req.caller_agent.as_deref(), req.agent.as_deref())
+        .await?;
     let session_key = send_session_key(&agent);
     let who = origin(req.caller_agent.as_deref(), from);
     let text = format!(

@@ -1,5 +1,7 @@
-//! The serving side: the `model.http` mesh method. For a model in this node's `models[]`, find
-//! its upstream (base URL, API dialect, key), forward the consumer's body with only the
+//! The serving side: the `model.http` mesh method. For a model in this node's `models[]` that
+//! the access rules let the calling node use (kind `model`; a refusal is answered with HTTP 403,
+//! cause `access_denied`, and `retry: true`: another node serving the model has its own rules),
+//! find its upstream (base URL, API dialect, key), forward the consumer's body with only the
 //! credentials and the upstream model id substituted, and stream the upstream's bytes back.
 //!
 //! Upstream resolution, per model: `models[].upstream` when set (key from `apiKeyEnv`, else from
@@ -20,6 +22,7 @@ use serde_json::Value;
 
 use super::client::{self, Conn, Gathered, SendError};
 use super::tunnel::{self, TunnelEnd, TunnelHead, TunnelRequest};
+use crate::access::{Access, Kind};
 use crate::config::{Config, ModelApi, ModelConfig, UpstreamUrl};
 use crate::error::Result;
 use crate::host::HostBridge;
@@ -66,6 +69,7 @@ pub struct ModelService {
 
 struct Inner {
     config: Arc<Config>,
+    access: Arc<Access>,
     host: Arc<HostBridge>,
     cache: Mutex<HashMap<String, (Instant, Upstream)>>,
     pool: client::Pool,
@@ -75,6 +79,7 @@ impl ModelService {
     pub fn new(config: Arc<Config>, host: Arc<HostBridge>) -> Self {
         ModelService {
             inner: Arc::new(Inner {
+                access: Access::new(&config.access),
                 config,
                 host,
                 cache: Mutex::new(HashMap::new()),
@@ -210,7 +215,7 @@ async fn serve(svc: &ModelService, mut ctx: CallCtx, payload: &[u8]) -> TunnelEn
         Ok(x) => x,
         Err(e) => return TunnelEnd::fail(400, "bad_request", e, false),
     };
-    let up = match svc.upstream_for(&req).await {
+    let up = match svc.upstream_for(&ctx.from, &req).await {
         Ok(u) => u,
         Err(end) => return end,
     };
@@ -253,9 +258,22 @@ async fn serve(svc: &ModelService, mut ctx: CallCtx, payload: &[u8]) -> TunnelEn
 }
 
 impl ModelService {
-    /// The upstream of the model `req` asks for: it must be in this node's `models[]`, resolve,
-    /// and speak the dialect of the path the consumer used.
-    async fn upstream_for(&self, req: &TunnelRequest) -> std::result::Result<Upstream, TunnelEnd> {
+    /// The upstream of the model `req` asks for: the access rules must let `from` use it, it
+    /// must be in this node's `models[]`, resolve, and speak the dialect of the path the
+    /// consumer used.
+    async fn upstream_for(
+        &self,
+        from: &str,
+        req: &TunnelRequest,
+    ) -> std::result::Result<Upstream, TunnelEnd> {
+        // model.http names no calling agent: rules with callerAgents never match it.
+        if let Err(r) = self
+            .inner
+            .access
+            .decide(from, None, Kind::Model, &req.model)
+        {
+            return Err(TunnelEnd::fail(403, "access_denied", r.message, true));
+        }
         let Some(m) = self.inner.config.models.iter().find(|m| m.id == req.model) else {
             return Err(TunnelEnd::fail(
                 404,

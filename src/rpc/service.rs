@@ -57,6 +57,9 @@ pub trait Service: Send + Sync + 'static {
 pub struct CallCtx {
     /// The authenticated calling node.
     pub from: NodeId,
+    /// The fingerprint of the calling node's key, once the mesh verified it (`None` until
+    /// then); audited next to `from`.
+    pub caller_key: Option<crate::identity::Fingerprint>,
     /// The method name.
     pub method: String,
     /// Where stream chunks go.

@@ -2,7 +2,8 @@
 //!
 //! Every call a remote node makes here (allowed, denied or failed) is appended as one JSON line
 //! to `<state dir>/audit.log` (created `0600`), and counted in an in-memory [`AuditSummary`]
-//! that `clawmatrix.status` shows. A line holds when, who (caller node and agent), which tool,
+//! that `clawmatrix.status` shows. A line holds when, who (caller node, the fingerprint of its
+//! verified key when the mesh knows it, and the calling agent), which tool,
 //! the SHA-256 of the canonical JSON arguments, the outcome, the bytes in and out and the
 //! duration — never the arguments or any file content, so commands, file bodies and whatever
 //! secrets they carry stay out of the log. (A digest of a short, guessable argument can be
@@ -16,6 +17,8 @@
 //! {"ts":"2026-09-06T12:00:00.123Z","caller_node":"home-01","caller_agent":"main","tool":"exec",
 //!  "args_sha256":"9f86…","outcome":"ok","bytes_in":24,"bytes_out":311,"duration_ms":12}
 //! ```
+//! `caller_key` (`"ed25519:…"`) is added when the caller's key is known, and `rule` (the
+//! access rule's name, or `default`) when an access rule refused the call.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -43,7 +46,7 @@ const NAME_MAX_CHARS: usize = 128;
 pub enum Outcome {
     /// The tool ran and answered (a command's non-zero exit status is still `ok`).
     Ok,
-    /// Refused by policy (`toolProxy`, the filesystem root).
+    /// Refused by policy (`toolProxy`, `access`, the filesystem root).
     Denied,
     /// Failed with this error code (`CLAWMATRIX_NOT_FOUND`, `CLAWMATRIX_TIMEOUT`, ...).
     Error(&'static str),
@@ -69,6 +72,8 @@ pub struct AuditEntry {
     pub caller_node: String,
     /// The calling agent, if the caller said.
     pub caller_agent: Option<String>,
+    /// The fingerprint of the calling node's verified key, if known.
+    pub caller_key: Option<crate::identity::Fingerprint>,
     /// The tool name as requested.
     pub tool: String,
     /// [`args_digest`] of the arguments.
@@ -81,6 +86,8 @@ pub struct AuditEntry {
     pub bytes_out: u64,
     /// Wall time from arrival to reply.
     pub duration: Duration,
+    /// The access rule that refused the call (its name, `rules[i]` or `default`), if one did.
+    pub rule: Option<String>,
 }
 
 /// The last call, as shown in the summary.
@@ -212,8 +219,16 @@ impl AuditLog {
             "bytes_in": entry.bytes_in,
             "bytes_out": entry.bytes_out,
             "duration_ms": duration_ms,
-        })
-        .to_string();
+        });
+        if let Some(obj) = line.as_object_mut() {
+            if let Some(k) = entry.caller_key {
+                obj.insert("caller_key".to_owned(), Value::from(k.to_string()));
+            }
+            if let Some(r) = &entry.rule {
+                obj.insert("rule".to_owned(), Value::from(bounded(r)));
+            }
+        }
+        let mut line = line.to_string();
         line.push('\n');
 
         let mut st = match self.state.lock() {

@@ -2,8 +2,9 @@
 //! reply cap and the audit trail, behind one [`ToolServer::call`].
 //!
 //! # Flow of one call
-//! 1. The policy ([`ToolPolicy`]) is checked first, before the arguments are even parsed: a
-//!    refused caller learns nothing about this node.
+//! 1. The policy ([`ToolPolicy`]) is checked first, then the access rules
+//!    ([`crate::access`], kind `tool`), before the arguments are even parsed: a refused caller
+//!    learns nothing about this node. An access refusal is audited with the rule's name.
 //! 2. `exec`, `read`, `write` and `edit` run here, natively (OpenClaw cannot invoke its own for
 //!    a plugin). Their arguments are checked strictly: unknown fields, missing or mistyped
 //!    fields and oversized strings are refused, naming the field.
@@ -29,6 +30,7 @@ use std::time::{Instant, SystemTime};
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, watch};
 
+use crate::access::{Access, Kind};
 use crate::config::Config;
 use crate::error::json_type_name as type_name;
 use crate::error::{Error, ErrorCode};
@@ -56,6 +58,8 @@ pub struct Caller {
     pub node: String,
     /// The calling agent, if known.
     pub agent: Option<String>,
+    /// The fingerprint of the calling node's verified key, if the mesh knows it.
+    pub key: Option<crate::identity::Fingerprint>,
 }
 
 /// A tool's answer.
@@ -111,6 +115,7 @@ impl RootSource {
 pub struct ToolServer {
     node_id: String,
     policy: ToolPolicy,
+    access: Arc<Access>,
     root: RootSource,
     max_output_bytes: usize,
     audit: Arc<AuditLog>,
@@ -133,6 +138,7 @@ impl ToolServer {
         ToolServer {
             node_id: config.node_id.clone(),
             policy: ToolPolicy::from_config(&config.node_id, &config.tool_proxy),
+            access: Access::new(&config.access),
             root,
             max_output_bytes: config.tool_proxy.max_output_bytes,
             audit: Arc::new(AuditLog::open(state_dir.as_deref())),
@@ -179,6 +185,12 @@ impl ToolServer {
             args_sha256: digest,
             bytes_in,
         };
+        if let Err((e, rule)) = self.admit(caller, tool) {
+            let mut entry = pending.entry(Outcome::Denied, 0);
+            entry.rule = rule;
+            self.audit.record(&entry);
+            return Err(e);
+        }
         let result = self
             .dispatch(tool, args, bytes_in, progress, cancel)
             .await
@@ -208,6 +220,18 @@ impl ToolServer {
         }
     }
 
+    /// `toolProxy` first, then the access rules; the refusal, with the refusing access rule's
+    /// label when it was one.
+    fn admit(&self, caller: &Caller, tool: &str) -> Result<(), (Error, Option<String>)> {
+        self.policy.check(tool).map_err(|e| (e, None))?;
+        self.access
+            .decide(&caller.node, caller.agent.as_deref(), Kind::Tool, tool)
+            .map_err(|r| {
+                let rule = r.rule.clone();
+                (Error::from(r), Some(rule))
+            })
+    }
+
     async fn dispatch(
         &self,
         tool: &str,
@@ -216,7 +240,6 @@ impl ToolServer {
         progress: Option<mpsc::Sender<ExecChunk>>,
         cancel: watch::Receiver<bool>,
     ) -> Result<Routed, Error> {
-        self.policy.check(tool)?;
         if bytes_in > MAX_ARGS_BYTES {
             return Err(Error::new(
                 ErrorCode::TooLarge,
@@ -422,12 +445,14 @@ impl PendingAudit {
             at: self.at,
             caller_node: self.caller.node.clone(),
             caller_agent: self.caller.agent.clone(),
+            caller_key: self.caller.key,
             tool: self.tool.clone(),
             args_sha256: self.args_sha256.clone(),
             outcome,
             bytes_in: self.bytes_in,
             bytes_out,
             duration: self.started.elapsed(),
+            rule: None,
         }
     }
 }

@@ -316,6 +316,7 @@ impl Actor {
         let task_from = from.clone();
         let ctx = CallCtx {
             from: from.clone(),
+            caller_key: None,
             method,
             sink: ChunkSink::new(Arc::clone(&port), from, call_id, credit, cancel_rx.clone()),
             cancel: cancel_rx,

@@ -50,6 +50,7 @@ impl Service for ToolService {
             let caller = Caller {
                 node: ctx.from.clone(),
                 agent: req.caller_agent,
+                key: ctx.caller_key,
             };
             let cancel = ctx.cancel.clone();
             let mut sink = ctx.sink;
