@@ -1,8 +1,9 @@
-// `openclaw clawmatrix status|peers`: runs in the CLI process and asks the running gateway.
+// `openclaw clawmatrix status|peers|trust reset <nodeId>`: runs in the CLI process and asks the
+// running gateway.
 import type { PluginApi } from "./host.js";
 import { native } from "./native.js";
 
-const DESCRIPTION = "Inspect the ClawMatrix mesh (status, peers)";
+const DESCRIPTION = "Inspect the ClawMatrix mesh (status, peers) and manage node trust";
 
 type GatewayRuntime = {
   callGatewayFromCli(method: string, opts: Record<string, unknown>, params?: unknown): Promise<unknown>;
@@ -27,12 +28,26 @@ export function registerCli(api: PluginApi): void {
         .description("Known peers as JSON")
         .option("--timeout <ms>", "gateway call timeout in ms", "10000")
         .action((opts: { timeout?: string }) => run("clawmatrix.peers", opts, (p) => JSON.stringify(p, null, 2)));
+      root
+        .command("trust")
+        .description("Node keys this gateway trusts")
+        .command("reset <nodeId>")
+        .description("Forget the key trusted for a node (after it was reinstalled with a new key)")
+        .option("--timeout <ms>", "gateway call timeout in ms", "10000")
+        .action((nodeId: string, opts: { timeout?: string }) =>
+          run("clawmatrix.trustReset", opts, (p) => String((p as { message?: unknown }).message), { nodeId }),
+        );
     },
     { descriptors: [{ name: "clawmatrix", description: DESCRIPTION, hasSubcommands: true }] },
   );
 }
 
-async function run(method: string, opts: { timeout?: string }, render: (payload: unknown) => string): Promise<void> {
+async function run(
+  method: string,
+  opts: { timeout?: string },
+  render: (payload: unknown) => string,
+  params: Record<string, unknown> = {},
+): Promise<void> {
   let sdk: GatewayRuntime;
   try {
     sdk = (await import("openclaw/plugin-sdk/gateway-runtime" as string)) as GatewayRuntime;
@@ -43,7 +58,7 @@ async function run(method: string, opts: { timeout?: string }, render: (payload:
   }
   let payload: unknown;
   try {
-    payload = await sdk.callGatewayFromCli(method, { json: true, timeout: opts.timeout ?? "10000" }, {});
+    payload = await sdk.callGatewayFromCli(method, { json: true, timeout: opts.timeout ?? "10000" }, params);
   } catch (e) {
     process.stderr.write(`clawmatrix: cannot reach the gateway: ${oneLine(e)}\n`);
     process.exitCode = 1;

@@ -1,4 +1,5 @@
-// Gateway methods clawmatrix.status and clawmatrix.peers (scope operator.read).
+// Gateway methods clawmatrix.status and clawmatrix.peers (scope operator.read), and
+// clawmatrix.trustReset (scope operator.admin: it changes which keys this node accepts).
 import type { PluginApi } from "./host.js";
 import type { ClawMatrixNode, PeerView, StatusReport } from "./native.js";
 
@@ -18,4 +19,16 @@ export function registerMethods(api: PluginApi, current: () => ClawMatrixNode): 
     );
   method("clawmatrix.status", (n) => n.status());
   method("clawmatrix.peers", (n) => n.peers());
+  api.registerGatewayMethod(
+    "clawmatrix.trustReset",
+    async ({ params, respond }) => {
+      try {
+        respond(true, await current().trustReset(String(params?.nodeId ?? "")));
+      } catch (e) {
+        const err = e as { code?: string; message?: string };
+        respond(false, undefined, { code: err.code ?? "CLAWMATRIX_INTERNAL", message: String(err.message ?? e) });
+      }
+    },
+    { scope: "operator.admin" },
+  );
 }

@@ -61,6 +61,13 @@ export declare class ClawMatrixNode {
    */
   meshPing(nodeId: string, timeoutMs?: number | undefined | null): Promise<number>
   /**
+   * Forget the key this node trusts for `nodeId` (after checking with its operator that it
+   * was reinstalled with a new key): its next key is trusted on first use. Resolves to what
+   * happened (`reset`: whether a key was trusted, `message` for the operator); rejects with
+   * `CLAWMATRIX_INVALID_ARGUMENT` (not a node id) or `CLAWMATRIX_NOT_RUNNING`.
+   */
+  trustReset(nodeId: string): Promise<TrustReset>
+  /**
    * Start one of the seven tools. Arguments are validated first; pull the steps with
    * `ToolCall.next()`: zero or more `progress`, then one `result` (or a rejection with the
    * call's coded error), then `null`.
@@ -163,6 +170,17 @@ export interface HostRequest {
  */
 export type HostRequestKind = 'agents.list' | 'agent.run' | 'agent.abort' | 'agent.send' | 'providers.sync' | 'model.upstream' | 'cancel'
 
+/** This node's key and the keys it trusts. */
+export interface IdentityView {
+  /** `ed25519:` + 32 hex: what other nodes pin. */
+  fingerprint: string
+  /** The public key, 64 hex. */
+  key: string
+  /** The key file (absent without a state dir). */
+  keyFile?: string
+  trust: Array<TrustView>
+}
+
 /** The most recent remote tool call served here. */
 export interface LastToolCall {
   callerAgent: string | null
@@ -189,11 +207,17 @@ export interface MeshCounters {
   delivered: number
   /** Dropped frames by reason. */
   dropped: Record<string, number>
+  e2EOpened: number
+  /** Routed frames refused by the end-to-end check, by reason. */
+  e2ERefused: Record<string, number>
+  e2ESealed: number
   framesIn: number
   framesOut: number
   /** Handshake rejections by code. */
   handshakeRejects: Record<string, number>
   heartbeatTimeouts: number
+  /** Keys refused for a node id, by reason. */
+  keyRefusals: Record<string, number>
   linksUp: number
   ownRecordEchoes: number
   ownRecordSuperseded: number
@@ -227,6 +251,8 @@ export interface PeerView {
   agents: Array<AgentView>
   /** True when a direct link is up. */
   connected: boolean
+  /** Fingerprint of the node key its record carries (`ed25519:…`). */
+  fingerprint: string | null
   /** Links on the path (1 = direct); `null` when unreachable. */
   hops: number | null
   /** Milliseconds since anything was last heard from or about this node. */
@@ -239,6 +265,8 @@ export interface PeerView {
   reachableVia: string | null
   state: PeerState
   tags: Array<string>
+  /** `pinned`, `first_seen` or `changed`; `null` when no key is bound yet. */
+  trust: string | null
 }
 
 /**
@@ -302,6 +330,8 @@ export interface StatusReport {
   /** Set while the node's actor is down after a failure. */
   failed?: Failure
   handoffs?: HandoffsStatus
+  /** This node's key and the keys it trusts (absent while stopped). */
+  identity?: IdentityView
   /** The bound mesh listener port, or `false` when not listening. */
   listen: number | false
   /** The bound listener address (`host:port`), when listening. */
@@ -374,6 +404,26 @@ export interface ToolStep {
 
 /** What a [`ToolStep`] is. */
 export type ToolStepKind = 'progress' | 'result'
+
+/** The result of a trust reset. */
+export interface TrustReset {
+  /** What happened, for the operator. */
+  message: string
+  nodeId: string
+  /** Whether a key was trusted (and is now forgotten). */
+  reset: boolean
+}
+
+/** One node id with a trusted key. */
+export interface TrustView {
+  fingerprint: string
+  nodeId: string
+  /** Fingerprint of the last refused key, when `changed`. */
+  offered?: string
+  refusals: number
+  /** `pinned`, `first_seen` or `changed`. */
+  state: string
+}
 
 /** Validate a plugin config without starting anything. */
 export declare function validateConfig(config: unknown): ConfigCheck

@@ -37,7 +37,7 @@ use crate::config::Config;
 use crate::error::{Error as CoreError, ErrorCode};
 
 mod status;
-pub use status::{PeerView, StatusReport};
+pub use status::{PeerView, StatusReport, TrustReset};
 
 fn js_err(e: CoreError) -> napi::Error<ErrorCode> {
     napi::Error::new(e.code, e.message)
@@ -671,6 +671,31 @@ impl ClawMatrixNode {
                 .request(&node_id, crate::rpc::METHOD_ECHO, vec![0x5a; 64], timeout)
                 .await?;
             Ok(t0.elapsed().as_secs_f64() * 1000.0)
+        })
+        .await
+    }
+
+    /// Forget the key this node trusts for `nodeId` (after checking with its operator that it
+    /// was reinstalled with a new key): its next key is trusted on first use. Resolves to what
+    /// happened (`reset`: whether a key was trusted, `message` for the operator); rejects with
+    /// `CLAWMATRIX_INVALID_ARGUMENT` (not a node id) or `CLAWMATRIX_NOT_RUNNING`.
+    #[napi(ts_return_type = "Promise<TrustReset>")]
+    pub async fn trust_reset(&self, node_id: String) -> Outcome<status::TrustReset> {
+        guarded_async("trustReset", async {
+            let reset = self.node.reset_trust(&node_id).await?;
+            let message = if reset {
+                format!(
+                    "trust of {node_id} reset: its next key is trusted on first use (a pin in \
+                     identity.pins still applies)"
+                )
+            } else {
+                format!("no key was trusted for {node_id}; nothing to reset")
+            };
+            Ok(status::TrustReset {
+                message,
+                node_id,
+                reset,
+            })
         })
         .await
     }

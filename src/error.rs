@@ -44,6 +44,10 @@ pub enum ErrorCode {
     /// regular file, oversized, malformed). The message names the file and how to fix it; the
     /// node never replaces such a file by itself.
     Identity,
+    /// A frame of the call failed the end-to-end check on arrival (altered, injected or
+    /// replayed by a relay), or a stream chunk was missing or out of order: the result cannot
+    /// be trusted and the call was cancelled.
+    Integrity,
 }
 
 impl ErrorCode {
@@ -66,6 +70,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "CLAWMATRIX_TOO_LARGE",
             ErrorCode::Io => "CLAWMATRIX_IO",
             ErrorCode::Identity => "CLAWMATRIX_IDENTITY",
+            ErrorCode::Integrity => "CLAWMATRIX_INTEGRITY",
         }
     }
 }
@@ -103,7 +108,7 @@ impl AsRef<str> for ErrorCode {
 
 impl ErrorCode {
     /// Every code, for parsing.
-    const ALL: [ErrorCode; 16] = [
+    const ALL: [ErrorCode; 17] = [
         ErrorCode::ConfigInvalid,
         ErrorCode::BindFailed,
         ErrorCode::NotRunning,
@@ -120,6 +125,7 @@ impl ErrorCode {
         ErrorCode::TooLarge,
         ErrorCode::Io,
         ErrorCode::Identity,
+        ErrorCode::Integrity,
     ];
 
     /// The code whose [`as_str`](ErrorCode::as_str) is `s` (e.g. an error code a remote node

@@ -57,6 +57,44 @@ pub struct PeerView {
     pub agents: Vec<AgentView>,
     pub models: Vec<ModelView>,
     pub tags: Vec<String>,
+    /// Fingerprint of the node key its record carries (`ed25519:…`).
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+    /// How this node trusts that key: `pinned`, `first_seen`, or `changed` (another key was
+    /// offered for the node id and refused); `null` when no key is bound yet.
+    #[serde(default)]
+    pub trust: Option<String>,
+}
+
+/// This node's identity and what it trusts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityView {
+    /// Fingerprint of this node's key (`ed25519:` + 32 hex), what other nodes pin.
+    pub fingerprint: String,
+    /// The public key, 64 hex.
+    pub key: String,
+    /// The key file; absent without a state dir (the key then lasts as long as the process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    /// Every node id with a trusted key or a pin, in node-id order.
+    pub trust: Vec<TrustView>,
+}
+
+/// One node id this node trusts a key for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustView {
+    pub node_id: String,
+    /// Fingerprint of the trusted key (the pin, for a pinned node).
+    pub fingerprint: String,
+    /// `pinned`, `first_seen`, or `changed` (another key was offered and refused).
+    pub state: String,
+    /// Fingerprint of the last refused key, when `changed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offered: Option<String>,
+    /// How many times another key was refused for this node id.
+    pub refusals: u64,
 }
 
 /// Mesh counters of this node since it started (cumulative; all 0 when stopped).
@@ -103,6 +141,15 @@ pub struct MeshCounters {
     pub own_record_echoes: u64,
     /// Copies of this node's own record newer than its own (re-published past them).
     pub own_record_superseded: u64,
+    /// Keys refused for a node id, by reason (`key_changed`, `revoked`, `trust_full`).
+    pub key_refusals: BTreeMap<String, u64>,
+    /// Routed frames for this node refused by the end-to-end check, by reason (`bad_tag`,
+    /// `replay`, `unsealed`, `no_key`, `mismatch`, `bad_inner`, `no_session`; `seq` for a
+    /// stream chunk out of order).
+    pub e2e_refused: BTreeMap<String, u64>,
+    /// Routed frames sealed here / opened here.
+    pub e2e_sealed: u64,
+    pub e2e_opened: u64,
 }
 
 /// The whole status report of this node.
@@ -127,6 +174,9 @@ pub struct StatusReport {
     /// Mesh counters; absent in reports from older versions.
     #[serde(default)]
     pub mesh: MeshCounters,
+    /// This node's key and the keys it trusts; absent while stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityView>,
     /// Remote tool policy (`enabled`, `allow`, `deny`, `root`) and the audit summary
     /// (`audit`: calls, ok, denied, errors, byTool, last, ...); absent while stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -186,6 +236,10 @@ pub fn render_text(s: &StatusReport) -> String {
         }
     );
     render_health(&mut out, s);
+    if let Some(id) = &s.identity {
+        let _ = writeln!(out, "  Node key: {}", id.fingerprint);
+        render_trust(&mut out, &id.trust);
+    }
     let _ = writeln!(out, "  Mesh: {listen}");
     let _ = writeln!(out, "  Traffic: {}", render_counters(&s.mesh));
     let _ = writeln!(out, "  Model proxy: http://127.0.0.1:{}/v1", s.proxy_port);
@@ -232,6 +286,27 @@ fn render_health(out: &mut String, s: &StatusReport) {
 }
 
 /// The peers header and one block per peer.
+/// One line per trusted node id; a refused key is called out.
+fn render_trust(out: &mut String, trust: &[TrustView]) {
+    use std::fmt::Write;
+    if trust.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "  Trusted keys ({}):", trust.len());
+    for t in trust {
+        let _ = write!(out, "    {}: {} ({})", t.node_id, t.fingerprint, t.state);
+        if let Some(o) = &t.offered {
+            let _ = write!(
+                out,
+                " - REFUSED {o} {} time(s); if {} was reinstalled, check it and run \
+                 `openclaw clawmatrix trust reset {}`",
+                t.refusals, t.node_id, t.node_id
+            );
+        }
+        let _ = writeln!(out);
+    }
+}
+
 fn render_peers(out: &mut String, peers: &[PeerView]) {
     use std::fmt::Write;
     let connected = peers.iter().filter(|p| p.connected).count();
@@ -254,9 +329,14 @@ fn render_peers(out: &mut String, peers: &[PeerView]) {
             .last_seen_ms_ago
             .map(|ms| format!("{:.1} s ago", ms as f64 / 1000.0))
             .unwrap_or_else(|| "never".to_string());
+        let key = match (&p.fingerprint, &p.trust) {
+            (Some(f), Some(t)) => format!(", key {f} ({t})"),
+            (Some(f), None) => format!(", key {f}"),
+            _ => String::new(),
+        };
         let _ = writeln!(
             out,
-            "  - {}: {how}, latency {latency}, last seen {seen}",
+            "  - {}: {how}, latency {latency}, last seen {seen}{key}",
             p.node_id
         );
         let _ = writeln!(out, "      agents: {}", join_agents(&p.agents));
@@ -436,6 +516,8 @@ mod tests {
                     agents: vec![],
                     models: vec![],
                     tags: vec!["cloud".into()],
+                    fingerprint: Some("ed25519:00112233445566778899aabbccddeeff".into()),
+                    trust: Some("pinned".into()),
                 },
                 PeerView {
                     node_id: "office-01".into(),
@@ -452,8 +534,11 @@ mod tests {
                         description: None,
                     }],
                     tags: vec!["gpu".into()],
+                    fingerprint: None,
+                    trust: None,
                 },
             ],
+            identity: None,
             tools: None,
             handoffs: None,
             failed: None,

@@ -1,18 +1,21 @@
 //! Gossip from a peer that knows the secret but lies, through a real listener: forged records
-//! with absurd stamps, a forged copy of the listener's own record, names that break the id
-//! rule, oversized records and a flood of bloated ones. The node must not panic (these tests
-//! run a debug build, where overflow panics), must keep superseding forgeries of its own
-//! record, must hold at most its documented budget, and must still render status and peers.
+//! with absurd stamps, forged copies of the listener's own record and of another node's record
+//! and `leave`, names that break the id rule, oversized records and a flood of bloated ones. The
+//! node must not panic (these tests run a debug build, where overflow panics), must refuse
+//! every record and leave its owner did not sign, must hold at most its documented budget, and
+//! must still render status and peers.
 
 mod loopback_common;
 
 use std::time::Duration;
 
 use clawmatrix::app::Node;
+use clawmatrix::identity::NodeKey;
 use clawmatrix::mesh::{MAX_RECORDS_HELD_BYTES, MAX_RECORD_STAMP};
 use clawmatrix::proto::codec;
 use clawmatrix::proto::frame::{Body, Header, ENVELOPE_VERSION};
-use clawmatrix::proto::{AgentInfo, FrameId, NodeRecord};
+use clawmatrix::proto::signed::{leave_message, SignedRecord};
+use clawmatrix::proto::{AgentInfo, Bytes32, FrameId, NodeRecord, Sig64};
 use futures_util::SinkExt;
 use loopback_common::*;
 use serde_json::json;
@@ -22,6 +25,10 @@ const TEST_BOUND: Duration = Duration::from_secs(60);
 const MALLORY: &str = "mallory";
 
 fn link_local(seq: u64, body: Body) -> Vec<u8> {
+    link_local_with(seq, body, Vec::new())
+}
+
+fn link_local_with(seq: u64, body: Body, payload: Vec<u8>) -> Vec<u8> {
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(&seq.to_be_bytes());
     id[8..].copy_from_slice(&nonce(3)[..8]);
@@ -35,14 +42,22 @@ fn link_local(seq: u64, body: Body) -> Vec<u8> {
         ts: seq,
         body,
     };
-    codec::encode(&header, &[]).expect("encode")
+    codec::encode_owned(&header, payload).expect("encode")
 }
 
+/// Mallory's own node key (what `raw_handshake` proves for it).
+fn mallory() -> std::sync::Arc<NodeKey> {
+    test_key(MALLORY)
+}
+
+/// A record claiming to be `node`'s, carrying Mallory's key (signed by it in [`gossip`]).
 fn record(node: &str, incarnation: u64, version: u64) -> NodeRecord {
     NodeRecord {
         node: node.into(),
         incarnation,
         version,
+        key: mallory().public(),
+        xkey: Bytes32([9; 32]),
         listen: false,
         agents: Vec::new(),
         models: Vec::new(),
@@ -51,8 +66,19 @@ fn record(node: &str, incarnation: u64, version: u64) -> NodeRecord {
     }
 }
 
+/// A gossip frame with `records`, each signed by Mallory.
 fn gossip(seq: u64, records: Vec<NodeRecord>) -> Vec<u8> {
-    link_local(seq, Body::Gossip { records })
+    signed_by(seq, records, &mallory())
+}
+
+/// A gossip frame with `records`, each signed by `key`.
+fn signed_by(seq: u64, records: Vec<NodeRecord>, key: &NodeKey) -> Vec<u8> {
+    let n = records.len() as u32;
+    let mut payload = Vec::new();
+    for r in records {
+        payload.extend_from_slice(&SignedRecord::sign(r, key).expect("signs").wire);
+    }
+    link_local_with(seq, Body::Gossip { records: n }, payload)
 }
 
 fn refused(n: &Node, why: &str) -> u64 {
@@ -78,7 +104,12 @@ fn hub(id: &str) -> (Node, u16) {
 async fn absurd_stamps_and_bad_names_are_refused_and_the_owner_still_supersedes() {
     tokio::time::timeout(TEST_BOUND, async {
         let (h, port) = hub("hub-a");
-        let office = start(config("office", None, &[("hub-a", port)], json!({})));
+        // office keeps its node key across its restart below (a state dir), as a real one does.
+        let office_state = StateDir::new("office");
+        let office = start_in(
+            config("office", None, &[("hub-a", port)], json!({})),
+            &office_state,
+        );
         wait_for("office known", Duration::from_secs(5), || {
             peer(&h, "office").is_some()
         })
@@ -104,6 +135,7 @@ async fn absurd_stamps_and_bad_names_are_refused_and_the_owner_still_supersedes(
             Body::Leave {
                 node: "office".into(),
                 incarnation: u64::MAX,
+                sig: Sig64([0; 64]),
             },
         )))
         .await
@@ -140,12 +172,15 @@ async fn absurd_stamps_and_bad_names_are_refused_and_the_owner_still_supersedes(
         let before = view(&h, "office").expect("office").version;
         assert!(before < MAX_RECORD_STAMP);
         office.stop();
-        let office2 = start(config(
-            "office",
-            None,
-            &[("hub-a", port)],
-            json!({"tags": ["after-restart"]}),
-        ));
+        let office2 = start_in(
+            config(
+                "office",
+                None,
+                &[("hub-a", port)],
+                json!({"tags": ["after-restart"]}),
+            ),
+            &office_state,
+        );
         wait_for("office's new record", Duration::from_secs(10), || {
             view(&h, "office").is_some_and(|p| p.tags.iter().any(|t| t == "after-restart"))
         })
@@ -158,63 +193,78 @@ async fn absurd_stamps_and_bad_names_are_refused_and_the_owner_still_supersedes(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forged_copy_of_a_nodes_own_record_never_replaces_it() {
+async fn forged_records_and_leaves_of_other_nodes_are_refused_and_counted() {
     tokio::time::timeout(TEST_BOUND, async {
         let (h, port) = hub("hub-b");
         let home = start(config("home", None, &[("hub-b", port)], json!({})));
         wait_for("home sees hub-b", Duration::from_secs(5), || {
-            peer(&home, "hub-b").is_some()
+            peer(&home, "hub-b").is_some() && peer(&h, "home").is_some()
         })
         .await;
         let own = view(&home, "hub-b").expect("hub-b");
+        let real_home = view(&h, "home").expect("home");
         let mut ws = raw_handshake(port, MALLORY, "hub-b").await;
-        let mut forged = record("hub-b", own.incarnation, own.version + 1_000);
-        forged.agents.push(AgentInfo {
-            id: "evil-agent".into(),
-            description: "forged".into(),
-            tags: Vec::new(),
-        });
-        ws.send(Message::binary(gossip(1, vec![forged])))
+        let evil = |r: &mut NodeRecord| {
+            r.agents.push(AgentInfo {
+                id: "evil-agent".into(),
+                description: "forged".into(),
+                tags: Vec::new(),
+            })
+        };
+        // 1. A copy of hub-b's own record, newer, signed by Mallory: not hub-b's signature.
+        let mut forged_own = record("hub-b", own.incarnation, own.version + 1_000);
+        evil(&mut forged_own);
+        // 2. home's record, newer, carrying home's real key but signed by Mallory.
+        let mut with_homes_key = record("home", real_home.incarnation, real_home.version + 5);
+        let homes_key = home.status().identity.expect("running").key;
+        with_homes_key.key = Bytes32::from_hex(&homes_key).expect("hex key");
+        evil(&mut with_homes_key);
+        // 3. home's record, newer, carrying (and validly signed with) Mallory's own key: a key
+        //    hub-b does not trust for home.
+        let mut with_own_key = record("home", real_home.incarnation, real_home.version + 6);
+        evil(&mut with_own_key);
+        ws.send(Message::binary(gossip(1, vec![forged_own, with_homes_key])))
             .await
             .expect("send");
-        // hub-b re-publishes its own content past the forged stamp; home ends on hub-b's
-        // real agents at a version above the forgery.
-        wait_for(
-            "home holds hub-b's real record again",
-            Duration::from_secs(10),
-            || {
-                view(&home, "hub-b").is_some_and(|p| {
-                    p.version > own.version + 1_000
-                        && p.agents.iter().all(|a| a.id != "evil-agent")
-                        && p.agents.iter().any(|a| a.id == "hub-b-agent")
-                })
+        ws.send(Message::binary(gossip(2, vec![with_own_key])))
+            .await
+            .expect("send");
+        // 4. A leave of home, signed by Mallory.
+        let leave_sig = mallory().sign(&leave_message("home", real_home.incarnation));
+        ws.send(Message::binary(link_local(
+            3,
+            Body::Leave {
+                node: "home".into(),
+                incarnation: real_home.incarnation,
+                sig: leave_sig,
             },
-        )
-        .await;
-        wait_for("the forgery counted", Duration::from_secs(2), || {
-            h.status().mesh.own_record_superseded == 1
+        )))
+        .await
+        .expect("send");
+        wait_for("the forgeries counted", Duration::from_secs(5), || {
+            refused(&h, "bad_signature") == 3 && refused(&h, "key_changed") == 1
         })
         .await;
-        // A forged copy at the last version there is: hub-b moves to the next incarnation.
-        let last = record("hub-b", own.incarnation, MAX_RECORD_STAMP);
-        ws.send(Message::binary(gossip(2, vec![last])))
-            .await
-            .expect("send");
-        wait_for(
-            "hub-b past the last version",
-            Duration::from_secs(10),
-            || {
-                view(&home, "hub-b").is_some_and(|p| {
-                    p.incarnation == own.incarnation + 1
-                        && p.agents.iter().any(|a| a.id == "hub-b-agent")
-                })
-            },
-        )
-        .await;
+        // Nothing changed: hub-b did not re-publish over a forgery of its own record, home is
+        // still home (reachable, its own agents), and the refused key was reported loudly.
+        let m = h.status().mesh;
+        assert_eq!(m.own_record_superseded, 0);
+        assert_eq!(m.key_refusals.get("key_changed"), Some(&1));
+        let now_home = view(&h, "home").expect("home still known");
+        assert_eq!(now_home.version, real_home.version);
+        assert!(now_home.agents.iter().all(|a| a.id != "evil-agent"));
+        assert!(peer(&h, "home").is_some_and(|p| p.connected), "home did not 'leave'");
+        assert!(view(&home, "hub-b")
+            .is_some_and(|p| p.agents.iter().all(|a| a.id != "evil-agent")));
+        let lines = drain(&h).await;
+        assert!(
+            lines.iter().any(|l| l.contains("REFUSED node key") && l.contains("home")),
+            "{lines:?}"
+        );
         // A copy at u64::MAX (before: an overflow panic in debug, a frozen record in release)
-        // is refused outright.
+        // is refused outright, before its signature is looked at.
         ws.send(Message::binary(gossip(
-            3,
+            4,
             vec![record("hub-b", u64::MAX, u64::MAX)],
         )))
         .await

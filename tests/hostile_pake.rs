@@ -52,7 +52,7 @@ async fn a_version_1_hello_through_a_real_listener_is_refused_naming_both_versio
         );
         ws.send(Message::text(v1_hello)).await.expect("hello");
         let reject = next_text_or_close(&mut ws).await.expect("reject frame");
-        let want = "peer speaks wire version 1, this node speaks 2";
+        let want = "peer speaks wire version 1, this node speaks 3";
         assert_eq!(
             reject,
             format!(r#"{{"type":"reject","code":"incompatible_version","reason":"{want}"}}"#)
@@ -110,7 +110,7 @@ async fn a_node_dialing_a_version_1_listener_logs_the_likely_cause() {
         assert!(
             lines[0].contains("rejected by peer")
                 && lines[0]
-                    .contains("a wire version 1 listener answers a version 2 hello this way"),
+                    .contains("a wire version 1 listener answers a version 3 hello this way"),
             "{lines:#?}"
         );
         node.stop();
@@ -132,13 +132,14 @@ async fn a_raw_client_gets_only_a_pake_share_and_a_bare_reject_before_proving_th
             // Id, nonce, version, features and a SPAKE2 share: no MAC, no verifier.
             assert_eq!(
                 keys(&challenge),
-                ["features", "node", "nonce", "pake", "type", "version"],
+                ["features", "key", "node", "nonce", "pake", "type", "version"],
                 "{challenge}"
             );
             // Guessing means sending a confirmation: one guess per connection, and the answer
             // is a reject carrying no MAC either.
             let guess = HandshakeFrame::Auth {
                 mac: Bytes32([round; 32]),
+                sig: clawmatrix::proto::Sig64([0; 64]),
             };
             ws.send(Message::text(guess.encode())).await.expect("auth");
             let reject = next_text_or_close(&mut ws).await.expect("reject frame");
@@ -166,8 +167,12 @@ async fn fake_exchange(
     secret: &[u8],
     seed: [u8; 32],
 ) -> String {
-    let mut fake = Acceptor::new(HandshakeConfig::new("fake-hub", secret), seed, 0);
-    let challenge = match fake.on_frame(hello, &mut NonceCache::default(), |_| Ok(())) {
+    let mut fake = Acceptor::new(
+        HandshakeConfig::new("fake-hub", secret, test_key("fake-hub")),
+        seed,
+        0,
+    );
+    let challenge = match fake.on_frame(hello, &mut NonceCache::default(), |_, _| Ok(())) {
         Step::Send(f) => f.encode(),
         other => panic!("{other:?}"),
     };
@@ -176,15 +181,19 @@ async fn fake_exchange(
         Some(Ok(Message::Text(t))) => t.as_str().to_string(),
         other => panic!("expected the dialer's auth, got {other:?}"),
     };
-    assert_eq!(keys(&auth), ["mac", "type"], "{auth}");
+    assert_eq!(keys(&auth), ["mac", "sig", "type"], "{auth}");
     auth
 }
 
 /// Check a recorded `auth` offline as a listener that used `word` and the same randomness.
 fn replay(hello: &str, auth: &str, word: &[u8], seed: [u8; 32]) -> Step {
-    let mut replay = Acceptor::new(HandshakeConfig::new("fake-hub", word), seed, 0);
-    let _ = replay.on_frame(hello, &mut NonceCache::default(), |_| Ok(()));
-    replay.on_frame(auth, &mut NonceCache::default(), |_| Ok(()))
+    let mut replay = Acceptor::new(
+        HandshakeConfig::new("fake-hub", word, test_key("fake-hub")),
+        seed,
+        0,
+    );
+    let _ = replay.on_frame(hello, &mut NonceCache::default(), |_, _| Ok(()));
+    replay.on_frame(auth, &mut NonceCache::default(), |_, _| Ok(()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,7 +215,7 @@ async fn a_fake_listener_gets_no_offline_oracle_from_a_real_dialer() {
         // The dialer's opening move is a bare SPAKE2 share.
         assert_eq!(
             keys(&hello),
-            ["features", "node", "nonce", "pake", "type", "version"],
+            ["features", "key", "node", "nonce", "pake", "type", "version"],
             "{hello}"
         );
         // Answer with a share built from one guess of the secret, and record the confirmation.

@@ -87,6 +87,7 @@ async fn wrong_secret_is_refused_in_both_directions() {
         );
         let forged = HandshakeFrame::Auth {
             mac: Bytes32([0; 32]),
+            sig: clawmatrix::proto::Sig64([0; 64]),
         }
         .encode();
         ws.send(Message::text(forged)).await.expect("auth");
@@ -109,11 +110,11 @@ async fn wrong_secret_is_refused_in_both_directions() {
             (start(c), port)
         };
         let mut ws = raw_connect(wport).await;
-        let cfg = HandshakeConfig::new("honest", SECRET.as_bytes().to_vec());
+        let cfg = HandshakeConfig::new("honest", SECRET.as_bytes().to_vec(), test_key("honest"));
         let (mut d, hello) = Dialer::new(cfg, None, nonce(9), 0);
         ws.send(Message::text(hello.encode())).await.expect("hello");
         let challenge = next_text_or_close(&mut ws).await.expect("challenge");
-        match d.on_frame(&challenge, |_| Ok(())) {
+        match d.on_frame(&challenge, |_, _| Ok(())) {
             Step::Send(auth) => ws
                 .send(Message::text(auth.encode()))
                 .await
@@ -194,11 +195,11 @@ async fn a_duplicate_node_id_is_refused_and_the_live_link_stays_up() {
         drain(&h).await;
 
         let mut ws = raw_connect(port).await;
-        let cfg = HandshakeConfig::new("twin", SECRET.as_bytes().to_vec());
+        let cfg = HandshakeConfig::new("twin", SECRET.as_bytes().to_vec(), test_key("twin"));
         let (mut d, hello) = Dialer::new(cfg, None, nonce(11), 0);
         ws.send(Message::text(hello.encode())).await.expect("hello");
         let challenge = next_text_or_close(&mut ws).await.expect("challenge");
-        let Step::Send(auth) = d.on_frame(&challenge, |_| Ok(())) else {
+        let Step::Send(auth) = d.on_frame(&challenge, |_, _| Ok(())) else {
             panic!("expected auth");
         };
         ws.send(Message::text(auth.encode())).await.expect("auth");

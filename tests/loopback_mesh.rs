@@ -24,7 +24,9 @@ fn payload(n: usize) -> Vec<u8> {
 async fn home_reaches_office_through_cloud_and_echo_round_trips() {
     tokio::time::timeout(TEST_BOUND, async {
         let cp = reserve_port();
-        let cloud = start(config("cloud", Some(cp), &[], json!({})));
+        // The relay keeps its node key across its restart (a state dir), as a real one does.
+        let cloud_state = StateDir::new("relay");
+        let cloud = start_in(config("cloud", Some(cp), &[], json!({})), &cloud_state);
         let office = start(config("office", None, &[("cloud", cp)], json!({})));
         let home = start(config("home", None, &[("cloud", cp)], json!({})));
 
@@ -110,7 +112,9 @@ async fn losing_the_relay_cuts_office_off_and_a_new_relay_on_the_same_port_resto
         // so the port is held rather than handed over.
         let hold = hold_port();
         let cp = hold.port;
-        let cloud = start(config("cloud", Some(cp), &[], json!({})));
+        // The relay keeps its node key across its restart (a state dir), as a real one does.
+        let cloud_state = StateDir::new("relay");
+        let cloud = start_in(config("cloud", Some(cp), &[], json!({})), &cloud_state);
         let office = start(config("office", None, &[("cloud", cp)], json!({})));
         let home = start(config("home", None, &[("cloud", cp)], json!({})));
         wait_for("office relayed", Duration::from_secs(10), || {
@@ -149,7 +153,7 @@ async fn losing_the_relay_cuts_office_off_and_a_new_relay_on_the_same_port_resto
         assert_eq!(err.code, ErrorCode::Unreachable);
 
         let t1 = Instant::now();
-        let cloud2 = start(config("cloud", Some(cp), &[], json!({})));
+        let cloud2 = start_in(config("cloud", Some(cp), &[], json!({})), &cloud_state);
         let back = wait_for("office relayed again", Duration::from_secs(10), || {
             is_relayed_via(&home, "office", "cloud")
         })
@@ -247,7 +251,11 @@ async fn a_peer_that_stops_reading_is_closed_while_other_links_keep_flowing() {
 
         // The sink authenticates, then only writes (pings keep its heartbeat alive) and never
         // reads: the cloud's writes to it back up into the kernel, then into its queue.
-        let ws = raw_handshake(cp, "sink", "cloud").await;
+        let mut ws = raw_handshake(cp, "sink", "cloud").await;
+        // Its record, so the cloud can seal requests to it.
+        ws.send(Message::binary(own_record_frame("sink", 99)))
+            .await
+            .expect("record");
         let (mut tx, rx) = ws.split();
         let pinger = tokio::spawn(async move {
             let _keep_unread = rx;

@@ -5,7 +5,8 @@
 use clawmatrix::proto::codec::{decode_header, TRAILER_BYTES};
 use clawmatrix::proto::{
     decode, decode_owned, encode, encode_owned, AgentInfo, Body, Bytes32, CallId, CodecError,
-    DigestSum, FrameId, Header, LinkInfo, ModelInfo, NodeRecord, MAX_FRAME_BYTES, MAX_HEADER_BYTES,
+    DigestSum, FrameId, Header, LinkInfo, ModelInfo, NodeRecord, Sig64, MAX_FRAME_BYTES,
+    MAX_HEADER_BYTES,
 };
 
 const FID: &str = "000102030405060708090a0b0c0d0e0f";
@@ -46,6 +47,8 @@ fn record() -> NodeRecord {
         node: "office-01".into(),
         incarnation: 1_700_000_000_000,
         version: 3,
+        key: Bytes32([0x11; 32]),
+        xkey: Bytes32([0x22; 32]),
         listen: false,
         agents: vec![AgentInfo {
             id: "coder".into(),
@@ -65,7 +68,7 @@ fn record() -> NodeRecord {
     }
 }
 
-const RECORD_JSON: &str = r#"{"node":"office-01","incarnation":1700000000000,"version":3,"listen":false,"agents":[{"id":"coder","description":"writes code","tags":["coding"]}],"models":[{"id":"qwen","description":"local","contextWindow":32768,"provider":"ollama"}],"tags":["gpu"],"links":[{"peer":"cloud-01","rtt_ms":12}]}"#;
+const RECORD_JSON: &str = r#"{"node":"office-01","incarnation":1700000000000,"version":3,"key":"1111111111111111111111111111111111111111111111111111111111111111","xkey":"2222222222222222222222222222222222222222222222222222222222222222","listen":false,"agents":[{"id":"coder","description":"writes code","tags":["coding"]}],"models":[{"id":"qwen","description":"local","contextWindow":32768,"provider":"ollama"}],"tags":["gpu"],"links":[{"peer":"cloud-01","rtt_ms":12}]}"#;
 
 /// (header, exact JSON) for every body type.
 fn fixtures() -> Vec<(Header, String)> {
@@ -128,16 +131,8 @@ fn fixtures() -> Vec<(Header, String)> {
             ),
         ),
         (
-            header(
-                None,
-                Body::Gossip {
-                    records: vec![record()],
-                },
-            ),
-            envelope(
-                "null",
-                &format!(r#"{{"type":"gossip","records":[{RECORD_JSON}]}}"#),
-            ),
+            header(None, Body::Gossip { records: 2 }),
+            envelope("null", r#"{"type":"gossip","records":2}"#),
         ),
         (
             header(
@@ -145,11 +140,15 @@ fn fixtures() -> Vec<(Header, String)> {
                 Body::Leave {
                     node: "home-01".into(),
                     incarnation: 5,
+                    sig: Sig64([0x33; 64]),
                 },
             ),
             envelope(
                 "null",
-                r#"{"type":"leave","node":"home-01","incarnation":5}"#,
+                &format!(
+                    r#"{{"type":"leave","node":"home-01","incarnation":5,"sig":"{}"}}"#,
+                    "33".repeat(64)
+                ),
             ),
         ),
         (
@@ -252,7 +251,42 @@ fn fixtures() -> Vec<(Header, String)> {
                 &format!(r#"{{"type":"credit","call_id":"{CID}","chunks":32}}"#),
             ),
         ),
+        (
+            header(
+                Some("office-01"),
+                Body::Sealed {
+                    call_id: cid(),
+                    ctr: 7,
+                },
+            ),
+            envelope(
+                routed,
+                &format!(r#"{{"type":"sealed","call_id":"{CID}","ctr":7}}"#),
+            ),
+        ),
     ]
+}
+
+#[test]
+fn a_gossip_payload_is_each_records_json_with_its_length_and_signature() {
+    use clawmatrix::identity::NodeKey;
+    use clawmatrix::proto::signed::{split, verify_record, SignedRecord};
+    let key = NodeKey::from_seed(&[5; 32]);
+    let signed = SignedRecord::sign(record(), &key).expect("signs");
+    // The record serializes to the literal fixture, and the wire form is len | json | sig.
+    assert_eq!(signed.json(), RECORD_JSON.as_bytes());
+    let wire = &signed.wire[..];
+    assert_eq!(&wire[..4], &(RECORD_JSON.len() as u32).to_be_bytes());
+    assert_eq!(&wire[4..4 + RECORD_JSON.len()], RECORD_JSON.as_bytes());
+    assert_eq!(wire.len(), 4 + RECORD_JSON.len() + 64);
+    let mut payload = wire.to_vec();
+    payload.extend_from_slice(wire);
+    let parts = split(&payload, 2).expect("splits");
+    assert!(parts
+        .iter()
+        .all(|p| verify_record(&key.public(), p.json, &p.sig)));
+    let parsed: NodeRecord = serde_json::from_slice(parts[0].json).expect("parses");
+    assert_eq!(parsed, record());
 }
 
 fn frame_bytes(json: &str, payload: &[u8]) -> Vec<u8> {

@@ -4,8 +4,10 @@
 //! versions, wrong node, duplicate node, malformed shares and frames, timeout), and the absence
 //! of an offline guessing oracle on either side.
 
+use clawmatrix::identity::NodeKey;
 use clawmatrix::proto::auth::{nonce_from_seed, Pake};
 use clawmatrix::proto::handshake::HANDSHAKE_TIMEOUT_MS;
+use clawmatrix::proto::Sig64;
 use clawmatrix::proto::{
     Acceptor, Bytes32, Dialer, HandshakeConfig, HandshakeFrame, NonceCache, PakeShare, RejectCode,
     Step, PROTOCOL_VERSION,
@@ -15,10 +17,19 @@ use serde_json::Value;
 const SECRET: &[u8] = b"correct horse battery staple";
 
 fn cfg(node: &str, secret: &[u8]) -> HandshakeConfig {
-    HandshakeConfig::new(node, secret)
+    HandshakeConfig::new(node, secret, key_of(node))
 }
 
-fn ok(_: &str) -> Result<(), RejectCode> {
+/// A node key per node id (the same id gets the same key).
+fn key_of(node: &str) -> std::sync::Arc<NodeKey> {
+    let mut seed = [0u8; 32];
+    for (i, b) in node.bytes().enumerate() {
+        seed[i % 32] ^= b.wrapping_add(i as u8);
+    }
+    std::sync::Arc::new(NodeKey::from_seed(&seed))
+}
+
+fn ok(_: &str, _: &Bytes32) -> Result<(), RejectCode> {
     Ok(())
 }
 
@@ -91,6 +102,8 @@ fn handshake_frames_match_their_literal_fixtures() {
     let h1 = "01".repeat(32);
     let hm = "ab".repeat(32);
     let hp = format!("53{}", "11".repeat(32));
+    let hk = "44".repeat(32);
+    let hs = "55".repeat(64);
     let cases = [
         (
             HandshakeFrame::Hello {
@@ -99,9 +112,10 @@ fn handshake_frames_match_their_literal_fixtures() {
                 node: "home-01".into(),
                 nonce: n1,
                 pake: p,
+                key: Bytes32([0x44; 32]),
             },
             format!(
-                r#"{{"type":"hello","version":2,"features":3,"node":"home-01","nonce":"{h1}","pake":"{hp}"}}"#
+                r#"{{"type":"hello","version":2,"features":3,"node":"home-01","nonce":"{h1}","pake":"{hp}","key":"{hk}"}}"#
             ),
         ),
         (
@@ -111,21 +125,26 @@ fn handshake_frames_match_their_literal_fixtures() {
                 node: "cloud-01".into(),
                 nonce: n1,
                 pake: p,
+                key: Bytes32([0x44; 32]),
             },
             format!(
-                r#"{{"type":"challenge","version":2,"features":3,"node":"cloud-01","nonce":"{h1}","pake":"{hp}"}}"#
+                r#"{{"type":"challenge","version":2,"features":3,"node":"cloud-01","nonce":"{h1}","pake":"{hp}","key":"{hk}"}}"#
             ),
         ),
         (
-            HandshakeFrame::Auth { mac: m },
-            format!(r#"{{"type":"auth","mac":"{hm}"}}"#),
+            HandshakeFrame::Auth {
+                mac: m,
+                sig: Sig64([0x55; 64]),
+            },
+            format!(r#"{{"type":"auth","mac":"{hm}","sig":"{hs}"}}"#),
         ),
         (
             HandshakeFrame::Welcome {
                 features: 3,
                 mac: m,
+                sig: Sig64([0x55; 64]),
             },
-            format!(r#"{{"type":"welcome","features":3,"mac":"{hm}"}}"#),
+            format!(r#"{{"type":"welcome","features":3,"mac":"{hm}","sig":"{hs}"}}"#),
         ),
         (
             HandshakeFrame::Reject {
@@ -194,6 +213,9 @@ fn reject_codes_and_close_codes_are_the_stable_v1_table() {
         (RejectCode::Timeout, "timeout", 4006),
         (RejectCode::WrongNode, "wrong_node", 4007),
         (RejectCode::Capacity, "capacity", 4008),
+        (RejectCode::KeyChanged, "key_changed", 4011),
+        (RejectCode::Revoked, "revoked", 4012),
+        (RejectCode::BadSignature, "bad_signature", 4013),
     ];
     assert_eq!(RejectCode::ALL.len(), table.len());
     for (c, s, close) in table {
@@ -211,18 +233,34 @@ fn handshake_succeeds_and_both_sides_learn_the_peer() {
     match verdict {
         Step::Done {
             peer,
+            peer_key,
             send: Some(HandshakeFrame::Welcome { features: wf, .. }),
             features,
         } => {
             assert_eq!(peer, "home-01");
+            assert_eq!(
+                peer_key,
+                key_of("home-01").public(),
+                "the dialer's proved key"
+            );
             assert_eq!(wf, features);
         }
         other => panic!("{other:?}"),
     }
     match dialer {
         Some(Step::Done {
-            peer, send: None, ..
-        }) => assert_eq!(peer, "cloud-01"),
+            peer,
+            peer_key,
+            send: None,
+            ..
+        }) => {
+            assert_eq!(peer, "cloud-01");
+            assert_eq!(
+                peer_key,
+                key_of("cloud-01").public(),
+                "the listener's proved key"
+            );
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -282,7 +320,9 @@ fn a_forged_or_reflected_listener_confirmation_is_refused_by_the_dialer() {
     let mut a = Acceptor::new(cfg("cloud-01", SECRET), [2; 32], 0);
     let challenge = send(a.on_frame(&hello.encode(), &mut nonces, ok));
     let auth = send(d.on_frame(&challenge, ok));
-    let HandshakeFrame::Auth { mac: dialer_mac } = HandshakeFrame::decode(&auth).expect("auth")
+    let HandshakeFrame::Auth {
+        mac: dialer_mac, ..
+    } = HandshakeFrame::decode(&auth).expect("auth")
     else {
         panic!("not an auth")
     };
@@ -290,6 +330,7 @@ fn a_forged_or_reflected_listener_confirmation_is_refused_by_the_dialer() {
     let reflected = HandshakeFrame::Welcome {
         features: 3,
         mac: dialer_mac,
+        sig: Sig64([0; 64]),
     };
     assert_eq!(
         rejected(&d.on_frame(&reflected.encode(), ok)),
@@ -303,6 +344,7 @@ fn a_forged_or_reflected_listener_confirmation_is_refused_by_the_dialer() {
     let forged = HandshakeFrame::Welcome {
         features: 3,
         mac: Bytes32([0; 32]),
+        sig: Sig64([0; 64]),
     };
     assert_eq!(
         rejected(&d2.on_frame(&forged.encode(), ok)),
@@ -389,11 +431,12 @@ fn a_peer_claiming_our_own_id_is_rejected_on_both_sides() {
     // Dialer side: a challenge claiming the dialer's id.
     let (mut d, _) = Dialer::new(cfg("home-01", SECRET), None, [1; 32], 0);
     let fake = HandshakeFrame::Challenge {
-        version: 2,
+        version: PROTOCOL_VERSION,
         features: 3,
         node: "home-01".into(),
         nonce: Bytes32([2; 32]),
         pake: share(2),
+        key: Bytes32([0x44; 32]),
     };
     assert_eq!(
         rejected(&d.on_frame(&fake.encode(), ok)),
@@ -405,12 +448,25 @@ fn a_peer_claiming_our_own_id_is_rejected_on_both_sides() {
 fn other_versions_and_missing_required_features_are_rejected_naming_both_sides() {
     let mut nonces = NonceCache::default();
     let mut newer = cfg("home-01", SECRET);
-    newer.version = 3;
+    newer.version = 4;
     let (step, _) = run(newer, cfg("cloud-01", SECRET), &mut nonces);
     assert_eq!(rejected(&step), RejectCode::IncompatibleVersion);
     assert_eq!(
         reason(&step),
-        "peer speaks wire version 3, this node speaks 2"
+        "peer speaks wire version 4, this node speaks 3"
+    );
+    // A version 2 dialer (no node key): its hello lacks `key`, and it hears both versions.
+    let v2_hello = format!(
+        r#"{{"type":"hello","version":2,"features":3,"node":"old-home","nonce":"{}","pake":"{}"}}"#,
+        "01".repeat(32),
+        share(9)
+    );
+    let mut a = Acceptor::new(cfg("cloud-01", SECRET), [2; 32], 0);
+    let step = a.on_frame(&v2_hello, &mut NonceCache::default(), ok);
+    assert_eq!(rejected(&step), RejectCode::IncompatibleVersion);
+    assert_eq!(
+        reason(&step),
+        "peer speaks wire version 2, this node speaks 3"
     );
     let mut bare = cfg("home-01", SECRET);
     bare.features = 0;
@@ -431,10 +487,10 @@ fn a_version_1_hello_is_refused_as_incompatible_naming_both_versions() {
     );
     let mut a = Acceptor::new(cfg("cloud-01", SECRET), [2; 32], 0);
     let step = a.on_frame(&v1_hello, &mut NonceCache::default(), ok);
-    assert_eq!(PROTOCOL_VERSION, 2);
+    assert_eq!(PROTOCOL_VERSION, 3);
     assert_eq!(rejected(&step), RejectCode::IncompatibleVersion);
     assert_eq!(RejectCode::IncompatibleVersion.close_code(), 4005);
-    let want = "peer speaks wire version 1, this node speaks 2";
+    let want = "peer speaks wire version 1, this node speaks 3";
     assert_eq!(reason(&step), want);
     // The v1 peer hears the same reason in a frame its own (v1) decoder reads.
     match step {
@@ -462,7 +518,7 @@ fn a_version_1_challenge_is_refused_by_the_dialer_naming_both_versions() {
     assert_eq!(rejected(&step), RejectCode::IncompatibleVersion);
     assert_eq!(
         reason(&step),
-        "peer speaks wire version 1, this node speaks 2"
+        "peer speaks wire version 1, this node speaks 3"
     );
 }
 
@@ -481,7 +537,7 @@ fn a_v1_listeners_malformed_answer_to_our_hello_names_the_likely_cause() {
             send: None,
             reason,
         } => assert!(
-            reason.contains("wire version 1") && reason.contains("version 2 hello"),
+            reason.contains("wire version 1") && reason.contains("version 3 hello"),
             "{reason}"
         ),
         other => panic!("{other:?}"),
@@ -503,7 +559,7 @@ fn a_duplicate_node_is_refused_after_authentication() {
     let mut a = Acceptor::new(cfg("cloud-01", SECRET), [2; 32], 0);
     let challenge = send(a.on_frame(&hello.encode(), &mut nonces, ok));
     let auth = send(d.on_frame(&challenge, ok));
-    let step = a.on_frame(&auth, &mut nonces, |_| Err(RejectCode::DuplicateNode));
+    let step = a.on_frame(&auth, &mut nonces, |_, _| Err(RejectCode::DuplicateNode));
     assert_eq!(rejected(&step), RejectCode::DuplicateNode);
     // The dialer sees the reject as the peer's verdict.
     let Step::Rejected { send: Some(r), .. } = step else {
@@ -530,9 +586,10 @@ fn malformed_and_out_of_order_frames_and_bad_shares_are_rejected() {
     // Not the compressed encoding of any curve point: y = 2 (little endian) has no x on
     // Edwards25519, (y² - 1) / (d·y² + 1) is not a square mod 2^255 - 19.
     let not_a_point = format!("5302{}", "00".repeat(31));
+    let k = "44".repeat(32);
     let hello = |node: &str, pake: &str, extra: &str| {
         format!(
-            r#"{{"type":"hello","version":2,"features":3,"node":"{node}","nonce":"{n}","pake":"{pake}"{extra}}}"#
+            r#"{{"type":"hello","version":3,"features":3,"node":"{node}","nonce":"{n}","pake":"{pake}","key":"{k}"{extra}}}"#
         )
     };
     let cases = [
@@ -567,7 +624,7 @@ fn malformed_and_out_of_order_frames_and_bad_shares_are_rejected() {
     );
     let (mut d, _) = Dialer::new(cfg("home-01", SECRET), None, [1; 32], 0);
     let bad_challenge = format!(
-        r#"{{"type":"challenge","version":2,"features":3,"node":"cloud-01","nonce":"{n}","pake":"{not_a_point}"}}"#
+        r#"{{"type":"challenge","version":3,"features":3,"node":"cloud-01","nonce":"{n}","pake":"{not_a_point}","key":"{k}"}}"#
     );
     assert_eq!(
         rejected(&d.on_frame(&bad_challenge, ok)),
@@ -618,7 +675,7 @@ fn the_listeners_first_answer_is_a_bare_pake_share_with_no_verifier() {
     let challenge = send(a.on_frame(&hello.encode(), &mut NonceCache::default(), ok));
     assert_eq!(
         keys(&challenge),
-        ["features", "node", "nonce", "pake", "type", "version"]
+        ["features", "key", "node", "nonce", "pake", "type", "version"]
     );
     // The share is a uniformly random point to anyone without the secret: the same listener
     // randomness under another secret gives a different, equally well-formed share, and the
@@ -651,7 +708,7 @@ fn a_fake_listener_cannot_test_a_dictionary_offline_against_a_dialers_messages()
     let (mut d, hello) = Dialer::new(cfg("home-01", SECRET), Some("cloud-01".into()), [1; 32], 0);
     assert_eq!(
         keys(&hello.encode()),
-        ["features", "node", "nonce", "pake", "type", "version"]
+        ["features", "key", "node", "nonce", "pake", "type", "version"]
     );
     // The fake listener runs the exchange with its one online guess (wrong) and records the
     // dialer's confirmation.
@@ -703,6 +760,7 @@ fn a_version_2_listener_never_answers_a_first_frame_with_the_bare_reason_a_versi
         r#"{"type":"auth","mac":"00"}"#.to_string(),
         HandshakeFrame::Auth {
             mac: clawmatrix::proto::Bytes32([7; 32]),
+            sig: Sig64([7; 64]),
         }
         .encode(),
     ] {
@@ -720,4 +778,83 @@ fn a_version_2_listener_never_answers_a_first_frame_with_the_bare_reason_a_versi
     };
     let step = d.on_frame(&refusal, ok);
     assert!(!reason(&step).contains("version 1"), "{}", reason(&step));
+}
+
+#[test]
+fn a_dialer_announcing_a_key_it_does_not_hold_is_refused_with_bad_signature() {
+    use clawmatrix::proto::auth::{compute_mac, Role, Transcript};
+    // The thief knows the secret and announces the victim's public key as its own.
+    let (victim, thief) = (key_of("victim"), key_of("thief"));
+    let attempt = |signer: &NodeKey| {
+        let seed = [1; 32];
+        let (pake, share) = Pake::start(SECRET, &seed);
+        let nonce = nonce_from_seed(&seed);
+        let hello = HandshakeFrame::Hello {
+            version: PROTOCOL_VERSION,
+            features: 3,
+            node: "victim".into(),
+            nonce,
+            pake: share,
+            key: victim.public(),
+        };
+        let mut a = Acceptor::new(cfg("cloud-01", SECRET), [2; 32], 0);
+        let mut nonces = NonceCache::default();
+        let challenge = send(a.on_frame(&hello.encode(), &mut nonces, ok));
+        let Ok(HandshakeFrame::Challenge {
+            version,
+            features,
+            node,
+            nonce: listener_nonce,
+            pake: listener_share,
+            key: listener_key,
+        }) = HandshakeFrame::decode(&challenge)
+        else {
+            panic!("not a challenge: {challenge}")
+        };
+        let k = pake.finish(&listener_share).expect("a valid share");
+        let t = Transcript {
+            dialer: "victim".into(),
+            listener: node,
+            dialer_nonce: nonce,
+            listener_nonce,
+            dialer_version: PROTOCOL_VERSION,
+            version,
+            dialer_features: 3,
+            listener_features: features,
+            dialer_share: share,
+            listener_share,
+            dialer_key: victim.public(),
+            listener_key,
+        };
+        let auth = HandshakeFrame::Auth {
+            mac: compute_mac(&k, Role::Dialer, &t),
+            sig: signer.sign(&t.key_proof_message(Role::Dialer)),
+        };
+        a.on_frame(&auth.encode(), &mut nonces, ok)
+    };
+    // The MAC is right (it knows the secret), the key proof is not.
+    assert_eq!(rejected(&attempt(&thief)), RejectCode::BadSignature);
+    // Positive control: the same exchange signed by the victim's key authenticates.
+    assert!(matches!(
+        attempt(&victim),
+        Step::Done { ref peer_key, .. } if *peer_key == victim.public()
+    ));
+}
+
+#[test]
+fn the_admission_verdict_on_the_proved_key_ends_the_handshake() {
+    for code in [RejectCode::KeyChanged, RejectCode::Revoked] {
+        let mut nonces = NonceCache::default();
+        let (mut d, hello) = Dialer::new(cfg("home-01", SECRET), None, [1; 32], 0);
+        let mut a = Acceptor::new(cfg("cloud-01", SECRET), [2; 32], 0);
+        let challenge = send(a.on_frame(&hello.encode(), &mut nonces, ok));
+        let auth = send(d.on_frame(&challenge, ok));
+        let mut asked = None;
+        let step = a.on_frame(&auth, &mut nonces, |node, key| {
+            asked = Some((node.to_string(), *key));
+            Err(code)
+        });
+        assert_eq!(rejected(&step), code);
+        assert_eq!(asked, Some(("home-01".into(), key_of("home-01").public())));
+    }
 }

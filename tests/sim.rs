@@ -148,7 +148,9 @@ fn ttl_exhaustion_on_a_line_of_twelve_drops_and_reports_unreachable() {
         ts: sim.now,
         body: body.clone(),
     };
-    let bytes = clawmatrix::proto::encode(&header, b"payload").expect("encodes");
+    let bytes = sim
+        .with(0, |m, _| m.seal_routed(header, b"payload".to_vec()))
+        .expect("seals");
     sim.inject(0, 1, bytes);
     sim.run_for(1_000);
     assert_eq!(
@@ -197,7 +199,9 @@ fn frames_are_delivered_once_despite_cycles() {
         ts: sim.now,
         body: call_body(&mut sim),
     };
-    let bytes = clawmatrix::proto::encode(&header, &[]).expect("encodes");
+    let bytes = sim
+        .with(0, |m, _| m.seal_routed(header, Vec::new()))
+        .expect("seals");
     sim.inject(1, 2, bytes.clone());
     sim.inject(3, 2, bytes);
     let frames_before = sim.frames_sent;
@@ -234,7 +238,9 @@ fn crafted(sim: &mut Sim, id: u8, src: usize, dst: usize, hops: u8) -> Vec<u8> {
         ts: sim.now,
         body: call_body(sim),
     };
-    clawmatrix::proto::encode(&header, &[]).expect("encodes")
+    // Sealed by the claimed source, as it would send it.
+    sim.with(src, |m, _| m.seal_routed(header, Vec::new()))
+        .expect("seals")
 }
 
 #[test]

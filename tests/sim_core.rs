@@ -1,13 +1,46 @@
 //! Single-node and two-node behaviour of the mesh core driven by hand: admission, duplicate
 //! links, decode-error accounting, spoofed link-local frames, shutdown, limits.
 
-use clawmatrix::mesh::{
-    Direction, LinkId, LocalInfo, Mesh, MeshConfig, MeshEvent, Output, SendError,
-};
+use clawmatrix::mesh::{Direction, LinkId, LocalInfo, Mesh, MeshEvent, Output, SendError};
 use clawmatrix::proto::{encode, AgentInfo, Body, FrameId, Header, RejectCode};
 
+#[path = "sim/mod.rs"]
+#[allow(unused)]
+mod sim;
+use sim::sim_config;
+
 fn mesh(id: &str) -> Mesh {
-    Mesh::new(MeshConfig::new(id, 1, 42), LocalInfo::default(), 0)
+    Mesh::new(sim_config(id, 1, 42), LocalInfo::default(), 0)
+}
+
+/// Deliver every frame `a` and `b` send each other over link 1 until both are quiet: records
+/// exchanged, so each can seal frames for the other.
+fn pump(a: &mut Mesh, b: &mut Mesh, now: u64) {
+    for _ in 0..100 {
+        a.handle_tick(now);
+        b.handle_tick(now);
+        let mut moved = false;
+        for a_to_b in [true, false] {
+            let (from, to) = if a_to_b {
+                (&mut *a, &mut *b)
+            } else {
+                (&mut *b, &mut *a)
+            };
+            for o in std::iter::from_fn(|| from.poll_output()).collect::<Vec<_>>() {
+                let bytes = match o {
+                    Output::Send { bytes, .. } => bytes,
+                    Output::SendShared { bytes, .. } => bytes.to_vec(),
+                    _ => continue,
+                };
+                moved = true;
+                to.handle_data(now, LinkId(1), &bytes);
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+    panic!("the pair never went quiet");
 }
 
 fn drain(m: &mut Mesh) -> Vec<Output> {
@@ -25,14 +58,20 @@ fn closes(out: &[Output]) -> Vec<(LinkId, u16)> {
 
 #[test]
 fn admit_refuses_self_duplicates_and_capacity() {
-    let mut cfg = MeshConfig::new("a", 1, 1);
+    let mut cfg = sim_config("a", 1, 1);
     cfg.max_links = 1;
     let mut m = Mesh::new(cfg, LocalInfo::default(), 0);
-    assert_eq!(m.admit("a"), Err(RejectCode::SelfId));
-    assert_eq!(m.admit("b"), Ok(()));
-    m.handle_link_up(0, LinkId(1), "b".into(), Direction::Inbound);
-    assert_eq!(m.admit("b"), Err(RejectCode::DuplicateNode));
-    assert_eq!(m.admit("c"), Err(RejectCode::Capacity));
+    let key = |n: &str| sim::sim_keys(n, 0).0.public();
+    assert_eq!(m.admit("a", &key("a")), Err(RejectCode::SelfId));
+    assert_eq!(m.admit("b", &key("b")), Ok(()));
+    m.handle_link_up_keyed(0, LinkId(1), "b".into(), key("b"), Direction::Inbound);
+    assert_eq!(m.admit("b", &key("b")), Err(RejectCode::DuplicateNode));
+    assert_eq!(
+        m.admit("b", &key("c")),
+        Err(RejectCode::KeyChanged),
+        "b's key was bound at link up"
+    );
+    assert_eq!(m.admit("c", &key("c")), Err(RejectCode::Capacity));
     m.note_handshake_reject(RejectCode::BadMac);
     m.note_handshake_reject(RejectCode::BadMac);
     assert_eq!(m.stats().handshake_rejects.get("bad_mac"), Some(&2));
@@ -91,6 +130,7 @@ fn link_local_frames_must_come_from_the_link_peer() {
         body: Body::Leave {
             node: "c".into(),
             incarnation: 9,
+            sig: clawmatrix::proto::Sig64([0; 64]),
         },
     };
     m.handle_data(1, LinkId(1), &encode(&h, &[]).expect("encodes"));
@@ -177,11 +217,13 @@ fn send_refuses_self_link_local_and_unknown_destinations() {
 
 #[test]
 fn calls_are_bounded() {
-    let mut cfg = MeshConfig::new("a", 1, 1);
+    let mut cfg = sim_config("a", 1, 1);
     cfg.max_inflight_calls = 2;
     let mut m = Mesh::new(cfg, LocalInfo::default(), 0);
+    let mut b = mesh("b");
     m.handle_link_up(0, LinkId(1), "b".into(), Direction::Outbound);
-    m.handle_tick(0);
+    b.handle_link_up(0, LinkId(1), "a".into(), Direction::Inbound);
+    pump(&mut m, &mut b, 0);
     for _ in 0..2 {
         m.start_call(0, "b".into(), "x".into(), vec![], 1_000)
             .expect("room");
@@ -213,4 +255,130 @@ fn an_oversized_own_record_is_refused() {
         .expect_err("too big");
     assert_eq!(e.code(), "record_too_large");
     assert_eq!(m.own_record().agents.len(), 0);
+}
+
+#[test]
+fn a_replayed_frame_straight_from_its_source_is_refused_by_the_end_to_end_window() {
+    // Frames for us straight from their source skip the relay dedup cache; the replay window
+    // of the end-to-end session is what refuses a copy.
+    let mut a = mesh("a");
+    let mut b = mesh("b");
+    a.handle_link_up(0, LinkId(1), "b".into(), Direction::Outbound);
+    b.handle_link_up(0, LinkId(1), "a".into(), Direction::Inbound);
+    pump(&mut a, &mut b, 0);
+    a.start_call(1, "b".into(), "x".into(), b"once".to_vec(), 1_000)
+        .expect("starts");
+    let sent: Vec<Vec<u8>> = drain(&mut a)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Send { bytes, .. } => Some(bytes),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent.len(), 1);
+    for _ in 0..2 {
+        b.handle_data(2, LinkId(1), &sent[0]);
+    }
+    let delivered = drain(&mut b)
+        .iter()
+        .filter(|o| matches!(o, Output::Deliver { .. }))
+        .count();
+    assert_eq!(delivered, 1, "delivered once");
+    assert_eq!(b.stats().e2e_refused.get("replay"), Some(&1));
+    assert_eq!(b.stats().dropped_dup, 0, "not the dedup cache's doing");
+}
+
+#[test]
+fn a_record_with_another_key_for_a_known_node_is_refused_and_reported_once() {
+    use clawmatrix::proto::signed::SignedRecord;
+    let mut a = mesh("a");
+    let mut b = mesh("b");
+    a.handle_link_up(0, LinkId(1), "b".into(), Direction::Outbound);
+    b.handle_link_up(0, LinkId(1), "a".into(), Direction::Inbound);
+    pump(&mut a, &mut b, 0);
+    // b "reinstalled": a record for b, newer, signed by a new key.
+    let new_key = sim::sim_keys("b-reinstalled", 1).0;
+    let mut record = b.own_record().clone();
+    record.version += 10;
+    record.key = new_key.public();
+    let wire = SignedRecord::sign(record, &new_key).expect("signs").wire;
+    let frame = |id: u8| {
+        let h = Header {
+            v: 1,
+            id: FrameId([id; 16]),
+            src: "b".into(),
+            dst: None,
+            ttl: 1,
+            hops: 0,
+            ts: 0,
+            body: Body::Gossip { records: 1 },
+        };
+        encode(&h, &wire).expect("encodes")
+    };
+    drain(&mut a);
+    a.handle_data(1, LinkId(1), &frame(1));
+    a.handle_data(2, LinkId(1), &frame(2));
+    let events: Vec<MeshEvent> = drain(&mut a)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Event(e @ MeshEvent::KeyRefused { .. }) => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(events.len(), 1, "reported once: {events:?}");
+    assert_eq!(a.stats().records_refused.get("key_changed"), Some(&2));
+    let row = a
+        .trust_rows()
+        .into_iter()
+        .find(|r| r.node == "b")
+        .expect("b trusted");
+    assert_eq!(
+        row.key,
+        Some(sim::sim_keys("b", 0).0.public()),
+        "the old key stays"
+    );
+    assert_eq!(row.conflict.map(|c| c.count), Some(2));
+    // After an operator's reset, the new key is trusted on first use.
+    assert!(a.reset_trust("b"));
+    let mut record = b.own_record().clone();
+    record.version += 20;
+    record.key = new_key.public();
+    let wire = SignedRecord::sign(record, &new_key).expect("signs").wire;
+    let h = Header {
+        v: 1,
+        id: FrameId([3; 16]),
+        src: "b".into(),
+        dst: None,
+        ttl: 1,
+        hops: 0,
+        ts: 0,
+        body: Body::Gossip { records: 1 },
+    };
+    a.handle_data(3, LinkId(1), &encode(&h, &wire).expect("encodes"));
+    assert!(drain(&mut a).iter().any(|o| matches!(
+        o,
+        Output::Event(MeshEvent::KeyLearned { node, key }) if node == "b" && *key == new_key.public()
+    )));
+}
+
+#[test]
+fn revoked_and_pinned_keys_decide_admission() {
+    use clawmatrix::identity::Fingerprint;
+    let key = |n: &str| sim::sim_keys(n, 0).0.public();
+    let mut cfg = sim_config("a", 1, 1);
+    cfg.revoked.insert(Fingerprint::of(&key("stolen")));
+    cfg.pins.insert("p".into(), Fingerprint::of(&key("p")));
+    let m = Mesh::new(cfg, LocalInfo::default(), 0);
+    assert_eq!(m.admit("stolen", &key("stolen")), Err(RejectCode::Revoked));
+    assert_eq!(
+        m.admit("other-id", &key("stolen")),
+        Err(RejectCode::Revoked)
+    );
+    assert_eq!(m.admit("p", &key("p")), Ok(()));
+    assert_eq!(m.admit("p", &key("q")), Err(RejectCode::KeyChanged));
+    assert_eq!(
+        m.admit("q", &key("q")),
+        Ok(()),
+        "unpinned: trusted on first use"
+    );
 }

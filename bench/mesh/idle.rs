@@ -260,7 +260,8 @@ fn now_ms() -> u64 {
 async fn dial(url: &str, id: &str) -> Result<Ws, DialError> {
     let io = |e: tokio_tungstenite::tungstenite::Error| DialError::Io(e.to_string());
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.map_err(io)?;
-    let cfg = HandshakeConfig::new(id, super::topology::SECRET.as_bytes().to_vec());
+    let key = std::sync::Arc::new(clawmatrix::identity::NodeKey::from_seed(&random32()));
+    let cfg = HandshakeConfig::new(id, super::topology::SECRET.as_bytes().to_vec(), key);
     let (mut dialer, hello) = Dialer::new(cfg, Some(SERVER_ID.into()), random32(), now_ms());
     ws.send(Message::text(hello.encode())).await.map_err(io)?;
     loop {
@@ -275,7 +276,7 @@ async fn dial(url: &str, id: &str) -> Result<Ws, DialError> {
             }
             _ => continue,
         };
-        match dialer.on_frame(&text, |_| Ok(())) {
+        match dialer.on_frame(&text, |_, _| Ok(())) {
             Step::Send(frame) => ws.send(Message::text(frame.encode())).await.map_err(io)?,
             Step::Done { send, .. } => {
                 if let Some(f) = send {

@@ -19,6 +19,7 @@
 //! [`crate::rpc::MAX_SERVED_CALLS`]), remote tool calls started here (1 per call). All stop on the shutdown
 //! signal; the actor sends `leave` and closes every link with 1000 after a bounded flush.
 
+mod identity;
 mod report;
 mod start;
 
@@ -93,6 +94,9 @@ struct Running {
     handoffs: Arc<crate::handoff::HandoffLog>,
     /// Hostile-input counters of the listener and the links, for status.
     counters: Arc<admission::ShellCounters>,
+    /// This node's key, and the file it was loaded from (none without a state dir).
+    identity: Arc<crate::identity::NodeKey>,
+    key_file: Option<std::path::PathBuf>,
 }
 
 /// A mesh node: configuration plus, while started, its runtime and sockets.
@@ -250,6 +254,27 @@ impl Node {
             ));
         };
         mesh.open_stream(dst, method, payload, opts.deadline).await
+    }
+
+    /// Forget the key this node trusts for `node` (an operator's trust reset, after checking
+    /// that `node` was reinstalled with a new key): its next key is trusted on first use, in
+    /// memory and in the trust store. `Ok(true)` if a key was trusted. A pin in the config
+    /// stays (edit `identity.pins` to change it).
+    pub async fn reset_trust(&self, node: &str) -> Result<bool> {
+        if !crate::proto::frame::valid_node_id(node) {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                "trust reset: nodeId: not a node id (1-64 of A-Z a-z 0-9 . _ -)",
+            ));
+        }
+        let actor = self.lock().as_ref().map(|r| r.actor.clone());
+        match actor {
+            Some(a) => Ok(a.reset_trust(node).await),
+            None => Err(Error::new(
+                ErrorCode::NotRunning,
+                "trust reset: the node is not running",
+            )),
+        }
     }
 
     /// The features' API on the running node: calls, streams, routes, the snapshot.

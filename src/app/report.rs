@@ -6,11 +6,15 @@ use std::sync::Arc;
 
 use super::Node;
 use crate::config::Config;
+use crate::identity::Fingerprint;
+use crate::mesh::trust::{TrustRow, TrustSource};
 use crate::mesh::PeerState as MeshPeerState;
 use crate::node::admission;
 use crate::proto::AgentInfo;
 use crate::rpc::MeshSnapshot;
-use crate::status::{MeshCounters, ModelView, PeerState, PeerView, StatusReport};
+use crate::status::{
+    IdentityView, MeshCounters, ModelView, PeerState, PeerView, StatusReport, TrustView,
+};
 
 impl Node {
     /// The peer rows of the status report, without building the rest of it.
@@ -37,8 +41,10 @@ impl Node {
         };
         // Read the published snapshot in place: only the rows and counters are copied out.
         let viewed = guard.as_ref().map(|r| {
-            r.mesh
-                .with_snapshot(|s| (peer_views(s, uptime_ms), mesh_counters(s)))
+            r.mesh.with_snapshot(|s| {
+                let identity = identity_view(&r.identity, r.key_file.as_deref(), &s.trust);
+                (peer_views(s, uptime_ms), mesh_counters(s), identity)
+            })
         });
         let (failed, restarts) = guard
             .as_ref()
@@ -61,7 +67,10 @@ impl Node {
             (true, None) => serde_json::Value::from(c.listen_port),
             (false, _) => serde_json::Value::Bool(false),
         };
-        let (peers, mut mesh) = viewed.unwrap_or_default();
+        let (peers, mut mesh, identity) = match viewed {
+            Some((p, m, i)) => (p, m, Some(i)),
+            None => Default::default(),
+        };
         if let Some(c) = counters {
             shell_counters(&mut mesh, &c);
         }
@@ -86,6 +95,7 @@ impl Node {
             tags: c.tags.clone(),
             peers,
             mesh,
+            identity,
             tools,
             handoffs,
             failed,
@@ -107,11 +117,53 @@ fn tools_view(t: &crate::tools::serve::ToolServer) -> serde_json::Value {
     })
 }
 
+/// How a trust row reads in status: `pinned`, `first_seen`, or `changed` once another key
+/// was refused for the node id.
+fn trust_state(r: &TrustRow) -> &'static str {
+    if r.conflict.is_some() {
+        "changed"
+    } else {
+        r.source.as_str()
+    }
+}
+
+/// The identity section: our key, and every trusted key or pin.
+fn identity_view(
+    key: &crate::identity::NodeKey,
+    key_file: Option<&std::path::Path>,
+    trust: &[TrustRow],
+) -> IdentityView {
+    IdentityView {
+        fingerprint: key.fingerprint().to_string(),
+        key: key.public().encode(),
+        key_file: key_file.map(|p| p.display().to_string()),
+        trust: trust
+            .iter()
+            .map(|r| TrustView {
+                node_id: r.node.clone(),
+                fingerprint: r.fingerprint.to_string(),
+                state: trust_state(r).to_string(),
+                offered: r.conflict.map(|c| Fingerprint::of(&c.offered).to_string()),
+                refusals: r.conflict.map_or(0, |c| c.count),
+            })
+            .collect(),
+    }
+}
+
 /// Status rows from a snapshot; `now_ms` is the mesh clock now (ms since start).
 fn peer_views(s: &MeshSnapshot, now_ms: u64) -> Vec<PeerView> {
     s.peers
         .iter()
         .map(|p| {
+            let row = s
+                .trust
+                .binary_search_by(|r| r.node.as_str().cmp(&p.node))
+                .ok()
+                .map(|i| &s.trust[i]);
+            // A pin whose key the peer's record does not carry is not this key's trust.
+            let trust = row
+                .filter(|r| r.key == Some(p.key) || r.source == TrustSource::Pinned)
+                .map(|r| trust_state(r).to_string());
             let (state, connected, via) = match &p.state {
                 MeshPeerState::Direct => (PeerState::Direct, true, None),
                 MeshPeerState::Via { next_hop, .. } => {
@@ -142,6 +194,8 @@ fn peer_views(s: &MeshSnapshot, now_ms: u64) -> Vec<PeerView> {
                     })
                     .collect(),
                 tags: p.tags.clone(),
+                fingerprint: Some(Fingerprint::of(&p.key).to_string()),
+                trust,
             }
         })
         .collect()
@@ -182,6 +236,10 @@ fn mesh_counters(s: &MeshSnapshot) -> MeshCounters {
         records_held_bytes: st.records_held_bytes,
         own_record_echoes: st.own_record_echoes,
         own_record_superseded: st.own_record_superseded,
+        key_refusals: st.key_refusals.clone(),
+        e2e_refused: st.e2e_refused.clone(),
+        e2e_sealed: st.e2e_sealed,
+        e2e_opened: st.e2e_opened,
         // The shell's own counters: `shell_counters`.
         ..MeshCounters::default()
     }

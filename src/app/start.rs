@@ -23,7 +23,9 @@ use crate::config::Config;
 use crate::error::{Error, ErrorCode, Result};
 use crate::events::EventQueue;
 use crate::host::HostBridge;
+use crate::identity::NodeKey;
 use crate::mesh::{LocalInfo, Mesh, MeshConfig};
+use crate::node::actor::TrustChange;
 use crate::node::{actor, admission, dialer, link, listener, supervisor};
 use crate::proto::{HandshakeConfig, ModelInfo, NonceCache};
 use crate::rpc::{EchoService, Services, StreamTestService, METHOD_ECHO, METHOD_STREAM};
@@ -39,6 +41,7 @@ pub(super) struct Bound {
     tls_connector: Option<TlsConnector>,
     started: Instant,
     mesh: Mesh,
+    identity: super::identity::Identity,
     info: StartInfo,
 }
 
@@ -73,7 +76,8 @@ pub(super) fn bind(config: &Config, opts: &StartOptions) -> Result<Bound> {
         None
     };
     let started = Instant::now();
-    let mesh = build_mesh(config, 0)?;
+    let identity = super::identity::load(config, opts.state_dir.as_deref())?;
+    let mesh = build_mesh(config, &identity.key, &identity.trust, 0)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(worker_threads())
         .thread_name("clawmatrix")
@@ -122,6 +126,7 @@ pub(super) fn bind(config: &Config, opts: &StartOptions) -> Result<Bound> {
         tls_connector,
         started,
         mesh,
+        identity,
         info,
     })
 }
@@ -224,6 +229,7 @@ pub(super) fn spawn(
         tls_connector,
         started,
         mesh,
+        identity,
         info,
     } = bound;
     let _enter = runtime.enter();
@@ -231,21 +237,44 @@ pub(super) fn spawn(
     let mut tasks = JoinSet::new();
     let health = Arc::new(supervisor::ActorHealth::default());
     let remake_config = Arc::clone(config);
+    let remake_key = Arc::clone(&identity.key);
+    let remake_trust = Arc::clone(&identity.trust);
+    // Trust changes are written off the actor's thread, one at a time, in order.
+    let (trust_tx, trust_rx) = tokio::sync::mpsc::unbounded_channel::<TrustChange>();
+    tasks.spawn(persist_trust(
+        trust_rx,
+        Arc::clone(&identity.trust),
+        Arc::clone(events),
+    ));
     let (actor, snapshot, actor_task) = actor::spawn(
         mesh,
-        Box::new(move || build_mesh(&remake_config, actor::now_ms(started))),
+        Box::new(move || {
+            build_mesh(
+                &remake_config,
+                &remake_key,
+                &remake_trust,
+                actor::now_ms(started),
+            )
+        }),
         started,
         Arc::clone(events),
         shutdown_rx.clone(),
         built.services,
         Arc::clone(&health),
+        Arc::new(move |change| {
+            let _ = trust_tx.send(change);
+        }),
     );
     tasks.spawn(actor_task);
     let counters = Arc::new(admission::ShellCounters::default());
     let ctx = Arc::new(link::LinkCtx {
         actor: actor.clone(),
         events: Arc::clone(events),
-        handshake: HandshakeConfig::new(config.node_id.clone(), config.secret.as_bytes().to_vec()),
+        handshake: HandshakeConfig::new(
+            config.node_id.clone(),
+            config.secret.as_bytes().to_vec(),
+            Arc::clone(&identity.key),
+        ),
         epoch: started,
         next_link: AtomicU64::new(1),
         shutdown: shutdown_rx.clone(),
@@ -279,6 +308,7 @@ pub(super) fn spawn(
     }
     tasks.spawn(crate::proxy::serve(proxy, proxy_ctx, shutdown_rx));
     drop(_enter);
+    events.info(super::identity::started_line(&identity));
     log_started(events, config, &info);
     Ok(Running {
         runtime,
@@ -294,7 +324,22 @@ pub(super) fn spawn(
         #[cfg(unix)]
         handoffs: built.handoffs,
         counters,
+        identity: identity.key,
+        key_file: identity.key_file,
     })
+}
+
+/// Write trust changes to the trust store as they come, each on the blocking pool.
+async fn persist_trust(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<TrustChange>,
+    store: Arc<super::identity::TrustStore>,
+    events: Arc<EventQueue>,
+) {
+    while let Some(change) = rx.recv().await {
+        let store = Arc::clone(&store);
+        let events = Arc::clone(&events);
+        let _ = tokio::task::spawn_blocking(move || store.apply(change, &events)).await;
+    }
 }
 
 /// The listener (when `listen`) and one dialer per configured peer.
@@ -373,14 +418,34 @@ fn os_u64() -> u64 {
 
 /// The mesh core for this config: identity, timers, and our own record (agents, models, tags);
 /// `now` is the mesh clock (ms since start) it begins at.
-fn build_mesh(c: &Config, now: u64) -> Result<Mesh> {
+fn build_mesh(
+    c: &Config,
+    identity: &Arc<NodeKey>,
+    trust: &super::identity::TrustStore,
+    now: u64,
+) -> Result<Mesh> {
     // Incarnation = wall-clock ms at start, so it grows across restarts (PROTOCOL.md §4.2).
     let incarnation = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(1)
         .max(1);
-    let mut cfg = MeshConfig::new(c.node_id.clone(), incarnation, os_u64());
+    let exchange = super::identity::fresh_exchange_key()?;
+    let mut cfg = MeshConfig::new(
+        c.node_id.clone(),
+        incarnation,
+        os_u64(),
+        Arc::clone(identity),
+        exchange,
+    );
+    cfg.pins = c
+        .identity
+        .pins
+        .iter()
+        .map(|(n, f)| (n.clone(), *f))
+        .collect();
+    cfg.revoked = c.identity.revoked.iter().copied().collect();
+    cfg.trusted = trust.remembered();
     cfg.heartbeat_interval_ms = c.heartbeat_interval_ms;
     cfg.heartbeat_misses = c.heartbeat_misses;
     cfg.forget_after_ms = c.forget_after_ms;

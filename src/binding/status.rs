@@ -93,6 +93,8 @@ pub struct PeerView {
     pub agents: Vec<AgentView>,
     /// True when a direct link is up.
     pub connected: bool,
+    /// Fingerprint of the node key its record carries (`ed25519:…`).
+    pub fingerprint: Option<String>,
     /// Links on the path (1 = direct); `null` when unreachable.
     pub hops: Option<u32>,
     /// Milliseconds since anything was last heard from or about this node.
@@ -105,6 +107,50 @@ pub struct PeerView {
     pub reachable_via: Option<String>,
     pub state: PeerState,
     pub tags: Vec<String>,
+    /// `pinned`, `first_seen` or `changed`; `null` when no key is bound yet.
+    pub trust: Option<String>,
+}
+
+/// This node's key and the keys it trusts.
+#[napi(object, object_to_js = false)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityView {
+    /// `ed25519:` + 32 hex: what other nodes pin.
+    pub fingerprint: String,
+    /// The public key, 64 hex.
+    pub key: String,
+    /// The key file (absent without a state dir).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    pub trust: Vec<TrustView>,
+}
+
+/// One node id with a trusted key.
+#[napi(object, object_to_js = false)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustView {
+    pub fingerprint: String,
+    pub node_id: String,
+    /// Fingerprint of the last refused key, when `changed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offered: Option<String>,
+    pub refusals: i64,
+    /// `pinned`, `first_seen` or `changed`.
+    pub state: String,
+}
+
+/// The result of a trust reset.
+#[napi(object)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustReset {
+    /// What happened, for the operator.
+    pub message: String,
+    pub node_id: String,
+    /// Whether a key was trusted (and is now forgotten).
+    pub reset: bool,
 }
 
 /// Mesh counters of this node since it started (see [`crate::status::MeshCounters`]).
@@ -121,11 +167,20 @@ pub struct MeshCounters {
     pub delivered: i64,
     /// Dropped frames by reason.
     pub dropped: BTreeMap<String, i64>,
+    #[napi(js_name = "e2eOpened")]
+    pub e2e_opened: i64,
+    /// Routed frames refused by the end-to-end check, by reason.
+    #[napi(js_name = "e2eRefused")]
+    pub e2e_refused: BTreeMap<String, i64>,
+    #[napi(js_name = "e2eSealed")]
+    pub e2e_sealed: i64,
     pub frames_in: i64,
     pub frames_out: i64,
     /// Handshake rejections by code.
     pub handshake_rejects: BTreeMap<String, i64>,
     pub heartbeat_timeouts: i64,
+    /// Keys refused for a node id, by reason.
+    pub key_refusals: BTreeMap<String, i64>,
     pub links_up: i64,
     pub own_record_echoes: i64,
     pub own_record_superseded: i64,
@@ -259,6 +314,9 @@ pub struct StatusReport {
     pub failed: Option<Failure>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handoffs: Option<HandoffsStatus>,
+    /// This node's key and the keys it trusts (absent while stopped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityView>,
     /// The bound mesh listener port, or `false` when not listening.
     #[napi(ts_type = "number | false")]
     pub listen: serde_json::Value,
@@ -305,10 +363,26 @@ ordered_to_js!(HandoffView {
     opt tail "tail",
 });
 
+ordered_to_js!(IdentityView {
+    req fingerprint "fingerprint",
+    req key "key",
+    opt key_file "keyFile",
+    req trust "trust",
+});
+
+ordered_to_js!(TrustView {
+    req fingerprint "fingerprint",
+    req node_id "nodeId",
+    opt offered "offered",
+    req refusals "refusals",
+    req state "state",
+});
+
 ordered_to_js!(StatusReport {
     req agents "agents",
     opt failed "failed",
     opt handoffs "handoffs",
+    opt identity "identity",
     req listen "listen",
     opt listen_addr "listenAddr",
     req mesh "mesh",
@@ -372,6 +446,7 @@ impl From<crate::status::PeerView> for PeerView {
         PeerView {
             agents: p.agents.into_iter().map(Into::into).collect(),
             connected: p.connected,
+            fingerprint: p.fingerprint,
             hops: p.hops,
             last_seen_ms_ago: p.last_seen_ms_ago.map(n),
             latency_ms: p.latency_ms,
@@ -384,6 +459,28 @@ impl From<crate::status::PeerView> for PeerView {
                 S::Unreachable => PeerState::Unreachable,
             },
             tags: p.tags,
+            trust: p.trust,
+        }
+    }
+}
+
+impl From<crate::status::IdentityView> for IdentityView {
+    fn from(i: crate::status::IdentityView) -> Self {
+        IdentityView {
+            fingerprint: i.fingerprint,
+            key: i.key,
+            key_file: i.key_file,
+            trust: i
+                .trust
+                .into_iter()
+                .map(|t| TrustView {
+                    fingerprint: t.fingerprint,
+                    node_id: t.node_id,
+                    offered: t.offered,
+                    refusals: n(t.refusals),
+                    state: t.state,
+                })
+                .collect(),
         }
     }
 }
@@ -399,10 +496,14 @@ impl From<crate::status::MeshCounters> for MeshCounters {
             decode_errors_by_code: counts(m.decode_errors_by_code),
             delivered: n(m.delivered),
             dropped: counts(m.dropped),
+            e2e_opened: n(m.e2e_opened),
+            e2e_refused: counts(m.e2e_refused),
+            e2e_sealed: n(m.e2e_sealed),
             frames_in: n(m.frames_in),
             frames_out: n(m.frames_out),
             handshake_rejects: counts(m.handshake_rejects),
             heartbeat_timeouts: n(m.heartbeat_timeouts),
+            key_refusals: counts(m.key_refusals),
             links_up: n(m.links_up),
             own_record_echoes: n(m.own_record_echoes),
             own_record_superseded: n(m.own_record_superseded),
@@ -435,6 +536,7 @@ impl StatusReport {
             agents: r.agents.into_iter().map(Into::into).collect(),
             failed: r.failed.map(Into::into),
             handoffs: r.handoffs.map(|v| section("handoffs", v)).transpose()?,
+            identity: r.identity.map(Into::into),
             listen: r.listen,
             listen_addr: r.listen_addr,
             mesh: r.mesh.into(),
@@ -497,10 +599,22 @@ mod tests {
             "tags": [],
             "peers": [
                 { "nodeId": "b", "state": "direct", "connected": true, "reachableVia": null,
-                  "hops": 1, "latencyMs": 1.5, "lastSeenMsAgo": 3, "agents": [], "models": [], "tags": [] },
+                  "hops": 1, "latencyMs": 1.5, "lastSeenMsAgo": 3, "agents": [], "models": [], "tags": [],
+                  "fingerprint": "ed25519:00112233445566778899aabbccddeeff", "trust": "first_seen" },
                 { "nodeId": "c", "state": "unreachable", "connected": false, "reachableVia": null,
-                  "hops": null, "latencyMs": null, "lastSeenMsAgo": null, "agents": [], "models": [], "tags": [] },
+                  "hops": null, "latencyMs": null, "lastSeenMsAgo": null, "agents": [], "models": [], "tags": [],
+                  "fingerprint": null, "trust": null },
             ],
+            "identity": {
+                "fingerprint": "ed25519:00112233445566778899aabbccddeeff", "key": "ab".repeat(32),
+                "keyFile": "/state/node.key",
+                "trust": [
+                    { "nodeId": "b", "fingerprint": "ed25519:00112233445566778899aabbccddeeff",
+                      "state": "changed", "offered": "ed25519:ffeeddccbbaa99887766554433221100", "refusals": 2 },
+                    { "nodeId": "p", "fingerprint": "ed25519:00112233445566778899aabbccddeeff",
+                      "state": "pinned", "refusals": 0 },
+                ],
+            },
             "mesh": crate::status::MeshCounters {
                 dropped: [("ttl".to_string(), 2)].into_iter().collect(),
                 ..Default::default()
@@ -561,6 +675,21 @@ mod tests {
             provider: Some(String::new()),
         };
         assert_eq!(keys(&full_model), ModelView::JS_KEYS);
+        let full_identity = IdentityView {
+            fingerprint: String::new(),
+            key: String::new(),
+            key_file: Some(String::new()),
+            trust: Vec::new(),
+        };
+        assert_eq!(keys(&full_identity), IdentityView::JS_KEYS);
+        let full_trust = TrustView {
+            fingerprint: String::new(),
+            node_id: String::new(),
+            offered: Some(String::new()),
+            refusals: 0,
+            state: String::new(),
+        };
+        assert_eq!(keys(&full_trust), TrustView::JS_KEYS);
         let core: crate::status::StatusReport =
             serde_json::from_value(full_report()).expect("parses");
         let report = StatusReport::from_core(core).expect("fits");

@@ -16,6 +16,9 @@ pub struct CallState {
     /// `deadline_at` to `now + deadline_ms`.
     pub deadline_ms: u64,
     pub deadline_at: u64,
+    /// The `seq` the next stream chunk must carry: a chunk missing, replayed or out of order
+    /// fails the call.
+    pub next_seq: u64,
 }
 
 /// The in-flight table.
@@ -67,6 +70,11 @@ impl Calls {
             self.earliest = None;
         }
         c
+    }
+
+    /// The call, mutably.
+    pub fn get_mut(&mut self, id: &CallId) -> Option<&mut CallState> {
+        self.map.get_mut(id)
     }
 
     /// A chunk arrived: extend the inactivity deadline (never earlier than it was).
@@ -148,6 +156,7 @@ mod tests {
             method: "m".into(),
             deadline_ms: 100,
             deadline_at,
+            next_seq: 0,
         }
     }
 

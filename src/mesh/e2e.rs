@@ -216,10 +216,9 @@ impl E2e {
         let s = self.session(peer, keys)?;
         let ctr = s.next_ctr;
         s.next_ctr = ctr.checked_add(1).ok_or(E2eError::Exhausted)?;
-        let tag = s
-            .tx
-            .seal_in_place_separate_tag(nonce(ctr), Aad::from(aad(id, call_id, ctr)), buf)
-            .map_err(|_| E2eError::Exhausted)?;
+        let tag =
+            s.tx.seal_in_place_separate_tag(nonce(ctr), Aad::from(aad(id, call_id, ctr)), buf)
+                .map_err(|_| E2eError::Exhausted)?;
         buf.extend_from_slice(tag.as_ref());
         Ok(ctr)
     }
@@ -237,11 +236,10 @@ impl E2e {
         if !s.window.fresh(ctr) {
             return Err(E2eError::Replay);
         }
-        let plain = s
-            .rx
-            .open_in_place(nonce(ctr), Aad::from(aad(id, call_id, ctr)), buf)
-            .map_err(|_| E2eError::BadTag)?
-            .len();
+        let plain =
+            s.rx.open_in_place(nonce(ctr), Aad::from(aad(id, call_id, ctr)), buf)
+                .map_err(|_| E2eError::BadTag)?
+                .len();
         buf.truncate(plain);
         s.window.accept(ctr);
         Ok(())
@@ -309,7 +307,9 @@ mod tests {
         assert!(!buf.windows(5).any(|w| w == b"inner"), "ciphertext");
         let sealed = buf.clone();
         let from_a = PeerKeys { ed: &aed, x: &ax };
-        b.e2e.open("a", from_a, (&ID, &CALL, ctr), &mut buf).expect("opens");
+        b.e2e
+            .open("a", from_a, (&ID, &CALL, ctr), &mut buf)
+            .expect("opens");
         assert_eq!(buf, b"inner frame");
         // A replay of the same frame.
         let mut again = sealed.clone();
@@ -324,7 +324,11 @@ mod tests {
             Err(E2eError::BadTag)
         );
         // Another frame id, call id or counter in the header: refused.
-        for (id, call, n) in [(FrameId([9; 16]), CALL, 2), (ID, CallId([9; 16]), 2), (ID, CALL, 2)] {
+        for (id, call, n) in [
+            (FrameId([9; 16]), CALL, 2),
+            (ID, CallId([9; 16]), 2),
+            (ID, CALL, 2),
+        ] {
             let mut x = sealed.clone();
             assert_eq!(
                 b.e2e.open("a", from_a, (&id, &call, n), &mut x),
@@ -343,18 +347,23 @@ mod tests {
             );
         }
         // The reverse direction uses its own key: b's frame to a does not open as a's to b.
+        // (b's second frame: counter 2, which b's own window has not seen from a.)
+        let _ = b.e2e.seal("a", from_a, &ID, &CALL, &mut b"first".to_vec());
         let mut back = b"reply".to_vec();
         let n = b
             .e2e
             .seal("a", from_a, &ID, &CALL, &mut back)
             .expect("sealed");
+        assert_eq!(n, 2);
         let mut reflected = back.clone();
         let from_b = PeerKeys { ed: &bed, x: &bx };
         assert_eq!(
             b.e2e.open("a", from_a, (&ID, &CALL, n), &mut reflected),
             Err(E2eError::BadTag)
         );
-        a.e2e.open("b", from_b, (&ID, &CALL, n), &mut back).expect("opens");
+        a.e2e
+            .open("b", from_b, (&ID, &CALL, n), &mut back)
+            .expect("opens");
     }
 
     #[test]
@@ -402,6 +411,8 @@ mod tests {
             .seal("b", PeerKeys { ed: &bed, x: &bx }, &ID, &CALL, &mut new)
             .expect("sealed");
         assert_eq!(n, 1);
-        b.e2e.open("a", from_a2, (&ID, &CALL, n), &mut new).expect("opens");
+        b.e2e
+            .open("a", from_a2, (&ID, &CALL, n), &mut new)
+            .expect("opens");
     }
 }

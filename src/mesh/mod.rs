@@ -37,19 +37,24 @@
 pub mod calls;
 pub mod core;
 pub mod dedup;
+pub mod e2e;
 pub mod link;
 pub mod ping;
 pub mod records;
 pub mod routes;
 pub mod stats;
 pub mod target;
+pub mod trust;
 
 pub use self::core::Mesh;
 pub use link::{Direction, LinkId};
 pub use stats::MeshStats;
 pub use target::{Candidate, Target, TargetError};
 
+use crate::identity::key::{ExchangeKey, Fingerprint, NodeKey, PublicKey};
 use crate::proto::{AgentInfo, CallId, Header, ModelInfo, NodeId};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// Close code: normal closure (after `leave`).
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -103,11 +108,29 @@ pub struct MeshConfig {
     pub max_nodes: usize,
     /// Most undrained outputs; extra `Send`s are dropped and counted. Default 65 536.
     pub max_pending_outputs: usize,
+    /// Our node key: signs our record and our `leave`.
+    pub identity: Arc<NodeKey>,
+    /// This process's X25519 key for end-to-end sessions: fresh for every core, so sessions,
+    /// counters and nonces never outlive it.
+    pub exchange: Arc<ExchangeKey>,
+    /// `identity.pins`: node ids accepted only with these keys.
+    pub pins: HashMap<NodeId, Fingerprint>,
+    /// `identity.revoked`: keys refused for every node id.
+    pub revoked: HashSet<Fingerprint>,
+    /// First-seen bindings remembered from earlier runs (the trust file).
+    pub trusted: Vec<(NodeId, PublicKey)>,
 }
 
 impl MeshConfig {
-    /// Defaults for everything but identity and seed.
-    pub fn new(node_id: impl Into<NodeId>, incarnation: u64, rng_seed: u64) -> Self {
+    /// Defaults for everything but identity, keys and seed. `exchange` must be fresh randomness
+    /// for every core built (never reused after a restart).
+    pub fn new(
+        node_id: impl Into<NodeId>,
+        incarnation: u64,
+        rng_seed: u64,
+        identity: Arc<NodeKey>,
+        exchange: Arc<ExchangeKey>,
+    ) -> Self {
         MeshConfig {
             node_id: node_id.into(),
             incarnation,
@@ -122,6 +145,11 @@ impl MeshConfig {
             max_inflight_calls: calls::DEFAULT_MAX_INFLIGHT_CALLS,
             max_nodes: 4096,
             max_pending_outputs: 65_536,
+            identity,
+            exchange,
+            pins: HashMap::new(),
+            revoked: HashSet::new(),
+            trusted: Vec::new(),
         }
     }
 }
@@ -184,6 +212,9 @@ pub enum CallFailure {
     Deadline,
     /// The destination became unreachable (no alternative path), or a relay said so.
     Unreachable,
+    /// A frame of the call failed the end-to-end check (altered, injected or replayed on the
+    /// way), or a stream chunk was missing or out of order.
+    Integrity,
 }
 
 /// Events for the application (status, routing, call failures).
@@ -224,6 +255,30 @@ pub enum MeshEvent {
         dst: NodeId,
         reason: CallFailure,
     },
+    /// A node id was bound to its key for the first time (persist it).
+    KeyLearned {
+        node: NodeId,
+        key: PublicKey,
+    },
+    /// A key was refused for `node` (another key is trusted for it, or it is revoked): report
+    /// loudly. At most once per offered key and minute per node.
+    KeyRefused {
+        node: NodeId,
+        offered: PublicKey,
+        /// `key_changed`, `revoked` or `trust_full`.
+        reason: &'static str,
+        /// The key trusted for the node, when there is one.
+        trusted: Option<Fingerprint>,
+        /// Where the key was offered: `handshake`, `record` or `leave`.
+        via: &'static str,
+    },
+    /// A routed frame for us failed the end-to-end check (`reason`: `bad_tag`, `replay`,
+    /// `unsealed`, `no_key`, `mismatch`, `bad_inner`, `seq`); `call_id` names the call it claimed.
+    IntegrityFailed {
+        node: NodeId,
+        call_id: Option<CallId>,
+        reason: &'static str,
+    },
 }
 
 /// Why `send`/`start_call` refused.
@@ -243,6 +298,8 @@ pub enum SendError {
     InvalidBody,
     #[error("mesh is shut down")]
     ShutDown,
+    #[error("no end-to-end session with {0}: {1}")]
+    NoSession(NodeId, &'static str),
 }
 
 impl SendError {
@@ -256,6 +313,7 @@ impl SendError {
             SendError::TooLarge(_) => "too_large",
             SendError::InvalidBody => "invalid_body",
             SendError::ShutDown => "shut_down",
+            SendError::NoSession(..) => "no_session",
         }
     }
 }
@@ -300,4 +358,6 @@ pub struct PeerView {
     pub last_seen_ms: u64,
     pub incarnation: u64,
     pub version: u64,
+    /// The node key its record carries (verified: it signed the record).
+    pub key: PublicKey,
 }

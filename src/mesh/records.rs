@@ -9,11 +9,14 @@
 
 use crate::proto::{NodeId, NodeRecord};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// One known node.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub record: NodeRecord,
+    /// The record exactly as its owner signed it (length, JSON, signature): what we forward.
+    pub wire: Arc<[u8]>,
     /// Last time we heard of this node (record change or a frame from it), ms.
     pub last_seen: u64,
     /// `Some(t)`: left gracefully at `t` (no routes through or to it).
@@ -151,13 +154,13 @@ impl RecordStore {
         self.held
     }
 
-    /// Merge a received record.
-    pub fn merge(&mut self, record: NodeRecord, now: u64) -> Merge {
+    /// Merge a received record, `wire` being its signed form (counted into the budget).
+    pub fn merge(&mut self, record: NodeRecord, wire: Arc<[u8]>, now: u64) -> Merge {
         let stamp = record.stamp();
         if !self.would_take(&record.node, stamp) {
             return Merge::Ignored;
         }
-        let size = held_bytes(&record);
+        let size = held_bytes(&record) + wire.len();
         let old = self.entries.get(&record.node).map_or(0, |e| e.held);
         if self.held - old + size > self.budget {
             return Merge::OverBudget;
@@ -166,6 +169,7 @@ impl RecordStore {
             Some(e) => {
                 self.held = self.held - old + size;
                 e.record = record;
+                e.wire = wire;
                 e.held = size;
                 e.last_seen = now;
                 e.left_at = None;
@@ -181,6 +185,7 @@ impl RecordStore {
                     record.node.clone(),
                     Entry {
                         record,
+                        wire,
                         last_seen: now,
                         left_at: None,
                         unreachable_since: None,
@@ -245,6 +250,14 @@ impl RecordStore {
     /// All entries, mutable.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&NodeId, &mut Entry)> {
         self.entries.iter_mut()
+    }
+
+    /// Signed forms of the records of nodes that have not left, with their records.
+    pub fn live_wires(&self) -> impl Iterator<Item = (&NodeRecord, &Arc<[u8]>)> {
+        self.entries
+            .values()
+            .filter(|e| e.left_at.is_none())
+            .map(|e| (&e.record, &e.wire))
     }
 
     /// Records of nodes that have not left (the routing graph's vertices).

@@ -56,4 +56,14 @@ pub struct MeshStats {
     pub handshake_rejects: BTreeMap<String, u64>,
     pub calls_started: u64,
     pub calls_failed: u64,
+    /// Keys refused for a node id, by reason (`key_changed`, `revoked`, `trust_full`), in
+    /// handshakes, records and leaves.
+    pub key_refusals: BTreeMap<String, u64>,
+    /// Routed frames for us refused by the end-to-end check, by reason (`bad_tag`, `replay`,
+    /// `unsealed`, `no_key`, `mismatch`, `bad_inner`, `no_session`), and stream chunks out of
+    /// order (`seq`).
+    pub e2e_refused: BTreeMap<String, u64>,
+    /// Routed frames we sealed / opened.
+    pub e2e_sealed: u64,
+    pub e2e_opened: u64,
 }

@@ -207,7 +207,8 @@ impl TrustBook {
                 true
             }
             Some((k, TrustSource::Pinned)) => {
-                self.known.insert(node.to_string(), (k, TrustSource::Pinned));
+                self.known
+                    .insert(node.to_string(), (k, TrustSource::Pinned));
                 had_conflict
             }
             None => had_conflict,
@@ -283,7 +284,10 @@ mod tests {
             })
         ));
         assert!(t.note_conflict("a", key(2), 0));
-        assert!(!t.note_conflict("a", key(2), 1), "the same key again is not re-reported");
+        assert!(
+            !t.note_conflict("a", key(2), 1),
+            "the same key again is not re-reported"
+        );
         assert!(t.note_conflict("a", key(3), 2), "another key is");
         assert!(t.note_conflict("a", key(3), 2 + REPORT_EVERY_MS));
         assert_eq!(t.rows()[0].conflict.map(|c| c.count), Some(4));

@@ -176,7 +176,7 @@ async fn authenticate<S>(
     target: &DialTarget,
     stream: S,
     socket: Option<super::ws::SocketFd>,
-) -> Result<(link::WsLink<S>, crate::proto::NodeId), Attempt>
+) -> Result<(link::WsLink<S>, link::Peer), Attempt>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

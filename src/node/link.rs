@@ -33,6 +33,7 @@ use super::admission::{ProtocolClose, ShellCounters};
 use super::queue::{link_queue, LinkOut, QueueReceiver};
 use super::ws::{Role, WsError, WsMessage, WsReader, WsWriter};
 use crate::events::{EventQueue, Level};
+use crate::identity::key::PublicKey;
 use crate::mesh::{Direction, LinkId};
 use crate::proto::handshake_frame::MAX_HANDSHAKE_BYTES;
 use crate::proto::{
@@ -85,7 +86,11 @@ impl LinkCtx {
         let ctx = Arc::new(LinkCtx {
             actor: ActorHandle { tx },
             events: Arc::new(EventQueue::new()),
-            handshake: HandshakeConfig::new("n", b"s".to_vec()),
+            handshake: HandshakeConfig::new(
+                "n",
+                b"s".to_vec(),
+                Arc::new(crate::identity::NodeKey::from_seed(&[7; 32])),
+            ),
             epoch: Instant::now(),
             next_link: AtomicU64::new(1),
             shutdown,
@@ -378,14 +383,44 @@ where
     }
 }
 
-/// The listener side of the handshake. Returns the authenticated peer id.
+/// An authenticated peer: its node id and the node key it proved.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    pub node: NodeId,
+    pub key: PublicKey,
+}
+
+/// A handshake that ended refusing the peer's key after it proved the secret and the key:
+/// the core counts and reports it (the node id and key come from the peer's hello or
+/// challenge, which the proofs covered).
+async fn report_refused_key(
+    ctx: &LinkCtx,
+    step: &Step,
+    peer: &Option<NodeId>,
+    key: &Option<PublicKey>,
+) {
+    if let (
+        Step::Rejected {
+            code: RejectCode::KeyChanged | RejectCode::Revoked,
+            by_peer: false,
+            ..
+        },
+        Some(node),
+        Some(key),
+    ) = (step, peer, key)
+    {
+        ctx.actor.key_refused(node, key).await;
+    }
+}
+
+/// The listener side of the handshake. Returns the authenticated peer.
 pub(crate) async fn accept_handshake<S>(
     ws: &mut WsLink<S>,
     ctx: &LinkCtx,
     nonces: &Mutex<NonceCache>,
     addr: SocketAddr,
     deadline: PreauthDeadline,
-) -> Result<NodeId, HandshakeFailure>
+) -> Result<Peer, HandshakeFailure>
 where
     S: AsyncRead + AsyncWrite,
 {
@@ -395,6 +430,7 @@ where
     let deadline = deadline.capped(deadline_instant(ctx.epoch, acceptor.deadline()));
     let mut shutdown = ctx.shutdown.clone();
     let mut peer: Option<NodeId> = None;
+    let mut peer_key: Option<PublicKey> = None;
     loop {
         let on_timeout = || {
             acceptor
@@ -414,27 +450,37 @@ where
         // `admit` is the actor's answer, fetched before feeding the frame that needs it (the
         // state machine calls it synchronously, with the nonce cache locked).
         let decoded = HandshakeFrame::decode(&text).ok();
-        if let Some(HandshakeFrame::Hello { node, .. }) = &decoded {
+        if let Some(HandshakeFrame::Hello { node, key, .. }) = &decoded {
             peer.get_or_insert_with(|| node.clone());
+            peer_key.get_or_insert(*key);
         }
-        let verdict = match (&decoded, &peer) {
-            (Some(HandshakeFrame::Auth { .. }), Some(p)) => ctx.actor.admit(p).await,
+        let verdict = match (&decoded, &peer, &peer_key) {
+            (Some(HandshakeFrame::Auth { .. }), Some(p), Some(k)) => ctx.actor.admit(p, k).await,
             _ => Ok(()),
         };
         let step = {
             // Held only for this synchronous call; never across an await.
             let mut cache = nonces.lock().unwrap_or_else(|p| p.into_inner());
-            acceptor.on_frame(&text, &mut cache, |_| verdict)
+            acceptor.on_frame(&text, &mut cache, |_, _| verdict)
         };
+        report_refused_key(ctx, &step, &peer, &peer_key).await;
         match step {
             Step::Send(f) => {
                 send_handshake(ws, ctx, &who, peer.as_deref(), &f, deadline, timeout_step).await?;
             }
-            Step::Done { send, peer, .. } => {
+            Step::Done {
+                send,
+                peer,
+                peer_key,
+                ..
+            } => {
                 if let Some(f) = send {
                     send_handshake(ws, ctx, &who, Some(&peer), &f, deadline, timeout_step).await?;
                 }
-                return Ok(peer);
+                return Ok(Peer {
+                    node: peer,
+                    key: peer_key,
+                });
             }
             step @ Step::Rejected { .. } => {
                 let failure = finish_rejected(ws, ctx, &who, peer.as_deref(), step, deadline);
@@ -450,7 +496,7 @@ pub(crate) async fn dial_handshake<S>(
     ctx: &LinkCtx,
     expected: &str,
     url: &str,
-) -> Result<NodeId, HandshakeFailure>
+) -> Result<Peer, HandshakeFailure>
 where
     S: AsyncRead + AsyncWrite,
 {
@@ -468,6 +514,7 @@ where
         return Err(HandshakeFailure::Aborted(e.to_string()));
     }
     let mut peer: Option<NodeId> = None;
+    let mut peer_key: Option<PublicKey> = None;
     loop {
         let on_timeout = || {
             dialer
@@ -485,20 +532,28 @@ where
         )
         .await?;
         let decoded = HandshakeFrame::decode(&text).ok();
-        if let Some(HandshakeFrame::Challenge { node, .. }) = &decoded {
+        if let Some(HandshakeFrame::Challenge { node, key, .. }) = &decoded {
             peer.get_or_insert_with(|| node.clone());
+            peer_key.get_or_insert(*key);
         }
-        let verdict = match (&decoded, &peer) {
-            (Some(HandshakeFrame::Welcome { .. }), Some(p)) => ctx.actor.admit(p).await,
+        let verdict = match (&decoded, &peer, &peer_key) {
+            (Some(HandshakeFrame::Welcome { .. }), Some(p), Some(k)) => ctx.actor.admit(p, k).await,
             _ => Ok(()),
         };
-        match dialer.on_frame(&text, |_| verdict) {
+        let step = dialer.on_frame(&text, |_, _| verdict);
+        report_refused_key(ctx, &step, &peer, &peer_key).await;
+        match step {
             Step::Send(f) => {
                 if let Err(e) = ws.wr.send_text(&f.encode()).await {
                     return Err(HandshakeFailure::Aborted(e.to_string()));
                 }
             }
-            Step::Done { peer, .. } => return Ok(peer),
+            Step::Done { peer, peer_key, .. } => {
+                return Ok(Peer {
+                    node: peer,
+                    key: peer_key,
+                })
+            }
             step @ Step::Rejected { .. } => {
                 let failure = finish_rejected(ws, ctx, &who, peer.as_deref(), step, deadline);
                 return Err(failure.await);
@@ -579,7 +634,7 @@ const BURST_FRAMES: usize = 256;
 pub(crate) fn run<'a, S>(
     ws: WsLink<S>,
     ctx: &'a LinkCtx,
-    peer: NodeId,
+    peer: Peer,
     direction: Direction,
     addr: String,
 ) -> impl std::future::Future<Output = LinkEnd> + 'a
@@ -587,7 +642,15 @@ where
     S: AsyncRead + AsyncWrite + 'a,
 {
     let link = ctx.new_link_id();
-    let registered = Box::pin(register(ws, ctx, link, peer.clone(), direction, addr));
+    let Peer { node: peer, key } = peer;
+    let registered = Box::pin(register(
+        ws,
+        ctx,
+        link,
+        (peer.clone(), key),
+        direction,
+        addr,
+    ));
     async move {
         let started = Instant::now();
         let serving = registered.await.map(|l| l.serve(ctx, link, peer, started));
@@ -613,7 +676,7 @@ async fn register<S>(
     mut ws: WsLink<S>,
     ctx: &LinkCtx,
     link: LinkId,
-    peer: NodeId,
+    (peer, key): (NodeId, PublicKey),
     direction: Direction,
     addr: String,
 ) -> Option<Established<ReadHalf<S>, WriteHalf<S>>>
@@ -626,6 +689,7 @@ where
     let reg = LinkRegistration {
         link,
         peer,
+        key,
         direction,
         addr,
         queue: queue_tx,

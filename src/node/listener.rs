@@ -216,10 +216,10 @@ fn connection(
 
 /// An authenticated inbound socket, plain or TLS, and the peer's node id.
 enum Authed {
-    Plain(link::WsLink<TcpStream>, crate::proto::NodeId),
+    Plain(link::WsLink<TcpStream>, link::Peer),
     Tls(
         link::WsLink<tokio_rustls::server::TlsStream<TcpStream>>,
-        crate::proto::NodeId,
+        link::Peer,
     ),
 }
 
@@ -274,7 +274,7 @@ async fn upgrade<S>(
     socket: Option<super::ws::SocketFd>,
     addr: SocketAddr,
     deadline: PreauthDeadline,
-) -> Option<(link::WsLink<S>, crate::proto::NodeId)>
+) -> Option<(link::WsLink<S>, link::Peer)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

@@ -24,7 +24,7 @@ use spake2::{Ed25519Group, Identity, Password, Spake2};
 use std::collections::{HashSet, VecDeque};
 
 /// Domain separation tag, first field of every transcript (and of the seed derivations).
-pub const DOMAIN: &[u8] = b"clawmatrix-hs-v2";
+pub const DOMAIN: &[u8] = b"clawmatrix-hs-v3";
 /// The SPAKE2 symmetric-mode identity: one constant for the whole mesh, because every node holds
 /// the same secret and the dialer does not know the listener's id when it sends its share. Node
 /// ids are bound by the key-confirmation transcript instead.
@@ -176,8 +176,9 @@ impl std::fmt::Debug for SessionKey {
     }
 }
 
-/// Everything a confirmation MAC is bound to: both node ids, both nonces, the version the
-/// dialer offered and the one agreed, both feature sets, both SPAKE2 shares.
+/// Everything a confirmation MAC and a key proof are bound to: both node ids, both nonces, the
+/// version the dialer offered and the one agreed, both feature sets, both SPAKE2 shares, both
+/// node keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transcript {
     pub dialer: String,
@@ -190,7 +191,46 @@ pub struct Transcript {
     pub listener_features: u64,
     pub dialer_share: PakeShare,
     pub listener_share: PakeShare,
+    pub dialer_key: Bytes32,
+    pub listener_key: Bytes32,
 }
+
+impl Transcript {
+    /// Every field, length-prefixed (u32 BE), after the labels `domain` and `role`.
+    fn encode(&self, domain: &[u8], role: Role) -> Vec<u8> {
+        let fields: [&[u8]; 14] = [
+            domain,
+            role.label(),
+            self.dialer.as_bytes(),
+            self.listener.as_bytes(),
+            &self.dialer_nonce.0,
+            &self.listener_nonce.0,
+            &self.dialer_version.to_be_bytes(),
+            &self.version.to_be_bytes(),
+            &self.dialer_features.to_be_bytes(),
+            &self.listener_features.to_be_bytes(),
+            &self.dialer_share.0,
+            &self.listener_share.0,
+            &self.dialer_key.0,
+            &self.listener_key.0,
+        ];
+        let mut out = Vec::with_capacity(fields.iter().map(|f| f.len() + 4).sum());
+        for f in fields {
+            out.extend_from_slice(&(f.len() as u32).to_be_bytes());
+            out.extend_from_slice(f);
+        }
+        out
+    }
+
+    /// What `role`'s node key signs to prove it holds the key it announced: the transcript
+    /// under [`KEY_PROOF_DOMAIN`], so a key proof is never a MAC input or a record signature.
+    pub fn key_proof_message(&self, role: Role) -> Vec<u8> {
+        self.encode(KEY_PROOF_DOMAIN, role)
+    }
+}
+
+/// Domain of the handshake's node-key proofs.
+pub const KEY_PROOF_DOMAIN: &[u8] = b"clawmatrix-hs-v3 key proof";
 
 fn keyed(key: &SessionKey, role: Role, t: &Transcript) -> Hmac<Sha256> {
     // HMAC accepts keys of any length, so this never fails.
@@ -198,24 +238,7 @@ fn keyed(key: &SessionKey, role: Role, t: &Transcript) -> Hmac<Sha256> {
         Ok(m) => m,
         Err(_) => <Hmac<Sha256> as KeyInit>::new(&Default::default()),
     };
-    let fields: [&[u8]; 12] = [
-        DOMAIN,
-        role.label(),
-        t.dialer.as_bytes(),
-        t.listener.as_bytes(),
-        &t.dialer_nonce.0,
-        &t.listener_nonce.0,
-        &t.dialer_version.to_be_bytes(),
-        &t.version.to_be_bytes(),
-        &t.dialer_features.to_be_bytes(),
-        &t.listener_features.to_be_bytes(),
-        &t.dialer_share.0,
-        &t.listener_share.0,
-    ];
-    for f in fields {
-        mac.update(&(f.len() as u32).to_be_bytes());
-        mac.update(f);
-    }
+    mac.update(&t.encode(DOMAIN, role));
     mac
 }
 

@@ -4,7 +4,7 @@
 //! A [`Frame`] is a decoded header plus the raw payload bytes; relays re-encode only the header
 //! and pass the payload through untouched.
 
-use super::hex::{CallId, FrameId};
+use super::hex::{Bytes32, CallId, FrameId, Sig64};
 use serde::{Deserialize, Serialize};
 
 /// A node's configured id (`nodeId`): see [`valid_node_id`].
@@ -74,10 +74,16 @@ pub enum Body {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         ask: bool,
     },
-    /// Records the receiver lacks or that changed.
-    Gossip { records: Vec<NodeRecord> },
-    /// `node` left gracefully at `incarnation`.
-    Leave { node: NodeId, incarnation: u64 },
+    /// Records the receiver lacks or that changed: the payload holds `records` signed records
+    /// (`proto::signed`), each exactly as its owner signed it.
+    Gossip { records: u32 },
+    /// `node` left gracefully at `incarnation`; `sig` is its owner's signature
+    /// (`proto::signed::leave_message`).
+    Leave {
+        node: NodeId,
+        incarnation: u64,
+        sig: Sig64,
+    },
     /// A request; the payload holds the request bytes.
     Call {
         call_id: CallId,
@@ -112,6 +118,10 @@ pub enum Body {
     Credit { call_id: CallId, chunks: u64 },
     /// A relay could not forward a frame of this call towards `node`.
     Unreachable { call_id: CallId, node: NodeId },
+    /// End to end: one of the routed bodies above, with its payload, encrypted and
+    /// authenticated for `dst` by `src` (`mesh::e2e`). `ctr` is the sender's frame counter for
+    /// this pair of nodes (the AEAD nonce and the replay window's index). Relays see only this.
+    Sealed { call_id: CallId, ctr: u64 },
 }
 
 /// Every `type` tag, in declaration order (used to tell `unknown_type` from `bad_header`).
@@ -128,6 +138,7 @@ pub const BODY_TYPES: &[&str] = &[
     "cancel",
     "unreachable",
     "credit",
+    "sealed",
 ];
 
 impl Body {
@@ -146,6 +157,7 @@ impl Body {
             Body::Cancel { .. } => "cancel",
             Body::Unreachable { .. } => "unreachable",
             Body::Credit { .. } => "credit",
+            Body::Sealed { .. } => "sealed",
         }
     }
 
@@ -170,7 +182,8 @@ impl Body {
             | Body::End { call_id, .. }
             | Body::Cancel { call_id, .. }
             | Body::Unreachable { call_id, .. }
-            | Body::Credit { call_id, .. } => Some(*call_id),
+            | Body::Credit { call_id, .. }
+            | Body::Sealed { call_id, .. } => Some(*call_id),
             _ => None,
         }
     }
@@ -213,6 +226,12 @@ pub struct NodeRecord {
     pub incarnation: u64,
     /// Bumped by the owner on every change.
     pub version: u64,
+    /// The owner's Ed25519 public key: the record is signed with it, and it must be the key
+    /// this node id is trusted with (pinned, or first seen).
+    pub key: Bytes32,
+    /// The owner's X25519 key of this process (fresh on every start): end-to-end payload keys
+    /// with this node are agreed with it.
+    pub xkey: Bytes32,
     pub listen: bool,
     #[serde(default)]
     pub agents: Vec<AgentInfo>,

@@ -4,12 +4,12 @@
 //! caller passes `now` and a fresh secret 32-byte seed (the nonce and the SPAKE2 scalar are
 //! derived from it, [`super::auth`]).
 //!
-//! Flow (`docs/PROTOCOL.md` §3), wire version 2:
+//! Flow (`docs/PROTOCOL.md` §3), wire version 3:
 //! ```text
-//! Dialer::new                   -> hello (nonce, SPAKE2 share X)
-//! Acceptor::on_frame(hello)     -> challenge (nonce, SPAKE2 share Y; no MAC)   | reject
-//! Dialer::on_frame(challenge)   -> auth (dialer confirmation MAC)              | reject
-//! Acceptor::on_frame(auth)      -> Done + welcome (listener confirmation MAC)  | reject
+//! Dialer::new                   -> hello (nonce, SPAKE2 share X, node key)
+//! Acceptor::on_frame(hello)     -> challenge (nonce, share Y, node key; no MAC) | reject
+//! Dialer::on_frame(challenge)   -> auth (confirmation MAC, key proof)           | reject
+//! Acceptor::on_frame(auth)      -> Done + welcome (MAC, key proof)              | reject
 //! Dialer::on_frame(welcome)     -> Done                                        | reject
 //! ```
 //! The listener reveals a value that depends on the secret only after the dialer proved it;
@@ -22,8 +22,14 @@ use super::auth::{
 };
 use super::frame::{valid_node_id, NodeId};
 use super::handshake_frame::{claimed_version, HandshakeFrame, RejectCode};
-use super::hex::{Bytes32, PakeShare};
+use super::hex::{Bytes32, PakeShare, Sig64};
 use super::{FEATURES, FEATURES_REQUIRED, MAX_VERSION, MIN_VERSION, PROTOCOL_VERSION};
+use crate::identity::key::{verify, NodeKey, PublicKey};
+use std::sync::Arc;
+
+/// `Mesh::admit` as the handshake asks it: may this node id, proving this node key, link?
+pub trait Admit: FnOnce(&str, &PublicKey) -> Result<(), RejectCode> {}
+impl<F: FnOnce(&str, &PublicKey) -> Result<(), RejectCode>> Admit for F {}
 
 /// Time allowed from the WebSocket upgrade to `welcome`, in ms.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
@@ -39,6 +45,8 @@ pub struct HandshakeConfig {
     pub version: u16,
     /// Feature bits we offer (normally [`FEATURES`]).
     pub features: u64,
+    /// Our node key: announced in `hello`/`challenge`, proved by signing the transcript.
+    pub identity: Arc<NodeKey>,
 }
 
 impl std::fmt::Debug for HandshakeConfig {
@@ -48,18 +56,24 @@ impl std::fmt::Debug for HandshakeConfig {
             .field("secret", &"<redacted>")
             .field("version", &self.version)
             .field("features", &self.features)
+            .field("identity", &self.identity.fingerprint())
             .finish()
     }
 }
 
 impl HandshakeConfig {
     /// Config with this build's version and features.
-    pub fn new(node_id: impl Into<NodeId>, secret: impl Into<Vec<u8>>) -> Self {
+    pub fn new(
+        node_id: impl Into<NodeId>,
+        secret: impl Into<Vec<u8>>,
+        identity: Arc<NodeKey>,
+    ) -> Self {
         HandshakeConfig {
             node_id: node_id.into(),
             secret: secret.into(),
             version: PROTOCOL_VERSION,
             features: FEATURES,
+            identity,
         }
     }
 }
@@ -74,6 +88,8 @@ pub enum Step {
     Done {
         send: Option<HandshakeFrame>,
         peer: NodeId,
+        /// The node key the peer proved it holds.
+        peer_key: PublicKey,
         features: u64,
     },
     /// Refused. Send `send` if present, close with `code.close_code()`, log `reason` once and
@@ -189,6 +205,7 @@ impl Dialer {
             node: cfg.node_id.clone(),
             nonce,
             pake: share,
+            key: cfg.identity.public(),
         };
         let d = Dialer {
             cfg,
@@ -216,11 +233,7 @@ impl Dialer {
     }
 
     /// Feed one TEXT frame from the listener.
-    pub fn on_frame(
-        &mut self,
-        text: &str,
-        admit: impl FnOnce(&str) -> Result<(), RejectCode>,
-    ) -> Step {
+    pub fn on_frame(&mut self, text: &str, admit: impl Admit) -> Step {
         let state = std::mem::replace(&mut self.state, DialerState::Finished);
         let first = matches!(state, DialerState::AwaitChallenge { .. });
         let frame = match decode(text, first, self.cfg.version) {
@@ -250,6 +263,7 @@ impl Dialer {
                     node,
                     nonce,
                     pake: share,
+                    key,
                 },
             ) => self.on_challenge(
                 pake,
@@ -259,6 +273,7 @@ impl Dialer {
                     node,
                     nonce,
                     share,
+                    key,
                 },
             ),
             (
@@ -267,8 +282,8 @@ impl Dialer {
                     key,
                     transcript,
                 },
-                HandshakeFrame::Welcome { mac, .. },
-            ) => self.on_welcome(peer, &key, &transcript, &mac, admit),
+                HandshakeFrame::Welcome { mac, sig, .. },
+            ) => self.on_welcome(peer, &key, &transcript, (&mac, &sig), admit),
             _ => reject(RejectCode::Malformed),
         }
     }
@@ -281,6 +296,7 @@ impl Dialer {
             node,
             nonce,
             share: peer_share,
+            key: peer_key,
         } = challenge;
         if !valid_node_id(&node) {
             return reject(RejectCode::Malformed);
@@ -312,14 +328,20 @@ impl Dialer {
             listener_features: features,
             dialer_share: self.share,
             listener_share: peer_share,
+            dialer_key: self.cfg.identity.public(),
+            listener_key: peer_key,
         };
         let mac = compute_mac(&key, Role::Dialer, &transcript);
+        let sig = self
+            .cfg
+            .identity
+            .sign(&transcript.key_proof_message(Role::Dialer));
         self.state = DialerState::AwaitWelcome {
             peer: node,
             key,
             transcript: Box::new(transcript),
         };
-        Step::Send(HandshakeFrame::Auth { mac })
+        Step::Send(HandshakeFrame::Auth { mac, sig })
     }
 
     /// The listener's proof of the key: verify it and admit the peer.
@@ -328,45 +350,56 @@ impl Dialer {
         peer: NodeId,
         key: &SessionKey,
         transcript: &Transcript,
-        mac: &Bytes32,
-        admit: impl FnOnce(&str) -> Result<(), RejectCode>,
+        proof: (&Bytes32, &Sig64),
+        admit: impl Admit,
     ) -> Step {
-        if let Err(code) = check_proof(key, Role::Listener, transcript, mac, &peer, admit) {
+        if let Err(code) = check_proof(key, Role::Listener, transcript, proof, &peer, admit) {
             return reject(code);
         }
         // The negotiated set from the authenticated transcript, not the welcome's copy.
         Step::Done {
             send: None,
             peer,
+            peer_key: transcript.listener_key,
             features: transcript.listener_features & self.cfg.features,
         }
     }
 }
 
-/// What a hello and a challenge both carry: the sender's version, features, id, nonce and
-/// SPAKE2 share.
+/// What a hello and a challenge both carry: the sender's version, features, id, nonce,
+/// SPAKE2 share and node key.
 struct Greeting {
     version: u16,
     features: u64,
     node: NodeId,
     nonce: Bytes32,
     share: PakeShare,
+    key: PublicKey,
 }
 
-/// The peer's key confirmation (its MAC over the transcript, made as `role`), then admission:
-/// `Err` is the rejection to answer with.
+/// The peer's key confirmation (its MAC over the transcript, made as `role`: it knows the
+/// secret), its node key's signature over the same transcript (it holds the key it announced),
+/// then admission (the key is the one its node id is trusted with): `Err` is the rejection to
+/// answer with.
 fn check_proof(
     key: &SessionKey,
     role: Role,
     transcript: &Transcript,
-    mac: &Bytes32,
+    (mac, sig): (&Bytes32, &Sig64),
     peer: &str,
-    admit: impl FnOnce(&str) -> Result<(), RejectCode>,
+    admit: impl Admit,
 ) -> Result<(), RejectCode> {
     if !verify_mac(key, role, transcript, mac) {
         return Err(RejectCode::BadMac);
     }
-    admit(peer)
+    let peer_key = match role {
+        Role::Dialer => &transcript.dialer_key,
+        Role::Listener => &transcript.listener_key,
+    };
+    if !verify(peer_key, &transcript.key_proof_message(role), sig) {
+        return Err(RejectCode::BadSignature);
+    }
+    admit(peer, peer_key)
 }
 
 enum AcceptorState {
@@ -420,12 +453,7 @@ impl Acceptor {
 
     /// Feed one TEXT frame from the dialer. `nonces` is the listener-wide replay cache;
     /// `admit` is `Mesh::admit`, asked only after the dialer proved the secret.
-    pub fn on_frame(
-        &mut self,
-        text: &str,
-        nonces: &mut NonceCache,
-        admit: impl FnOnce(&str) -> Result<(), RejectCode>,
-    ) -> Step {
+    pub fn on_frame(&mut self, text: &str, nonces: &mut NonceCache, admit: impl Admit) -> Step {
         let state = std::mem::replace(&mut self.state, AcceptorState::Finished);
         let first = matches!(state, AcceptorState::AwaitHello { .. });
         let frame = match decode(text, first, self.cfg.version) {
@@ -451,6 +479,7 @@ impl Acceptor {
                     node,
                     nonce,
                     pake: share,
+                    key,
                 },
             ) => self.on_hello(
                 pake,
@@ -460,6 +489,7 @@ impl Acceptor {
                     node,
                     nonce,
                     share,
+                    key,
                 },
                 nonces,
             ),
@@ -469,8 +499,8 @@ impl Acceptor {
                     key,
                     transcript,
                 },
-                HandshakeFrame::Auth { mac },
-            ) => self.on_auth(peer, &key, &transcript, &mac, admit),
+                HandshakeFrame::Auth { mac, sig },
+            ) => self.on_auth(peer, &key, &transcript, (&mac, &sig), admit),
             _ if first => reject_because(
                 RejectCode::Malformed,
                 "the first frame must be a hello".to_string(),
@@ -487,6 +517,7 @@ impl Acceptor {
             node,
             nonce,
             share: peer_share,
+            key: peer_key,
         } = hello;
         if !valid_node_id(&node) {
             let why = "hello: the node id breaks the id rule".to_string();
@@ -517,6 +548,8 @@ impl Acceptor {
             listener_features: self.cfg.features,
             dialer_share: peer_share,
             listener_share: self.share,
+            dialer_key: peer_key,
+            listener_key: self.cfg.identity.public(),
         };
         // Only our share: nothing here depends on the secret in a way the dialer could
         // check a guess against without running the exchange with that guess.
@@ -526,6 +559,7 @@ impl Acceptor {
             node: self.cfg.node_id.clone(),
             nonce: self.nonce,
             pake: self.share,
+            key: self.cfg.identity.public(),
         };
         self.state = AcceptorState::AwaitAuth {
             peer: node,
@@ -541,17 +575,22 @@ impl Acceptor {
         peer: NodeId,
         key: &SessionKey,
         transcript: &Transcript,
-        mac: &Bytes32,
-        admit: impl FnOnce(&str) -> Result<(), RejectCode>,
+        proof: (&Bytes32, &Sig64),
+        admit: impl Admit,
     ) -> Step {
-        if let Err(code) = check_proof(key, Role::Dialer, transcript, mac, &peer, admit) {
+        if let Err(code) = check_proof(key, Role::Dialer, transcript, proof, &peer, admit) {
             return reject(code);
         }
         let features = transcript.dialer_features & self.cfg.features;
         let mac = compute_mac(key, Role::Listener, transcript);
+        let sig = self
+            .cfg
+            .identity
+            .sign(&transcript.key_proof_message(Role::Listener));
         Step::Done {
-            send: Some(HandshakeFrame::Welcome { features, mac }),
+            send: Some(HandshakeFrame::Welcome { features, mac, sig }),
             peer,
+            peer_key: transcript.dialer_key,
             features,
         }
     }

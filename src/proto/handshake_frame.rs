@@ -2,13 +2,13 @@
 //! close codes. The flow is in [`super::handshake`] and `docs/PROTOCOL.md` §3.
 
 use super::frame::NodeId;
-use super::hex::{Bytes32, PakeShare};
+use super::hex::{Bytes32, PakeShare, Sig64};
 use serde::{Deserialize, Serialize};
 
 /// Largest handshake frame in bytes; anything longer is `malformed` before parsing.
 pub const MAX_HANDSHAKE_BYTES: usize = 4096;
 
-/// One handshake message (wire version 2).
+/// One handshake message (wire version 3).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum HandshakeFrame {
@@ -19,6 +19,8 @@ pub enum HandshakeFrame {
         node: NodeId,
         nonce: Bytes32,
         pake: PakeShare,
+        /// The dialer's Ed25519 node key (proved in `auth`).
+        key: Bytes32,
     },
     /// Listener → dialer: who I am, my fresh nonce and my SPAKE2 share. Deliberately no MAC:
     /// the listener proves nothing before the dialer has.
@@ -28,12 +30,19 @@ pub enum HandshakeFrame {
         node: NodeId,
         nonce: Bytes32,
         pake: PakeShare,
+        /// The listener's Ed25519 node key (proved in `welcome`).
+        key: Bytes32,
     },
-    /// Dialer → listener: key confirmation, the dialer's MAC over the transcript.
-    Auth { mac: Bytes32 },
+    /// Dialer → listener: key confirmation, the dialer's MAC over the transcript, and its node
+    /// key's signature over the same transcript.
+    Auth { mac: Bytes32, sig: Sig64 },
     /// Listener → dialer: accepted; `features` is the negotiated set, `mac` the listener's key
     /// confirmation (sent only after it verified the dialer's).
-    Welcome { features: u64, mac: Bytes32 },
+    Welcome {
+        features: u64,
+        mac: Bytes32,
+        sig: Sig64,
+    },
     /// Either way: refused, then the socket is closed with `code.close_code()`.
     Reject { code: RejectCode, reason: String },
 }
@@ -86,11 +95,17 @@ pub enum RejectCode {
     Timeout,
     WrongNode,
     Capacity,
+    /// The peer's node key is not the one this node id is trusted with (pinned, or first seen).
+    KeyChanged,
+    /// The peer's node key is revoked.
+    Revoked,
+    /// The peer's node key did not sign the transcript.
+    BadSignature,
 }
 
 impl RejectCode {
     /// Every code, for stats tables.
-    pub const ALL: [RejectCode; 9] = [
+    pub const ALL: [RejectCode; 12] = [
         RejectCode::Malformed,
         RejectCode::BadMac,
         RejectCode::Replay,
@@ -100,6 +115,9 @@ impl RejectCode {
         RejectCode::Timeout,
         RejectCode::WrongNode,
         RejectCode::Capacity,
+        RejectCode::KeyChanged,
+        RejectCode::Revoked,
+        RejectCode::BadSignature,
     ];
 
     /// Stable string code.
@@ -114,6 +132,9 @@ impl RejectCode {
             RejectCode::Timeout => "timeout",
             RejectCode::WrongNode => "wrong_node",
             RejectCode::Capacity => "capacity",
+            RejectCode::KeyChanged => "key_changed",
+            RejectCode::Revoked => "revoked",
+            RejectCode::BadSignature => "bad_signature",
         }
     }
 
@@ -129,6 +150,9 @@ impl RejectCode {
             RejectCode::Timeout => 4006,
             RejectCode::WrongNode => 4007,
             RejectCode::Capacity => 4008,
+            RejectCode::KeyChanged => 4011,
+            RejectCode::Revoked => 4012,
+            RejectCode::BadSignature => 4013,
         }
     }
 
@@ -144,6 +168,9 @@ impl RejectCode {
             RejectCode::Timeout => "handshake timed out",
             RejectCode::WrongNode => "unexpected node id for this peer",
             RejectCode::Capacity => "too many links",
+            RejectCode::KeyChanged => "node key differs from the key this node id is trusted with",
+            RejectCode::Revoked => "node key revoked",
+            RejectCode::BadSignature => "node key proof failed",
         }
     }
 }

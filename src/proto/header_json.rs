@@ -8,13 +8,13 @@
 //!
 //! [`read`] is a fast path, not a second parser of record: it returns `None` for anything
 //! outside the canonical form (another key order, whitespace, escapes in strings, unknown or
-//! missing keys, `gossip`/`digest` bodies, numbers out of range), and the caller then runs
+//! missing keys, `digest` bodies, numbers out of range), and the caller then runs
 //! serde, which decides and reports the error. So the two can only disagree by the fast path
 //! accepting something serde would read differently, which the differential tests rule out.
-//! [`write`] falls back to serde for strings that need escaping and for `gossip`/`digest`.
+//! [`write`] falls back to serde for strings that need escaping and for `digest`.
 
 use super::frame::{Body, Header};
-use super::hex::{push_hex, CallId, FrameId};
+use super::hex::{push_hex, CallId, FrameId, Sig64};
 
 /// Append the JSON form of `h` to `out` (byte-identical to `serde_json::to_writer`).
 pub fn write(out: &mut Vec<u8>, h: &Header) -> Result<(), serde_json::Error> {
@@ -60,12 +60,30 @@ fn write_body(out: &mut Vec<u8>, body: &Body) -> Result<(), serde_json::Error> {
             key(out, "t");
             write_u64(out, *t);
         }
-        Body::Leave { node, incarnation } => {
+        Body::Leave {
+            node,
+            incarnation,
+            sig,
+        } => {
             kind(out, "leave");
             key(out, "node");
             write_str(out, node)?;
             key(out, "incarnation");
             write_u64(out, *incarnation);
+            key(out, "sig");
+            write_hex(out, &sig.0);
+        }
+        Body::Gossip { records } => {
+            kind(out, "gossip");
+            key(out, "records");
+            write_u64(out, u64::from(*records));
+        }
+        Body::Sealed { call_id, ctr } => {
+            kind(out, "sealed");
+            key(out, "call_id");
+            write_hex(out, &call_id.0);
+            key(out, "ctr");
+            write_u64(out, *ctr);
         }
         Body::Call {
             call_id,
@@ -137,7 +155,7 @@ fn write_body(out: &mut Vec<u8>, body: &Body) -> Result<(), serde_json::Error> {
             write_str(out, node)?;
         }
         // Rare, large and nested: serde writes them (the tag comes first there too).
-        Body::Digest { .. } | Body::Gossip { .. } => return serde_json::to_writer(out, body),
+        Body::Digest { .. } => return serde_json::to_writer(out, body),
     }
     out.push(b'}');
     Ok(())
@@ -317,9 +335,26 @@ fn read_body(c: &mut Cur<'_>) -> Option<Body> {
             c.lit(b",\"node\":")?;
             let node = c.string()?;
             c.lit(b",\"incarnation\":")?;
+            let incarnation = c.u64()?;
+            c.lit(b",\"sig\":")?;
             Body::Leave {
                 node,
-                incarnation: c.u64()?,
+                incarnation,
+                sig: Sig64::from_hex(c.str()?)?,
+            }
+        }
+        "gossip" => {
+            c.lit(b",\"records\":")?;
+            Body::Gossip {
+                records: u32::try_from(c.u64()?).ok()?,
+            }
+        }
+        "sealed" => {
+            let call_id = c.call_id()?;
+            c.lit(b",\"ctr\":")?;
+            Body::Sealed {
+                call_id,
+                ctr: c.u64()?,
             }
         }
         "call" => {

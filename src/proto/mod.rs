@@ -5,6 +5,7 @@
 //! - [`frame`] — the binary-frame header (envelope) and its tagged [`Body`], plus [`NodeRecord`].
 //! - [`codec`] — `[payload][JSON header][u32 BE header len]` encode/decode with size limits.
 //! - [`header_json`] — the header's canonical JSON written and read without serde (hot path).
+//! - [`signed`] — signed records and leaves: the gossip payload form, signing, verifying.
 //! - [`handshake_frame`] — the TEXT handshake frames ([`HandshakeFrame`]) and rejection codes.
 //! - [`auth`] — the SPAKE2 exchange, the key-confirmation transcript and MACs (constant-time
 //!   verification), the recent-nonce cache.
@@ -21,6 +22,7 @@ pub mod handshake;
 pub mod handshake_frame;
 pub mod header_json;
 pub mod hex;
+pub mod signed;
 pub mod tool_result;
 
 pub use auth::NonceCache;
@@ -32,18 +34,20 @@ pub use frame::{
 };
 pub use handshake::{Acceptor, Dialer, HandshakeConfig, Step};
 pub use handshake_frame::{HandshakeFrame, RejectCode};
-pub use hex::{Bytes32, CallId, FrameId, PakeShare};
+pub use hex::{Bytes32, CallId, FrameId, PakeShare, Sig64};
 
 /// Wire version spoken by this build (the handshake's `version`). Version 2 replaced the v1
 /// HMAC challenge, which handed anyone who connected material to guess the secret offline, with
 /// a SPAKE2 exchange (`docs/PROTOCOL.md` §3). The binary envelope after the handshake is
 /// unchanged and keeps its own `v` ([`frame::ENVELOPE_VERSION`] = 1).
-pub const PROTOCOL_VERSION: u16 = 2;
-/// Oldest peer version we accept: a v1 peer is refused with `incompatible_version` (its
+pub const PROTOCOL_VERSION: u16 = 3;
+/// Version 3 adds node identity: each side announces its Ed25519 node key and signs the
+/// transcript with it, records and leaves are signed, and routed traffic is sealed end to end.
+/// Oldest peer version we accept: a v2 peer (no node keys) or a v1 peer is refused with `incompatible_version` (its
 /// handshake is the offline guessing oracle v2 removes, so there is no fallback to it).
-pub const MIN_VERSION: u16 = 2;
+pub const MIN_VERSION: u16 = 3;
 /// Newest peer version we accept.
-pub const MAX_VERSION: u16 = 2;
+pub const MAX_VERSION: u16 = 3;
 /// Feature bit 0: binary frames with the envelope of `docs/PROTOCOL.md` §4 (required).
 pub const FEATURE_BINARY_FRAMES: u64 = 1 << 0;
 /// Feature bit 1: chunked streams (`chunk`/`end`).

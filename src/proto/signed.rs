@@ -153,7 +153,11 @@ mod tests {
         assert_eq!(parts[0].json, a.json());
         assert!(verify_record(&key.public(), parts[1].json, &parts[1].sig));
         let other = NodeKey::from_seed(&[2; 32]);
-        assert!(!verify_record(&other.public(), parts[0].json, &parts[0].sig));
+        assert!(!verify_record(
+            &other.public(),
+            parts[0].json,
+            &parts[0].sig
+        ));
         let mut flipped = a.json().to_vec();
         flipped[10] ^= 1;
         assert!(!verify_record(&key.public(), &flipped, &parts[0].sig));
@@ -164,11 +168,17 @@ mod tests {
         let key = NodeKey::from_seed(&[1; 32]);
         let a = SignedRecord::sign(record(&key), &key).expect("signed");
         assert_eq!(split(&a.wire, 2), Err(SplitError::Truncated(1)));
-        assert_eq!(split(&a.wire[..a.wire.len() - 1], 1), Err(SplitError::Truncated(0)));
+        assert_eq!(
+            split(&a.wire[..a.wire.len() - 1], 1),
+            Err(SplitError::Truncated(0))
+        );
         let mut extra = a.wire.to_vec();
         extra.push(0);
         assert_eq!(split(&extra, 1), Err(SplitError::Trailing(1)));
-        assert_eq!(split(&[0xff, 0xff, 0xff, 0xff], 1), Err(SplitError::Truncated(0)));
+        assert_eq!(
+            split(&[0xff, 0xff, 0xff, 0xff], 1),
+            Err(SplitError::Truncated(0))
+        );
         assert_eq!(split(&[], u32::MAX), Err(SplitError::Truncated(0)));
         assert_eq!(split(&[], 0), Ok(vec![]));
     }

@@ -223,6 +223,7 @@ mod tests {
             last_seen_ms: 0,
             incarnation: 1,
             version: 1,
+            key: crate::proto::Bytes32([1; 32]),
         }
     }
 

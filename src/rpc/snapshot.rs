@@ -17,4 +17,6 @@ pub struct MeshSnapshot {
     pub slow_peer_closes: u64,
     /// Mesh clock (ms since node start) when this snapshot was taken.
     pub at_ms: u64,
+    /// What the node trusts (pins, first-seen keys, refused keys).
+    pub trust: Vec<crate::mesh::trust::TrustRow>,
 }

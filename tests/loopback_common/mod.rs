@@ -71,6 +71,70 @@ pub fn start_with(c: Config, opts: StartOptions) -> Node {
     n
 }
 
+/// A fresh state directory for a node that must keep its key across a restart (removed when
+/// dropped).
+pub struct StateDir(pub std::path::PathBuf);
+
+impl StateDir {
+    pub fn new(tag: &str) -> StateDir {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("clawmatrix-state-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("state dir");
+        StateDir(dir)
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Start a node whose key lives in `state` (so a restart keeps it).
+pub fn start_in(c: Config, state: &StateDir) -> Node {
+    start_with(
+        c,
+        StartOptions {
+            state_dir: Some(state.0.clone()),
+            ..StartOptions::default()
+        },
+    )
+}
+
+/// A link-local `gossip` frame carrying `id`'s own record, signed with [`test_key`]`(id)`, so a
+/// raw peer is a node others can seal calls to.
+pub fn own_record_frame(id: &str, seq: u64) -> Vec<u8> {
+    use clawmatrix::proto::signed::SignedRecord;
+    let key = test_key(id);
+    let record = clawmatrix::proto::NodeRecord {
+        node: id.to_string(),
+        incarnation: 1,
+        version: 1,
+        key: key.public(),
+        xkey: clawmatrix::identity::ExchangeKey::from_secret(nonce(seq as u8)).public(),
+        listen: false,
+        agents: Vec::new(),
+        models: Vec::new(),
+        tags: Vec::new(),
+        links: Vec::new(),
+    };
+    let wire = SignedRecord::sign(record, &key).expect("signs").wire;
+    let header = Header {
+        v: ENVELOPE_VERSION,
+        id: FrameId(nonce(seq as u8)[..16].try_into().expect("16 bytes")),
+        src: id.to_string(),
+        dst: None,
+        ttl: 1,
+        hops: 0,
+        ts: seq,
+        body: Body::Gossip { records: 1 },
+    };
+    codec::encode(&header, &wire).expect("encode")
+}
+
 /// Poll `f` every 20 ms until it is true or `within` passed; returns the elapsed time.
 pub async fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let t0 = Instant::now();
@@ -153,6 +217,13 @@ pub async fn close_code(ws: &mut Ws) -> Option<u16> {
     }
 }
 
+/// A node key for a raw test peer, derived from its id (the same id gets the same key).
+pub fn test_key(id: &str) -> std::sync::Arc<clawmatrix::identity::NodeKey> {
+    use sha2::{Digest, Sha256};
+    let seed: [u8; 32] = Sha256::digest(format!("test key {id}").as_bytes()).into();
+    std::sync::Arc::new(clawmatrix::identity::NodeKey::from_seed(&seed))
+}
+
 pub fn nonce(seed: u8) -> [u8; 32] {
     let mut n = [seed; 32];
     let t = Instant::now().elapsed().as_nanos() as u64
@@ -166,15 +237,25 @@ pub fn nonce(seed: u8) -> [u8; 32] {
 
 /// A full handshake as `id` against the node on `port` (expecting node `expect`).
 pub async fn raw_handshake(port: u16, id: &str, expect: &str) -> Ws {
+    raw_handshake_as(port, id, expect, test_key(id)).await
+}
+
+/// [`raw_handshake`] proving `key` as `id`'s node key.
+pub async fn raw_handshake_as(
+    port: u16,
+    id: &str,
+    expect: &str,
+    key: std::sync::Arc<clawmatrix::identity::NodeKey>,
+) -> Ws {
     let mut ws = raw_connect(port).await;
-    let cfg = HandshakeConfig::new(id, SECRET.as_bytes().to_vec());
+    let cfg = HandshakeConfig::new(id, SECRET.as_bytes().to_vec(), key);
     let (mut d, hello) = Dialer::new(cfg, Some(expect.to_string()), nonce(7), 0);
     ws.send(Message::text(hello.encode())).await.expect("hello");
     loop {
         let text = next_text_or_close(&mut ws)
             .await
             .unwrap_or_else(|c| panic!("closed during handshake: {c:?}"));
-        match d.on_frame(&text, |_| Ok(())) {
+        match d.on_frame(&text, |_, _| Ok(())) {
             Step::Send(f) => ws.send(Message::text(f.encode())).await.expect("send"),
             Step::Done { .. } => return ws,
             Step::Rejected { code, reason, .. } => {
@@ -200,7 +281,7 @@ pub fn ping_frame(src: &str, seq: u64) -> Vec<u8> {
 }
 
 pub fn hello_text(id: &str, seed: u8) -> String {
-    let cfg = HandshakeConfig::new(id, SECRET.as_bytes().to_vec());
+    let cfg = HandshakeConfig::new(id, SECRET.as_bytes().to_vec(), test_key(id));
     let (_, hello) = Dialer::new(cfg, None, nonce(seed), 0);
     hello.encode()
 }

@@ -12,6 +12,30 @@ use clawmatrix::mesh::{
 use clawmatrix::proto::{Header, NodeId};
 use std::collections::{BTreeMap, VecDeque};
 
+/// Deterministic keys for a simulated node: its node key from its name, its exchange key from
+/// its name and `seed` (a new seed is a new process).
+pub fn sim_keys(
+    name: &str,
+    seed: u64,
+) -> (
+    std::sync::Arc<clawmatrix::identity::NodeKey>,
+    std::sync::Arc<clawmatrix::identity::ExchangeKey>,
+) {
+    use sha2::{Digest, Sha256};
+    let ed: [u8; 32] = Sha256::digest(format!("sim node key {name}").as_bytes()).into();
+    let x: [u8; 32] = Sha256::digest(format!("sim exchange key {name} {seed}").as_bytes()).into();
+    (
+        std::sync::Arc::new(clawmatrix::identity::NodeKey::from_seed(&ed)),
+        std::sync::Arc::new(clawmatrix::identity::ExchangeKey::from_secret(x)),
+    )
+}
+
+/// [`MeshConfig::new`] with [`sim_keys`].
+pub fn sim_config(name: &str, incarnation: u64, seed: u64) -> MeshConfig {
+    let (ed, x) = sim_keys(name, seed);
+    MeshConfig::new(name, incarnation, seed, ed, x)
+}
+
 /// xorshift64*: small, seeded, good enough for topology and loss.
 pub struct XorShift(u64);
 
@@ -100,7 +124,7 @@ impl Sim {
         let mut rng = XorShift::new(seed);
         let nodes = (0..n)
             .map(|i| {
-                let mut cfg = MeshConfig::new(node_name(i), 1, rng.next_u64());
+                let mut cfg = sim_config(&node_name(i), 1, rng.next_u64());
                 tweak(&mut cfg);
                 let local = LocalInfo {
                     listen: i % 2 == 0,

@@ -8,6 +8,10 @@ use crate::mesh::calls::CallState;
 use crate::mesh::{CallFailure, MeshEvent, Output, SendError};
 use crate::proto::{Body, CallId, Header, NodeId};
 
+/// Why a routed frame for us was refused by the end-to-end check (see `relay`), or `seq` for a
+/// stream chunk out of order.
+pub(super) type E2eReason = &'static str;
+
 impl Mesh {
     /// Send `call` to `dst` and track it until `reply`/`end`, the inactivity deadline
     /// (`deadline_ms`, extended by every `chunk`), or `dst` becoming unreachable.
@@ -37,6 +41,7 @@ impl Mesh {
                 method,
                 deadline_ms,
                 deadline_at: now.saturating_add(deadline_ms),
+                next_seq: 0,
             },
         );
         self.work_pending = true;
@@ -91,14 +96,28 @@ impl Mesh {
             {
                 self.calls.remove(call_id);
             }
-            Body::Chunk { call_id, .. } if tracked(&self.calls.get(call_id)) => {
-                self.calls.touch(call_id, now);
-            }
-            Body::Unreachable { call_id, .. } => {
-                if let Some(c) = self.calls.remove(call_id) {
-                    self.fail_call(*call_id, c.dst, CallFailure::Unreachable);
+            Body::Chunk { call_id, seq } if tracked(&self.calls.get(call_id)) => {
+                let in_order = self.calls.get_mut(call_id).is_some_and(|c| {
+                    let ok = c.next_seq == *seq;
+                    c.next_seq = c.next_seq.saturating_add(1);
+                    ok
+                });
+                if !in_order {
+                    // A relay dropped, replayed or reordered a chunk: the stream is broken.
+                    self.refuse_e2e(now, &src, Some(*call_id), "seq");
                     return;
                 }
+                self.calls.touch(call_id, now);
+            }
+            // Only about the call's own destination: any other node named is a lie. (A bounce
+            // about a call we serve goes on to the shell.)
+            Body::Unreachable { call_id, node }
+                if self.calls.get(call_id).is_some_and(|c| c.dst == *node) =>
+            {
+                if let Some(c) = self.calls.remove(call_id) {
+                    self.fail_call(*call_id, c.dst, CallFailure::Unreachable);
+                }
+                return;
             }
             _ => {}
         }
@@ -129,6 +148,43 @@ impl Mesh {
             };
             let _ = self.send(now, c.dst.clone(), body, Vec::new());
             self.fail_call(call_id, c.dst, CallFailure::Deadline);
+        }
+    }
+}
+
+impl Mesh {
+    /// A routed frame from `node` for us failed the end-to-end check (or a stream chunk came
+    /// out of order): count it, tell the shell (which cancels a call it serves with that id),
+    /// and fail our own call with that id to that node: its stream can no longer be trusted.
+    pub(super) fn refuse_e2e(
+        &mut self,
+        now: u64,
+        node: &str,
+        call_id: Option<CallId>,
+        reason: E2eReason,
+    ) {
+        *self
+            .stats
+            .e2e_refused
+            .entry(reason.to_string())
+            .or_insert(0) += 1;
+        self.event(MeshEvent::IntegrityFailed {
+            node: node.to_string(),
+            call_id,
+            reason,
+        });
+        let Some(call_id) = call_id else {
+            return;
+        };
+        if self.calls.get(&call_id).is_some_and(|c| c.dst == node) {
+            if let Some(c) = self.calls.remove(&call_id) {
+                let body = Body::Cancel {
+                    call_id,
+                    reason: "integrity".to_string(),
+                };
+                let _ = self.send(now, c.dst.clone(), body, Vec::new());
+                self.fail_call(call_id, c.dst, CallFailure::Integrity);
+            }
         }
     }
 }

@@ -1,28 +1,32 @@
-//! Other nodes' records: the checks a received record or `leave` must pass, merging into the
-//! store, digests (full at link up, a summary for periodic anti-entropy), gossip batching, and
-//! the per-tick flood of accepted records and leaves to every link but the one they came from.
+//! Other nodes' records: the checks a received record or `leave` must pass (names, stamps,
+//! size, the owner's signature, the key its node id is trusted with), merging into the store,
+//! digests (full at link up, a summary for periodic anti-entropy), gossip batching, and the
+//! per-tick flood of accepted records and leaves to every link but the one they came from.
+//! Records travel as their owners signed them (`proto::signed`) and are forwarded byte for byte.
 
 use super::Mesh;
+use crate::identity::key::{verify, PublicKey};
 use crate::mesh::link::LinkId;
 use crate::mesh::records::Merge;
+use crate::mesh::trust::Refusal;
 use crate::mesh::{MeshEvent, Output, MAX_RECORD_BYTES, MAX_RECORD_STAMP};
 use crate::proto::codec::{self, MAX_HEADER_BYTES};
 use crate::proto::frame::valid_node_id;
-use crate::proto::{Body, DigestSum, NodeId, NodeRecord};
+use crate::proto::signed::{self, leave_message, verify_record, RawRecord};
+use crate::proto::{Body, DigestSum, NodeId, NodeRecord, Sig64, MAX_CHUNK_BYTES};
 use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Encoded frames shared by every link they go to.
 type SharedFrames = Vec<Arc<[u8]>>;
 
-/// Gossip and digest frames are split so their header stays under this many bytes
-/// (half of `MAX_HEADER_BYTES`, leaving room for the envelope and one more record).
-const GOSSIP_BATCH_BYTES: usize = MAX_HEADER_BYTES / 2;
+/// Digest frames are split so their header stays under this many bytes (half of
+/// `MAX_HEADER_BYTES`, leaving room for the envelope).
+const DIGEST_BATCH_BYTES: usize = MAX_HEADER_BYTES / 2;
 
-/// Upper estimate of a record's JSON size without serializing it (gossip batching).
-fn approx_record_bytes(r: &NodeRecord) -> usize {
-    crate::mesh::records::estimate(r, &crate::mesh::records::JSON_UPPER)
-}
+/// Gossip frames carry at most this many bytes of signed records in their payload (one chunk's
+/// worth, so gossip interleaves with other traffic on a link like any chunk).
+const GOSSIP_BATCH_BYTES: usize = MAX_CHUNK_BYTES;
 
 /// Why a received record is refused before anything else looks at it: every name in it
 /// follows the node-id rule and its stamp is within [`MAX_RECORD_STAMP`].
@@ -52,30 +56,70 @@ fn check_stamp(highest: u64) -> Result<(), &'static str> {
 }
 
 impl Mesh {
-    pub(super) fn on_record(&mut self, now: u64, from: Option<LinkId>, r: NodeRecord) {
+    /// A `gossip` frame's payload: `count` signed records, each checked on its own.
+    pub(super) fn on_gossip(&mut self, now: u64, from: Option<LinkId>, count: u32, payload: &[u8]) {
+        match signed::split(payload, count) {
+            Ok(raws) => {
+                for raw in raws {
+                    self.on_record(now, from, raw);
+                }
+            }
+            Err(_) => self.refuse_record("malformed"),
+        }
+    }
+
+    pub(super) fn on_record(&mut self, now: u64, from: Option<LinkId>, raw: RawRecord<'_>) {
+        if raw.json.len() > MAX_RECORD_BYTES {
+            self.refuse_record("too_large");
+            return;
+        }
+        let Ok(r) = serde_json::from_slice::<NodeRecord>(raw.json) else {
+            self.refuse_record("malformed");
+            return;
+        };
         if let Err(why) = check_record(&r) {
             self.refuse_record(why);
             return;
         }
         if r.node == self.cfg.node_id {
-            self.on_own_record_copy(r.stamp());
+            // Only a copy we signed ourselves counts; anything else is a forgery.
+            if r.key == self.cfg.identity.public() && verify_record(&r.key, raw.json, &raw.sig) {
+                self.on_own_record_copy(r.stamp());
+            } else {
+                self.refuse_record("bad_signature");
+            }
             return;
         }
         if !self.records.would_take(&r.node, r.stamp()) {
             self.stats.records_ignored += 1;
             return;
         }
-        // Only a record we would store pays for the exact size (a serialization).
-        let size = serde_json::to_vec(&r).map_or(usize::MAX, |v| v.len());
-        if size > MAX_RECORD_BYTES {
-            self.refuse_record("too_large");
+        // The signature first (is this what the key's holder said?), then the key (is that
+        // key the one this node id is trusted with?), so a garbage record is never reported
+        // as a key change.
+        if !verify_record(&r.key, raw.json, &raw.sig) {
+            self.refuse_record("bad_signature");
             return;
         }
+        let new_binding = match self.trust.check(&r.node, &r.key) {
+            Ok(new) => new,
+            Err(refusal) => {
+                self.refuse_key(now, &r.node, r.key, refusal, "record");
+                return;
+            }
+        };
         let node = r.node.clone();
+        let key = r.key;
         let version = r.version;
-        match self.records.merge(r, now) {
+        match self.records.merge(r, Arc::from(raw.wire), now) {
             Merge::Accepted => {
                 self.stats.records_accepted += 1;
+                if new_binding && self.trust.learn(&node, key) {
+                    self.event(MeshEvent::KeyLearned {
+                        node: node.clone(),
+                        key,
+                    });
+                }
                 self.event(MeshEvent::RecordChanged {
                     node: node.clone(),
                     version,
@@ -90,20 +134,73 @@ impl Mesh {
         }
     }
 
-    /// A `leave` from `link`: the node is marked left and the leave flooded at the next tick.
-    /// A leave for us, or one that changes nothing, is dropped.
-    pub(super) fn on_leave(&mut self, now: u64, link: LinkId, node: NodeId, incarnation: u64) {
+    /// A key refused for `node` (`via`: where it was offered): counted, and reported as an
+    /// event at most once per offered key and minute per node.
+    pub(super) fn refuse_key(
+        &mut self,
+        now: u64,
+        node: &str,
+        offered: PublicKey,
+        refusal: Refusal,
+        via: &'static str,
+    ) {
+        if via != "handshake" {
+            self.refuse_record(refusal.code());
+        }
+        *self
+            .stats
+            .key_refusals
+            .entry(refusal.code().to_string())
+            .or_insert(0) += 1;
+        if self.trust.note_conflict(node, offered, now) {
+            let trusted = match refusal {
+                Refusal::KeyChanged { trusted, .. } => Some(trusted),
+                _ => None,
+            };
+            self.event(MeshEvent::KeyRefused {
+                node: node.to_string(),
+                offered,
+                reason: refusal.code(),
+                trusted,
+                via,
+            });
+        }
+    }
+
+    /// A `leave` from `link`, signed by the node that left (checked with the key of the record
+    /// we hold for it): the node is marked left and the leave flooded at the next tick. A leave
+    /// for us, for a node we hold no record of, or that changes nothing, is dropped.
+    pub(super) fn on_leave(
+        &mut self,
+        now: u64,
+        link: LinkId,
+        node: NodeId,
+        incarnation: u64,
+        sig: Sig64,
+    ) {
         if let Err(why) = check_leave(&node, incarnation) {
             self.refuse_record(why);
-        } else if node != self.cfg.node_id && self.records.leave(&node, incarnation, now) {
+            return;
+        }
+        if node == self.cfg.node_id {
+            return;
+        }
+        let Some(key) = self.records.get(&node).map(|e| e.record.key) else {
+            return;
+        };
+        if !verify(&key, &leave_message(&node, incarnation), &sig) {
+            self.refuse_record("bad_signature");
+            return;
+        }
+        if self.records.leave(&node, incarnation, now) {
             self.event(MeshEvent::Left { node: node.clone() });
-            self.leaves.push((node, incarnation, Some(link)));
+            self.leaves.push((node, incarnation, sig, Some(link)));
             self.routes_dirty = true;
             self.work_pending = true;
         }
     }
 
-    fn refuse_record(&mut self, why: &'static str) {
+    pub(super) fn refuse_record(&mut self, why: &'static str) {
         self.stats.records_ignored += 1;
         *self
             .stats
@@ -122,9 +219,14 @@ impl Mesh {
         let theirs: HashMap<NodeId, (u64, u64)> =
             entries.into_iter().map(|(n, i, v)| (n, (i, v))).collect();
         let newer = |r: &NodeRecord| theirs.get(&r.node).is_none_or(|s| *s < r.stamp());
-        let mut out: Vec<NodeRecord> = self.records.live().filter(|r| newer(r)).cloned().collect();
+        let mut out: Vec<Arc<[u8]>> = self
+            .records
+            .live_wires()
+            .filter(|(r, _)| newer(r))
+            .map(|(_, w)| w.clone())
+            .collect();
         if newer(&self.own) {
-            out.push(self.own.clone());
+            out.push(self.own_wire.clone());
         }
         self.send_gossip(now, link, out);
         if ask {
@@ -192,7 +294,7 @@ impl Mesh {
         let mut size = 0;
         for e in entries {
             let est = e.0.len() + 48;
-            if size + est > GOSSIP_BATCH_BYTES && !batch.is_empty() {
+            if size + est > DIGEST_BATCH_BYTES && !batch.is_empty() {
                 self.stats.digests_out += 1;
                 let entries = std::mem::take(&mut batch);
                 self.send_local(now, link, digest(entries));
@@ -207,49 +309,44 @@ impl Mesh {
         }
     }
 
-    /// `records` cut into gossip batches of at most [`GOSSIP_BATCH_BYTES`] (estimated); a
-    /// record over [`MAX_RECORD_BYTES`] is counted and left out.
-    fn gossip_batches(&mut self, records: Vec<NodeRecord>) -> Vec<Vec<NodeRecord>> {
+    /// Signed records cut into gossip payloads of at most [`GOSSIP_BATCH_BYTES`] (a record is
+    /// never split), each with its record count.
+    fn gossip_batches(records: Vec<Arc<[u8]>>) -> Vec<(u32, Vec<u8>)> {
         let mut batches = Vec::new();
         let mut batch = Vec::new();
-        let mut size = 0;
+        let mut n = 0u32;
         for r in records {
-            let est = approx_record_bytes(&r);
-            if est > MAX_RECORD_BYTES {
-                self.stats.records_ignored += 1;
-                continue;
+            if batch.len() + r.len() > GOSSIP_BATCH_BYTES && n > 0 {
+                batches.push((n, std::mem::take(&mut batch)));
+                n = 0;
             }
-            if size + est > GOSSIP_BATCH_BYTES && !batch.is_empty() {
-                batches.push(std::mem::take(&mut batch));
-                size = 0;
-            }
-            size += est;
-            batch.push(r);
+            batch.extend_from_slice(&r);
+            n += 1;
         }
-        if !batch.is_empty() {
-            batches.push(batch);
+        if n > 0 {
+            batches.push((n, batch));
         }
         batches
     }
 
     /// Gossip frames for `records`, batched like [`Mesh::send_gossip`], encoded once.
-    fn gossip_frames(&mut self, now: u64, records: Vec<NodeRecord>) -> Vec<Arc<[u8]>> {
+    fn gossip_frames(&mut self, now: u64, records: Vec<Arc<[u8]>>) -> Vec<Arc<[u8]>> {
         let mut frames = Vec::new();
-        for records in self.gossip_batches(records) {
-            let h = self.header(now, None, Body::Gossip { records });
-            match codec::encode(&h, &[]) {
+        for (n, payload) in Self::gossip_batches(records) {
+            let h = self.header(now, None, Body::Gossip { records: n });
+            match codec::encode_owned(&h, payload) {
                 Ok(bytes) => frames.push(Arc::from(bytes)),
-                // Only reachable with absurd records; the batcher keeps headers small.
+                // Batches are far below the frame limit.
                 Err(_) => self.stats.dropped_backpressure += 1,
             }
         }
         frames
     }
 
-    fn send_gossip(&mut self, now: u64, link: LinkId, records: Vec<NodeRecord>) {
-        for records in self.gossip_batches(records) {
+    fn send_gossip(&mut self, now: u64, link: LinkId, records: Vec<Arc<[u8]>>) {
+        for bytes in self.gossip_frames(now, records) {
             self.stats.gossip_frames_out += 1;
-            self.send_local(now, link, Body::Gossip { records });
+            self.push(Output::SendShared { link, bytes });
         }
     }
 
@@ -284,11 +381,12 @@ impl Mesh {
                 self.stats.gossip_frames_out += 1;
                 self.push(Output::SendShared { link, bytes });
             }
-            for (node, incarnation, from) in &leaves {
+            for (node, incarnation, sig, from) in &leaves {
                 if *from != Some(link) {
                     let body = Body::Leave {
                         node: node.clone(),
                         incarnation: *incarnation,
+                        sig: *sig,
                     };
                     self.send_local(now, link, body);
                 }
@@ -298,17 +396,17 @@ impl Mesh {
 
     /// The records named in a flood, as they are now: our own, or a stored one that has not
     /// left since it was accepted.
-    fn records_to_flood(&self, names: &[NodeId]) -> Vec<NodeRecord> {
+    fn records_to_flood(&self, names: &[NodeId]) -> Vec<Arc<[u8]>> {
         names
             .iter()
             .filter_map(|n| {
                 if *n == self.cfg.node_id {
-                    Some(self.own.clone())
+                    Some(self.own_wire.clone())
                 } else {
                     self.records
                         .get(n)
                         .filter(|e| e.left_at.is_none())
-                        .map(|e| e.record.clone())
+                        .map(|e| e.wire.clone())
                 }
             })
             .collect()

@@ -70,13 +70,13 @@ impl Mesh {
             return;
         }
         if local {
-            self.handle_link_local(now, link, frame.header.body);
+            self.handle_link_local(now, link, frame.header.body, &frame.payload);
         } else {
             self.handle_routed(now, link, frame);
         }
     }
 
-    fn handle_link_local(&mut self, now: u64, link: LinkId, body: Body) {
+    fn handle_link_local(&mut self, now: u64, link: LinkId, body: Body, payload: &[u8]) {
         match body {
             Body::Ping { seq, t } => self.send_local(now, link, Body::Pong { seq, t }),
             Body::Pong { seq, t } => self.on_pong(now, link, seq, t),
@@ -84,12 +84,12 @@ impl Mesh {
                 Some(theirs) => self.on_digest_sum(now, link, theirs),
                 None => self.on_digest(now, link, entries, ask),
             },
-            Body::Gossip { records } => {
-                for r in records {
-                    self.on_record(now, Some(link), r);
-                }
-            }
-            Body::Leave { node, incarnation } => self.on_leave(now, link, node, incarnation),
+            Body::Gossip { records } => self.on_gossip(now, Some(link), records, payload),
+            Body::Leave {
+                node,
+                incarnation,
+                sig,
+            } => self.on_leave(now, link, node, incarnation, sig),
             // Routed bodies never get here (decode_header guarantees they carry a dst).
             _ => {}
         }

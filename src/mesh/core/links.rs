@@ -3,9 +3,12 @@
 //! measure).
 
 use super::Mesh;
+use crate::identity::key::PublicKey;
 use crate::mesh::link::{Direction, Link, LinkId, RTT_MIN_BUCKET_MS};
 use crate::mesh::ping::{PingAction, PingTracker};
+use crate::mesh::trust::Refusal;
 use crate::mesh::{DownReason, MeshEvent, Output, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_NORMAL};
+use crate::proto::signed::leave_message;
 use crate::proto::{Body, NodeId, RejectCode};
 
 impl Mesh {
@@ -19,17 +22,33 @@ impl Mesh {
         self.links.get(&link).map(|l| l.peer.as_str())
     }
 
+    /// What this node trusts, node by node (pins, first-seen keys, refused keys), for status.
+    pub fn trust_rows(&self) -> Vec<crate::mesh::trust::TrustRow> {
+        self.trust.rows()
+    }
+
+    /// Forget the key trusted for `node` (an operator's trust reset): its next key is first
+    /// seen again. `true` if anything was dropped. A pin stays.
+    pub fn reset_trust(&mut self, node: &str) -> bool {
+        self.trust.reset(node)
+    }
+
     /// Smoothed RTT of the live link to `peer`, ms.
     pub fn link_rtt(&self, peer: &str) -> Option<u64> {
         let id = self.by_peer.get(peer)?;
         self.links.get(id)?.ping.srtt_ms()
     }
 
-    /// Whether `node` may open a link now (`Mesh::admit` in the handshake).
-    pub fn admit(&self, node: &str) -> Result<(), RejectCode> {
+    /// Whether `node`, announcing `key`, may open a link now (`Mesh::admit` in the handshake):
+    /// not us, the key trusted for its node id and not revoked, no live link to it, room for a
+    /// link. No side effect: the shell asks before the peer's proofs are checked; the binding
+    /// is made at [`Mesh::handle_link_up_keyed`], and a refusal the handshake ended with is
+    /// reported through [`Mesh::note_refused_key`].
+    pub fn admit(&self, node: &str, key: &PublicKey) -> Result<(), RejectCode> {
         if node == self.cfg.node_id {
             return Err(RejectCode::SelfId);
         }
+        self.trust.check(node, key).map_err(reject_code)?;
         if self.by_peer.contains_key(node) {
             return Err(RejectCode::DuplicateNode);
         }
@@ -37,6 +56,46 @@ impl Mesh {
             return Err(RejectCode::Capacity);
         }
         Ok(())
+    }
+
+    /// A handshake ended refusing `node`'s `key` after the peer proved the secret and the key
+    /// (`key_changed`, `revoked`): count and report it like a refused record.
+    pub fn note_refused_key(&mut self, now: u64, node: &str, key: &PublicKey) {
+        self.touch(now);
+        if let Err(refusal) = self.trust.check(node, key) {
+            self.refuse_key(now, node, *key, refusal, "handshake");
+        }
+    }
+
+    /// [`Mesh::handle_link_up`] for a link whose peer proved `key` in the handshake: the key is
+    /// checked once more (another link may have bound the node id meanwhile) and bound to the
+    /// node id if it is the first one seen ([`MeshEvent::KeyLearned`]); a refused key closes
+    /// the link with its rejection code.
+    pub fn handle_link_up_keyed(
+        &mut self,
+        now: u64,
+        link: LinkId,
+        peer: NodeId,
+        key: PublicKey,
+        direction: Direction,
+    ) {
+        self.touch(now);
+        match self.trust.check(&peer, &key) {
+            Err(refusal) => {
+                self.refuse_key(now, &peer, key, refusal, "handshake");
+                let code = reject_code(refusal);
+                self.close(link, code.close_code(), code.as_str());
+            }
+            Ok(new) => {
+                if new && self.trust.learn(&peer, key) {
+                    self.event(MeshEvent::KeyLearned {
+                        node: peer.clone(),
+                        key,
+                    });
+                }
+                self.handle_link_up(now, link, peer, direction);
+            }
+        }
     }
 
     /// Count a handshake rejection (the shell logs it once with its reason).
@@ -161,10 +220,16 @@ impl Mesh {
             return;
         }
         let links: Vec<LinkId> = self.links.keys().copied().collect();
+        let incarnation = self.own.incarnation;
+        let sig = self
+            .cfg
+            .identity
+            .sign(&leave_message(&self.cfg.node_id, incarnation));
         for link in links {
             let body = Body::Leave {
                 node: self.cfg.node_id.clone(),
-                incarnation: self.own.incarnation,
+                incarnation,
+                sig,
             };
             self.send_local(now, link, body);
             self.drop_link(now, link, DownReason::Shutdown);
@@ -209,5 +274,14 @@ impl Mesh {
             self.work_pending = true;
             self.note_rtt_change(now);
         }
+    }
+}
+
+/// The handshake rejection for a refused key.
+fn reject_code(refusal: Refusal) -> RejectCode {
+    match refusal {
+        Refusal::Revoked => RejectCode::Revoked,
+        Refusal::KeyChanged { .. } => RejectCode::KeyChanged,
+        Refusal::Full => RejectCode::Capacity,
     }
 }

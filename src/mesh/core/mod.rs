@@ -44,21 +44,27 @@ mod relay;
 
 use super::calls::Calls;
 use super::dedup::DedupCache;
+use super::e2e::E2e;
 use super::link::{Link, LinkId};
 use super::records::RecordStore;
 use super::routes::RouteTable;
 use super::stats::MeshStats;
+use super::trust::TrustBook;
 use super::{LocalInfo, MeshConfig, MeshEvent, Output, MAX_RECORD_STAMP};
 use crate::proto::codec;
 use crate::proto::frame::ENVELOPE_VERSION;
+use crate::proto::signed::SignedRecord;
 use crate::proto::{Body, FrameId, Header, NodeId, NodeRecord};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 /// The mesh core. See the module docs for the flow.
 #[derive(Debug)]
 pub struct Mesh {
     cfg: MeshConfig,
     own: NodeRecord,
+    /// `own` as signed and sent (length, JSON, signature); re-signed on every publish.
+    own_wire: Arc<[u8]>,
     own_dirty: bool,
     rtt_bump_pending: bool,
     last_rtt_bump: Option<u64>,
@@ -70,8 +76,10 @@ pub struct Mesh {
     /// Records accepted since the last tick, with the link they came from.
     flood: Vec<(NodeId, Option<LinkId>)>,
     /// Leaves accepted since the last tick.
-    leaves: Vec<(NodeId, u64, Option<LinkId>)>,
+    leaves: Vec<(NodeId, u64, crate::proto::Sig64, Option<LinkId>)>,
     dedup: DedupCache,
+    trust: TrustBook,
+    e2e: E2e,
     calls: Calls,
     stats: MeshStats,
     outputs: VecDeque<Output>,
@@ -103,6 +111,8 @@ impl Mesh {
             node: cfg.node_id.clone(),
             incarnation: cfg.incarnation.min(MAX_RECORD_STAMP),
             version: 1,
+            key: cfg.identity.public(),
+            xkey: cfg.exchange.public(),
             listen: local.listen,
             agents: local.agents,
             models: local.models,
@@ -110,7 +120,23 @@ impl Mesh {
             links: Vec::new(),
         };
         let rng = cfg.rng_seed ^ fnv(&cfg.node_id) ^ cfg.incarnation.rotate_left(17);
+        let max_learned = cfg.max_nodes.saturating_mul(2);
+        let trust = TrustBook::new(
+            cfg.pins.clone(),
+            cfg.revoked.clone(),
+            cfg.trusted.iter().cloned(),
+            max_learned,
+        );
+        let e2e = E2e::new(
+            cfg.node_id.clone(),
+            cfg.identity.public(),
+            cfg.exchange.clone(),
+        );
+        let own_wire = sign(&own, &cfg);
         Mesh {
+            trust,
+            e2e,
+            own_wire,
             records: RecordStore::new(cfg.max_nodes, super::MAX_RECORDS_HELD_BYTES),
             dedup: DedupCache::new(cfg.dedup_capacity, splitmix(&mut rng.clone())),
             calls: Calls::new(cfg.max_inflight_calls),
@@ -293,6 +319,11 @@ impl Mesh {
         }
     }
 
+    /// Sign our record as it is now (after every change to it).
+    fn sign_own(&mut self) {
+        self.own_wire = sign(&self.own, &self.cfg);
+    }
+
     fn send_local(&mut self, now: u64, link: LinkId, body: Body) {
         let h = self.header(now, None, body);
         match codec::encode(&h, &[]) {
@@ -301,4 +332,12 @@ impl Mesh {
             Err(_) => self.stats.dropped_backpressure += 1,
         }
     }
+}
+
+/// `own` signed with our node key, in its wire form. Serializing our own plain record cannot
+/// fail; should it, an empty wire is sent, which every receiver refuses, rather than a panic.
+fn sign(own: &NodeRecord, cfg: &MeshConfig) -> Arc<[u8]> {
+    SignedRecord::sign(own.clone(), &cfg.identity)
+        .map(|s| s.wire)
+        .unwrap_or_else(|_| Arc::from(Vec::new()))
 }

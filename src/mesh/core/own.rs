@@ -54,6 +54,7 @@ impl Mesh {
             self.own.incarnation += 1;
             self.own.version = 1;
         }
+        self.sign_own();
         self.own_dirty = false;
         self.rtt_bump_pending = false;
         self.routes_dirty = true;

@@ -42,6 +42,7 @@ impl Mesh {
                     last_seen_ms: direct.map_or(e.last_seen, |l| l.last_seen.max(e.last_seen)),
                     incarnation: e.record.incarnation,
                     version: e.record.version,
+                    key: e.record.key,
                 }
             })
             .collect()
@@ -149,6 +150,7 @@ impl Mesh {
             .collect();
         for node in due {
             if self.records.forget(&node, now.saturating_add(after)) {
+                self.e2e.forget(&node);
                 self.event(MeshEvent::Forgotten { node });
                 self.routes_dirty = true;
             }

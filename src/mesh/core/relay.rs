@@ -4,13 +4,16 @@
 //! an undeliverable call frame back to its source as `unreachable`.
 
 use super::Mesh;
+use crate::mesh::e2e::PeerKeys;
 use crate::mesh::link::LinkId;
 use crate::mesh::{Output, SendError};
 use crate::proto::codec;
 use crate::proto::{Body, Frame, FrameId, Header, NodeId};
 
 impl Mesh {
-    /// Send a routed application frame to `dst`; the payload travels as raw bytes.
+    /// Send a routed application frame to `dst`, sealed end to end (`mesh::e2e`): the frame
+    /// (header and payload) is encrypted for `dst` and travels inside a `sealed` frame whose
+    /// header is all relays see.
     pub fn send(
         &mut self,
         now: u64,
@@ -22,9 +25,11 @@ impl Mesh {
         if self.shut_down {
             return Err(SendError::ShutDown);
         }
-        if body.is_link_local() {
+        if body.is_link_local() || matches!(body, Body::Sealed { .. }) {
             return Err(SendError::InvalidBody);
         }
+        // Every routed body names its call (the relays' `unreachable` bounce needs it).
+        body.call_id().ok_or(SendError::InvalidBody)?;
         if dst == self.cfg.node_id {
             return Err(SendError::ToSelf);
         }
@@ -45,11 +50,112 @@ impl Mesh {
             .get(&route.next_hop)
             .ok_or_else(|| SendError::NoRoute(dst.clone()))?;
         let header = self.header(now, Some(dst), body);
-        let bytes = codec::encode_owned(&header, payload)
-            .map_err(|e| SendError::TooLarge(e.to_string()))?;
+        let id = header.id;
+        let bytes = self.seal_routed(header, payload)?;
         // Not remembered in the dedup cache: should it loop back, `src` == us drops it.
         self.push(Output::Send { link, bytes });
-        Ok(header.id)
+        Ok(id)
+    }
+
+    /// Seal a routed frame of ours (`src` = this node, `dst` set, a routed body) for its
+    /// destination, keeping the header's id, TTL and hops: the encoded `sealed` frame, ready for
+    /// a link. [`Mesh::send`] sends through it; tests that craft frames use it to produce
+    /// exactly what this node would send.
+    pub fn seal_routed(&mut self, header: Header, payload: Vec<u8>) -> Result<Vec<u8>, SendError> {
+        let Some(dst) = header.dst.clone() else {
+            return Err(SendError::InvalidBody);
+        };
+        if header.src != self.cfg.node_id
+            || header.body.is_link_local()
+            || matches!(header.body, Body::Sealed { .. })
+        {
+            return Err(SendError::InvalidBody);
+        }
+        let call_id = header.body.call_id().ok_or(SendError::InvalidBody)?;
+        let (ed, x) = self
+            .records
+            .get(&dst)
+            .map(|e| (e.record.key, e.record.xkey))
+            .ok_or_else(|| SendError::NoRoute(dst.clone()))?;
+        let id = header.id;
+        let mut inner = codec::encode_owned(&header, payload)
+            .map_err(|e| SendError::TooLarge(e.to_string()))?;
+        let Header {
+            v,
+            src,
+            ttl,
+            hops,
+            ts,
+            ..
+        } = header;
+        let ctr = self
+            .e2e
+            .seal(&dst, PeerKeys { ed: &ed, x: &x }, &id, &call_id, &mut inner)
+            .map_err(|e| SendError::NoSession(dst.clone(), e.code()))?;
+        let outer = Header {
+            v,
+            id,
+            src,
+            dst: Some(dst),
+            ttl,
+            hops,
+            ts,
+            body: Body::Sealed { call_id, ctr },
+        };
+        let bytes =
+            codec::encode_owned(&outer, inner).map_err(|e| SendError::TooLarge(e.to_string()))?;
+        self.stats.e2e_sealed += 1;
+        Ok(bytes)
+    }
+
+    /// A routed frame for us: open it (refusing anything not sealed by its `src` for us, a
+    /// replay, or an inner frame that disagrees with the outer header), then deliver the
+    /// inner frame.
+    fn open_and_deliver(&mut self, now: u64, header: Header, payload: Vec<u8>) {
+        let Body::Sealed { call_id, ctr } = header.body else {
+            let call_id = header.body.call_id();
+            self.refuse_e2e(now, &header.src, call_id, "unsealed");
+            return;
+        };
+        let src = header.src;
+        let Some((ed, x)) = self
+            .records
+            .get(&src)
+            .map(|e| (e.record.key, e.record.xkey))
+        else {
+            self.refuse_e2e(now, &src, Some(call_id), "no_key");
+            return;
+        };
+        let mut buf = payload;
+        let keys = PeerKeys { ed: &ed, x: &x };
+        if let Err(e) = self
+            .e2e
+            .open(&src, keys, (&header.id, &call_id, ctr), &mut buf)
+        {
+            self.refuse_e2e(now, &src, Some(call_id), e.code());
+            return;
+        }
+        let Ok(inner) = codec::decode_owned(buf) else {
+            self.refuse_e2e(now, &src, Some(call_id), "bad_inner");
+            return;
+        };
+        let h = &inner.header;
+        let consistent = h.src == src
+            && h.dst == header.dst
+            && h.id == header.id
+            && h.body.call_id() == Some(call_id)
+            && !h.body.is_link_local()
+            && !matches!(h.body, Body::Sealed { .. });
+        if !consistent {
+            self.refuse_e2e(now, &src, Some(call_id), "mismatch");
+            return;
+        }
+        self.stats.e2e_opened += 1;
+        // The route it took is the outer header's (relays change only that one).
+        let mut inner = inner;
+        inner.header.ttl = header.ttl;
+        inner.header.hops = header.hops;
+        self.deliver(now, inner.header, inner.payload);
     }
 
     pub(super) fn handle_routed(&mut self, now: u64, link: LinkId, frame: Frame) {
@@ -73,7 +179,7 @@ impl Mesh {
             return;
         }
         if for_us {
-            self.deliver(now, header, payload);
+            self.open_and_deliver(now, header, payload);
             return;
         }
         self.forward(now, link, header, payload);

@@ -223,7 +223,7 @@ impl Actor {
     }
 
     /// Signal a served call's task to stop; its later chunks and result are dropped.
-    fn cancel_served(&mut self, from: &str, call_id: CallId) {
+    pub(super) fn cancel_served(&mut self, from: &str, call_id: CallId) {
         if let Some(s) = self.served.get_mut(&(from.to_string(), call_id)) {
             s.cancelled = true;
             let _ = s.cancel.send(true);
@@ -454,6 +454,7 @@ impl Actor {
                     ErrorCode::Unreachable,
                     format!("stream from {dst}: the node became unreachable"),
                 ),
+                CallFailure::Integrity => integrity_error("stream from", dst),
             };
             let _ = s.tx.try_send(Err(err));
         }
@@ -467,10 +468,22 @@ impl Actor {
                     ErrorCode::Unreachable,
                     format!("request to {dst}: the node became unreachable"),
                 ),
+                CallFailure::Integrity => integrity_error("request to", dst),
             };
             let _ = p.reply.send(Err(err));
         }
     }
+}
+
+/// The error of a call whose frames failed the end-to-end check.
+fn integrity_error(what: &str, dst: &str) -> Error {
+    Error::new(
+        ErrorCode::Integrity,
+        format!(
+            "{what} {dst}: a frame failed the end-to-end integrity check (altered, injected, \
+             replayed, dropped or reordered on the way); the call was cancelled"
+        ),
+    )
 }
 
 /// Map a refused `start_call` to the crate error.
@@ -480,6 +493,7 @@ fn send_error(dst: &str, e: &SendError) -> Error {
         SendError::ShutDown => ErrorCode::NotRunning,
         SendError::TooManyCalls(_) => ErrorCode::Cancelled,
         SendError::TooLarge(_) => ErrorCode::TooLarge,
+        SendError::NoSession(..) => ErrorCode::Unreachable,
         SendError::ToSelf | SendError::InvalidBody => ErrorCode::InvalidArgument,
     };
     Error::new(code, format!("request to {dst}: {e}"))

@@ -7,6 +7,8 @@ use super::*;
 pub(crate) struct LinkRegistration {
     pub link: LinkId,
     pub peer: NodeId,
+    /// The node key the peer proved in the handshake.
+    pub key: PublicKey,
     pub direction: Direction,
     pub addr: String,
     /// The link's writer queue; it also carries the close request and the "proved" flag.
@@ -18,6 +20,7 @@ pub(crate) enum Input {
     /// May `node` open a link now (`Mesh::admit`)?
     Admit {
         node: NodeId,
+        key: PublicKey,
         reply: oneshot::Sender<std::result::Result<(), RejectCode>>,
     },
     /// Is a live link to `node` up (dialers skip peers connected inbound)?
@@ -27,6 +30,13 @@ pub(crate) enum Input {
     },
     /// A handshake failed with `code` (already logged by the link task).
     HandshakeRejected { code: RejectCode },
+    /// A handshake refused `node`'s proved `key` (`key_changed`, `revoked`).
+    KeyRefused { node: NodeId, key: PublicKey },
+    /// An operator's trust reset: forget the key trusted for `node` (`true`: one was).
+    ResetTrust {
+        node: NodeId,
+        reply: oneshot::Sender<bool>,
+    },
     /// An authenticated link is ready to pump.
     LinkUp(Box<LinkRegistration>),
     /// One BINARY message from a link.
@@ -49,10 +59,11 @@ pub(crate) struct ActorHandle {
 
 impl ActorHandle {
     /// `Mesh::admit(node)`; a stopped actor refuses with `capacity`.
-    pub async fn admit(&self, node: &str) -> std::result::Result<(), RejectCode> {
+    pub async fn admit(&self, node: &str, key: &PublicKey) -> std::result::Result<(), RejectCode> {
         let (reply, rx) = oneshot::channel();
         let input = Input::Admit {
             node: node.to_string(),
+            key: *key,
             reply,
         };
         if self.tx.send(input).await.is_err() {
@@ -72,6 +83,29 @@ impl ActorHandle {
             return false;
         }
         rx.await.unwrap_or(false)
+    }
+
+    /// Forget the key trusted for `node`, in the core and the trust store; `true` if one was
+    /// trusted (`false` too when the actor is gone).
+    pub async fn reset_trust(&self, node: &str) -> bool {
+        let (reply, rx) = oneshot::channel();
+        let input = Input::ResetTrust {
+            node: node.to_string(),
+            reply,
+        };
+        if self.tx.send(input).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// A handshake refused `node`'s proved `key`.
+    pub async fn key_refused(&self, node: &str, key: &PublicKey) {
+        let input = Input::KeyRefused {
+            node: node.to_string(),
+            key: *key,
+        };
+        let _ = self.tx.send(input).await;
     }
 
     pub async fn handshake_rejected(&self, code: RejectCode) {

@@ -144,6 +144,59 @@ impl Actor {
                 self.fail_call(call_id, &dst, reason);
                 return;
             }
+            MeshEvent::KeyLearned { node, key } => {
+                (self.trust)(TrustChange::Learned {
+                    node: node.clone(),
+                    key,
+                });
+                format!(
+                    "mesh: trusting {node} with node key {} (first seen)",
+                    Fingerprint::of(&key)
+                )
+            }
+            MeshEvent::KeyRefused {
+                node,
+                offered,
+                reason,
+                trusted,
+                via,
+            } => {
+                (self.trust)(TrustChange::Refused {
+                    node: node.clone(),
+                    offered,
+                });
+                let trusted = trusted
+                    .map(|t| format!(", trusted key {t}"))
+                    .unwrap_or_default();
+                self.events.push(
+                    Level::Error,
+                    format!(
+                        "mesh: REFUSED node key {} for {node} ({reason}{trusted}, in a {via}); \
+                         if {node} was reinstalled with a new key, check it with its operator, \
+                         then reset its trust: openclaw clawmatrix trust reset {node}",
+                        Fingerprint::of(&offered)
+                    ),
+                );
+                return;
+            }
+            MeshEvent::IntegrityFailed {
+                node,
+                call_id,
+                reason,
+            } => {
+                // Counted by the core; a call we serve with that id from that node is
+                // cancelled, since its caller's frames can no longer be trusted.
+                if let Some(call_id) = call_id {
+                    if self.served.contains_key(&(node.clone(), call_id)) {
+                        self.cancel_served(&node, call_id);
+                        self.events.warn(format!(
+                            "mesh: a frame of call {call_id} from {node} failed the \
+                             end-to-end check ({reason}); the call was cancelled"
+                        ));
+                    }
+                }
+                return;
+            }
         };
         self.events.info(msg);
     }

@@ -43,6 +43,7 @@ use super::queue::{LinkOut, PushError, QueueSender};
 use super::supervisor::ActorHealth;
 use crate::error::{panic_message, Error, ErrorCode, Result};
 use crate::events::{EventQueue, Level};
+use crate::identity::key::{Fingerprint, PublicKey};
 use crate::mesh::{CallFailure, Direction, DownReason, LinkId, Mesh, MeshEvent, Output, SendError};
 use crate::proto::{Body, CallId, CodecError, Header, NodeId, RejectCode, STREAM_WINDOW_CHUNKS};
 use crate::rpc::port::WaitingSend;
@@ -109,7 +110,22 @@ struct Actor {
     /// Something an operator would look at changed: publish now.
     urgent: bool,
     last_publish: Instant,
+    trust: TrustSink,
 }
+
+/// A change to what the node trusts, for the shell to persist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrustChange {
+    /// `node` was bound to `key` on first contact.
+    Learned { node: NodeId, key: PublicKey },
+    /// `offered` was refused for `node` (kept for status).
+    Refused { node: NodeId, offered: PublicKey },
+    /// An operator reset `node`'s trust: forget its key.
+    Reset { node: NodeId },
+}
+
+/// Where trust changes go (the app persists them off the actor's thread).
+pub type TrustSink = Arc<dyn Fn(TrustChange) + Send + Sync>;
 
 /// Builds a fresh mesh core for a restarted actor.
 pub(crate) type MeshFactory = Box<dyn FnMut() -> Result<Mesh> + Send>;
@@ -118,6 +134,7 @@ pub(crate) type MeshFactory = Box<dyn FnMut() -> Result<Mesh> + Send>;
 /// the task's future (the caller spawns it into its `JoinSet`). The task supervises the actor:
 /// a panic is recorded in `health` and a fresh actor (on a core from `remake`) takes over the
 /// same channels after a backoff (see [`super::supervisor`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn spawn(
     mesh: Mesh,
     mut remake: MeshFactory,
@@ -126,6 +143,7 @@ pub(crate) fn spawn(
     shutdown: watch::Receiver<bool>,
     services: Services,
     health: Arc<ActorHealth>,
+    trust: TrustSink,
 ) -> (
     ActorHandle,
     watch::Receiver<MeshSnapshot>,
@@ -147,6 +165,7 @@ pub(crate) fn spawn(
                 Arc::clone(&snapshot),
                 Arc::clone(&services),
                 Arc::new(ActorHandle { tx: tx.clone() }),
+                Arc::clone(&trust),
             );
             // The actor borrows the channel: a panic drops the actor (and with it its links,
             // pending calls and served calls) but not the channel the handles send on.
@@ -227,6 +246,7 @@ impl Actor {
         snapshot: Arc<watch::Sender<MeshSnapshot>>,
         services: Arc<Services>,
         port: Arc<dyn Port>,
+        trust: TrustSink,
     ) -> Self {
         Actor {
             node_id: mesh.node_id().to_string(),
@@ -245,6 +265,7 @@ impl Actor {
             dirty: true,
             urgent: true,
             last_publish: Instant::now(),
+            trust,
         }
     }
 
@@ -352,8 +373,23 @@ impl Actor {
         let now = now_ms(self.epoch);
         self.dirty = true;
         match input {
-            Input::Admit { node, reply } => {
-                let _ = reply.send(self.mesh.admit(&node));
+            Input::Admit { node, key, reply } => {
+                let _ = reply.send(self.mesh.admit(&node, &key));
+            }
+            Input::KeyRefused { node, key } => {
+                self.mesh.note_refused_key(now, &node, &key);
+                self.urgent = true;
+            }
+            Input::ResetTrust { node, reply } => {
+                let had = self.mesh.reset_trust(&node);
+                self.events.info(format!(
+                    "mesh: trust of {node} reset by the operator{}: its next key is trusted on \
+                     first use",
+                    if had { "" } else { " (no key was trusted)" }
+                ));
+                (self.trust)(TrustChange::Reset { node });
+                self.urgent = true;
+                let _ = reply.send(had);
             }
             Input::Connected { node, reply } => {
                 let up = self.links.values().any(|l| l.peer == node);
@@ -380,7 +416,7 @@ impl Actor {
                 // The core may refuse (duplicate tie-break, capacity, self): it then emits a
                 // Close for this link, which drain_outputs routes to the entry just added.
                 self.mesh
-                    .handle_link_up(now, reg.link, reg.peer, reg.direction);
+                    .handle_link_up_keyed(now, reg.link, reg.peer, reg.key, reg.direction);
             }
             Input::Data { link, bytes } => {
                 self.mesh.handle_data_owned(now, link, bytes);
@@ -419,6 +455,7 @@ impl Actor {
             slow_peer_drops: self.slow_peer_drops,
             slow_peer_closes: self.slow_peer_closes,
             at_ms: now_ms(self.epoch),
+            trust: self.mesh.trust_rows(),
         };
         self.snapshot.send_replace(snap);
         self.dirty = false;
