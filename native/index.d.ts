@@ -207,10 +207,10 @@ export interface MeshCounters {
   delivered: number
   /** Dropped frames by reason. */
   dropped: Record<string, number>
-  e2EOpened: number
+  e2eOpened: number
   /** Routed frames refused by the end-to-end check, by reason. */
-  e2ERefused: Record<string, number>
-  e2ESealed: number
+  e2eRefused: Record<string, number>
+  e2eSealed: number
   framesIn: number
   framesOut: number
   /** Handshake rejections by code. */
