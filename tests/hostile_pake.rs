@@ -140,6 +140,7 @@ async fn a_raw_client_gets_only_a_pake_share_and_a_bare_reject_before_proving_th
             let guess = HandshakeFrame::Auth {
                 mac: Bytes32([round; 32]),
                 sig: clawmatrix::proto::Sig64([0; 64]),
+                mac2: None,
             };
             ws.send(Message::text(guess.encode())).await.expect("auth");
             let reject = next_text_or_close(&mut ws).await.expect("reject frame");

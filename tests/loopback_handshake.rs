@@ -88,6 +88,7 @@ async fn wrong_secret_is_refused_in_both_directions() {
         let forged = HandshakeFrame::Auth {
             mac: Bytes32([0; 32]),
             sig: clawmatrix::proto::Sig64([0; 64]),
+            mac2: None,
         }
         .encode();
         ws.send(Message::text(forged)).await.expect("auth");

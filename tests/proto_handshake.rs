@@ -126,6 +126,7 @@ fn handshake_frames_match_their_literal_fixtures() {
                 nonce: n1,
                 pake: p,
                 key: Bytes32([0x44; 32]),
+                pake2: None,
             },
             format!(
                 r#"{{"type":"challenge","version":2,"features":3,"node":"cloud-01","nonce":"{h1}","pake":"{hp}","key":"{hk}"}}"#
@@ -135,6 +136,7 @@ fn handshake_frames_match_their_literal_fixtures() {
             HandshakeFrame::Auth {
                 mac: m,
                 sig: Sig64([0x55; 64]),
+                mac2: None,
             },
             format!(r#"{{"type":"auth","mac":"{hm}","sig":"{hs}"}}"#),
         ),
@@ -437,6 +439,7 @@ fn a_peer_claiming_our_own_id_is_rejected_on_both_sides() {
         nonce: Bytes32([2; 32]),
         pake: share(2),
         key: Bytes32([0x44; 32]),
+        pake2: None,
     };
     assert_eq!(
         rejected(&d.on_frame(&fake.encode(), ok)),
@@ -761,6 +764,7 @@ fn a_version_2_listener_never_answers_a_first_frame_with_the_bare_reason_a_versi
         HandshakeFrame::Auth {
             mac: clawmatrix::proto::Bytes32([7; 32]),
             sig: Sig64([7; 64]),
+            mac2: None,
         }
         .encode(),
     ] {
@@ -807,6 +811,7 @@ fn a_dialer_announcing_a_key_it_does_not_hold_is_refused_with_bad_signature() {
             nonce: listener_nonce,
             pake: listener_share,
             key: listener_key,
+            ..
         }) = HandshakeFrame::decode(&challenge)
         else {
             panic!("not a challenge: {challenge}")
@@ -825,10 +830,12 @@ fn a_dialer_announcing_a_key_it_does_not_hold_is_refused_with_bad_signature() {
             listener_share,
             dialer_key: victim.public(),
             listener_key,
+            listener_share2: None,
         };
         let auth = HandshakeFrame::Auth {
             mac: compute_mac(&k, Role::Dialer, &t),
             sig: signer.sign(&t.key_proof_message(Role::Dialer)),
+            mac2: None,
         };
         a.on_frame(&auth.encode(), &mut nonces, ok)
     };
@@ -857,4 +864,68 @@ fn the_admission_verdict_on_the_proved_key_ends_the_handshake() {
         assert_eq!(rejected(&step), code);
         assert_eq!(asked, Some(("home-01".into(), key_of("home-01").public())));
     }
+}
+
+/// A listener rotating its secret: `secret` = new, `previous` = old.
+fn rotating(node: &str) -> HandshakeConfig {
+    HandshakeConfig {
+        previous: Some(b"the old mesh secret".to_vec()),
+        ..cfg(node, b"the new mesh secret")
+    }
+}
+
+#[test]
+fn during_a_rotation_a_listener_accepts_dialers_with_either_secret_and_no_other() {
+    for (dialer_secret, ok_expected) in [
+        (&b"the new mesh secret"[..], true),
+        (&b"the old mesh secret"[..], true),
+        (&b"a third secret entirely"[..], false),
+    ] {
+        let mut nonces = NonceCache::default();
+        let (verdict, dialer) = run(
+            cfg("home-01", dialer_secret),
+            rotating("cloud-01"),
+            &mut nonces,
+        );
+        if ok_expected {
+            assert!(matches!(verdict, Step::Done { .. }), "{verdict:?}");
+            assert!(
+                matches!(dialer, Some(Step::Done { .. })),
+                "the dialer verified the listener's confirmation: {dialer:?}"
+            );
+        } else {
+            assert_eq!(rejected(&verdict), RejectCode::BadMac);
+        }
+    }
+    // The challenge carries the second share; without a rotation it does not.
+    let (_, hello) = Dialer::new(cfg("home-01", SECRET), None, [1; 32], 0);
+    let mut a = Acceptor::new(rotating("cloud-01"), [2; 32], 0);
+    let c = send(a.on_frame(&hello.encode(), &mut NonceCache::default(), ok));
+    assert!(keys(&c).contains(&"pake2".to_string()), "{c}");
+    let mut plain = Acceptor::new(cfg("cloud-01", SECRET), [2; 32], 0);
+    let c = send(plain.on_frame(&hello.encode(), &mut NonceCache::default(), ok));
+    assert!(!keys(&c).contains(&"pake2".to_string()), "{c}");
+}
+
+#[test]
+fn a_rotated_dialer_refused_by_a_listener_with_only_the_old_secret_gets_in_with_its_previous() {
+    let mut nonces = NonceCache::default();
+    // The dialer already has new + old; the listener still only the old.
+    let dialer = rotating("home-01");
+    let listener = cfg("cloud-01", b"the old mesh secret");
+    let (first, _) = run(dialer.clone(), listener.clone(), &mut nonces);
+    assert_eq!(rejected(&first), RejectCode::BadMac);
+    let (second, end) = run(
+        dialer.previous_first(),
+        listener,
+        &mut NonceCache::default(),
+    );
+    assert!(matches!(second, Step::Done { .. }), "{second:?}");
+    assert!(matches!(end, Some(Step::Done { .. })), "{end:?}");
+    // previous_first swaps the two, and twice is the original.
+    assert_eq!(dialer.previous_first().secret, b"the old mesh secret");
+    assert_eq!(
+        dialer.previous_first().previous_first().secret,
+        b"the new mesh secret"
+    );
 }

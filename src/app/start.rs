@@ -270,11 +270,17 @@ pub(super) fn spawn(
     let ctx = Arc::new(link::LinkCtx {
         actor: actor.clone(),
         events: Arc::clone(events),
-        handshake: HandshakeConfig::new(
-            config.node_id.clone(),
-            config.secret.as_bytes().to_vec(),
-            Arc::clone(&identity.key),
-        ),
+        handshake: HandshakeConfig {
+            previous: config
+                .secret_previous
+                .as_ref()
+                .map(|s| s.as_bytes().to_vec()),
+            ..HandshakeConfig::new(
+                config.node_id.clone(),
+                config.secret.as_bytes().to_vec(),
+                Arc::clone(&identity.key),
+            )
+        },
         epoch: started,
         next_link: AtomicU64::new(1),
         shutdown: shutdown_rx.clone(),
@@ -380,6 +386,7 @@ fn spawn_mesh_io(
             },
             heartbeat: Duration::from_millis(config.heartbeat_interval_ms),
             seed: os_u64(),
+            previous_first: std::sync::atomic::AtomicBool::new(false),
         };
         tasks.spawn(dialer::run(Arc::clone(ctx), target));
     }

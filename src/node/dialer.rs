@@ -28,6 +28,7 @@ use crate::config::PeerConfig;
 use crate::events::Level;
 use crate::mesh::Direction;
 use crate::proto::handshake::HANDSHAKE_TIMEOUT_MS;
+use crate::proto::RejectCode;
 
 /// TCP connect timeout: 10 s, like the handshake. A blackholed address must not keep the dialer
 /// from backing off.
@@ -44,6 +45,9 @@ pub(crate) struct DialTarget {
     pub heartbeat: Duration,
     /// Jitter seed.
     pub seed: u64,
+    /// During a secret rotation: dial with the previous secret first (set after the peer
+    /// refused the current one with `bad_mac`, cleared when it refuses that one too).
+    pub previous_first: std::sync::atomic::AtomicBool,
 }
 
 enum Attempt {
@@ -199,12 +203,22 @@ where
     };
     // Handshake-sized messages until the handshake succeeded; binary frames the listener sends
     // right behind `welcome` wait in our read buffer and are read with the full limits.
-    match link::dial_handshake(&mut ws, ctx, &target.peer.node_id, url).await {
+    use std::sync::atomic::Ordering;
+    let previous_first = target.previous_first.load(Ordering::Relaxed);
+    match link::dial_handshake(&mut ws, ctx, &target.peer.node_id, url, previous_first).await {
         Ok(peer) => Ok((ws, peer)),
-        Err(HandshakeFailure::Rejected(code)) => Err(Attempt::Failed {
-            why: format!("handshake rejected: {code}"),
-            logged: true,
-        }),
+        Err(HandshakeFailure::Rejected(code)) => {
+            if code == RejectCode::BadMac && ctx.handshake.previous.is_some() {
+                // The peer may hold only the other secret of the rotation: try it next.
+                target
+                    .previous_first
+                    .store(!previous_first, Ordering::Relaxed);
+            }
+            Err(Attempt::Failed {
+                why: format!("handshake rejected: {code}"),
+                logged: true,
+            })
+        }
         Err(HandshakeFailure::Aborted(why)) => {
             if *shutdown.borrow() {
                 return Err(Attempt::Stopped);
@@ -238,6 +252,7 @@ mod tests {
             tls: None,
             heartbeat: Duration::from_secs(1),
             seed: 1,
+            previous_first: Default::default(),
         };
         let task = run(ctx, target);
         let size = std::mem::size_of_val(&task);

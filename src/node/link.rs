@@ -496,18 +496,21 @@ pub(crate) async fn dial_handshake<S>(
     ctx: &LinkCtx,
     expected: &str,
     url: &str,
+    previous_first: bool,
 ) -> Result<Peer, HandshakeFailure>
 where
     S: AsyncRead + AsyncWrite,
 {
     let who = format!("outbound to {url}");
     let nonce = os_nonce().map_err(HandshakeFailure::Aborted)?;
-    let (mut dialer, hello) = Dialer::new(
-        ctx.handshake.clone(),
-        Some(expected.to_string()),
-        nonce,
-        now_ms(ctx.epoch),
-    );
+    // During a secret rotation a peer that refused our current secret gets the previous one.
+    let cfg = if previous_first {
+        ctx.handshake.previous_first()
+    } else {
+        ctx.handshake.clone()
+    };
+    let (mut dialer, hello) =
+        Dialer::new(cfg, Some(expected.to_string()), nonce, now_ms(ctx.epoch));
     let deadline = PreauthDeadline::outbound(deadline_instant(ctx.epoch, dialer.deadline()));
     let mut shutdown = ctx.shutdown.clone();
     if let Err(e) = ws.wr.send_text(&hello.encode()).await {

@@ -61,6 +61,19 @@ pub fn nonce_from_seed(seed: &[u8; 32]) -> Bytes32 {
     Bytes32(b)
 }
 
+/// The seed of a listener's second SPAKE2 share (for its previous secret, during a rotation):
+/// `SHA-256(DOMAIN | "previous secret" | seed)`, so the two shares use unrelated scalars.
+pub fn previous_seed(seed: &[u8; 32]) -> [u8; 32] {
+    let out = Sha256::new()
+        .chain_update(DOMAIN)
+        .chain_update(b"previous secret")
+        .chain_update(seed)
+        .finalize();
+    let mut b = [0u8; 32];
+    b.copy_from_slice(&out);
+    b
+}
+
 /// The randomness SPAKE2 draws its scalar from: SHA-512 in counter mode over the secret seed
 /// (`DOMAIN | "pake scalar" | seed | counter`). `Scalar::random` asks for 64 bytes once.
 struct SeedRng {
@@ -193,12 +206,15 @@ pub struct Transcript {
     pub listener_share: PakeShare,
     pub dialer_key: Bytes32,
     pub listener_key: Bytes32,
+    /// The listener's share for its previous secret, during a rotation (empty when absent).
+    pub listener_share2: Option<PakeShare>,
 }
 
 impl Transcript {
     /// Every field, length-prefixed (u32 BE), after the labels `domain` and `role`.
     fn encode(&self, domain: &[u8], role: Role) -> Vec<u8> {
-        let fields: [&[u8]; 14] = [
+        let share2: &[u8] = self.listener_share2.as_ref().map_or(&[], |s| &s.0[..]);
+        let fields: [&[u8]; 15] = [
             domain,
             role.label(),
             self.dialer.as_bytes(),
@@ -213,6 +229,7 @@ impl Transcript {
             &self.listener_share.0,
             &self.dialer_key.0,
             &self.listener_key.0,
+            share2,
         ];
         let mut out = Vec::with_capacity(fields.iter().map(|f| f.len() + 4).sum());
         for f in fields {

@@ -18,7 +18,8 @@
 //! passed in as `admit`.
 
 use super::auth::{
-    compute_mac, nonce_from_seed, verify_mac, NonceCache, Pake, Role, SessionKey, Transcript,
+    compute_mac, nonce_from_seed, previous_seed, verify_mac, NonceCache, Pake, Role, SessionKey,
+    Transcript,
 };
 use super::frame::{valid_node_id, NodeId};
 use super::handshake_frame::{claimed_version, HandshakeFrame, RejectCode};
@@ -47,6 +48,10 @@ pub struct HandshakeConfig {
     pub features: u64,
     /// Our node key: announced in `hello`/`challenge`, proved by signing the transcript.
     pub identity: Arc<NodeKey>,
+    /// During a secret rotation (`secretPrevious`): the other secret. A listener accepts it
+    /// besides `secret` (its challenge carries a second share); a dialer whose peer refused
+    /// `secret` dials with this one ([`HandshakeConfig::previous_first`]).
+    pub previous: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for HandshakeConfig {
@@ -57,6 +62,7 @@ impl std::fmt::Debug for HandshakeConfig {
             .field("version", &self.version)
             .field("features", &self.features)
             .field("identity", &self.identity.fingerprint())
+            .field("previous", &self.previous.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -74,7 +80,18 @@ impl HandshakeConfig {
             version: PROTOCOL_VERSION,
             features: FEATURES,
             identity,
+            previous: None,
         }
+    }
+
+    /// This config with `secret` and `previous` swapped: what a dialer uses after its peer
+    /// refused `secret` (the peer may not have the new secret yet, or only the new one).
+    pub fn previous_first(&self) -> HandshakeConfig {
+        let mut c = self.clone();
+        if let Some(p) = c.previous.take() {
+            c.previous = Some(std::mem::replace(&mut c.secret, p));
+        }
+        c
     }
 }
 
@@ -171,7 +188,8 @@ enum DialerState {
     },
     AwaitWelcome {
         peer: NodeId,
-        key: SessionKey,
+        /// The session key for the challenge's share, and for its second share if any.
+        keys: (SessionKey, Option<SessionKey>),
         transcript: Box<Transcript>,
     },
     Finished,
@@ -181,6 +199,9 @@ enum DialerState {
 pub struct Dialer {
     cfg: HandshakeConfig,
     expected: Option<NodeId>,
+    /// Kept to run SPAKE2 a second time against a listener's second share (the same seed gives
+    /// the same scalar and share).
+    seed: [u8; 32],
     nonce: Bytes32,
     share: PakeShare,
     deadline: u64,
@@ -210,6 +231,7 @@ impl Dialer {
         let d = Dialer {
             cfg,
             expected: expected_peer,
+            seed,
             nonce,
             share,
             deadline: now.saturating_add(HANDSHAKE_TIMEOUT_MS),
@@ -264,6 +286,7 @@ impl Dialer {
                     nonce,
                     pake: share,
                     key,
+                    pake2,
                 },
             ) => self.on_challenge(
                 pake,
@@ -275,21 +298,30 @@ impl Dialer {
                     share,
                     key,
                 },
+                pake2,
             ),
             (
                 DialerState::AwaitWelcome {
                     peer,
-                    key,
+                    keys,
                     transcript,
                 },
                 HandshakeFrame::Welcome { mac, sig, .. },
-            ) => self.on_welcome(peer, &key, &transcript, (&mac, &sig), admit),
+            ) => {
+                // The listener confirmed with the key of whichever share matched our secret.
+                let key = match &keys {
+                    (k1, Some(k2)) if !verify_mac(k1, Role::Listener, &transcript, &mac) => k2,
+                    (k1, _) => k1,
+                };
+                self.on_welcome(peer, key, &transcript, (&mac, &sig), admit)
+            }
             _ => reject(RejectCode::Malformed),
         }
     }
 
-    /// The listener's challenge: check it, finish SPAKE2, prove the key.
-    fn on_challenge(&mut self, pake: Pake, challenge: Greeting) -> Step {
+    /// The listener's challenge: check it, finish SPAKE2 (twice when it carries a second share
+    /// for its previous secret), prove the key.
+    fn on_challenge(&mut self, pake: Pake, challenge: Greeting, share2: Option<PakeShare>) -> Step {
         let Greeting {
             version,
             features,
@@ -317,6 +349,13 @@ impl Dialer {
         let Ok(key) = pake.finish(&peer_share) else {
             return reject(RejectCode::Malformed);
         };
+        let key2 = match &share2 {
+            Some(s2) => match Pake::start(&self.cfg.secret, &self.seed).0.finish(s2) {
+                Ok(k) => Some(k),
+                Err(_) => return reject(RejectCode::Malformed),
+            },
+            None => None,
+        };
         let transcript = Transcript {
             dialer: self.cfg.node_id.clone(),
             listener: node.clone(),
@@ -330,18 +369,22 @@ impl Dialer {
             listener_share: peer_share,
             dialer_key: self.cfg.identity.public(),
             listener_key: peer_key,
+            listener_share2: share2,
         };
         let mac = compute_mac(&key, Role::Dialer, &transcript);
+        let mac2 = key2
+            .as_ref()
+            .map(|k| compute_mac(k, Role::Dialer, &transcript));
         let sig = self
             .cfg
             .identity
             .sign(&transcript.key_proof_message(Role::Dialer));
         self.state = DialerState::AwaitWelcome {
             peer: node,
-            key,
+            keys: (key, key2),
             transcript: Box::new(transcript),
         };
-        Step::Send(HandshakeFrame::Auth { mac, sig })
+        Step::Send(HandshakeFrame::Auth { mac, sig, mac2 })
     }
 
     /// The listener's proof of the key: verify it and admit the peer.
@@ -405,10 +448,12 @@ fn check_proof(
 enum AcceptorState {
     AwaitHello {
         pake: Pake,
+        /// For the previous secret, during a rotation (boxed: rarely there, and large).
+        pake2: Option<Box<Pake>>,
     },
     AwaitAuth {
         peer: NodeId,
-        key: SessionKey,
+        keys: (SessionKey, Option<SessionKey>),
         transcript: Box<Transcript>,
     },
     Finished,
@@ -419,6 +464,7 @@ pub struct Acceptor {
     cfg: HandshakeConfig,
     nonce: Bytes32,
     share: PakeShare,
+    share2: Option<PakeShare>,
     deadline: u64,
     state: AcceptorState,
 }
@@ -428,12 +474,21 @@ impl Acceptor {
     /// secret (the nonce and the SPAKE2 scalar are derived from it).
     pub fn new(cfg: HandshakeConfig, seed: [u8; 32], now: u64) -> Self {
         let (pake, share) = Pake::start(&cfg.secret, &seed);
+        let second = cfg
+            .previous
+            .as_ref()
+            .map(|p| Pake::start(p, &previous_seed(&seed)));
+        let (pake2, share2) = match second {
+            Some((p, s)) => (Some(Box::new(p)), Some(s)),
+            None => (None, None),
+        };
         Acceptor {
             cfg,
             nonce: nonce_from_seed(&seed),
             share,
+            share2,
             deadline: now.saturating_add(HANDSHAKE_TIMEOUT_MS),
-            state: AcceptorState::AwaitHello { pake },
+            state: AcceptorState::AwaitHello { pake, pake2 },
         }
     }
 
@@ -472,7 +527,7 @@ impl Acceptor {
         }
         match (state, frame) {
             (
-                AcceptorState::AwaitHello { pake },
+                AcceptorState::AwaitHello { pake, pake2 },
                 HandshakeFrame::Hello {
                     version,
                     features,
@@ -482,7 +537,7 @@ impl Acceptor {
                     key,
                 },
             ) => self.on_hello(
-                pake,
+                (pake, pake2),
                 Greeting {
                     version,
                     features,
@@ -496,11 +551,24 @@ impl Acceptor {
             (
                 AcceptorState::AwaitAuth {
                     peer,
-                    key,
+                    keys,
                     transcript,
                 },
-                HandshakeFrame::Auth { mac, sig },
-            ) => self.on_auth(peer, &key, &transcript, (&mac, &sig), admit),
+                HandshakeFrame::Auth { mac, sig, mac2 },
+            ) => {
+                // The dialer's secret matched the current one, or (during a rotation) the
+                // previous one: confirm with the key whose MAC verified.
+                let (key, mac) = match (&keys, mac2) {
+                    ((k1, Some(k2)), Some(m2))
+                        if !verify_mac(k1, Role::Dialer, &transcript, &mac)
+                            && verify_mac(k2, Role::Dialer, &transcript, &m2) =>
+                    {
+                        (k2, m2)
+                    }
+                    ((k1, _), _) => (k1, mac),
+                };
+                self.on_auth(peer, key, &transcript, (&mac, &sig), admit)
+            }
             _ if first => reject_because(
                 RejectCode::Malformed,
                 "the first frame must be a hello".to_string(),
@@ -510,7 +578,12 @@ impl Acceptor {
     }
 
     /// The dialer's hello: check it, run our half of SPAKE2, answer with the challenge.
-    fn on_hello(&mut self, pake: Pake, hello: Greeting, nonces: &mut NonceCache) -> Step {
+    fn on_hello(
+        &mut self,
+        (pake, pake2): (Pake, Option<Box<Pake>>),
+        hello: Greeting,
+        nonces: &mut NonceCache,
+    ) -> Step {
         let Greeting {
             version,
             features,
@@ -532,9 +605,17 @@ impl Acceptor {
         if !nonces.insert(&nonce) {
             return reject(RejectCode::Replay);
         }
-        let Ok(key) = pake.finish(&peer_share) else {
+        let bad_share = || {
             let why = "hello: the pake share is not a valid SPAKE2 share".to_string();
-            return reject_because(RejectCode::Malformed, why);
+            reject_because(RejectCode::Malformed, why)
+        };
+        let Ok(key) = pake.finish(&peer_share) else {
+            return bad_share();
+        };
+        let key2 = match pake2.map(|p| p.finish(&peer_share)) {
+            Some(Ok(k)) => Some(k),
+            Some(Err(_)) => return bad_share(),
+            None => None,
         };
         let agreed = version.min(self.cfg.version);
         let transcript = Transcript {
@@ -550,6 +631,7 @@ impl Acceptor {
             listener_share: self.share,
             dialer_key: peer_key,
             listener_key: self.cfg.identity.public(),
+            listener_share2: self.share2,
         };
         // Only our share: nothing here depends on the secret in a way the dialer could
         // check a guess against without running the exchange with that guess.
@@ -560,10 +642,11 @@ impl Acceptor {
             nonce: self.nonce,
             pake: self.share,
             key: self.cfg.identity.public(),
+            pake2: self.share2,
         };
         self.state = AcceptorState::AwaitAuth {
             peer: node,
-            key,
+            keys: (key, key2),
             transcript: Box::new(transcript),
         };
         Step::Send(challenge)

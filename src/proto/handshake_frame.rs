@@ -32,10 +32,20 @@ pub enum HandshakeFrame {
         pake: PakeShare,
         /// The listener's Ed25519 node key (proved in `welcome`).
         key: Bytes32,
+        /// During a secret rotation: the listener's share for its previous secret (the dialer
+        /// confirms both in `auth`, and the listener accepts the one that matches).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pake2: Option<PakeShare>,
     },
     /// Dialer → listener: key confirmation, the dialer's MAC over the transcript, and its node
     /// key's signature over the same transcript.
-    Auth { mac: Bytes32, sig: Sig64 },
+    Auth {
+        mac: Bytes32,
+        sig: Sig64,
+        /// The confirmation for the challenge's `pake2`, when it had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mac2: Option<Bytes32>,
+    },
     /// Listener → dialer: accepted; `features` is the negotiated set, `mac` the listener's key
     /// confirmation (sent only after it verified the dialer's).
     Welcome {

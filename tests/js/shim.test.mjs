@@ -35,12 +35,12 @@ function recordingHost(pluginConfig) {
   return { api, rec, logger };
 }
 
-async function callMethod(rec, name) {
+async function callMethod(rec, name, params = {}) {
   const m = rec.methods.find((x) => x.name === name);
-  return await new Promise((resolve) => m.handler({ params: {}, respond: (ok, payload, error) => resolve({ ok, payload, error }) }));
+  return await new Promise((resolve) => m.handler({ params, respond: (ok, payload, error) => resolve({ ok, payload, error }) }));
 }
 
-test("register() registers the service, seven tools, two read-scoped methods and the CLI, and starts nothing", async () => {
+test("register() registers the service, seven tools, two read-scoped methods, the admin trust reset and the CLI, and starts nothing", async () => {
   const { api, rec } = recordingHost({ nodeId: "n1", secret: "0123456789abcdef", proxyPort: await freePort() });
   entry.register(api);
   assert.equal(entry.id, manifest.id);
@@ -55,6 +55,7 @@ test("register() registers the service, seven tools, two read-scoped methods and
   assert.deepEqual(rec.methods.map((m) => [m.name, m.opts.scope]), [
     ["clawmatrix.status", "operator.read"],
     ["clawmatrix.peers", "operator.read"],
+    ["clawmatrix.trustReset", "operator.admin"],
   ]);
   assert.deepEqual(rec.cli[0].opts.descriptors.map((d) => d.name), manifest.cliCommands.map((c) => c.name));
   // Nothing started: the methods answer "not running".
@@ -93,6 +94,16 @@ test("service start binds the proxy, tools and methods reach the core, stop rele
     assert.deepEqual(status.models.map((m) => m.id), ["m1"]);
     assert.deepEqual(status.tags, ["office", "gpu"]);
     assert.deepEqual((await callMethod(rec, "clawmatrix.peers")).payload, []);
+    // The node key was created in the state dir and is in status; trust reset answers.
+    assert.match(status.identity.fingerprint, /^ed25519:[0-9a-f]{32}$/);
+    assert.equal(status.identity.keyFile, join(stateDir, "node.key"));
+    assert.deepEqual(status.identity.trust, []);
+    const reset = await callMethod(rec, "clawmatrix.trustReset", { nodeId: "ghost" });
+    assert.equal(reset.ok, true);
+    assert.deepEqual(reset.payload, { message: "no key was trusted for ghost; nothing to reset", nodeId: "ghost", reset: false });
+    const bad = await callMethod(rec, "clawmatrix.trustReset", { nodeId: "not an id" });
+    assert.equal(bad.ok, false);
+    assert.equal(bad.error.code, "CLAWMATRIX_INVALID_ARGUMENT");
 
     const tool = (name) => rec.tools.find((t) => t.tool.name === name).tool;
     const peers = await tool("cluster_peers").execute("c1", {});
