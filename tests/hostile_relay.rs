@@ -484,6 +484,15 @@ async fn a_routed_call_with_a_forged_src_never_runs_and_is_counted() {
         assert_eq!(runs(&lab), 1);
         let audit = lab.omega.status().tools.expect("tools")["audit"].clone();
         assert_eq!(audit["last"]["callerNode"], "alpha", "{audit}");
+        // The audit line names the verified caller and the key its call was sealed with.
+        let log = std::fs::read_to_string(lab._state.path().join("audit.log")).expect("audit log");
+        let alpha_fp = lab.alpha.status().identity.expect("running").fingerprint;
+        let line = log.lines().last().expect("a line");
+        assert!(
+            line.contains("\"caller_node\":\"alpha\"")
+                && line.contains(&format!("\"caller_key\":\"{alpha_fp}\"")),
+            "{line}"
+        );
         lab.alpha.stop();
         lab.omega.stop();
     })

@@ -22,6 +22,11 @@ impl Mesh {
         self.links.get(&link).map(|l| l.peer.as_str())
     }
 
+    /// The node key in `node`'s record (the key that signed it and seals its calls).
+    pub fn key_of(&self, node: &str) -> Option<PublicKey> {
+        self.records.get(node).map(|e| e.record.key)
+    }
+
     /// What this node trusts, node by node (pins, first-seen keys, refused keys), for status.
     pub fn trust_rows(&self) -> Vec<crate::mesh::trust::TrustRow> {
         self.trust.rows()

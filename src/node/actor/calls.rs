@@ -316,7 +316,8 @@ impl Actor {
         let task_from = from.clone();
         let ctx = CallCtx {
             from: from.clone(),
-            caller_key: None,
+            // The key that sealed this call (its source's record key, checked by the core).
+            caller_key: self.mesh.key_of(&from).map(|k| Fingerprint::of(&k)),
             method,
             sink: ChunkSink::new(Arc::clone(&port), from, call_id, credit, cancel_rx.clone()),
             cancel: cancel_rx,
