@@ -6,12 +6,14 @@
 //! - one flipped byte in a relayed payload;
 //! - an injected, a dropped and a reordered stream chunk;
 //! - a replayed old request;
-//! - and plaintext of what it relays (commands, their output, file contents written and read,
-//!   request payloads) never appears in the bytes the relay receives.
+//! - and plaintext of what it relays (a model prompt and its completion, commands and their
+//!   output, file contents written and read, request payloads) never appears in the bytes the
+//!   relay receives.
 //!
 //! Forged records and `leave`s of other nodes are in `hostile_gossip.rs`.
 
 mod loopback_common;
+mod proxy_support;
 mod tools_support;
 
 use std::sync::{Arc, Mutex};
@@ -264,18 +266,22 @@ struct Lab {
 /// alpha and omega listen and dial nobody; the relay links to both, so every frame between
 /// them crosses it. omega serves exec/read/write under `root`.
 async fn lab() -> Lab {
+    lab_with(json!({})).await
+}
+
+/// [`lab`] with more config for omega.
+async fn lab_with(omega_extra: serde_json::Value) -> Lab {
     let root = TempDir::new("relay-root");
     let state = TempDir::new("relay-state");
     let (ap, op) = (reserve_port(), reserve_port());
     let alpha = start(config("alpha", Some(ap), &[], json!({})));
+    let mut extra = json!({"toolProxy": {"enabled": true, "allow": ["exec", "read", "write"],
+                                         "root": root.path().to_string_lossy()}});
+    if let (Some(e), serde_json::Value::Object(more)) = (extra.as_object_mut(), omega_extra) {
+        e.extend(more);
+    }
     let omega = start_with(
-        config(
-            "omega",
-            Some(op),
-            &[],
-            json!({"toolProxy": {"enabled": true, "allow": ["exec", "read", "write"],
-                                 "root": root.path().to_string_lossy()}}),
-        ),
+        config("omega", Some(op), &[], extra),
         StartOptions {
             state_dir: Some(state.path().to_path_buf()),
             ..StartOptions::default()
@@ -563,7 +569,50 @@ async fn a_replayed_old_request_is_refused_and_runs_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_never_sees_the_plaintext_it_relays() {
     tokio::time::timeout(TEST_BOUND, async {
-        let lab = lab().await;
+        // omega serves model m1 from a scripted upstream; alpha asks for it through its proxy.
+        let up = proxy_support::start_upstream().await;
+        let completion = "PLAINTEXT-COMPLETION-77b4";
+        let chunk = |c: &str| {
+            json!({"id": "c1", "object": "chat.completion.chunk",
+                   "choices": [{"index": 0, "delta": {"content": c}}]})
+        };
+        up.script(
+            "m1",
+            proxy_support::sse_script(&[chunk(completion), chunk(" and more")], Duration::ZERO),
+        );
+        let lab = lab_with(json!({"models": [{"id": "m1", "provider": "mock"}]})).await;
+        let providers = std::collections::HashMap::from([(
+            "mock".to_string(),
+            json!({"baseUrl": up.base_url(), "api": "openai-completions"}),
+        )]);
+        let _omega_host = proxy_support::fake_host(&lab.omega, providers, Some("sk-omega-key"));
+        let _alpha_host = proxy_support::fake_host(&lab.alpha, Default::default(), None);
+        let prompt = "PLAINTEXT-PROMPT-c0de";
+        let body = json!({"model": "m1", "stream": true,
+                          "messages": [{"role": "user", "content": prompt}]});
+        let proxy = format!("127.0.0.1:{}", lab.alpha.config().proxy_port)
+            .parse()
+            .expect("addr");
+        let got = proxy_support::fetch(
+            proxy,
+            "POST",
+            "/v1/chat/completions",
+            Some(&clawmatrix::proxy::token::derive(SECRET, "alpha")),
+            body.to_string().into_bytes(),
+            Duration::from_secs(15),
+        )
+        .await;
+        assert_eq!(got.status, 200);
+        assert!(
+            String::from_utf8_lossy(&got.body()).contains(completion),
+            "alpha got the completion"
+        );
+        assert!(
+            up.seen()
+                .iter()
+                .any(|s| String::from_utf8_lossy(&s.body).contains(prompt)),
+            "the upstream got the prompt"
+        );
         let file = "PLAINTEXT-FILE-5d1e ".repeat(20_000); // 400 KB: several chunks
         std::fs::write(lab.root.join("secret.txt"), &file).expect("write");
         let written = "PLAINTEXT-WRITE-91c2";
@@ -607,6 +656,9 @@ async fn the_relay_never_sees_the_plaintext_it_relays() {
         assert!(seen > file.len(), "the relay received {seen} bytes");
         let output = format!("{cmd_marker}-42");
         for needle in [
+            prompt,
+            completion,
+            "sk-omega-key",
             "PLAINTEXT-FILE-5d1e",
             written,
             cmd_marker,
