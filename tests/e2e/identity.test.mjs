@@ -69,14 +69,14 @@ const proxyToken = (secret, nodeId) => `cmx-${createHmac("sha256", secret).updat
  * One call from home to office: a chat completion on home's proxy for office's model, relayed by
  * cloud. Returns {ok, status, ms, why}.
  */
-async function homeToOffice(n, homeSecret) {
+async function homeToOffice(n, homeSecret, timeoutMs = 20_000) {
   const t0 = Date.now();
   try {
     const r = await fetch(`http://127.0.0.1:${proxy.home}/v1/chat/completions`, {
       method: "POST",
       headers: { authorization: `Bearer ${proxyToken(homeSecret, ID.home)}`, "content-type": "application/json" },
       body: JSON.stringify({ model: `${ID.office}/mock-model`, messages: [{ role: "user", content: `identity call ${n}` }] }),
-      signal: AbortSignal.timeout(20_000),
+      signal: AbortSignal.timeout(timeoutMs),
     });
     const body = await r.text();
     const content = r.ok ? JSON.parse(body).choices?.[0]?.message?.content : undefined;
@@ -94,6 +94,53 @@ async function assertCalls(n, homeSecret, what) {
   const failed = results.filter((r) => !r.ok);
   assert.equal(failed.length, 0, `${what}: ${failed.length}/${n} calls home -> office failed: ${failed.map((r) => r.why).join(" | ")}`);
   return results.map((r) => r.ms);
+}
+
+/**
+ * Calls home -> office back to back (250 ms apart, 5 s bound each) until stopped, logging when
+ * each started and how it ended. It measures the mesh, not home's proxy token: a 401 (home
+ * restarted with the other secret) is retried at once with the other token.
+ */
+function startProber() {
+  const calls = [];
+  let stopping = false;
+  let secret = OLD;
+  const done = (async () => {
+    for (let n = 0; !stopping; n++) {
+      const t = Date.now();
+      let r = await homeToOffice(`probe-${n}`, secret, 5_000);
+      if (r.status === 401) {
+        secret = secret === OLD ? NEW : OLD;
+        r = await homeToOffice(`probe-${n}`, secret, 5_000);
+      }
+      calls.push({ t, ok: r.ok, why: r.why.slice(0, 120) });
+      await sleep(250);
+    }
+  })();
+  return {
+    calls,
+    /** Calls started in [from, to). */
+    between: (from, to) => calls.filter((c) => c.t >= from && c.t < to),
+    stop: async () => {
+      stopping = true;
+      await done;
+    },
+  };
+}
+
+/** Summary of prober calls: how many, how many failed, the longest failing stretch (ms), why. */
+function outage(calls) {
+  let longest = 0;
+  let since;
+  for (const c of calls) {
+    if (!c.ok) since ??= c.t;
+    else if (since !== undefined) {
+      longest = Math.max(longest, c.t - since);
+      since = undefined;
+    }
+  }
+  const failed = calls.filter((c) => !c.ok);
+  return { calls: calls.length, failed: failed.length, longestOutageMs: longest, why: [...new Set(failed.map((c) => c.why.replace(/probe-\d+/g, "probe-N")))].slice(0, 3) };
 }
 
 /**
@@ -280,30 +327,44 @@ test("a secret rotation across the three gateways loses no call", { timeout: 600
     { what: "old secret removed", gws: [cloud, office, home], patch: { secret: NEW, secretPrevious: undefined } },
   ];
   calls += (await assertCalls(5, homeSecret, "before the rotation")).length;
-  for (const step of steps) {
-    const t0 = Date.now();
-    await Promise.all(step.gws.map((g) => setPluginConfig(g, step.patch)));
-    const restartedMs = Date.now() - t0;
-    if (step.gws.includes(home)) homeSecret = NEW;
-    const relinkMs = await waitLinked(120_000, step.what);
-    await waitStatus(cloud, linked.cloud, 30_000, `${step.what}: two direct links`);
-    const linkedMs = Date.now() - t0;
-    const callMs = await assertCalls(5, homeSecret, step.what);
-    calls += callMs.length;
-    // Each restarted node runs the new secret: its proxy token now derives from it.
-    for (const g of step.gws) {
-      const ok = await fetch(`http://127.0.0.1:${proxy[g.name]}/v1/models`, { headers: { authorization: `Bearer ${proxyToken(NEW, ID[g.name])}` }, signal: AbortSignal.timeout(10_000) });
-      assert.equal(ok.status, 200, `${g.name} runs the new secret`);
-      const old = await fetch(`http://127.0.0.1:${proxy[g.name]}/v1/models`, { headers: { authorization: `Bearer ${proxyToken(OLD, ID[g.name])}` }, signal: AbortSignal.timeout(10_000) });
-      assert.equal(old.status, 401, `${g.name} no longer runs the old secret`);
+  // Besides the checked calls after each step, a prober calls home -> office all along, through
+  // the restarts: calls made while a restart has the mesh down fail (measured, not asserted);
+  // every call it starts once the mesh is linked again must succeed.
+  const prober = startProber();
+  try {
+    for (const step of steps) {
+      const t0 = Date.now();
+      await Promise.all(step.gws.map((g) => setPluginConfig(g, step.patch)));
+      const restartedMs = Date.now() - t0;
+      if (step.gws.includes(home)) homeSecret = NEW;
+      const relinkMs = await waitLinked(120_000, step.what);
+      await waitStatus(cloud, linked.cloud, 30_000, `${step.what}: two direct links`);
+      const linkedAt = Date.now();
+      const linkedMs = linkedAt - t0;
+      const callMs = await assertCalls(5, homeSecret, step.what);
+      calls += callMs.length;
+      // Each restarted node runs the new secret: its proxy token now derives from it.
+      for (const g of step.gws) {
+        const ok = await fetch(`http://127.0.0.1:${proxy[g.name]}/v1/models`, { headers: { authorization: `Bearer ${proxyToken(NEW, ID[g.name])}` }, signal: AbortSignal.timeout(10_000) });
+        assert.equal(ok.status, 200, `${g.name} runs the new secret`);
+        const old = await fetch(`http://127.0.0.1:${proxy[g.name]}/v1/models`, { headers: { authorization: `Bearer ${proxyToken(OLD, ID[g.name])}` }, signal: AbortSignal.timeout(10_000) });
+        assert.equal(old.status, 401, `${g.name} no longer runs the old secret`);
+      }
+      for (const g of [cloud, office, home]) {
+        const { status } = await waitStatus(g, () => true, 30_000, "status");
+        assert.equal(count(status.mesh.handshakeRejects, "bad_mac"), 0, `${g.name} after "${step.what}": ${JSON.stringify(status.mesh.handshakeRejects)}`);
+      }
+      // restartedMs: config written -> every changed service started; linkedMs: -> mesh linked
+      // again as seen by home, office and cloud (status polls through the CLI, ~2-5 s each).
+      // probe: the prober's calls from the config write until the mesh was seen linked again.
+      const whileLinked = prober.between(linkedAt, Date.now());
+      const lost = whileLinked.filter((c) => !c.ok);
+      assert.ok(whileLinked.length >= 3, `the prober kept calling (${whileLinked.length} calls)`);
+      assert.equal(lost.length, 0, `${step.what}: prober calls made while linked failed: ${JSON.stringify(lost)}`);
+      metrics.rotation.push({ step: step.what, restartedMs, linkedAfterRestartMs: relinkMs, linkedMs, callMs, probe: outage(prober.between(t0, linkedAt)), probeWhileLinked: whileLinked.length });
     }
-    for (const g of [cloud, office, home]) {
-      const { status } = await waitStatus(g, () => true, 30_000, "status");
-      assert.equal(count(status.mesh.handshakeRejects, "bad_mac"), 0, `${g.name} after "${step.what}": ${JSON.stringify(status.mesh.handshakeRejects)}`);
-    }
-    // restartedMs: config written -> every changed service started; linkedMs: -> mesh linked
-    // again as seen by home, office and cloud (status polls through the CLI, ~2-5 s each).
-    metrics.rotation.push({ step: step.what, restartedMs, linkedAfterRestartMs: relinkMs, linkedMs, callMs });
+  } finally {
+    await prober.stop();
   }
   assert.equal(calls, 20);
   // Counters restart with the service, so check the logs too: no handshake of any gateway was
