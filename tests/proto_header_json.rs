@@ -248,3 +248,40 @@ fn a_literal_call_header_is_read_by_the_fast_path() {
     assert!(read(br#"{"v":1, "id":"000102030405060708090a0b0c0d0e0f"}"#).is_none());
     assert!(read(br#"{"id":"000102030405060708090a0b0c0d0e0f","v":1}"#).is_none());
 }
+
+#[test]
+fn a_body_alone_is_written_as_serde_writes_it_and_read_back_the_same() {
+    use clawmatrix::proto::header_json::{read_body_only, write_body_only};
+    let mut r = Rng(0x5EA1);
+    let (mut fast, mut deferred) = (0, 0);
+    for _ in 0..20_000 {
+        let b = body(&mut r);
+        let mut ours = Vec::new();
+        write_body_only(&mut ours, &b).expect("writes");
+        assert_eq!(ours, serde_json::to_vec(&b).expect("serde"), "{b:?}");
+        match read_body_only(&ours) {
+            Some(back) => {
+                assert_eq!(back, b);
+                fast += 1;
+            }
+            None => {
+                let escaped = ours.contains(&b'\\');
+                assert!(escaped || matches!(b, Body::Digest { .. }), "{b:?}");
+                deferred += 1;
+            }
+        }
+    }
+    assert!(fast > deferred, "{fast} fast, {deferred} deferred");
+    // The codec's body-only frame round trips, and never panics on any truncation.
+    let b = Body::Chunk {
+        call_id: CallId([7; 16]),
+        seq: 9,
+    };
+    let bytes = clawmatrix::proto::codec::encode_body_owned(&b, b"payload".to_vec()).expect("enc");
+    let (back, payload) =
+        clawmatrix::proto::codec::decode_body_owned(bytes.clone()).expect("decodes");
+    assert_eq!((back, payload.as_slice()), (b, &b"payload"[..]));
+    for cut in 0..bytes.len() {
+        let _ = clawmatrix::proto::codec::decode_body_owned(bytes[..cut].to_vec());
+    }
+}

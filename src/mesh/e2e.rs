@@ -29,6 +29,8 @@ pub const WINDOW: u64 = 1024;
 /// Why a frame could not be sealed or opened. Codes are stable (`e2eRefused` in status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum E2eError {
+    /// We hold no record of the peer, so no keys for it.
+    NoKey,
     /// No key could be agreed with the peer (its X25519 key is a low-order point).
     NoSession,
     /// The tag did not verify: altered, injected, or sealed under another session.
@@ -43,6 +45,7 @@ impl E2eError {
     /// Stable code.
     pub fn code(self) -> &'static str {
         match self {
+            E2eError::NoKey => "no_key",
             E2eError::NoSession => "no_session",
             E2eError::BadTag => "bad_tag",
             E2eError::Replay => "replay",
@@ -52,10 +55,10 @@ impl E2eError {
 }
 
 /// Both public keys of a peer, from its verified record.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerKeys<'a> {
-    pub ed: &'a PublicKey,
-    pub x: &'a Bytes32,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerKeys {
+    pub ed: PublicKey,
+    pub x: Bytes32,
 }
 
 /// Counters accepted so far: the highest, and a bitmap of the [`WINDOW`] below it.
@@ -175,24 +178,26 @@ impl E2e {
         self.x.public()
     }
 
-    /// The session with `peer` as its record now describes it; a new one when the peer's keys
-    /// changed (it restarted).
-    fn session(&mut self, peer: &str, keys: PeerKeys<'_>) -> Result<&mut Session, E2eError> {
-        let stale = self
-            .sessions
-            .get(peer)
-            .is_none_or(|s| s.peer_x != *keys.x || s.peer_ed != *keys.ed);
-        if stale {
-            let shared = self.x.agree(keys.x).ok_or(E2eError::NoSession)?;
+    /// The session with `peer`: the one held, or a new one from `keys` (its record's keys; the
+    /// core calls [`E2e::forget`] when a record with other keys replaces the one a session was
+    /// agreed from, so a held session is always the current one).
+    fn session(
+        &mut self,
+        peer: &str,
+        keys: impl FnOnce() -> Option<PeerKeys>,
+    ) -> Result<&mut Session, E2eError> {
+        if !self.sessions.contains_key(peer) {
+            let keys = keys().ok_or(E2eError::NoKey)?;
+            let shared = self.x.agree(&keys.x).ok_or(E2eError::NoSession)?;
             let mine = (self.me.as_str(), &self.my_ed, &self.x.public());
-            let theirs = (peer, keys.ed, keys.x);
+            let theirs = (peer, &keys.ed, &keys.x);
             let tx = direction_key(&shared, mine, theirs).ok_or(E2eError::NoSession)?;
             let rx = direction_key(&shared, theirs, mine).ok_or(E2eError::NoSession)?;
             self.sessions.insert(
                 peer.to_string(),
                 Session {
-                    peer_ed: *keys.ed,
-                    peer_x: *keys.x,
+                    peer_ed: keys.ed,
+                    peer_x: keys.x,
                     tx,
                     rx,
                     next_ctr: 1,
@@ -208,7 +213,7 @@ impl E2e {
     pub fn seal(
         &mut self,
         peer: &str,
-        keys: PeerKeys<'_>,
+        keys: impl FnOnce() -> Option<PeerKeys>,
         id: &FrameId,
         call_id: &CallId,
         buf: &mut Vec<u8>,
@@ -228,7 +233,7 @@ impl E2e {
     pub fn open(
         &mut self,
         peer: &str,
-        keys: PeerKeys<'_>,
+        keys: impl FnOnce() -> Option<PeerKeys>,
         (id, call_id, ctr): (&FrameId, &CallId, u64),
         buf: &mut Vec<u8>,
     ) -> Result<(), E2eError> {
@@ -248,6 +253,18 @@ impl E2e {
     /// Drop the session with `peer` (its record was forgotten).
     pub fn forget(&mut self, peer: &str) {
         self.sessions.remove(peer);
+    }
+
+    /// Drop the session with `peer` if it was agreed from other keys than `keys` (a new record
+    /// of the peer: it restarted, or its trust was reset).
+    pub fn forget_unless(&mut self, peer: &str, keys: PeerKeys) {
+        if self
+            .sessions
+            .get(peer)
+            .is_some_and(|s| s.peer_ed != keys.ed || s.peer_x != keys.x)
+        {
+            self.sessions.remove(peer);
+        }
     }
 
     /// Sessions held.
@@ -301,26 +318,34 @@ mod tests {
         let mut buf = b"inner frame".to_vec();
         let ctr = a
             .e2e
-            .seal("b", PeerKeys { ed: &bed, x: &bx }, &ID, &CALL, &mut buf)
+            .seal(
+                "b",
+                || Some(PeerKeys { ed: bed, x: bx }),
+                &ID,
+                &CALL,
+                &mut buf,
+            )
             .expect("sealed");
         assert_eq!(ctr, 1);
         assert!(!buf.windows(5).any(|w| w == b"inner"), "ciphertext");
         let sealed = buf.clone();
-        let from_a = PeerKeys { ed: &aed, x: &ax };
+        let from_a = PeerKeys { ed: aed, x: ax };
         b.e2e
-            .open("a", from_a, (&ID, &CALL, ctr), &mut buf)
+            .open("a", || Some(from_a), (&ID, &CALL, ctr), &mut buf)
             .expect("opens");
         assert_eq!(buf, b"inner frame");
         // A replay of the same frame.
         let mut again = sealed.clone();
         assert_eq!(
-            b.e2e.open("a", from_a, (&ID, &CALL, ctr), &mut again),
+            b.e2e
+                .open("a", || Some(from_a), (&ID, &CALL, ctr), &mut again),
             Err(E2eError::Replay)
         );
         // A third node cannot open it, nor can b read it as if it came from c.
         let mut other = sealed.clone();
         assert_eq!(
-            c.e2e.open("a", from_a, (&ID, &CALL, ctr), &mut other),
+            c.e2e
+                .open("a", || Some(from_a), (&ID, &CALL, ctr), &mut other),
             Err(E2eError::BadTag)
         );
         // Another frame id, call id or counter in the header: refused.
@@ -331,7 +356,7 @@ mod tests {
         ] {
             let mut x = sealed.clone();
             assert_eq!(
-                b.e2e.open("a", from_a, (&id, &call, n), &mut x),
+                b.e2e.open("a", || Some(from_a), (&id, &call, n), &mut x),
                 Err(E2eError::BadTag)
             );
         }
@@ -341,28 +366,33 @@ mod tests {
             x[i] ^= 0x10;
             let mut fresh = side("b", 2);
             assert_eq!(
-                fresh.e2e.open("a", from_a, (&ID, &CALL, ctr), &mut x),
+                fresh
+                    .e2e
+                    .open("a", || Some(from_a), (&ID, &CALL, ctr), &mut x),
                 Err(E2eError::BadTag),
                 "byte {i}"
             );
         }
         // The reverse direction uses its own key: b's frame to a does not open as a's to b.
         // (b's second frame: counter 2, which b's own window has not seen from a.)
-        let _ = b.e2e.seal("a", from_a, &ID, &CALL, &mut b"first".to_vec());
+        let _ = b
+            .e2e
+            .seal("a", || Some(from_a), &ID, &CALL, &mut b"first".to_vec());
         let mut back = b"reply".to_vec();
         let n = b
             .e2e
-            .seal("a", from_a, &ID, &CALL, &mut back)
+            .seal("a", || Some(from_a), &ID, &CALL, &mut back)
             .expect("sealed");
         assert_eq!(n, 2);
         let mut reflected = back.clone();
-        let from_b = PeerKeys { ed: &bed, x: &bx };
+        let from_b = PeerKeys { ed: bed, x: bx };
         assert_eq!(
-            b.e2e.open("a", from_a, (&ID, &CALL, n), &mut reflected),
+            b.e2e
+                .open("a", || Some(from_a), (&ID, &CALL, n), &mut reflected),
             Err(E2eError::BadTag)
         );
         a.e2e
-            .open("b", from_b, (&ID, &CALL, n), &mut back)
+            .open("b", || Some(from_b), (&ID, &CALL, n), &mut back)
             .expect("opens");
     }
 
@@ -390,29 +420,37 @@ mod tests {
         let mut b = side("b", 2);
         let (bed, bx) = keys(&b);
         let (aed, ax) = keys(&a);
-        let mut old = b"before".to_vec();
-        let n = a
+        let to_b = || Some(PeerKeys { ed: bed, x: bx });
+        let from_a = PeerKeys { ed: aed, x: ax };
+        let mut first = b"first".to_vec();
+        let n1 = a
             .e2e
-            .seal("b", PeerKeys { ed: &bed, x: &bx }, &ID, &CALL, &mut old)
+            .seal("b", to_b, &ID, &CALL, &mut first)
             .expect("sealed");
-        // a restarts: same node key, new exchange key.
+        b.e2e
+            .open("a", || Some(from_a), (&ID, &CALL, n1), &mut first)
+            .expect("opens");
+        let mut old = b"before".to_vec();
+        let n = a.e2e.seal("b", to_b, &ID, &CALL, &mut old).expect("sealed");
+        // a restarts: same node key, new exchange key; b sees its new record.
         let x2 = Arc::new(ExchangeKey::from_secret([77; 32]));
         let ax2 = x2.public();
         a.e2e = E2e::new("a".into(), aed, x2);
-        let from_a2 = PeerKeys { ed: &aed, x: &ax2 };
+        let from_a2 = PeerKeys { ed: aed, x: ax2 };
+        b.e2e.forget_unless("a", from_a);
+        assert_eq!(b.e2e.len(), 1, "the same keys keep the session");
+        b.e2e.forget_unless("a", from_a2);
+        assert!(b.e2e.is_empty(), "other keys end it");
         assert_eq!(
-            b.e2e.open("a", from_a2, (&ID, &CALL, n), &mut old),
-            Err(E2eError::BadTag)
+            b.e2e.open("a", || Some(from_a2), (&ID, &CALL, n), &mut old),
+            Err(E2eError::BadTag),
+            "a frame of the old process opens under no new key"
         );
-        let _ = ax;
         let mut new = b"after".to_vec();
-        let n = a
-            .e2e
-            .seal("b", PeerKeys { ed: &bed, x: &bx }, &ID, &CALL, &mut new)
-            .expect("sealed");
+        let n = a.e2e.seal("b", to_b, &ID, &CALL, &mut new).expect("sealed");
         assert_eq!(n, 1);
         b.e2e
-            .open("a", from_a2, (&ID, &CALL, n), &mut new)
+            .open("a", || Some(from_a2), (&ID, &CALL, n), &mut new)
             .expect("opens");
     }
 }

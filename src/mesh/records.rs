@@ -28,6 +28,16 @@ pub struct Entry {
     held: usize,
 }
 
+impl Entry {
+    /// The keys in the record (the node key that signed it, the X25519 key of its process).
+    pub fn keys(&self) -> crate::mesh::e2e::PeerKeys {
+        crate::mesh::e2e::PeerKeys {
+            ed: self.record.key,
+            x: self.record.xkey,
+        }
+    }
+}
+
 /// Outcome of [`RecordStore::merge`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Merge {

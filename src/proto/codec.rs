@@ -9,7 +9,7 @@
 //! Decoding checks sizes before it parses anything, tells an unknown body `type` apart from a
 //! malformed header, and never panics on any input.
 
-use super::frame::{valid_node_id, Frame, Header, BODY_TYPES, ENVELOPE_VERSION};
+use super::frame::{valid_node_id, Body, Frame, Header, BODY_TYPES, ENVELOPE_VERSION};
 
 /// Largest binary frame, header and payload included: 16 MiB. Big enough for a long model
 /// response or a file read in one frame; larger transfers are streamed as `chunk`s.
@@ -155,6 +155,33 @@ pub fn decode_owned(mut bytes: Vec<u8>) -> Result<Frame, CodecError> {
         header,
         payload: bytes,
     })
+}
+
+/// Encode a body and payload the way a sealed frame carries them inside: `payload | body JSON |
+/// u32 BE length` (the frame layout with the body in place of the header; the outer header
+/// carries the rest). The payload is not copied.
+pub fn encode_body_owned(body: &Body, mut payload: Vec<u8>) -> Result<Vec<u8>, CodecError> {
+    let plen = payload.len();
+    check_frame(plen, 0)?;
+    if let Err(e) = super::header_json::write_body_only(&mut payload, body) {
+        return Err(bad(e.to_string()));
+    }
+    let blen = payload.len() - plen;
+    check_frame(plen, blen)?;
+    payload.extend_from_slice(&(blen as u32).to_be_bytes());
+    Ok(payload)
+}
+
+/// The inverse of [`encode_body_owned`]: the body and the payload (in the same buffer).
+pub fn decode_body_owned(mut bytes: Vec<u8>) -> Result<(Body, Vec<u8>), CodecError> {
+    let (start, end) = locate(&bytes)?;
+    let json = &bytes[start..end];
+    let body: Body = match super::header_json::read_body_only(json) {
+        Some(b) => b,
+        None => serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?,
+    };
+    bytes.truncate(start);
+    Ok((body, bytes))
 }
 
 /// Decode a JSON header on its own.

@@ -41,6 +41,21 @@ pub fn write(out: &mut Vec<u8>, h: &Header) -> Result<(), serde_json::Error> {
     Ok(())
 }
 
+/// Append the JSON form of `body` alone (what a sealed frame carries inside, `mesh::e2e`),
+/// byte-identical to `serde_json::to_writer(out, body)`.
+pub fn write_body_only(out: &mut Vec<u8>, body: &Body) -> Result<(), serde_json::Error> {
+    write_body(out, body)
+}
+
+/// Read a body written by [`write_body_only`]; `None` = let serde decide.
+pub fn read_body_only(json: &[u8]) -> Option<Body> {
+    let mut c = Cur { b: json, i: 0 };
+    c.lit(b"{\"type\":")?;
+    let body = read_body(&mut c)?;
+    c.lit(b"}")?;
+    (c.i == json.len()).then_some(body)
+}
+
 fn write_body(out: &mut Vec<u8>, body: &Body) -> Result<(), serde_json::Error> {
     let kind = |out: &mut Vec<u8>, k: &str| {
         out.extend_from_slice(b"{\"type\":\"");

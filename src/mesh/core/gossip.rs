@@ -111,8 +111,14 @@ impl Mesh {
         let node = r.node.clone();
         let key = r.key;
         let version = r.version;
+        let keys = crate::mesh::e2e::PeerKeys {
+            ed: r.key,
+            x: r.xkey,
+        };
         match self.records.merge(r, Arc::from(raw.wire), now) {
             Merge::Accepted => {
+                // A session agreed from the previous record's keys is over.
+                self.e2e.forget_unless(&node, keys);
                 self.stats.records_accepted += 1;
                 if new_binding && self.trust.learn(&node, key) {
                     self.event(MeshEvent::KeyLearned {

@@ -4,7 +4,7 @@
 //! an undeliverable call frame back to its source as `unreachable`.
 
 use super::Mesh;
-use crate::mesh::e2e::PeerKeys;
+use crate::mesh::e2e::E2eError;
 use crate::mesh::link::LinkId;
 use crate::mesh::{Output, SendError};
 use crate::proto::codec;
@@ -72,26 +72,28 @@ impl Mesh {
             return Err(SendError::InvalidBody);
         }
         let call_id = header.body.call_id().ok_or(SendError::InvalidBody)?;
-        let (ed, x) = self
-            .records
-            .get(&dst)
-            .map(|e| (e.record.key, e.record.xkey))
-            .ok_or_else(|| SendError::NoRoute(dst.clone()))?;
-        let id = header.id;
-        let mut inner = codec::encode_owned(&header, payload)
-            .map_err(|e| SendError::TooLarge(e.to_string()))?;
         let Header {
             v,
+            id,
             src,
             ttl,
             hops,
             ts,
+            body,
             ..
         } = header;
+        // Inside: the body and the payload; the outer header carries the rest.
+        let mut inner = codec::encode_body_owned(&body, payload)
+            .map_err(|e| SendError::TooLarge(e.to_string()))?;
+        let records = &self.records;
+        let keys = || records.get(&dst).map(|e| e.keys());
         let ctr = self
             .e2e
-            .seal(&dst, PeerKeys { ed: &ed, x: &x }, &id, &call_id, &mut inner)
-            .map_err(|e| SendError::NoSession(dst.clone(), e.code()))?;
+            .seal(&dst, keys, &id, &call_id, &mut inner)
+            .map_err(|e| match e {
+                E2eError::NoKey => SendError::NoRoute(dst.clone()),
+                e => SendError::NoSession(dst.clone(), e.code()),
+            })?;
         let outer = Header {
             v,
             id,
@@ -118,16 +120,9 @@ impl Mesh {
             return;
         };
         let src = header.src;
-        let Some((ed, x)) = self
-            .records
-            .get(&src)
-            .map(|e| (e.record.key, e.record.xkey))
-        else {
-            self.refuse_e2e(now, &src, Some(call_id), "no_key");
-            return;
-        };
         let mut buf = payload;
-        let keys = PeerKeys { ed: &ed, x: &x };
+        let records = &self.records;
+        let keys = || records.get(&src).map(|e| e.keys());
         if let Err(e) = self
             .e2e
             .open(&src, keys, (&header.id, &call_id, ctr), &mut buf)
@@ -135,27 +130,26 @@ impl Mesh {
             self.refuse_e2e(now, &src, Some(call_id), e.code());
             return;
         }
-        let Ok(inner) = codec::decode_owned(buf) else {
+        let Ok((body, payload)) = codec::decode_body_owned(buf) else {
             self.refuse_e2e(now, &src, Some(call_id), "bad_inner");
             return;
         };
-        let h = &inner.header;
-        let consistent = h.src == src
-            && h.dst == header.dst
-            && h.id == header.id
-            && h.body.call_id() == Some(call_id)
-            && !h.body.is_link_local()
-            && !matches!(h.body, Body::Sealed { .. });
+        let consistent = body.call_id() == Some(call_id)
+            && !body.is_link_local()
+            && !matches!(body, Body::Sealed { .. });
         if !consistent {
             self.refuse_e2e(now, &src, Some(call_id), "mismatch");
             return;
         }
         self.stats.e2e_opened += 1;
-        // The route it took is the outer header's (relays change only that one).
-        let mut inner = inner;
-        inner.header.ttl = header.ttl;
-        inner.header.hops = header.hops;
-        self.deliver(now, inner.header, inner.payload);
+        // The frame as its source sent it: the authenticated body inside, the outer header's
+        // id (authenticated), source and destination (bound by the session key) and route.
+        let header = Header {
+            src,
+            body,
+            ..header
+        };
+        self.deliver(now, header, payload);
     }
 
     pub(super) fn handle_routed(&mut self, now: u64, link: LinkId, frame: Frame) {
