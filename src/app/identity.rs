@@ -47,22 +47,13 @@ pub(super) struct Identity {
 /// key is never replaced silently (a new key would be refused by every node that knew this one).
 pub(super) fn load(config: &Config, state_dir: Option<&Path>) -> Result<Identity> {
     let key_file = config.identity.key_path(state_dir);
+    // A seed for a key that may have to be created: 32 bytes of OS randomness are cheap, and
+    // drawing them first keeps the OS error a plain `?` (the key file only uses them when it
+    // creates the key).
+    let seed = os_random("node key")?;
     let (key, created) = match &key_file {
-        Some(path) => {
-            let mut failed = None;
-            let loaded = keyfile::load_or_create(path, || match os_random("node key") {
-                Ok(seed) => seed,
-                Err(e) => {
-                    failed = Some(e);
-                    [0; 32]
-                }
-            });
-            if let Some(e) = failed {
-                return Err(e);
-            }
-            loaded?
-        }
-        None => (NodeKey::from_seed(&os_random("node key")?), true),
+        Some(path) => keyfile::load_or_create(path, || seed)?,
+        None => (NodeKey::from_seed(&seed), true),
     };
     check_own_pin(config, &key.fingerprint())?;
     let trust_path = state_dir.map(trust_file::default_path);
