@@ -89,6 +89,8 @@ pub struct TrustBook {
     learned: usize,
     max_learned: usize,
     conflicts: BTreeMap<NodeId, Conflict>,
+    /// Bumped by every change a [`TrustBook::rows`] view would show.
+    changes: u64,
 }
 
 impl TrustBook {
@@ -163,6 +165,7 @@ impl TrustBook {
             TrustSource::FirstSeen
         };
         self.known.insert(node.to_string(), (key, source));
+        self.changes += 1;
         source == TrustSource::FirstSeen
     }
 
@@ -172,6 +175,7 @@ impl TrustBook {
         if !self.conflicts.contains_key(node) && self.conflicts.len() >= self.max_learned {
             return false;
         }
+        self.changes += 1;
         match self.conflicts.get_mut(node) {
             Some(c) => {
                 c.count += 1;
@@ -200,19 +204,26 @@ impl TrustBook {
     /// Forget what `node` is trusted with (an operator's trust reset): its next key is first
     /// seen again. A pin stays (edit the config to change it). `true` if anything was dropped.
     pub fn reset(&mut self, node: &str) -> bool {
-        let had_conflict = self.conflicts.remove(node).is_some();
-        match self.known.remove(node) {
-            Some((_, TrustSource::FirstSeen)) => {
-                self.learned -= 1;
-                true
-            }
-            Some((k, TrustSource::Pinned)) => {
-                self.known
-                    .insert(node.to_string(), (k, TrustSource::Pinned));
-                had_conflict
-            }
-            None => had_conflict,
+        let mut dropped = self.conflicts.remove(node).is_some();
+        if self
+            .known
+            .get(node)
+            .is_some_and(|(_, s)| *s == TrustSource::FirstSeen)
+        {
+            self.known.remove(node);
+            self.learned -= 1;
+            dropped = true;
         }
+        if dropped {
+            self.changes += 1;
+        }
+        dropped
+    }
+
+    /// A counter that moves whenever [`TrustBook::rows`] would change: views are rebuilt only
+    /// then.
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     /// The key `node` is trusted with, if any.
@@ -274,7 +285,9 @@ mod tests {
     fn the_first_key_binds_and_another_key_for_the_same_id_is_refused_until_reset() {
         let mut t = TrustBook::new(HashMap::new(), HashSet::new(), [], 8);
         assert_eq!(t.check("a", &key(1)), Ok(true));
+        assert_eq!(t.changes(), 0, "a check changes nothing");
         assert!(t.learn("a", key(1)));
+        assert_eq!(t.changes(), 1);
         assert_eq!(t.check("a", &key(1)), Ok(false));
         assert!(matches!(
             t.check("a", &key(2)),
@@ -291,7 +304,11 @@ mod tests {
         assert!(t.note_conflict("a", key(3), 2), "another key is");
         assert!(t.note_conflict("a", key(3), 2 + REPORT_EVERY_MS));
         assert_eq!(t.rows()[0].conflict.map(|c| c.count), Some(4));
+        assert_eq!(t.changes(), 5, "every refusal moves the count status shows");
         assert!(t.reset("a"));
+        assert_eq!(t.changes(), 6);
+        assert!(!t.reset("a"), "nothing left to reset");
+        assert_eq!(t.changes(), 6);
         assert_eq!(t.check("a", &key(2)), Ok(true));
     }
 

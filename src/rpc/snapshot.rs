@@ -18,5 +18,6 @@ pub struct MeshSnapshot {
     /// Mesh clock (ms since node start) when this snapshot was taken.
     pub at_ms: u64,
     /// What the node trusts (pins, first-seen keys, refused keys).
-    pub trust: Vec<crate::mesh::trust::TrustRow>,
+    /// Shared between snapshots: rebuilt only when it changes.
+    pub trust: std::sync::Arc<Vec<crate::mesh::trust::TrustRow>>,
 }

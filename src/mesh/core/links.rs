@@ -27,6 +27,11 @@ impl Mesh {
         self.records.get(node).map(|e| e.record.key)
     }
 
+    /// Moves whenever [`Mesh::trust_rows`] would change.
+    pub fn trust_changes(&self) -> u64 {
+        self.trust.changes()
+    }
+
     /// What this node trusts, node by node (pins, first-seen keys, refused keys), for status.
     pub fn trust_rows(&self) -> Vec<crate::mesh::trust::TrustRow> {
         self.trust.rows()

@@ -111,6 +111,8 @@ struct Actor {
     urgent: bool,
     last_publish: Instant,
     trust: TrustSink,
+    /// The trust rows last published, and the core's trust counter they were built at.
+    trust_rows: (Option<u64>, Arc<Vec<crate::mesh::trust::TrustRow>>),
 }
 
 /// A change to what the node trusts, for the shell to persist.
@@ -266,6 +268,7 @@ impl Actor {
             urgent: true,
             last_publish: Instant::now(),
             trust,
+            trust_rows: (None, Arc::default()),
         }
     }
 
@@ -447,6 +450,15 @@ impl Actor {
         }
     }
 
+    /// The trust rows for a snapshot, rebuilt only when the core's trust changed since.
+    fn trust_view(&mut self) -> Arc<Vec<crate::mesh::trust::TrustRow>> {
+        let now = self.mesh.trust_changes();
+        if self.trust_rows.0 != Some(now) {
+            self.trust_rows = (Some(now), Arc::new(self.mesh.trust_rows()));
+        }
+        Arc::clone(&self.trust_rows.1)
+    }
+
     fn publish(&mut self) {
         let snap = MeshSnapshot {
             peers: self.mesh.peers(),
@@ -455,7 +467,7 @@ impl Actor {
             slow_peer_drops: self.slow_peer_drops,
             slow_peer_closes: self.slow_peer_closes,
             at_ms: now_ms(self.epoch),
-            trust: self.mesh.trust_rows(),
+            trust: self.trust_view(),
         };
         self.snapshot.send_replace(snap);
         self.dirty = false;
