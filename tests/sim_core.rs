@@ -13,6 +13,31 @@ fn mesh(id: &str) -> Mesh {
     Mesh::new(sim_config(id, 1, 42), LocalInfo::default(), 0)
 }
 
+/// Nodes "a" and "b" linked on link 1, records exchanged.
+fn linked_pair() -> (Mesh, Mesh) {
+    let mut a = mesh("a");
+    let mut b = mesh("b");
+    a.handle_link_up(0, LinkId(1), "b".into(), Direction::Outbound);
+    b.handle_link_up(0, LinkId(1), "a".into(), Direction::Inbound);
+    pump(&mut a, &mut b, 0);
+    (a, b)
+}
+
+/// A gossip frame from "b" carrying the signed record `wire`, with frame id `id`.
+fn gossip_from_b(id: u8, wire: &[u8]) -> Vec<u8> {
+    let h = Header {
+        v: 1,
+        id: FrameId([id; 16]),
+        src: "b".into(),
+        dst: None,
+        ttl: 1,
+        hops: 0,
+        ts: 0,
+        body: Body::Gossip { records: 1 },
+    };
+    encode(&h, wire).expect("encodes")
+}
+
 /// Deliver every frame `a` and `b` send each other over link 1 until both are quiet: records
 /// exchanged, so each can seal frames for the other.
 fn pump(a: &mut Mesh, b: &mut Mesh, now: u64) {
@@ -261,11 +286,7 @@ fn an_oversized_own_record_is_refused() {
 fn a_replayed_frame_straight_from_its_source_is_refused_by_the_end_to_end_window() {
     // Frames for us straight from their source skip the relay dedup cache; the replay window
     // of the end-to-end session is what refuses a copy.
-    let mut a = mesh("a");
-    let mut b = mesh("b");
-    a.handle_link_up(0, LinkId(1), "b".into(), Direction::Outbound);
-    b.handle_link_up(0, LinkId(1), "a".into(), Direction::Inbound);
-    pump(&mut a, &mut b, 0);
+    let (mut a, mut b) = linked_pair();
     a.start_call(1, "b".into(), "x".into(), b"once".to_vec(), 1_000)
         .expect("starts");
     let sent: Vec<Vec<u8>> = drain(&mut a)
@@ -291,33 +312,16 @@ fn a_replayed_frame_straight_from_its_source_is_refused_by_the_end_to_end_window
 #[test]
 fn a_record_with_another_key_for_a_known_node_is_refused_and_reported_once() {
     use clawmatrix::proto::signed::SignedRecord;
-    let mut a = mesh("a");
-    let mut b = mesh("b");
-    a.handle_link_up(0, LinkId(1), "b".into(), Direction::Outbound);
-    b.handle_link_up(0, LinkId(1), "a".into(), Direction::Inbound);
-    pump(&mut a, &mut b, 0);
+    let (mut a, b) = linked_pair();
     // b "reinstalled": a record for b, newer, signed by a new key.
     let new_key = sim::sim_keys("b-reinstalled", 1).0;
     let mut record = b.own_record().clone();
     record.version += 10;
     record.key = new_key.public();
     let wire = SignedRecord::sign(record, &new_key).expect("signs").wire;
-    let frame = |id: u8| {
-        let h = Header {
-            v: 1,
-            id: FrameId([id; 16]),
-            src: "b".into(),
-            dst: None,
-            ttl: 1,
-            hops: 0,
-            ts: 0,
-            body: Body::Gossip { records: 1 },
-        };
-        encode(&h, &wire).expect("encodes")
-    };
     drain(&mut a);
-    a.handle_data(1, LinkId(1), &frame(1));
-    a.handle_data(2, LinkId(1), &frame(2));
+    a.handle_data(1, LinkId(1), &gossip_from_b(1, &wire));
+    a.handle_data(2, LinkId(1), &gossip_from_b(2, &wire));
     let events: Vec<MeshEvent> = drain(&mut a)
         .into_iter()
         .filter_map(|o| match o {
@@ -344,17 +348,7 @@ fn a_record_with_another_key_for_a_known_node_is_refused_and_reported_once() {
     record.version += 20;
     record.key = new_key.public();
     let wire = SignedRecord::sign(record, &new_key).expect("signs").wire;
-    let h = Header {
-        v: 1,
-        id: FrameId([3; 16]),
-        src: "b".into(),
-        dst: None,
-        ttl: 1,
-        hops: 0,
-        ts: 0,
-        body: Body::Gossip { records: 1 },
-    };
-    a.handle_data(3, LinkId(1), &encode(&h, &wire).expect("encodes"));
+    a.handle_data(3, LinkId(1), &gossip_from_b(3, &wire));
     assert!(drain(&mut a).iter().any(|o| matches!(
         o,
         Output::Event(MeshEvent::KeyLearned { node, key }) if node == "b" && *key == new_key.public()
