@@ -100,12 +100,26 @@ impl TrustStore {
             .collect()
     }
 
-    /// Record a change and save the store if it changed. Blocking file I/O: called off the
-    /// actor's thread. A save that fails is logged (the binding stays in memory for this run).
-    pub fn apply(&self, change: TrustChange, events: &EventQueue) {
+    /// Record `changes`, in order, and save the store once if any changed it. Blocking file I/O:
+    /// called off the actor's thread. A save that fails is logged (the bindings stay in memory
+    /// for this run).
+    pub fn apply(&self, changes: Vec<TrustChange>, events: &EventQueue) {
         let now = unix_ms();
         let mut file = self.lock();
-        let changed = match change {
+        let mut changed = false;
+        for change in changes {
+            changed |= Self::apply_one(&mut file, change, now, events);
+        }
+        if let (true, Some(path)) = (changed, &self.path) {
+            if let Err(e) = file.save(path) {
+                events.warn(format!("clawmatrix: {e}"));
+            }
+        }
+    }
+
+    /// One change to the in-memory store; `true` if it changed it.
+    fn apply_one(file: &mut TrustFile, change: TrustChange, now: u64, events: &EventQueue) -> bool {
+        match change {
             TrustChange::Learned { node, key } => match file.upsert(&node, key, now) {
                 Ok(Upsert::Unchanged) => false,
                 Ok(_) => true,
@@ -116,11 +130,6 @@ impl TrustStore {
             },
             TrustChange::Refused { node, offered } => file.mark_changed(&node, offered, now),
             TrustChange::Reset { node } => file.remove(&node),
-        };
-        if let (true, Some(path)) = (changed, &self.path) {
-            if let Err(e) = file.save(path) {
-                events.warn(format!("clawmatrix: {e}"));
-            }
         }
     }
 }

@@ -335,16 +335,22 @@ pub(super) fn spawn(
     })
 }
 
-/// Write trust changes to the trust store as they come, each on the blocking pool.
+/// Write trust changes to the trust store on the blocking pool, in order: every change that
+/// is waiting goes in one batch and one save (a mesh coming up binds many keys at once, and
+/// each save rewrites the whole file).
 async fn persist_trust(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<TrustChange>,
     store: Arc<super::identity::TrustStore>,
     events: Arc<EventQueue>,
 ) {
-    while let Some(change) = rx.recv().await {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
         let store = Arc::clone(&store);
         let events = Arc::clone(&events);
-        let _ = tokio::task::spawn_blocking(move || store.apply(change, &events)).await;
+        let _ = tokio::task::spawn_blocking(move || store.apply(batch, &events)).await;
     }
 }
 
