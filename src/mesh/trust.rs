@@ -231,11 +231,6 @@ impl TrustBook {
         self.known.get(node).map(|(k, _)| k)
     }
 
-    /// Whether `key` is revoked.
-    pub fn is_revoked(&self, key: &PublicKey) -> bool {
-        self.revoked.contains(&Fingerprint::of(key))
-    }
-
     /// Every binding and pin, in node-id order, with any refused key.
     pub fn rows(&self) -> Vec<TrustRow> {
         let mut rows: BTreeMap<&str, TrustRow> = BTreeMap::new();

@@ -8,10 +8,6 @@ use crate::mesh::calls::CallState;
 use crate::mesh::{CallFailure, MeshEvent, Output, SendError};
 use crate::proto::{Body, CallId, Header, NodeId};
 
-/// Why a routed frame for us was refused by the end-to-end check (see `relay`), or `seq` for a
-/// stream chunk out of order.
-pub(super) type E2eReason = &'static str;
-
 impl Mesh {
     /// Send `call` to `dst` and track it until `reply`/`end`, the inactivity deadline
     /// (`deadline_ms`, extended by every `chunk`), or `dst` becoming unreachable.
@@ -161,7 +157,7 @@ impl Mesh {
         now: u64,
         node: &str,
         call_id: Option<CallId>,
-        reason: E2eReason,
+        reason: &'static str,
     ) {
         *self
             .stats

@@ -10,6 +10,16 @@ use crate::mesh::{Output, SendError};
 use crate::proto::codec;
 use crate::proto::{Body, Frame, FrameId, Header, NodeId};
 
+/// The call a body we send to a node belongs to: every routed body names one (the relays'
+/// `unreachable` bounce needs it); link-local bodies and `sealed` (only ever the outer form)
+/// are refused.
+fn routed_call_id(body: &Body) -> Result<crate::proto::CallId, SendError> {
+    if body.is_link_local() || matches!(body, Body::Sealed { .. }) {
+        return Err(SendError::InvalidBody);
+    }
+    body.call_id().ok_or(SendError::InvalidBody)
+}
+
 impl Mesh {
     /// Send a routed application frame to `dst`, sealed end to end (`mesh::e2e`): the frame
     /// (header and payload) is encrypted for `dst` and travels inside a `sealed` frame whose
@@ -25,11 +35,7 @@ impl Mesh {
         if self.shut_down {
             return Err(SendError::ShutDown);
         }
-        if body.is_link_local() || matches!(body, Body::Sealed { .. }) {
-            return Err(SendError::InvalidBody);
-        }
-        // Every routed body names its call (the relays' `unreachable` bounce needs it).
-        body.call_id().ok_or(SendError::InvalidBody)?;
+        routed_call_id(&body)?;
         if dst == self.cfg.node_id {
             return Err(SendError::ToSelf);
         }
@@ -65,13 +71,10 @@ impl Mesh {
         let Some(dst) = header.dst.clone() else {
             return Err(SendError::InvalidBody);
         };
-        if header.src != self.cfg.node_id
-            || header.body.is_link_local()
-            || matches!(header.body, Body::Sealed { .. })
-        {
+        if header.src != self.cfg.node_id {
             return Err(SendError::InvalidBody);
         }
-        let call_id = header.body.call_id().ok_or(SendError::InvalidBody)?;
+        let call_id = routed_call_id(&header.body)?;
         let Header {
             v,
             id,
