@@ -110,7 +110,7 @@ pub fn check_own_pin(cfg: &Config, own: &Fingerprint) -> Result<(), Error> {
                 format!(
                     "identity.pins.{}: pins this node ({}) to {pinned}, but its node key is \
                      {own}: fix the pin, or point identity.keyFile at the pinned key",
-                    path_key(id),
+                    super::parse::quote_key(id),
                     quote(id)
                 ),
             ));
@@ -188,7 +188,7 @@ pub(super) fn read_identity(
     for key in obj.keys() {
         if !IDENTITY_KEYS.contains(&key.as_str()) {
             errors.push(ConfigIssue::new(
-                format!("{PATH}.{}", path_key(key)),
+                format!("{PATH}.{}", super::parse::quote_key(key)),
                 "unknown field",
             ));
         }
@@ -284,7 +284,7 @@ fn read_pins(
     }
     let mut by_key: BTreeMap<Fingerprint, &str> = BTreeMap::new();
     for (id, v) in map {
-        let path = format!("{FIELD}.{}", path_key(id));
+        let path = format!("{FIELD}.{}", super::parse::quote_key(id));
         if !super::is_valid_id(id) {
             errors.push(ConfigIssue::new(
                 path,
@@ -312,7 +312,7 @@ fn read_pins(
                 path.clone(),
                 format!(
                     "same key as identity.pins.{}: a node key speaks for one node id",
-                    path_key(other)
+                    super::parse::quote_key(other)
                 ),
             ));
         } else {
@@ -349,21 +349,6 @@ fn type_issue(path: impl Into<String>, expected: &str, got: &Value) -> ConfigIss
         path,
         format!("expected {expected}, got {}", json_type_name(got)),
     )
-}
-
-/// A map key as it appears in a path: plain if made of `A-Z a-z 0-9 _ -` (node ids mostly
-/// are), else quoted.
-fn path_key(key: &str) -> String {
-    let plain = !key.is_empty()
-        && key.len() <= super::ID_MAX_CHARS
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if plain {
-        key.to_owned()
-    } else {
-        quote(key)
-    }
 }
 
 #[cfg(test)]
