@@ -6,7 +6,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { startGateways, agentReplyText } from "../harness/index.mjs";
-import { startSuite, endSuite } from "./plugin-package.mjs";
+import { startSuite, endSuite, waitStatus as pollStatus } from "./plugin-package.mjs";
 import { freePort } from "../js/free-port.mjs";
 
 const SECRET = "handoff-e2e-secret-0123456789";
@@ -23,17 +23,9 @@ const peer = (s, id) => s.peers.find((p) => p.nodeId === id);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const call = (tool, args) => `call tool ${tool} with ${JSON.stringify(args)}`;
 
-/** Poll `gw`'s clawmatrix.status until `pred(status)` holds. */
-async function waitStatus(gw, pred, timeoutMs, what) {
-  const t0 = Date.now();
-  let last;
-  while (Date.now() - t0 < timeoutMs) {
-    last = await gw.call("clawmatrix.status", {}, { timeoutMs: 15_000 }).catch((e) => ({ error: e.message }));
-    if (!last.error && pred(last)) return { status: last, ms: Date.now() - t0 };
-    await sleep(300);
-  }
-  throw new Error(`${gw.name}: ${what} not seen within ${timeoutMs} ms; last status: ${JSON.stringify(last?.handoffs ?? last)}`);
-}
+/** Poll `gw`'s status (every 300 ms); a timeout shows its handoffs section. */
+const waitStatus = (gw, pred, timeoutMs, what) =>
+  pollStatus(gw, pred, timeoutMs, what, { pollMs: 300, show: (s) => s?.handoffs ?? s });
 
 async function turn(gw, message, opts) {
   const t0 = Date.now();

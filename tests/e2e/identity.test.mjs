@@ -16,7 +16,7 @@ import { createHmac } from "node:crypto";
 import { existsSync, readFileSync, rmSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { startGateways } from "../harness/index.mjs";
-import { startSuite, endSuite } from "./plugin-package.mjs";
+import { startSuite, endSuite, waitStatus } from "./plugin-package.mjs";
 import { freePort } from "../js/free-port.mjs";
 
 const OLD = "identity-e2e-old-secret-0123456789";
@@ -33,17 +33,6 @@ const fx = {};
 const ID = { cloud: "cloud-01", office: "office-01", home: "home-01" };
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** Poll `gw`'s clawmatrix.status until `pred(status)` holds; returns the status and the wait. */
-async function waitStatus(gw, pred, timeoutMs, what) {
-  const t0 = Date.now();
-  let last;
-  while (Date.now() - t0 < timeoutMs) {
-    last = await gw.call("clawmatrix.status", {}, { timeoutMs: 15_000 }).catch((e) => ({ error: e.message }));
-    if (!last.error && pred(last)) return { status: last, ms: Date.now() - t0 };
-    await sleep(500);
-  }
-  throw new Error(`${gw.name}: ${what} not seen within ${timeoutMs} ms; last status: ${JSON.stringify(last)}`);
-}
 
 const peer = (s, id) => s.peers.find((p) => p.nodeId === id);
 const trustRow = (s, id) => s.identity?.trust.find((t) => t.nodeId === id);

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { readFileSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import { startGateways, agentReplyText } from "../harness/index.mjs";
-import { startSuite, endSuite } from "./plugin-package.mjs";
+import { startSuite, endSuite, waitStatus } from "./plugin-package.mjs";
 import { freePort } from "../js/free-port.mjs";
 
 const SECRET = "mesh-e2e-secret-0123456789";
@@ -19,17 +19,6 @@ const metrics = {};
 /** The suite's runtime, mock LLM and staged plugin (see startSuite / endSuite). */
 const fx = {};
 
-/** Poll `gw`'s clawmatrix.status until `pred(status)` holds; returns the status and the wait. */
-async function waitStatus(gw, pred, timeoutMs, what) {
-  const t0 = Date.now();
-  let last;
-  while (Date.now() - t0 < timeoutMs) {
-    last = await gw.call("clawmatrix.status", {}, { timeoutMs: 15_000 }).catch((e) => ({ error: e.message }));
-    if (!last.error && pred(last)) return { status: last, ms: Date.now() - t0 };
-    await new Promise((r) => setTimeout(r, 500));
-  }
-  throw new Error(`${gw.name}: ${what} not seen within ${timeoutMs} ms; last status: ${JSON.stringify(last)}`);
-}
 
 const peer = (s, id) => s.peers.find((p) => p.nodeId === id);
 

@@ -56,3 +56,18 @@ export async function endSuite(fx, metrics, gateway) {
   if (gateway && !process.env.CLAWMATRIX_KEEP_RUN) cleanRunDir(dirname(gateway.dir));
   if (fx.pkg) rmSync(fx.pkg.tmp, { recursive: true, force: true });
 }
+
+/**
+ * Poll `gw`'s clawmatrix.status until `pred(status)` holds; returns the status and the wait.
+ * Every e2e suite waits this way; `show` picks what of the last status the timeout error prints.
+ */
+export async function waitStatus(gw, pred, timeoutMs, what, { pollMs = 500, show = (s) => s } = {}) {
+  const t0 = Date.now();
+  let last;
+  while (Date.now() - t0 < timeoutMs) {
+    last = await gw.call("clawmatrix.status", {}, { timeoutMs: 15_000 }).catch((e) => ({ error: e.message }));
+    if (!last.error && pred(last)) return { status: last, ms: Date.now() - t0 };
+    await new Promise((r) => setTimeout(r, pollMs));
+  }
+  throw new Error(`${gw.name}: ${what} not seen within ${timeoutMs} ms; last status: ${JSON.stringify(last?.error ? last : show(last))}`);
+}
