@@ -219,6 +219,8 @@ export interface MeshCounters {
   /** Keys refused for a node id, by reason. */
   keyRefusals: Record<string, number>
   linksUp: number
+  /** Failure detection: local health, stalls, self-doubts and indirect probes. */
+  liveness: Record<string, number>
   ownRecordEchoes: number
   ownRecordSuperseded: number
   preauthPending: number

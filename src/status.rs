@@ -128,6 +128,12 @@ pub struct MeshCounters {
     pub decode_errors: u64,
     pub decode_errors_by_code: BTreeMap<String, u64>,
     pub heartbeat_timeouts: u64,
+    /// Failure detection (`mesh::core::liveness`): `localHealth` (gauge: 0 = healthy, up to 8;
+    /// timeouts stretch `1 + localHealth` times), `localStalls` (ticks late by a stall of this
+    /// process), `selfDoubts` (silences blamed on this node), `probesSent` / `probeAcks` /
+    /// `probesServed` (indirect probes asked / answered / answered for others) and
+    /// `heartbeatTimeoutsPeerAlive` (links that died while a neighbour still heard the peer).
+    pub liveness: BTreeMap<String, u64>,
     /// Links closed because their send queue stayed full.
     pub slow_peer_closes: u64,
     pub calls_started: u64,

@@ -264,6 +264,30 @@ fn fixtures() -> Vec<(Header, String)> {
                 &format!(r#"{{"type":"sealed","call_id":"{CID}","ctr":7}}"#),
             ),
         ),
+        (
+            header(
+                None,
+                Body::Probe {
+                    node: "gpu-02".into(),
+                    seq: 9,
+                },
+            ),
+            envelope("null", r#"{"type":"probe","node":"gpu-02","seq":9}"#),
+        ),
+        (
+            header(
+                None,
+                Body::ProbeAck {
+                    node: "gpu-02".into(),
+                    seq: 9,
+                    heard_ms: Some(120),
+                },
+            ),
+            envelope(
+                "null",
+                r#"{"type":"probe_ack","node":"gpu-02","seq":9,"heard_ms":120}"#,
+            ),
+        ),
     ]
 }
 

@@ -229,6 +229,21 @@ fn mesh_counters(s: &MeshSnapshot) -> MeshCounters {
         decode_errors: st.decode_errors,
         decode_errors_by_code: st.decode_errors_by_code.clone(),
         heartbeat_timeouts: st.heartbeat_timeouts,
+        liveness: [
+            ("localHealth", st.local_health),
+            ("localStalls", st.local_stalls),
+            ("selfDoubts", st.self_doubts),
+            ("probesSent", st.probes_sent),
+            ("probeAcks", st.probe_acks),
+            ("probesServed", st.probes_served),
+            (
+                "heartbeatTimeoutsPeerAlive",
+                st.heartbeat_timeouts_peer_alive,
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
         slow_peer_closes: s.slow_peer_closes,
         calls_started: st.calls_started,
         calls_failed: st.calls_failed,

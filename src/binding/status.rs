@@ -182,6 +182,8 @@ pub struct MeshCounters {
     /// Keys refused for a node id, by reason.
     pub key_refusals: BTreeMap<String, i64>,
     pub links_up: i64,
+    /// Failure detection: local health, stalls, self-doubts and indirect probes.
+    pub liveness: BTreeMap<String, i64>,
     pub own_record_echoes: i64,
     pub own_record_superseded: i64,
     pub preauth_pending: i64,
@@ -505,6 +507,7 @@ impl From<crate::status::MeshCounters> for MeshCounters {
             heartbeat_timeouts: n(m.heartbeat_timeouts),
             key_refusals: counts(m.key_refusals),
             links_up: n(m.links_up),
+            liveness: counts(m.liveness),
             own_record_echoes: n(m.own_record_echoes),
             own_record_superseded: n(m.own_record_superseded),
             preauth_pending: n(m.preauth_pending),

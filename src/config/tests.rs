@@ -247,7 +247,7 @@ fn minimal_config_gets_every_documented_default() {
     assert_eq!(c.proxy_port, 19001);
     assert_eq!(c.handoff_timeout_ms, 600_000);
     assert_eq!(c.handoff_max_ms, 3_600_000);
-    assert_eq!(c.heartbeat_interval_ms, 15_000);
+    assert_eq!(c.heartbeat_interval_ms, 1_250);
     assert_eq!(c.heartbeat_misses, 3);
     assert_eq!(c.forget_after_ms, 600_000);
     assert_eq!(

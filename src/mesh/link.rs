@@ -36,6 +36,22 @@ pub struct Link {
     pub last_seen: u64,
     /// RTT bucket (ms) in the last record we published; starts at [`RTT_MIN_BUCKET_MS`].
     pub advertised_rtt: u32,
+    /// The indirect probe of the current silent spell, if one was sent (`core::links`).
+    pub probe: Option<Probe>,
+}
+
+/// An indirect probe about this link's silent peer: who was asked and what came back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Probe {
+    pub seq: u64,
+    /// Neighbours asked (they were talking when asked).
+    pub asked: u8,
+    /// Answers received.
+    pub answered: u8,
+    /// A neighbour that still hears the peer: the peer is alive, this link is what failed.
+    pub alive_via: Option<NodeId>,
+    /// The silence was already blamed on ourselves once this spell (see `mesh::health`).
+    pub doubted: bool,
 }
 
 /// Smallest advertised RTT bucket, ms. Wide enough that loopback and LAN links, including a
@@ -88,21 +104,22 @@ impl Link {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::ping::{PingAction, PingTracker, MIN_RTT_WINDOW};
+    use crate::mesh::ping::{PingAction, PingTracker, MIN_RTT_SLOT_MS, MIN_RTT_WINDOW};
 
     fn link_with_samples(advertised: u32, samples: &[u64]) -> Link {
-        let mut ping = PingTracker::new(0, 1_000, 3);
+        let mut ping = PingTracker::new(0, MIN_RTT_SLOT_MS, 3);
         let mut now = 0;
         let full = samples
             .iter()
             .cycle()
             .take(samples.len().max(MIN_RTT_WINDOW));
         for &rtt in full {
-            let PingAction::Send { seq } = ping.poll(now, 0) else {
+            ping.on_activity(now);
+            let PingAction::Send { seq } = ping.poll(now, 0, 1) else {
                 panic!("ping due")
             };
             ping.on_pong(now + rtt, seq, now);
-            now += 1_000;
+            now += MIN_RTT_SLOT_MS;
         }
         Link {
             peer: "p".into(),
@@ -111,6 +128,7 @@ mod tests {
             up_since: 0,
             last_seen: 0,
             advertised_rtt: advertised,
+            probe: None,
         }
     }
 
@@ -147,11 +165,12 @@ mod tests {
         let mut l = link_with_samples(10, &[]);
         let mut now = 0;
         for i in 0..MIN_RTT_WINDOW {
-            let PingAction::Send { seq } = l.ping.poll(now, 0) else {
+            l.ping.on_activity(now);
+            let PingAction::Send { seq } = l.ping.poll(now, 0, 1) else {
                 panic!()
             };
             l.ping.on_pong(now + 90, seq, now);
-            now += 1_000;
+            now += MIN_RTT_SLOT_MS;
             if i + 1 < MIN_RTT_WINDOW {
                 assert_eq!(l.readvertise(), None, "after {} samples", i + 1);
             }

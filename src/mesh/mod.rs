@@ -24,7 +24,8 @@
 //!   - `core::calls` — calls we originate: start, cancel, credit, deadlines, and delivery of
 //!     frames addressed to us.
 //! - [`link`] — one live link (peer, direction, heartbeat, RTT bucket to advertise).
-//! - [`ping`] — heartbeat tracker with smoothed RTT.
+//! - [`ping`] — heartbeat and liveness tracker (silence, suspicion, death) with smoothed RTT.
+//! - [`health`] — local health (Lifeguard): a stalled node stretches its timeouts.
 //! - [`records`] — the record store (merge, leave, forget, memory budget).
 //! - [`routes`] — link-state shortest paths over the records' graph.
 //! - [`dedup`] — bounded duplicate filter for relayed frames.
@@ -38,6 +39,7 @@ pub mod calls;
 pub mod core;
 pub mod dedup;
 pub mod e2e;
+pub mod health;
 pub mod link;
 pub mod ping;
 pub mod records;
@@ -195,7 +197,7 @@ pub enum Output {
 pub enum DownReason {
     /// The shell saw the socket close or fail.
     Closed(String),
-    /// `heartbeat_misses` pings unanswered.
+    /// Nothing heard for `heartbeat_interval_ms × heartbeat_misses` (× local health).
     HeartbeatTimeout,
     /// The peer broke the protocol.
     ProtocolError(String),

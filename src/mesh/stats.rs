@@ -52,6 +52,21 @@ pub struct MeshStats {
     pub digest_sums_differed: u64,
     pub pings_out: u64,
     pub heartbeat_timeouts: u64,
+    /// Heartbeat timeouts where a neighbour still heard the peer (the link failed, not the
+    /// peer; it stays reachable through that neighbour).
+    pub heartbeat_timeouts_peer_alive: u64,
+    /// Indirect probes sent (one per neighbour asked), answers received, probes we answered.
+    pub probes_sent: u64,
+    pub probe_acks: u64,
+    pub probes_served: u64,
+    /// Ticks that came late by a stall (the process or its threads did not run): links were
+    /// forgiven the time and local health dropped.
+    pub local_stalls: u64,
+    /// Silences blamed on ourselves (probes nobody answered) instead of the peer.
+    pub self_doubts: u64,
+    /// Gauge, not a counter: the local health score now (0 = healthy, see `mesh::health`).
+    /// Filled by `Mesh::stats`.
+    pub local_health: u64,
     /// Handshake rejections by code (`bad_mac`, `replay`, …).
     pub handshake_rejects: BTreeMap<String, u64>,
     pub calls_started: u64,

@@ -743,7 +743,22 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Established<R, W> {
         let queue = &*queue;
         let reader = async {
             loop {
-                match rd.next().await {
+                // While a message is incomplete, a rise of the bytes received towards it tells
+                // the actor the peer is talking (a large frame over a slow path outlasts the
+                // heartbeat timeout); one comparison per pending poll.
+                let mut seen = rd.pending_bytes();
+                let next = std::future::poll_fn(|cx| {
+                    let r = rd.poll_next(cx);
+                    if r.is_pending() {
+                        let now = rd.pending_bytes();
+                        if now > seen {
+                            queue.note_rx_progress();
+                        }
+                        seen = now;
+                    }
+                    r
+                });
+                match next.await {
                     Ok(Some(WsMessage::Binary(b))) => {
                         let alive = match actor.try_data(link, b) {
                             Ok(alive) => alive,

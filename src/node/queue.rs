@@ -26,7 +26,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -83,12 +83,23 @@ pub(crate) enum PushError {
     Closed,
 }
 
+/// Milliseconds on a process-wide monotonic clock (for ages handed between tasks).
+fn mono_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let epoch = EPOCH.get_or_init(std::time::Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The shared state of one link's queue.
 #[derive(Debug, Default)]
 struct Shared {
     state: Mutex<State>,
     /// Set by the actor once a pong was received on this link (the dialer's health rule).
     proved: AtomicBool,
+    /// When the link reader last saw bytes of a message still arriving ([`mono_ms`]; 0 =
+    /// never): a large frame crawling over a slow path. The actor reads it for links the core
+    /// suspects.
+    rx_progress: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -173,6 +184,12 @@ impl QueueSender {
     pub fn set_proved(&self) {
         self.0.proved.store(true, Ordering::Relaxed);
     }
+
+    /// How long ago (ms) the reader last saw bytes of an unfinished message arrive, if ever.
+    pub fn rx_progress_age(&self) -> Option<u64> {
+        let at = self.0.rx_progress.load(Ordering::Relaxed);
+        (at != 0).then(|| mono_ms().saturating_sub(at))
+    }
 }
 
 impl Drop for QueueSender {
@@ -239,6 +256,13 @@ impl QueueReceiver {
     /// The close request, if the actor sent one.
     pub fn try_closed(&self) -> Option<CloseCmd> {
         self.0.lock().close.take()
+    }
+
+    /// Bytes of an unfinished message arrived (see [`QueueSender::rx_progress_age`]).
+    pub fn note_rx_progress(&self) {
+        self.0
+            .rx_progress
+            .store(mono_ms().max(1), Ordering::Relaxed);
     }
 
     /// Queue a pong (best effort: dropped once the actor let go of the link or the queue is

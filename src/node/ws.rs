@@ -147,6 +147,15 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             + self.frag.as_ref().map_or(0, |(_, v)| v.capacity())
     }
 
+    /// Bytes received towards messages not yet returned (the read buffer's unparsed part, the
+    /// frame being read and the fragments so far): between two pending polls, a rise means the
+    /// peer is sending even though no message is complete.
+    pub fn pending_bytes(&self) -> usize {
+        (self.buf.len() - self.pos.min(self.buf.len()))
+            + self.cur.as_ref().map_or(0, |p| p.payload.len())
+            + self.frag.as_ref().map_or(0, |(_, v)| v.len())
+    }
+
     /// The next message; `Ok(None)` at a clean end of stream (between frames).
     pub async fn next(&mut self) -> Result<Option<WsMessage>, WsError> {
         poll_fn(|cx| self.poll_next(cx)).await

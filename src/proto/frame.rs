@@ -62,6 +62,17 @@ pub enum Body {
     Ping { seq: u64, t: u64 },
     /// Heartbeat answer echoing `seq` and `t`.
     Pong { seq: u64, t: u64 },
+    /// Indirect probe (SWIM's ping-req): "do you still hear `node`?", asked of a neighbour
+    /// while our own link to `node` is silent (PROTOCOL §6.6).
+    Probe { node: NodeId, seq: u64 },
+    /// Answer to [`Body::Probe`]: how long ago the answerer last heard `node` on its own direct
+    /// link, or `None` if it has no link to it.
+    ProbeAck {
+        node: NodeId,
+        seq: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        heard_ms: Option<u64>,
+    },
     /// Anti-entropy: `(node, incarnation, version)` of every known record (the full form), or
     /// only their hash (the summary form, `sum`; `entries` is then empty). See PROTOCOL §6.2.
     Digest {
@@ -139,6 +150,8 @@ pub const BODY_TYPES: &[&str] = &[
     "unreachable",
     "credit",
     "sealed",
+    "probe",
+    "probe_ack",
 ];
 
 impl Body {
@@ -158,6 +171,8 @@ impl Body {
             Body::Unreachable { .. } => "unreachable",
             Body::Credit { .. } => "credit",
             Body::Sealed { .. } => "sealed",
+            Body::Probe { .. } => "probe",
+            Body::ProbeAck { .. } => "probe_ack",
         }
     }
 
@@ -170,6 +185,8 @@ impl Body {
                 | Body::Digest { .. }
                 | Body::Gossip { .. }
                 | Body::Leave { .. }
+                | Body::Probe { .. }
+                | Body::ProbeAck { .. }
         )
     }
 

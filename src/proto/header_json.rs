@@ -170,7 +170,9 @@ fn write_body(out: &mut Vec<u8>, body: &Body) -> Result<(), serde_json::Error> {
             write_str(out, node)?;
         }
         // Rare, large and nested: serde writes them (the tag comes first there too).
-        Body::Digest { .. } => return serde_json::to_writer(out, body),
+        Body::Digest { .. } | Body::Probe { .. } | Body::ProbeAck { .. } => {
+            return serde_json::to_writer(out, body)
+        }
     }
     out.push(b'}');
     Ok(())

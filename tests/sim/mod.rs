@@ -72,6 +72,8 @@ pub struct SimNode {
     pub deliveries: Vec<(NodeId, Header, Vec<u8>)>,
     pub events: Vec<(u64, MeshEvent)>,
     timer: Option<u64>,
+    /// The node's process is stopped until then (`Sim::pause`): no tick, no input.
+    paused_until: u64,
 }
 
 pub struct Conn {
@@ -136,6 +138,7 @@ impl Sim {
                     deliveries: Vec::new(),
                     events: Vec::new(),
                     timer: None,
+                    paused_until: 0,
                 }
             })
             .collect();
@@ -231,6 +234,16 @@ impl Sim {
         self.nodes[i].timer = None;
     }
 
+    /// Node `i`'s process stops for `ms` (SIGSTOP, a long GC pause, a starved thread): frames
+    /// for it wait in the socket, its timer fires late. When it resumes, its timer runs before
+    /// the frames that waited (the worst order for a node judging its peers).
+    pub fn pause(&mut self, i: usize, ms: u64) {
+        self.nodes[i].paused_until = self.now + ms;
+        if let Some(t) = self.nodes[i].timer.as_mut() {
+            *t = (*t).max(self.now + ms);
+        }
+    }
+
     /// Graceful shutdown of node `i` (leave + close), then it stops.
     pub fn shutdown(&mut self, i: usize) {
         self.with(i, |m, now| m.shutdown(now));
@@ -294,8 +307,12 @@ impl Sim {
                 Output::Event(e) => self.nodes[i].events.push((self.now, e)),
             }
         }
+        let paused_until = self.nodes[i].paused_until;
         self.nodes[i].timer = if self.nodes[i].alive {
-            self.nodes[i].mesh.poll_timeout()
+            self.nodes[i]
+                .mesh
+                .poll_timeout()
+                .map(|t| t.max(paused_until))
         } else {
             None
         };
@@ -327,6 +344,13 @@ impl Sim {
                 let Some((conn, to, msg)) = self.queue.remove(&(at, s)) else {
                     break;
                 };
+                if self.nodes[to].paused_until > at {
+                    // Waits in the socket; delivered just after the node's first tick.
+                    let later = self.nodes[to].paused_until + 1;
+                    self.seq += 1;
+                    self.queue.insert((later, self.seq), (conn, to, msg));
+                    continue;
+                }
                 self.now = self.now.max(at);
                 if !self.nodes[to].alive {
                     continue;

@@ -60,7 +60,10 @@ impl Mesh {
         self.stats.frames_in += 1;
         self.stats.bytes_in += frame.payload.len() as u64;
         l.last_seen = now;
-        l.ping.on_activity();
+        l.ping.on_activity(now);
+        if l.probe.is_some() {
+            l.probe = None;
+        }
         // A link-local frame speaks for the link's peer only (checked while the link is at hand,
         // so no copy of the peer id per frame).
         let local = frame.header.dst.is_none();
@@ -90,6 +93,12 @@ impl Mesh {
                 incarnation,
                 sig,
             } => self.on_leave(now, link, node, incarnation, sig),
+            Body::Probe { node, seq } => self.on_probe(now, link, node, seq),
+            Body::ProbeAck {
+                node,
+                seq,
+                heard_ms,
+            } => self.on_probe_ack(link, node, seq, heard_ms),
             // Routed bodies never get here (decode_header guarantees they carry a dst).
             _ => {}
         }

@@ -1,13 +1,12 @@
 //! Link lifecycle: admission, link up (with the duplicate tie-break) and down, graceful
-//! shutdown, and the heartbeat on every link (pings, dead links, pongs and the RTT they
-//! measure).
+//! shutdown, and pongs (the RTT they measure). Heartbeats and verdicts are in `liveness`.
 
 use super::Mesh;
 use crate::identity::key::PublicKey;
 use crate::mesh::link::{Direction, Link, LinkId, RTT_MIN_BUCKET_MS};
-use crate::mesh::ping::{PingAction, PingTracker};
+use crate::mesh::ping::PingTracker;
 use crate::mesh::trust::Refusal;
-use crate::mesh::{DownReason, MeshEvent, Output, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_NORMAL};
+use crate::mesh::{DownReason, MeshEvent, Output, CLOSE_NORMAL};
 use crate::proto::signed::leave_message;
 use crate::proto::{Body, NodeId, RejectCode};
 
@@ -150,6 +149,7 @@ impl Mesh {
                 up_since: now,
                 last_seen: now,
                 advertised_rtt: RTT_MIN_BUCKET_MS,
+                probe: None,
             },
         );
         self.by_peer.insert(peer.clone(), link);
@@ -246,28 +246,6 @@ impl Mesh {
             self.close(link, CLOSE_NORMAL, "leaving");
         }
         self.shut_down = true;
-    }
-
-    pub(super) fn heartbeats(&mut self, now: u64) {
-        let ids: Vec<LinkId> = self.links.keys().copied().collect();
-        for id in ids {
-            let jitter = self.rand();
-            let Some(l) = self.links.get_mut(&id) else {
-                continue;
-            };
-            match l.ping.poll(now, jitter) {
-                PingAction::Idle => {}
-                PingAction::Send { seq } => {
-                    self.stats.pings_out += 1;
-                    self.send_local(now, id, Body::Ping { seq, t: now });
-                }
-                PingAction::Dead => {
-                    self.stats.heartbeat_timeouts += 1;
-                    self.drop_link(now, id, DownReason::HeartbeatTimeout);
-                    self.close(id, CLOSE_HEARTBEAT_TIMEOUT, "heartbeat_timeout");
-                }
-            }
-        }
     }
 
     pub(super) fn on_pong(&mut self, now: u64, link: LinkId, seq: u64, t: u64) {

@@ -38,6 +38,7 @@ mod calls;
 mod gossip;
 mod inbound;
 mod links;
+mod liveness;
 mod own;
 mod reach;
 mod relay;
@@ -45,6 +46,7 @@ mod relay;
 use super::calls::Calls;
 use super::dedup::DedupCache;
 use super::e2e::E2e;
+use super::health::LocalHealth;
 use super::link::{Link, LinkId};
 use super::records::RecordStore;
 use super::routes::RouteTable;
@@ -80,6 +82,7 @@ pub struct Mesh {
     dedup: DedupCache,
     trust: TrustBook,
     e2e: E2e,
+    health: LocalHealth,
     calls: Calls,
     stats: MeshStats,
     outputs: VecDeque<Output>,
@@ -136,6 +139,7 @@ impl Mesh {
         Mesh {
             trust,
             e2e,
+            health: LocalHealth::new(now),
             own_wire,
             records: RecordStore::new(cfg.max_nodes, super::MAX_RECORDS_HELD_BYTES),
             dedup: DedupCache::new(cfg.dedup_capacity, splitmix(&mut rng.clone())),
@@ -171,11 +175,33 @@ impl Mesh {
         &self.own
     }
 
+    /// Local health score, 0 (healthy) to [`super::health::MAX_SCORE`].
+    pub fn local_health(&self) -> u32 {
+        self.health.score()
+    }
+
+    /// A link's silence timeout at full health: `heartbeat_interval_ms × heartbeat_misses`.
+    fn base_timeout_ms(&self) -> u64 {
+        self.cfg
+            .heartbeat_interval_ms
+            .saturating_mul(u64::from(self.cfg.heartbeat_misses.max(1)))
+    }
+
+    /// Least time between two record versions for RTT changes alone: the heartbeat interval,
+    /// but never under one slot of the RTT window (a 1 s heartbeat must not flood 15 times
+    /// more RTT updates than 0.1.8's 15 s one).
+    fn rtt_bump_interval_ms(&self) -> u64 {
+        self.cfg
+            .heartbeat_interval_ms
+            .max(crate::mesh::ping::MIN_RTT_SLOT_MS)
+    }
+
     /// Counters.
     pub fn stats(&self) -> MeshStats {
         MeshStats {
             // Read from the store, not kept in step with it by hand.
             records_held_bytes: self.records.held() as u64,
+            local_health: u64::from(self.health.score()),
             ..self.stats.clone()
         }
     }
@@ -216,15 +242,19 @@ impl Mesh {
         }
         let mut t: Option<u64> = None;
         let mut at = |x: u64| t = Some(t.map_or(x, |y| y.min(x)));
+        let scale = self.health.scale();
         for l in self.links.values() {
-            at(l.ping.deadline());
+            at(l.ping.deadline(scale));
+        }
+        if let Some(d) = self.health.next_decay(self.base_timeout_ms()) {
+            at(d);
         }
         if !self.links.is_empty() {
             at(self.next_anti_entropy);
         }
         if self.rtt_bump_pending {
             if let Some(b) = self.last_rtt_bump {
-                at(b.saturating_add(self.cfg.heartbeat_interval_ms));
+                at(b.saturating_add(self.rtt_bump_interval_ms()));
             }
         }
         if let Some(d) = self.calls.next_deadline() {

@@ -83,7 +83,7 @@ impl Mesh {
     /// A link's advertised RTT bucket changed: publish a new version now, or, if the last
     /// RTT-driven version is less than a heartbeat interval old, once that interval is up.
     pub(super) fn note_rtt_change(&mut self, now: u64) {
-        let interval = self.cfg.heartbeat_interval_ms;
+        let interval = self.rtt_bump_interval_ms();
         match self.last_rtt_bump {
             Some(b) if now < b.saturating_add(interval) => self.rtt_bump_pending = true,
             _ => {
@@ -99,7 +99,7 @@ impl Mesh {
         if self.rtt_bump_pending
             && self
                 .last_rtt_bump
-                .is_some_and(|b| now >= b.saturating_add(self.cfg.heartbeat_interval_ms))
+                .is_some_and(|b| now >= b.saturating_add(self.rtt_bump_interval_ms()))
         {
             self.last_rtt_bump = Some(now);
             self.own_dirty = true;

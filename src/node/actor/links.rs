@@ -17,6 +17,23 @@ pub(super) struct LinkEntry {
 }
 
 impl Actor {
+    /// Before a tick: a link the core suspects whose reader saw bytes of an unfinished message
+    /// arrive is talking, however long that message takes (see `mesh::ping`).
+    pub(super) fn note_rx_progress(&mut self, now: u64) {
+        let suspects: Vec<LinkId> = self.mesh.suspected_links().collect();
+        for link in suspects {
+            let Some(age) = self
+                .links
+                .get(&link)
+                .and_then(|e| e.queue.rx_progress_age())
+            else {
+                continue;
+            };
+            self.mesh
+                .handle_link_activity(now.saturating_sub(age), link);
+        }
+    }
+
     /// Everything the core wants done: frames to links, closes, deliveries, events.
     pub(super) fn drain_outputs(&mut self) {
         while let Some(out) = self.mesh.poll_output() {

@@ -326,6 +326,7 @@ impl Actor {
             let now = now_ms(self.epoch);
             if self.mesh.poll_timeout().is_some_and(|t| t <= now) {
                 self.touch_streams();
+                self.note_rx_progress(now);
                 self.mesh.handle_tick(now);
                 self.dirty = true;
             }

@@ -1,0 +1,202 @@
+//! Failure detection in simulation, with the default heartbeat (1.25 s × 3 = 3.75 s of
+//! silence): a silent node is dead within the 5 s bound everywhere; a broken link is closed
+//! while its peer stays reachable through a neighbour that still hears it (indirect probe); a
+//! node whose own process stalled does not accuse its peers (local health); a node whose
+//! helpers go silent too doubts itself before dropping links; bytes of a big frame still
+//! arriving keep a link alive.
+
+#[path = "sim/mod.rs"]
+mod sim;
+
+use clawmatrix::config::{DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_MISSES};
+use clawmatrix::mesh::{DownReason, MeshEvent};
+use sim::{node_name, Sim};
+
+/// Silence after which a link is dead at the defaults.
+const TIMEOUT: u64 = DEFAULT_HEARTBEAT_INTERVAL_MS * DEFAULT_HEARTBEAT_MISSES as u64;
+
+fn defaults(n: usize, seed: u64) -> Sim {
+    Sim::new(n, seed, |c| {
+        c.heartbeat_interval_ms = DEFAULT_HEARTBEAT_INTERVAL_MS;
+        c.heartbeat_misses = DEFAULT_HEARTBEAT_MISSES;
+    })
+}
+
+fn heartbeat_downs(sim: &Sim, i: usize, peer: &str) -> Vec<u64> {
+    sim.events_where(i, |e| {
+        matches!(e, MeshEvent::PeerDown { node, reason: DownReason::HeartbeatTimeout, .. } if node == peer)
+    })
+    .into_iter()
+    .map(|(t, _)| t)
+    .collect()
+}
+
+fn unreachable_at(sim: &Sim, i: usize, peer: &str) -> Vec<u64> {
+    sim.events_where(
+        i,
+        |e| matches!(e, MeshEvent::Unreachable { node } if node == peer),
+    )
+    .into_iter()
+    .map(|(t, _)| t)
+    .collect()
+}
+
+/// A triangle 0–1–2 with 5 ms links, converged and past its first heartbeats.
+fn triangle(seed: u64) -> Sim {
+    let mut sim = defaults(3, seed);
+    sim.connect(0, 1, 5);
+    sim.connect(0, 2, 5);
+    sim.connect(1, 2, 5);
+    sim.run_until_converged(30_000, 100).expect("converges");
+    sim.run_for(10_000);
+    sim
+}
+
+#[test]
+fn a_silent_node_is_dead_everywhere_within_five_seconds_over_twenty_trials() {
+    let mut worst = 0;
+    for seed in 0..20 {
+        let mut sim = triangle(seed);
+        // Stop at a different phase of the heartbeat each trial.
+        sim.run_for(seed * 61);
+        let t0 = sim.now;
+        sim.kill(2);
+        sim.run_for(10_000);
+        for i in [0, 1] {
+            let down = heartbeat_downs(&sim, i, "n002");
+            assert_eq!(down.len(), 1, "seed {seed}: node {i} drops n002 once");
+            let detect = down[0] - t0;
+            assert!(
+                (TIMEOUT - DEFAULT_HEARTBEAT_INTERVAL_MS..=5_000).contains(&detect),
+                "seed {seed}: node {i} took {detect} ms"
+            );
+            let gone = unreachable_at(&sim, i, "n002");
+            assert_eq!(gone.len(), 1, "seed {seed}: n002 unreachable at node {i}");
+            assert!(
+                gone[0] - t0 <= 5_000,
+                "seed {seed}: unreachable after {} ms",
+                gone[0] - t0
+            );
+            worst = worst.max(gone[0] - t0);
+        }
+    }
+    eprintln!("worst silent-node detection over 20 trials: {worst} ms");
+}
+
+#[test]
+fn a_broken_link_is_closed_but_its_peer_stays_reachable_through_a_neighbour_that_hears_it() {
+    let mut sim = triangle(7);
+    let t0 = sim.now;
+    sim.cut_silently(0, 2);
+    sim.run_for(10_000);
+    let down = heartbeat_downs(&sim, 0, "n002");
+    assert_eq!(down.len(), 1, "the blackholed link is closed");
+    assert!(down[0] - t0 <= 5_000);
+    let st = sim.mesh(0).stats();
+    assert!(st.probes_sent >= 1, "node 0 asked n001 about n002: {st:?}");
+    assert!(st.probe_acks >= 1, "and n001 answered");
+    assert_eq!(
+        st.heartbeat_timeouts_peer_alive, 1,
+        "n001 still heard n002, so the link failed, not the node"
+    );
+    assert!(sim.mesh(1).stats().probes_served >= 1);
+    assert!(
+        unreachable_at(&sim, 0, "n002").is_empty(),
+        "n002 was never declared unreachable"
+    );
+    let via = sim.view(0, 2).expect("n002 known");
+    assert!(
+        matches!(via.state, clawmatrix::mesh::PeerState::Via { ref next_hop, .. } if next_hop == "n001"),
+        "n002 is reached through n001: {:?}",
+        via.state
+    );
+}
+
+#[test]
+fn a_stall_shorter_than_the_timeout_costs_no_link_on_either_side() {
+    // Twenty phases of a 2.75 s stall: the stalled node sees it, nobody drops anybody.
+    let mut stalls = 0;
+    for seed in 0..20 {
+        let mut sim = triangle(100 + seed);
+        sim.run_for(seed * 59);
+        sim.pause(0, TIMEOUT - 1_000);
+        sim.run_for(15_000);
+        let st = sim.mesh(0).stats();
+        assert_eq!(
+            st.heartbeat_timeouts, 0,
+            "seed {seed}: the stalled node accused a peer: {st:?}"
+        );
+        assert!(heartbeat_downs(&sim, 1, "n000").is_empty(), "seed {seed}");
+        assert_eq!(st.local_stalls, 1, "seed {seed}: the stall was seen");
+        stalls += st.local_stalls;
+    }
+    assert_eq!(stalls, 20);
+}
+
+#[test]
+fn a_longer_stall_is_the_stalled_nodes_fault_its_peers_drop_it_and_it_drops_nobody() {
+    let mut sim = triangle(41);
+    let t0 = sim.now;
+    sim.pause(0, 10_000);
+    sim.run_for(10_100);
+    assert!(
+        sim.mesh(0).local_health() >= 1,
+        "just after the stall, n000 doubts itself"
+    );
+    sim.run_for(10_000);
+    for i in [1, 2] {
+        let down = heartbeat_downs(&sim, i, "n000");
+        assert_eq!(down.len(), 1, "node {i} drops the silent n000");
+        assert!(down[0] - t0 <= 5_000);
+    }
+    let st = sim.mesh(0).stats();
+    assert_eq!(st.heartbeat_timeouts, 0, "n000 blames nobody: {st:?}");
+    assert_eq!(st.local_stalls, 1);
+    sim.run_for(60_000);
+    assert_eq!(sim.mesh(0).local_health(), 0, "health comes back when calm");
+}
+
+#[test]
+fn a_node_whose_helpers_go_silent_too_doubts_itself_before_dropping_its_links() {
+    let mut sim = triangle(5);
+    let t0 = sim.now;
+    // Node 0's network fails link by link: the helper it asks is cut before it can answer.
+    sim.cut_silently(0, 1);
+    sim.run_for(200);
+    sim.cut_silently(0, 2);
+    sim.run_for(30_000);
+    let st = sim.mesh(0).stats();
+    assert_eq!(st.self_doubts, 1, "{st:?}");
+    let first = heartbeat_downs(&sim, 0, "n001");
+    assert_eq!(first.len(), 1);
+    assert!(
+        first[0] - t0 > TIMEOUT + DEFAULT_HEARTBEAT_INTERVAL_MS,
+        "the verdict waited: {} ms",
+        first[0] - t0
+    );
+    // The others, whose network is fine, judged at full speed.
+    let by_1 = heartbeat_downs(&sim, 1, "n000");
+    assert_eq!(by_1.len(), 1);
+    assert!(by_1[0] - t0 <= 5_000);
+}
+
+#[test]
+fn bytes_of_a_big_frame_still_arriving_keep_the_link_alive() {
+    let mut sim = triangle(9);
+    // Frames from n002 stop reaching n000 (a 16 MiB frame crawling over a slow path), but the
+    // shell sees its bytes arrive and says so.
+    let link = clawmatrix::mesh::LinkId(1);
+    assert_eq!(sim.mesh(0).link_peer(link), Some(node_name(2).as_str()));
+    sim.cut_silently(0, 2);
+    for _ in 0..20 {
+        sim.run_for(1_000);
+        sim.with(0, |m, now| m.handle_link_activity(now, link));
+    }
+    assert!(heartbeat_downs(&sim, 0, "n002").is_empty());
+    // Positive control: once the bytes stop too, the link dies within the bound.
+    let t0 = sim.now;
+    sim.run_for(10_000);
+    let down = heartbeat_downs(&sim, 0, "n002");
+    assert_eq!(down.len(), 1);
+    assert!(down[0] - t0 <= 5_000);
+}
