@@ -9,7 +9,8 @@
 mod sim;
 
 use clawmatrix::config::{DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_MISSES};
-use clawmatrix::mesh::{DownReason, MeshEvent};
+use clawmatrix::mesh::{CallFailure, DownReason, MeshEvent};
+use clawmatrix::proto::Body;
 use sim::{node_name, Sim};
 
 /// Silence after which a link is dead at the defaults.
@@ -199,4 +200,64 @@ fn bytes_of_a_big_frame_still_arriving_keep_the_link_alive() {
     let down = heartbeat_downs(&sim, 0, "n002");
     assert_eq!(down.len(), 1);
     assert!(down[0] - t0 <= 5_000);
+}
+
+#[test]
+fn a_call_whose_relay_dies_fails_at_once_with_path_broken_while_a_second_relay_exists() {
+    // 0 and 3 both linked to relays 1 (5 ms) and 2 (40 ms): calls go through 1.
+    let mut sim = defaults(4, 11);
+    sim.connect(0, 1, 5);
+    sim.connect(1, 3, 5);
+    sim.connect(0, 2, 40);
+    sim.connect(2, 3, 40);
+    sim.run_until_converged(30_000, 100).expect("converges");
+    // Past a full RTT window so both relays advertise their latency.
+    sim.run_for(130_000);
+    let r = sim.mesh(0).routes().get("n003").cloned().expect("route");
+    assert_eq!(r.next_hop, "n001");
+    let id = sim
+        .with(0, |m, now| {
+            m.start_call(now, node_name(3), "slow".into(), vec![], 600_000)
+        })
+        .expect("starts");
+    sim.run_for(100);
+    // Relay 1 is killed: both its sockets close (kill -9).
+    let t0 = sim.now;
+    sim.cut(0, 1);
+    sim.cut(1, 3);
+    sim.kill(1);
+    sim.run_for(1_000);
+    let failed = sim.events_where(0, |e| matches!(e, MeshEvent::CallFailed { .. }));
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(matches!(
+        failed[0].1,
+        MeshEvent::CallFailed { call_id, reason: CallFailure::PathBroken, .. } if call_id == id
+    ));
+    assert!(
+        failed[0].0 - t0 <= 10,
+        "failed {} ms after the kill",
+        failed[0].0 - t0
+    );
+    // n003 is still reachable through relay 2, and the server heard the cancel that way.
+    assert_eq!(
+        sim.mesh(0).routes().get("n003").map(|r| r.next_hop.clone()),
+        Some("n002".to_string())
+    );
+    assert!(sim.nodes[3]
+        .deliveries
+        .iter()
+        .any(|(_, h, _)| matches!(&h.body, Body::Cancel { call_id, .. } if *call_id == id)));
+    // Positive control: a call started on the new path is untouched by later route work.
+    let id2 = sim
+        .with(0, |m, now| {
+            m.start_call(now, node_name(3), "slow".into(), vec![], 600_000)
+        })
+        .expect("starts");
+    sim.run_for(20_000);
+    assert!(sim
+        .events_where(
+            0,
+            |e| matches!(e, MeshEvent::CallFailed { call_id, .. } if *call_id == id2)
+        )
+        .is_empty());
 }

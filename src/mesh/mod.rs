@@ -214,6 +214,9 @@ pub enum CallFailure {
     Deadline,
     /// The destination became unreachable (no alternative path), or a relay said so.
     Unreachable,
+    /// A link on the call's path went down (a relay died or was cut off): frames on it may be
+    /// lost. The destination may still be reachable another way; the caller retries there.
+    PathBroken,
     /// A frame of the call failed the end-to-end check (altered, injected or replayed on the
     /// way), or a stream chunk was missing or out of order.
     Integrity,

@@ -3,10 +3,19 @@
 //! the two read views built on the routes: [`Mesh::peers`] and [`Mesh::resolve`].
 
 use super::Mesh;
+use crate::mesh::records::RecordStore;
 use crate::mesh::routes::{self, Route};
 use crate::mesh::target::{self, Candidate, Reach, Target};
 use crate::mesh::{CallFailure, MeshEvent, PeerState, PeerView};
 use crate::proto::NodeId;
+use std::collections::HashMap;
+
+/// Whether `a`'s record lists a link to `b`.
+fn lists(records: &RecordStore, a: &str, b: &str) -> bool {
+    records
+        .get(a)
+        .is_some_and(|e| e.left_at.is_none() && e.record.links.iter().any(|l| l.peer == b))
+}
 
 impl Mesh {
     /// Every known node as seen from here (routes as of the last tick), in node-id order.
@@ -132,6 +141,36 @@ impl Mesh {
         let routes = &self.routes;
         for (call_id, c) in self.calls.take_where(|c| routes.get(&c.dst).is_none()) {
             self.fail_call(call_id, c.dst, CallFailure::Unreachable);
+        }
+        // A call whose path lost a link may have lost frames on it (a relay killed or cut
+        // off mid-stream): it fails now, with the reason, rather than waiting out its deadline
+        // for chunks that will never come or failing later on a gap in the stream.
+        let (records, by_peer, self_id) = (&self.records, &self.by_peer, &self.cfg.node_id);
+        let mut intact: HashMap<NodeId, bool> = HashMap::new();
+        let broken = self.calls.take_where(|c| {
+            !*intact.entry(c.dst.clone()).or_insert_with(|| {
+                old.path(&c.dst).is_none_or(|path| {
+                    let mut from: &str = self_id;
+                    path.iter().all(|to| {
+                        let ok = if from == self_id.as_str() {
+                            by_peer.contains_key(to)
+                        } else {
+                            lists(records, from, to) && lists(records, to, from)
+                        };
+                        from = to;
+                        ok
+                    })
+                })
+            })
+        });
+        for (call_id, c) in broken {
+            // Best effort: the server stops work nobody will read (sent on the new path).
+            let body = crate::proto::Body::Cancel {
+                call_id,
+                reason: "path_broken".to_string(),
+            };
+            let _ = self.send(now, c.dst.clone(), body, Vec::new());
+            self.fail_call(call_id, c.dst, CallFailure::PathBroken);
         }
     }
 

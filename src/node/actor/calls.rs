@@ -455,6 +455,7 @@ impl Actor {
                     ErrorCode::Unreachable,
                     format!("stream from {dst}: the node became unreachable"),
                 ),
+                CallFailure::PathBroken => path_broken("stream from", dst),
                 CallFailure::Integrity => integrity_error("stream from", dst),
             };
             let _ = s.tx.try_send(Err(err));
@@ -469,11 +470,23 @@ impl Actor {
                     ErrorCode::Unreachable,
                     format!("request to {dst}: the node became unreachable"),
                 ),
+                CallFailure::PathBroken => path_broken("request to", dst),
                 CallFailure::Integrity => integrity_error("request to", dst),
             };
             let _ = p.reply.send(Err(err));
         }
     }
+}
+
+/// The error of a call whose path lost a link.
+fn path_broken(what: &str, dst: &str) -> Error {
+    Error::new(
+        ErrorCode::Unreachable,
+        format!(
+            "{what} {dst}: a link on its path through the mesh went down (a relay died or was \
+             cut off), so frames may have been lost; the call was abandoned"
+        ),
+    )
 }
 
 /// The error of a call whose frames failed the end-to-end check.
