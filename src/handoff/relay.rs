@@ -13,8 +13,7 @@ use std::sync::MutexGuard;
 
 use super::serve::{handoff_deadline, origin};
 use super::*;
-use crate::host::HostCall;
-use crate::host::HostDeadline;
+use crate::host::{HostCall, HostDeadline};
 use crate::rpc::ChunkSink;
 
 /// Serve a checked `agent.handoff` request: the stream's end payload, or why it failed.
