@@ -22,9 +22,25 @@
 //! Replies arrive on the host's thread (the JS thread in the product) and wake their consumer
 //! on the node's thread through [`HostBridge::wakes`]: at once while the host is quiet, once
 //! per tick while it is busy (`super::wake`).
+//!
+//! # How long the core waits for the host
+//! The host is OpenClaw's JavaScript: a loaded gateway can leave its event loop blocked for
+//! seconds, while the core (its own threads) keeps answering the mesh. So no host round trip
+//! has a fixed deadline of its own; each waits for a [`HostDeadline`]:
+//! - one that serves a mesh call (the `agents.list` check of a handoff or a message, the
+//!   `agent.send` of a message, the `model.upstream` of a model request) waits as long as that
+//!   call's own timeout allows: the caller's deadline as its `call` frame carried it, at most the
+//!   call's bound on this node, less [`answer_margin`] so the answer (or the error naming the
+//!   request) reaches the caller before it gives up on its own ([`HostDeadline::serving`]);
+//! - one that serves no call (the provider sync, the abort of a run the caller gave up on)
+//!   waits `hostTimeoutMs` ([`crate::config::Config::host_timeout_ms`]).
+//!
+//! Running out fails with `Timeout` naming the request, how long it waited and the timeout
+//! that governed it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::{mpsc, Notify};
@@ -289,6 +305,100 @@ impl HostBridge {
     }
 }
 
+/// Most of a caller's deadline kept back so the serving node's answer reaches the caller in
+/// time: 1 s covers a relayed hop on a loaded machine.
+pub const ANSWER_MARGIN: Duration = Duration::from_secs(1);
+
+/// Stands in for a deadline beyond what an `Instant` can hold: about 30 years.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+
+/// The part of a caller's `limit` kept back for the answer's way back: [`ANSWER_MARGIN`], or a
+/// tenth of a short limit (so a 1 s limit still leaves 900 ms to wait).
+pub fn answer_margin(limit: Duration) -> Duration {
+    ANSWER_MARGIN.min(limit / 10)
+}
+
+/// How long a host round trip may take, and which timeout said so (named in the error when it
+/// runs out). Several round trips of one call may share one deadline.
+#[derive(Debug, Clone)]
+pub struct HostDeadline {
+    at: tokio::time::Instant,
+    total: Duration,
+    why: String,
+}
+
+impl HostDeadline {
+    /// `total` from now, set by `why` (e.g. `hostTimeoutMs (30000 ms)`).
+    pub fn after(total: Duration, why: impl Into<String>) -> Self {
+        let now = tokio::time::Instant::now();
+        HostDeadline {
+            // A caller's deadline is not trusted to be sane: no overflow, just "very late".
+            at: now.checked_add(total).unwrap_or(now + FAR_FUTURE),
+            total,
+            why: why.into(),
+        }
+    }
+
+    /// For a round trip that serves a mesh call: the smallest of `limits` (each a timeout of
+    /// that call, counted from now, and what it is: the caller's deadline, the call's bound
+    /// here), less [`answer_margin`] so the answer reaches the caller before that timeout fires
+    /// there. `None` entries (a deadline the caller did not send) are skipped; with none left
+    /// the round trip may not wait at all.
+    pub fn serving(limits: impl IntoIterator<Item = Option<(Duration, String)>>) -> Self {
+        let (limit, why) = limits
+            .into_iter()
+            .flatten()
+            .min_by_key(|(d, _)| *d)
+            .unwrap_or((Duration::ZERO, "no timeout".into()));
+        let margin = answer_margin(limit);
+        let why = if margin.is_zero() {
+            why
+        } else {
+            format!("{why} less {} for the answer's way back", fmt_secs(margin))
+        };
+        Self::after(limit - margin, why)
+    }
+
+    /// The time this deadline allowed in all.
+    pub fn total(&self) -> Duration {
+        self.total
+    }
+
+    /// When it runs out.
+    pub fn at(&self) -> tokio::time::Instant {
+        self.at
+    }
+
+    /// What set it.
+    pub fn why(&self) -> &str {
+        &self.why
+    }
+
+    /// The `Timeout` error of `what` (e.g. `host agents.list`) after waiting `waited`.
+    pub fn expired(&self, what: &str, waited: Duration) -> Error {
+        // A deadline shared by several round trips leaves the later ones only its rest.
+        let of = if self.total.saturating_sub(waited) < Duration::from_millis(50) {
+            "the deadline".to_string()
+        } else {
+            format!("the rest of a {} deadline", fmt_secs(self.total))
+        };
+        Error::new(
+            ErrorCode::Timeout,
+            format!(
+                "{what}: no answer from OpenClaw within {}, {of} set by {}; OpenClaw may be \
+                 overloaded or its event loop blocked",
+                fmt_secs(waited),
+                self.why
+            ),
+        )
+    }
+}
+
+/// A duration as seconds with one decimal (`12.0 s`), for messages.
+pub fn fmt_secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
 /// One call to the host. Dropping it before the last reply cancels it on the host.
 pub struct HostCall {
     id: u64,
@@ -327,6 +437,18 @@ impl HostCall {
             self.done = true;
         }
         Some(item)
+    }
+
+    /// Wait for the final value (skipping events) until `deadline`; running out fails with
+    /// `Timeout` naming the request, how long it waited and what set the deadline, and cancels
+    /// the request on the host.
+    pub async fn result_by(self, deadline: &HostDeadline) -> Result<Value> {
+        let kind = self.kind;
+        let t0 = tokio::time::Instant::now();
+        match tokio::time::timeout_at(deadline.at, self.result()).await {
+            Ok(r) => r,
+            Err(_) => Err(deadline.expired(&format!("host {kind}"), t0.elapsed())),
+        }
     }
 
     /// Wait for the final value, skipping events.
@@ -534,6 +656,71 @@ mod tests {
         }
         let e = b.call(HostKind::AgentRun, Value::Null).err().unwrap();
         assert!(e.message.contains("limit"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_serving_deadline_is_the_smallest_limit_less_the_answers_way_back() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let d = HostDeadline::serving([
+                Some((Duration::from_secs(60), "a".to_string())),
+                None,
+                Some((Duration::from_secs(20), "b".to_string())),
+            ]);
+            assert_eq!(d.total(), Duration::from_secs(19));
+            assert_eq!(d.why(), "b less 1.0 s for the answer's way back");
+            // A short limit keeps nine tenths of itself.
+            let d = HostDeadline::serving([Some((Duration::from_secs(2), "c".to_string()))]);
+            assert_eq!(d.total(), Duration::from_millis(1800));
+            // No limit at all: no wait.
+            assert_eq!(HostDeadline::serving([None]).total(), Duration::ZERO);
+            // A caller's absurd deadline neither overflows nor panics.
+            let d = HostDeadline::after(Duration::MAX, "x");
+            assert!(d.at() > tokio::time::Instant::now() + Duration::from_secs(365 * 86400));
+        });
+    }
+
+    #[test]
+    fn a_host_call_past_its_deadline_fails_naming_what_governed_it_and_is_cancelled_on_the_host() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let b = HostBridge::new();
+            b.lock().attached = true;
+            let call = b.call(HostKind::AgentsList, json!({})).unwrap();
+            let pulled = b.next_request().await.unwrap();
+            let d = HostDeadline::after(Duration::from_secs(12), "the test's 12 s");
+            let e = call.result_by(&d).await.unwrap_err();
+            assert_eq!(e.code, ErrorCode::Timeout);
+            assert_eq!(
+                e.message,
+                "host agents.list: no answer from OpenClaw within 12.0 s, the deadline set by \
+                 the test's 12 s; OpenClaw may be overloaded or its event loop blocked"
+            );
+            let cancel = b.next_request().await.unwrap();
+            assert_eq!(cancel.kind, KIND_CANCEL);
+            assert_eq!(cancel.params, json!({"id": pulled.id}));
+            // A second call sharing the deadline gets only its rest, and says so.
+            let call = b.call(HostKind::AgentSend, json!({})).unwrap();
+            let d = HostDeadline::after(Duration::from_secs(30), "y");
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            let e = call.result_by(&d).await.unwrap_err();
+            assert!(
+                e.message.starts_with(
+                    "host agent.send: no answer from OpenClaw within 10.0 s, the rest of a \
+                     30.0 s deadline set by y;"
+                ),
+                "{}",
+                e.message
+            );
+        });
     }
 
     #[test]

@@ -491,6 +491,64 @@ async fn concurrent_handoffs_are_isolated_and_a_slow_consumer_stalls_only_itself
     .expect("bounded");
 }
 
+/// Office's OpenClaw is stalled: `agents.list` answers after 11 s (longer than the fixed 10 s a
+/// host round trip used to get). The handoff waits, within its own `handoffTimeout` (20 s), and
+/// the mesh stays up meanwhile: the core answers the heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_serving_host_delays_a_handoff_within_its_timeout_instead_of_failing_it() {
+    bounded(async {
+        let mut stalled = FakeHostOptions::agents(&["coder"]);
+        stalled.agents_list_delay = Duration::from_secs(11);
+        let m = mesh(&[("office", stalled)], json!({"handoffTimeout": 20_000})).await;
+        let t0 = Instant::now();
+        let (_, r) = finish(&handoff(&m.home, "coder", "after the stall")).await;
+        let out = r.expect("the handoff succeeds after the stall");
+        assert!(out.text.ends_with("after the stall"), "{}", out.text);
+        assert!(
+            t0.elapsed() >= Duration::from_secs(11),
+            "{:?}",
+            t0.elapsed()
+        );
+        for node in [&m.home, &m.offices[0].node] {
+            let s = node.status();
+            assert_eq!(
+                s.mesh.heartbeat_timeouts, 0,
+                "{}: a link timed out",
+                s.node_id
+            );
+        }
+        assert!(is_relayed_via(&m.home, "office", "cloud"));
+    })
+    .await
+    .expect("bounded");
+}
+
+/// The same stall against a `handoffTimeout` (3 s) shorter than it: the caller gets office's
+/// error, naming the host request and the timeout that governed it, before its own timer fires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_longer_than_the_handoffs_timeout_fails_it_with_the_serving_nodes_clear_error() {
+    bounded(async {
+        let mut stalled = FakeHostOptions::agents(&["coder"]);
+        stalled.agents_list_delay = Duration::from_secs(11);
+        let m = mesh(&[("office", stalled)], json!({"handoffTimeout": 3_000})).await;
+        let t0 = Instant::now();
+        let (_, r) = finish(&handoff(&m.home, "coder", "x")).await;
+        let e = r.expect_err("the stall outlasts the timeout");
+        assert_eq!(e.code, ErrorCode::Timeout, "{e:?}");
+        assert!(
+            e.message.contains(
+                "host agents.list: no answer from OpenClaw within 2.7 s, the deadline set by the \
+                 handoff's handoffTimeout (3.0 s, sent by home)"
+            ),
+            "{}",
+            e.message
+        );
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    })
+    .await
+    .expect("bounded");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_agents_and_unreachable_targets_give_clear_errors() {
     bounded(async {

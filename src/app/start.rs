@@ -191,6 +191,7 @@ pub(super) fn build_services(
             max_ms: config.handoff_max_ms,
             log: Arc::clone(&handoffs),
             access: crate::access::Access::new(&config.access),
+            host_timeout_ms: config.host_timeout_ms,
         };
         services.insert(
             handoff::METHOD_HANDOFF.to_string(),

@@ -107,6 +107,12 @@ pub const HEARTBEAT_MISSES_MAX: u32 = 100;
 pub const DEFAULT_FORGET_AFTER_MS: u64 = 600_000;
 /// Minimum `forgetAfterMs`, in ms.
 pub const FORGET_AFTER_MIN_MS: u64 = 1_000;
+/// Default `hostTimeoutMs`, in ms: 30 s for OpenClaw to answer a host request that serves no
+/// mesh call (write the providers, confirm an abort); a gateway under load has had its event
+/// loop blocked for more than 10 s.
+pub const DEFAULT_HOST_TIMEOUT_MS: u64 = 30_000;
+/// Minimum `hostTimeoutMs`, in ms.
+pub const HOST_TIMEOUT_MIN_MS: u64 = 1_000;
 
 /// Default `toolProxy.maxOutputBytes`: 1 MiB, as in 0.1.8.
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1_048_576;
@@ -171,6 +177,11 @@ pub struct Config {
     pub heartbeat_misses: u32,
     /// Time after which an unreachable node is forgotten, in ms (JSON `forgetAfterMs`).
     pub forget_after_ms: u64,
+    /// How long OpenClaw may take to answer a host request that serves no mesh call (the
+    /// provider sync, the abort of a run the caller gave up on), in ms (JSON `hostTimeoutMs`).
+    /// Host requests that serve a call wait as long as that call's own timeout allows
+    /// (see [`crate::host`]).
+    pub host_timeout_ms: u64,
     /// Policy for tool calls that remote nodes make on this node.
     pub tool_proxy: ToolProxyConfig,
     /// TLS for mesh links (JSON `tls`): a server certificate for the listener (`wss://`), and
@@ -502,6 +513,7 @@ impl Config {
             "heartbeatIntervalMs": self.heartbeat_interval_ms,
             "heartbeatMisses": self.heartbeat_misses,
             "forgetAfterMs": self.forget_after_ms,
+            "hostTimeoutMs": self.host_timeout_ms,
             "toolProxy": self.tool_proxy.to_json(),
             "tls": self.tls.to_json(),
             "access": self.access.to_json(),
@@ -546,6 +558,7 @@ impl fmt::Debug for Config {
             .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
             .field("heartbeat_misses", &self.heartbeat_misses)
             .field("forget_after_ms", &self.forget_after_ms)
+            .field("host_timeout_ms", &self.host_timeout_ms)
             .field("tool_proxy", &self.tool_proxy)
             .field("tls", &self.tls)
             .field("access", &self.access)

@@ -49,6 +49,7 @@ const ROOT_KEYS: &[&str] = &[
     "heartbeatIntervalMs",
     "heartbeatMisses",
     "forgetAfterMs",
+    "hostTimeoutMs",
     "toolProxy",
     "tls",
     "access",
@@ -424,6 +425,7 @@ impl Reader {
             heartbeat_interval_ms,
             heartbeat_misses,
             forget_after_ms,
+            host_timeout_ms,
         } = self.timing(map);
         let tool_proxy = match map.get("toolProxy") {
             None => ToolProxyConfig::default(),
@@ -466,6 +468,7 @@ impl Reader {
             heartbeat_interval_ms,
             heartbeat_misses,
             forget_after_ms,
+            host_timeout_ms,
             tool_proxy,
             tls,
             access,
@@ -541,6 +544,14 @@ impl Reader {
             FORGET_AFTER_MIN_MS,
             DURATION_MAX_MS,
         );
+        let host_timeout_ms = self.int_or(
+            map,
+            "",
+            "hostTimeoutMs",
+            DEFAULT_HOST_TIMEOUT_MS,
+            HOST_TIMEOUT_MIN_MS,
+            DURATION_MAX_MS,
+        );
         Timing {
             handoff_timeout_ms,
             handoff_max_ms,
@@ -548,6 +559,7 @@ impl Reader {
             heartbeat_interval_ms,
             heartbeat_misses,
             forget_after_ms,
+            host_timeout_ms,
         }
     }
 
@@ -1025,4 +1037,5 @@ struct Timing {
     heartbeat_interval_ms: u64,
     heartbeat_misses: u32,
     forget_after_ms: u64,
+    host_timeout_ms: u64,
 }

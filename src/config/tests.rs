@@ -190,6 +190,8 @@ fn validation_rows() -> Vec<Row> {
         err("u64::MAX handoffMaxMs is rejected", json!({"handoffMaxMs": u64::MAX}), "handoffMaxMs", "got 18446744073709551615"),
         err("handoffMaxMs below a second is rejected", json!({"handoffMaxMs": 500}), "handoffMaxMs", "between 1000 and"),
         err("forgetAfterMs below a second is rejected", json!({"forgetAfterMs": 10}), "forgetAfterMs", "between 1000 and"),
+        err("hostTimeoutMs below a second is rejected", json!({"hostTimeoutMs": 999}), "hostTimeoutMs", "between 1000 and 604800000, got 999"),
+        ok("hostTimeoutMs of a minute is fine", json!({"hostTimeoutMs": 60000})),
         err("listen as a string is a type error", json!({"listen": "yes"}), "listen", "expected a boolean, got string"),
         row("a node that neither listens nor dials gets a warning", json!({"listen": false}), Expect::Warn("listen", "neither listens nor dials: it cannot join a mesh")),
         row("a node with agents but no link still gets the warning", json!({"listen": false, "agents": [{"id": "coder"}]}), Expect::Warn("listen", "cannot join a mesh")),
@@ -250,6 +252,7 @@ fn minimal_config_gets_every_documented_default() {
     assert_eq!(c.heartbeat_interval_ms, 1_250);
     assert_eq!(c.heartbeat_misses, 3);
     assert_eq!(c.forget_after_ms, 600_000);
+    assert_eq!(c.host_timeout_ms, 30_000);
     assert_eq!(
         c.tool_proxy,
         ToolProxyConfig {
@@ -385,6 +388,7 @@ fn to_json_round_trips_a_full_config() {
         "proxyModels": [{"id": "claude-sonnet", "nodeId": "cloud-01", "description": "big"}],
         "tags": ["office", "gpu"], "handoffTimeout": 1000, "handoffMaxMs": 2000, "proxyTimeoutMs": 30000,
         "heartbeatIntervalMs": 100, "heartbeatMisses": 100, "forgetAfterMs": 5000,
+        "hostTimeoutMs": 2000,
         "toolProxy": {"enabled": true, "allow": ["exec"], "deny": ["write"], "maxOutputBytes": 4096, "root": "/srv/agent"},
         "tls": {"certFile": "/etc/cm/cert.pem", "keyFile": "/etc/cm/key.pem", "caFile": "/etc/cm/ca.pem"},
         "access": {"default": "deny", "rules": [

@@ -103,8 +103,6 @@ pub const MAX_ACCUMULATED_BYTES: usize = 16 * 1024 * 1024;
 /// Slack added to `handoffTimeout` for the mesh-level inactivity deadline, so the handoff's own
 /// timer (with its clearer message) fires first.
 const MESH_DEADLINE_SLACK: Duration = Duration::from_secs(5);
-/// How long the serving node waits for the host to confirm an abort.
-pub const ABORT_WAIT: Duration = Duration::from_secs(15);
 /// How long past the run's own bound the serving node waits for the host to end it.
 const HOST_SLACK: Duration = Duration::from_secs(30);
 /// How long a `cluster_send` may take end to end (delivery only, not the turn).

@@ -11,9 +11,9 @@
 
 use std::sync::MutexGuard;
 
-use super::serve::origin;
+use super::serve::{handoff_deadline, origin};
 use super::*;
-use crate::host::HostCall;
+use crate::host::{HostCall, HostDeadline};
 use crate::rpc::ChunkSink;
 
 /// Serve a checked `agent.handoff` request: the stream's end payload, or why it failed.
@@ -22,9 +22,21 @@ pub(super) async fn serve_handoff(
     ctx: CallCtx,
     req: HandoffRequest,
 ) -> Result<Value> {
-    let agent = h
-        .check_agent(&ctx.from, req.caller_agent.as_deref(), req.agent.as_deref())
-        .await?;
+    let max_ms = req.max_ms.clamp(1, h.max_ms);
+    let deadline = handoff_deadline(ctx.deadline, max_ms, &ctx.from);
+    let mut cancel = ctx.cancel.clone();
+    // The check may wait long for a busy OpenClaw: a caller that gives up meanwhile ends it
+    // (dropping the host request withdraws it there).
+    let agent = tokio::select! {
+        biased;
+        _ = cancel.wait_for(|c| *c) => {
+            return Err(Error::new(
+                ErrorCode::Cancelled,
+                "cancelled by the caller while OpenClaw was checking the agent",
+            ))
+        }
+        r = h.check_agent(&ctx.from, req.caller_agent.as_deref(), req.agent.as_deref(), &deadline) => r?,
+    };
     let served = Served::new(h, &req, agent);
     let run = served.start(&req, &ctx.from)?;
     let relayed = relay(run, ctx.sink, ctx.cancel.clone(), &served).await;
@@ -174,13 +186,14 @@ impl<'a> Served<'a> {
             HOST_AGENT_ABORT,
             json!({"sessionKey": self.session_key, "runId": run_id, "reason": e.message}),
         ) {
-            Ok(call) => match tokio::time::timeout(ABORT_WAIT, call.result()).await {
-                Ok(r) => r,
-                Err(_) => Err(Error::new(
-                    ErrorCode::Timeout,
-                    format!("the host did not confirm the abort within {ABORT_WAIT:?}"),
-                )),
-            },
+            Ok(call) => {
+                let wait = self.h.host_timeout_ms;
+                let deadline = HostDeadline::after(
+                    Duration::from_millis(wait),
+                    format!("hostTimeoutMs ({wait} ms)"),
+                );
+                call.result_by(&deadline).await
+            }
             Err(e) => Err(e),
         };
         drop(run);

@@ -430,7 +430,7 @@ async fn attempt(
 ) -> Result<(TunnelHead, CallStream), (ProxyError, bool)> {
     // The mesh call's own inactivity deadline is set past ours, so the overall deadline (checked
     // here and in the pump) is what fires and is reported as `deadline`.
-    let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
+    let left = deadline.saturating_duration_since(Instant::now()) + tunnel::MESH_DEADLINE_SLACK;
     let mesh_err = |e: crate::error::Error| {
         let (status, cause, retry) = match e.code {
             ErrorCode::Timeout => (StatusCode::GATEWAY_TIMEOUT, "mesh_timeout", true),

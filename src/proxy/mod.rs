@@ -37,7 +37,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::events::EventQueue;
-use crate::host::HostBridge;
+use crate::host::{HostBridge, HostDeadline};
 use crate::rpc::MeshClient;
 
 /// What the proxy needs from the node.
@@ -94,11 +94,10 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ProxyCtx>, mut shutdown: watc
 const SYNC_DEBOUNCE: Duration = Duration::from_millis(500);
 /// Retry delay after a failed provider sync.
 const SYNC_RETRY: Duration = Duration::from_secs(10);
-/// How long the host may take to write the providers.
-const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Keep OpenClaw's `models.providers` in step with the models the mesh announces: whenever the
-/// desired set changes, ask the host (`providers.sync`) to merge it into its config.
+/// desired set changes, ask the host (`providers.sync`) to merge it into its config. No mesh
+/// call waits for it: OpenClaw may take `hostTimeoutMs` to answer, then it is asked again.
 pub async fn sync_providers(
     ctx: Arc<ProxyCtx>,
     port: u16,
@@ -129,22 +128,19 @@ pub async fn sync_providers(
                     ctx.events.warn(format!("providers: {}", e.message));
                     wait = Some(SYNC_RETRY);
                 }
-                Ok(call) => match tokio::time::timeout(SYNC_TIMEOUT, call.result()).await {
-                    Ok(Ok(v)) => {
+                Ok(call) => match call.result_by(&sync_deadline(&ctx.config)).await {
+                    Ok(v) => {
                         log_plan(&ctx.events, &v);
                         synced = Some(want);
                     }
-                    Ok(Err(e)) => {
+                    Err(e) if e.code == crate::error::ErrorCode::Timeout => {
+                        ctx.events.warn(format!("providers: {}", e.message));
+                        wait = Some(SYNC_RETRY);
+                    }
+                    Err(e) => {
                         ctx.events.warn(format!(
                             "providers: OpenClaw refused the update: {}",
                             e.message
-                        ));
-                        wait = Some(SYNC_RETRY);
-                    }
-                    Err(_) => {
-                        ctx.events.warn(format!(
-                            "providers: no answer from OpenClaw within {} s",
-                            SYNC_TIMEOUT.as_secs()
                         ));
                         wait = Some(SYNC_RETRY);
                     }
@@ -161,6 +157,15 @@ pub async fn sync_providers(
             }
         }
     }
+}
+
+/// How long OpenClaw may take to write the providers: `hostTimeoutMs` (no mesh call waits).
+fn sync_deadline(config: &Config) -> HostDeadline {
+    let ms = config.host_timeout_ms;
+    HostDeadline::after(
+        Duration::from_millis(ms),
+        format!("hostTimeoutMs ({ms} ms)"),
+    )
 }
 
 fn log_plan(events: &EventQueue, v: &serde_json::Value) {

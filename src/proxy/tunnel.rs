@@ -13,6 +13,10 @@ use crate::config::ModelApi;
 
 /// The mesh method name.
 pub const METHOD_MODEL: &str = "model.http";
+/// What the consumer adds to the time left of its `proxyTimeoutMs` for the mesh call's own
+/// deadline, so its overall deadline (with the clearer message) fires first. The serving node
+/// takes it off again to learn the time the consumer has left.
+pub const MESH_DEADLINE_SLACK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Client headers forwarded to the upstream (lower case). Everything else is dropped: the
 /// consumer's `authorization` in particular is the local proxy token, never forwarded.

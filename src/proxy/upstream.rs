@@ -9,6 +9,8 @@
 //! OpenClaw's `models.providers.<provider>` for `baseUrl`/`api`/`headers`, and
 //! `runtime.modelAuth.resolveApiKeyForProvider` for the key). Results are cached for
 //! [`RESOLVE_TTL`] so a burst of requests costs one host round trip; failures are not cached.
+//! The host may take as long as the model request allows ([`resolve_deadline`]): a gateway whose
+//! event loop stalls for a while delays the request instead of failing it.
 //! The key never leaves this node: it is put on the upstream request here and nowhere else.
 
 use std::collections::HashMap;
@@ -25,13 +27,11 @@ use super::tunnel::{self, TunnelEnd, TunnelHead, TunnelRequest};
 use crate::access::{Access, Kind};
 use crate::config::{Config, ModelApi, ModelConfig, UpstreamUrl};
 use crate::error::Result;
-use crate::host::HostBridge;
+use crate::host::{fmt_secs, HostBridge, HostDeadline};
 use crate::rpc::{BoxFuture, CallCtx, Service};
 
 /// How long a resolved upstream is reused.
 pub const RESOLVE_TTL: Duration = Duration::from_secs(30);
-/// How long the host may take to resolve an upstream.
-pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Non-secret placeholder keys OpenClaw returns for keyless local providers: not sent upstream.
 const NON_SECRET_KEYS: &[&str] = &["custom-local", "ollama-local", "lmstudio-local"];
 
@@ -95,11 +95,15 @@ impl ModelService {
             .map(|(_, u)| u.clone())
     }
 
-    async fn resolve(&self, m: &ModelConfig) -> std::result::Result<Upstream, String> {
+    async fn resolve(
+        &self,
+        m: &ModelConfig,
+        deadline: &HostDeadline,
+    ) -> std::result::Result<Upstream, String> {
         if let Some(u) = self.cached(&m.id) {
             return Ok(u);
         }
-        let u = resolve_with_host(m, &self.inner.host).await?;
+        let u = resolve_with_host(m, &self.inner.host, deadline).await?;
         self.inner
             .cache
             .lock()
@@ -109,10 +113,38 @@ impl ModelService {
     }
 }
 
-/// Ask the host (unless the override says everything) and combine with the override.
+/// How long the host may take to resolve an upstream for a model request from `from`: the
+/// time the consumer has left (its mesh deadline less the [`tunnel::MESH_DEADLINE_SLACK`] it
+/// added), at most this node's `proxyTimeoutMs`, less the answer's way back.
+pub fn resolve_deadline(
+    caller: Option<Duration>,
+    proxy_timeout_ms: u64,
+    from: &str,
+) -> HostDeadline {
+    let left = caller.map(|d| {
+        let left = d.saturating_sub(tunnel::MESH_DEADLINE_SLACK).max(d / 2);
+        (
+            left,
+            format!(
+                "the model request's proxyTimeoutMs ({} left, sent by {from})",
+                fmt_secs(left)
+            ),
+        )
+    });
+    let cap = Duration::from_millis(proxy_timeout_ms);
+    let cap = (
+        cap,
+        format!("proxyTimeoutMs on this node ({})", fmt_secs(cap)),
+    );
+    HostDeadline::serving([left, Some(cap)])
+}
+
+/// Ask the host (unless the override says everything) by `deadline` and combine with the
+/// override.
 async fn resolve_with_host(
     m: &ModelConfig,
     host: &Arc<HostBridge>,
+    deadline: &HostDeadline,
 ) -> std::result::Result<Upstream, String> {
     let o = m.upstream.as_ref();
     let needs_host = o.is_none_or(|o| o.api_key_env.is_none());
@@ -128,19 +160,18 @@ async fn resolve_with_host(
                     m.provider, e.message
                 )
             })?;
-        match tokio::time::timeout(RESOLVE_TIMEOUT, call.result()).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
+        match call.result_by(deadline).await {
+            Ok(v) => v,
+            Err(e) if e.code == crate::error::ErrorCode::Timeout => {
                 return Err(format!(
-                    "OpenClaw could not resolve provider {:?}: {}",
+                    "OpenClaw did not resolve provider {:?}: {}",
                     m.provider, e.message
                 ))
             }
-            Err(_) => {
+            Err(e) => {
                 return Err(format!(
-                    "OpenClaw did not resolve provider {:?} within {} s",
-                    m.provider,
-                    RESOLVE_TIMEOUT.as_secs()
+                    "OpenClaw could not resolve provider {:?}: {}",
+                    m.provider, e.message
                 ))
             }
         }
@@ -215,9 +246,15 @@ async fn serve(svc: &ModelService, mut ctx: CallCtx, payload: &[u8]) -> TunnelEn
         Ok(x) => x,
         Err(e) => return TunnelEnd::fail(400, "bad_request", e, false),
     };
-    let up = match svc.upstream_for(&ctx.from, &req).await {
-        Ok(u) => u,
-        Err(end) => return end,
+    let deadline = resolve_deadline(ctx.deadline, svc.inner.config.proxy_timeout_ms, &ctx.from);
+    // Resolving may wait long for a busy OpenClaw: a consumer that leaves meanwhile ends it.
+    let up = tokio::select! {
+        biased;
+        _ = ctx.cancel.wait_for(|c| *c) => return cancelled(),
+        r = svc.upstream_for(&ctx.from, &req, &deadline) => match r {
+            Ok(u) => u,
+            Err(end) => return end,
+        },
     };
     let body = if up.model != req.model {
         rename_model(body, &up.model)
@@ -265,6 +302,7 @@ impl ModelService {
         &self,
         from: &str,
         req: &TunnelRequest,
+        deadline: &HostDeadline,
     ) -> std::result::Result<Upstream, TunnelEnd> {
         // model.http names no calling agent: rules with callerAgents never match it.
         if let Err(r) = self
@@ -282,7 +320,7 @@ impl ModelService {
                 true,
             ));
         };
-        let up = match self.resolve(m).await {
+        let up = match self.resolve(m, deadline).await {
             Ok(u) => u,
             Err(e) => return Err(TunnelEnd::fail(502, "upstream_unresolved", e, true)),
         };
@@ -486,6 +524,68 @@ mod tests {
         assert!(from_parts(&model(json!({})), &bad, |_| None)
             .unwrap_err()
             .contains("http://"));
+    }
+
+    /// A stalled OpenClaw: answers `model.upstream` after `delay`.
+    async fn late_host(delay: Duration) -> Arc<HostBridge> {
+        let bridge = HostBridge::new();
+        let b = Arc::clone(&bridge);
+        tokio::spawn(async move {
+            while let Some(req) = b.next_request().await {
+                if req.kind != crate::host::HostKind::ModelUpstream {
+                    continue;
+                }
+                tokio::time::sleep(delay).await;
+                let v =
+                    json!({"providerConfig": {"baseUrl": "http://127.0.0.1:9/v1"}, "apiKey": "sk"});
+                b.reply(req.id, Ok(crate::host::HostReply::Result(v)));
+            }
+        });
+        while !bridge.attached() {
+            tokio::task::yield_now().await;
+        }
+        bridge
+    }
+
+    /// The model request's mesh deadline as the consumer sends it: its time left + the slack.
+    fn sent(left: Duration) -> Option<Duration> {
+        Some(left + tunnel::MESH_DEADLINE_SLACK)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upstream_resolved_after_12_s_serves_a_model_request_with_60_s_left() {
+        let host = late_host(Duration::from_secs(12)).await;
+        let d = resolve_deadline(sent(Duration::from_secs(60)), 600_000, "home");
+        let u = resolve_with_host(&model(json!({})), &host, &d)
+            .await
+            .unwrap();
+        assert_eq!(u.key.as_deref(), Some("sk"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upstream_slower_than_the_model_requests_time_left_fails_it_clearly() {
+        let host = late_host(Duration::from_secs(12)).await;
+        let d = resolve_deadline(sent(Duration::from_secs(10)), 600_000, "home");
+        let t0 = tokio::time::Instant::now();
+        let e = resolve_with_host(&model(json!({})), &host, &d)
+            .await
+            .unwrap_err();
+        assert!(
+            e.contains("host model.upstream: no answer from OpenClaw within 9.0 s"),
+            "{e}"
+        );
+        assert!(
+            e.contains("proxyTimeoutMs (10.0 s left, sent by home)"),
+            "{e}"
+        );
+        assert_eq!(t0.elapsed(), Duration::from_secs(9));
+        // This node's own proxyTimeoutMs bounds a consumer that allows more.
+        let d = resolve_deadline(sent(Duration::from_secs(600)), 5_000, "home");
+        assert!(
+            d.why().contains("proxyTimeoutMs on this node (5.0 s)"),
+            "{}",
+            d.why()
+        );
     }
 
     #[test]

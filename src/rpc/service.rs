@@ -67,6 +67,11 @@ pub struct CallCtx {
     /// Turns `true` when the caller cancelled (or dropped the stream) or became unreachable,
     /// or the node is stopping.
     pub cancel: watch::Receiver<bool>,
+    /// The caller's inactivity deadline for this call, as its `call` frame carried it
+    /// (`deadline_ms`): how long the caller waits for a chunk or the answer before it gives up.
+    /// Work that sends nothing meanwhile (a host round trip) must answer within it. `None` when
+    /// the caller sent none.
+    pub deadline: Option<std::time::Duration>,
 }
 
 /// Sends stream chunks of one served call, waiting for the caller's credit.

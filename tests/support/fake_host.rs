@@ -46,6 +46,8 @@ pub struct FakeHostOptions {
     pub stamp_epoch: Option<Instant>,
     /// Never answer `agent.run` (a node whose agent hangs before any output).
     pub silent_runs: bool,
+    /// How long `agents.list` takes to answer (an OpenClaw whose event loop is stalled).
+    pub agents_list_delay: Duration,
 }
 
 impl FakeHostOptions {
@@ -55,6 +57,7 @@ impl FakeHostOptions {
             agents: agents.iter().map(|a| a.to_string()).collect(),
             stamp_epoch: None,
             silent_runs: false,
+            agents_list_delay: Duration::ZERO,
         }
     }
 }
@@ -146,7 +149,10 @@ async fn answer(bridge: Arc<HostBridge>, req: HostRequest, opts: FakeHostOptions
         bridge.reply(id, Ok(HostReply::Result(v)));
     };
     match req.kind {
-        HOST_AGENTS_LIST => done(json!({"agents": opts.agents})),
+        HOST_AGENTS_LIST => {
+            tokio::time::sleep(opts.agents_list_delay).await;
+            done(json!({"agents": opts.agents}))
+        }
         HOST_AGENT_SEND => done(json!({"runId": format!("send-{id}")})),
         HOST_AGENT_ABORT => done(json!({"aborted": true, "drained": true})),
         HOST_AGENT_RUN if opts.silent_runs => std::future::pending::<()>().await,

@@ -233,7 +233,14 @@ impl Actor {
 
     /// Start serving a `call`: a trivial unary service answers inline; a registered service
     /// runs as its own task (bounded by [`MAX_SERVED_CALLS`]); anything else is refused.
-    fn serve_call(&mut self, from: NodeId, call_id: CallId, method: String, payload: Vec<u8>) {
+    fn serve_call(
+        &mut self,
+        from: NodeId,
+        call_id: CallId,
+        method: String,
+        payload: Vec<u8>,
+        deadline_ms: Option<u64>,
+    ) {
         let now = now_ms(self.epoch);
         let refuse = |code: &str, message: String| Body::Reply {
             call_id,
@@ -278,7 +285,7 @@ impl Actor {
             ),
             (None, Some(svc)) => {
                 let svc = Arc::clone(svc);
-                self.spawn_served(svc, from, call_id, method, payload);
+                self.spawn_served(svc, from, call_id, method, payload, deadline_ms);
                 return;
             }
         };
@@ -300,6 +307,7 @@ impl Actor {
         call_id: CallId,
         method: String,
         payload: Vec<u8>,
+        deadline_ms: Option<u64>,
     ) {
         let credit = Arc::new(Semaphore::new(STREAM_WINDOW_CHUNKS as usize));
         let (cancel, cancel_rx) = watch::channel(false);
@@ -321,6 +329,7 @@ impl Actor {
             method,
             sink: ChunkSink::new(Arc::clone(&port), from, call_id, credit, cancel_rx.clone()),
             cancel: cancel_rx,
+            deadline: deadline_ms.map(std::time::Duration::from_millis),
         };
         tokio::spawn(async move {
             // A panic in the service is caught here so that it still frees the served slot and
@@ -349,8 +358,10 @@ impl Actor {
     pub(super) fn dispatch(&mut self, from: NodeId, header: Header, payload: Vec<u8>) {
         match header.body {
             Body::Call {
-                call_id, method, ..
-            } => self.serve_call(from, call_id, method, payload),
+                call_id,
+                method,
+                deadline_ms,
+            } => self.serve_call(from, call_id, method, payload, deadline_ms),
             Body::Reply {
                 call_id,
                 ok,

@@ -6,10 +6,12 @@ use hyper::body::Bytes;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
+use std::time::Duration;
 use tokio::sync::watch;
 
-use super::{GATEWAY_TIMEOUT, MAX_GATEWAY_REPLY_BYTES};
+use super::{MAX_GATEWAY_REPLY_BYTES, TOOL_DEADLINE};
 use crate::error::{Error, ErrorCode, Result};
+use crate::host::{fmt_secs, HostDeadline};
 use crate::tools::serve::ToolReply;
 
 /// How this node reaches its own gateway's tool-invoke interface.
@@ -19,14 +21,37 @@ pub struct GatewayTarget {
     pub token: Option<String>,
 }
 
+/// How long the gateway may take to run a tool for a call from `from`: the caller's deadline
+/// for the call (nothing flows back meanwhile), at most [`TOOL_DEADLINE`] (what this version's
+/// callers give any tool but exec, which never goes through the gateway), less the answer's way
+/// back.
+pub(super) fn gateway_deadline(caller: Option<Duration>, from: &str) -> HostDeadline {
+    HostDeadline::serving([
+        caller.map(|d| {
+            (
+                d,
+                format!("the tool call's deadline ({}, sent by {from})", fmt_secs(d)),
+            )
+        }),
+        Some((
+            TOOL_DEADLINE,
+            format!(
+                "the bound of a gateway tool call ({})",
+                fmt_secs(TOOL_DEADLINE)
+            ),
+        )),
+    ])
+}
+
 /// Run `tool` through this node's gateway: `POST http://127.0.0.1:<port>/tools/invoke` with
-/// `Authorization: Bearer <token>`.
+/// `Authorization: Bearer <token>`, waiting for its answer until `deadline`.
 pub(super) async fn gateway_invoke(
     gw: &GatewayTarget,
     node: &str,
     tool: &str,
     args: &Value,
     mut cancel: watch::Receiver<bool>,
+    deadline: &HostDeadline,
 ) -> Result<ToolReply> {
     let missing = |what: &str| {
         Error::new(
@@ -37,6 +62,7 @@ pub(super) async fn gateway_invoke(
             ),
         )
     };
+    let t0 = tokio::time::Instant::now();
     let port = gw.port.ok_or_else(|| missing("the gateway port"))?;
     let token = gw
         .token
@@ -80,11 +106,11 @@ pub(super) async fn gateway_invoke(
             ErrorCode::Cancelled,
             format!("{tool}: cancelled by the caller"),
         )),
-        r = tokio::time::timeout(GATEWAY_TIMEOUT, work) => match r {
+        r = tokio::time::timeout_at(deadline.at(), work) => match r {
             Ok(r) => r?,
-            Err(_) => Err(Error::new(
-                ErrorCode::Timeout,
-                format!("{node}: the gateway did not answer {tool} within {} s", GATEWAY_TIMEOUT.as_secs()),
+            Err(_) => Err(deadline.expired(
+                &format!("{node}: gateway tools.invoke {tool}"),
+                t0.elapsed(),
             )),
         },
     }
@@ -128,4 +154,97 @@ fn gateway_reply(node: &str, tool: &str, status: StatusCode, bytes: &[u8]) -> Re
             status.as_u16()
         ),
     ))
+}
+
+/// A gateway whose event loop is stalled answers late: the call waits as long as its own
+/// deadline allows (tokio's paused clock: the 12 s pass at once, the sockets are real).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A one-shot `POST /tools/invoke` that answers `{ok: true}` `delay` after the request.
+    async fn late_gateway(delay: Duration) -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut tmp = [0u8; 4096];
+            // The request is small: its head and body arrive before the answer is due.
+            while !String::from_utf8_lossy(&buf).contains("\"tool\"") {
+                let n = s.read(&mut tmp).await.unwrap();
+                if n == 0 {
+                    return;
+                }
+                buf.extend_from_slice(&tmp[..n]);
+            }
+            tokio::time::sleep(delay).await;
+            let body =
+                json!({"ok": true, "result": {"content": [{"type": "text", "text": "late"}]}})
+                    .to_string();
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+        });
+        port
+    }
+
+    async fn invoke_within(caller_deadline: Duration) -> (Result<ToolReply>, Duration) {
+        let gw = GatewayTarget {
+            port: Some(late_gateway(Duration::from_secs(12)).await),
+            token: Some("tok".into()),
+        };
+        let (_cancel, cancel) = watch::channel(false);
+        let deadline = gateway_deadline(Some(caller_deadline), "home");
+        let t0 = tokio::time::Instant::now();
+        let r = gateway_invoke(&gw, "office", "web_fetch", &json!({}), cancel, &deadline).await;
+        (r, t0.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gateway_answer_after_12_s_serves_a_tool_call_whose_deadline_is_60_s() {
+        let (r, took) = invoke_within(Duration::from_secs(60)).await;
+        assert_eq!(r.expect("the late answer").text, "late");
+        assert!(took >= Duration::from_secs(12), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gateway_slower_than_the_tool_calls_deadline_fails_it_naming_the_tool_and_deadline() {
+        let (r, took) = invoke_within(Duration::from_secs(10)).await;
+        let Err(e) = r else {
+            panic!("a timeout expected")
+        };
+        assert_eq!(e.code, ErrorCode::Timeout);
+        assert!(
+            e.message.starts_with(
+                "office: gateway tools.invoke web_fetch: no answer from OpenClaw within 9.0 s"
+            ),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message
+                .contains("the tool call's deadline (10.0 s, sent by home)"),
+            "{}",
+            e.message
+        );
+        assert_eq!(took, Duration::from_secs(9));
+    }
+
+    #[test]
+    fn a_callers_deadline_beyond_the_tool_call_bound_is_cut_to_it() {
+        let d = gateway_deadline(Some(Duration::from_secs(24 * 3600)), "home");
+        assert_eq!(d.total(), TOOL_DEADLINE - crate::host::ANSWER_MARGIN);
+        assert!(
+            d.why()
+                .contains("the bound of a gateway tool call (120.0 s)"),
+            "{}",
+            d.why()
+        );
+        let d = gateway_deadline(None, "home");
+        assert_eq!(d.total(), TOOL_DEADLINE - crate::host::ANSWER_MARGIN);
+    }
 }

@@ -35,7 +35,10 @@
 //! needs the full `connect` handshake; the HTTP endpoint is always enabled and takes the
 //! gateway's shared token as `Authorization: Bearer`, so the core calls
 //! `POST http://127.0.0.1:<gateway.port>/tools/invoke` with body `{"tool", "args"}` itself
-//! (hyper client, answer limited to 16 MiB, 110 s timeout, cancelled with the call). HTTP 200
+//! (hyper client, answer limited to 16 MiB, cancelled with the call). The gateway may take as
+//! long as the call allows: the caller's deadline (at most [`TOOL_DEADLINE`]) less the answer's
+//! way back, so a gateway whose event loop stalls for a while delays the call, and one that
+//! never answers fails it with an error naming the tool and the timeout. HTTP 200
 //! `{ok:true,result:{content,details}}` → the result; 404 → `NotFound`, 401/403 → `Denied`,
 //! 400 → `InvalidArgument`, other → `Remote`, each with the gateway's own message. Without a
 //! known port or token the call fails with `ConfigInvalid` naming what is missing.
@@ -71,8 +74,6 @@ pub const METHOD_TOOL_CALL: &str = "tool.call";
 pub const TOOL_DEADLINE: Duration = Duration::from_secs(120);
 /// Slack added to an exec's own timeout for the call deadline (process start, transfer).
 pub const EXEC_DEADLINE_SLACK: Duration = Duration::from_secs(30);
-/// How long the serving gateway may take to answer `POST /tools/invoke`.
-pub const GATEWAY_TIMEOUT: Duration = Duration::from_secs(110);
 /// Largest `POST /tools/invoke` answer read, in bytes (the reply is capped further by
 /// `toolProxy.maxOutputBytes`).
 pub const MAX_GATEWAY_REPLY_BYTES: usize = 16 * 1024 * 1024;

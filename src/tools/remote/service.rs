@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::gateway::{gateway_invoke, GatewayTarget};
+use super::gateway::{gateway_deadline, gateway_invoke, GatewayTarget};
 use super::PROGRESS_QUEUE;
 use crate::error::{Error, ErrorCode, Result};
 use crate::rpc::{BoxFuture, CallCtx, ChunkSink, Service};
@@ -60,7 +60,9 @@ impl Service for ToolService {
             let result = match result {
                 Ok(Dispatch::Native(reply)) => Ok(reply),
                 Ok(Dispatch::Gateway(g)) => {
-                    let r = gateway_invoke(&gateway, &node_id, &g.tool, &g.args, cancel).await;
+                    let deadline = gateway_deadline(ctx.deadline, &caller.node);
+                    let r = gateway_invoke(&gateway, &node_id, &g.tool, &g.args, cancel, &deadline)
+                        .await;
                     g.finish(r)
                 }
                 Err(e) => Err(e),
