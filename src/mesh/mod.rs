@@ -350,6 +350,8 @@ pub struct PeerView {
     pub state: PeerState,
     /// Path latency (sum of link RTTs), when reachable.
     pub latency_ms: Option<u64>,
+    /// RTT percentiles of the direct link's recent heartbeats, when there is one.
+    pub link_rtt: Option<link::RttPercentiles>,
     pub hops: Option<u32>,
     pub listen: bool,
     pub agents: Vec<AgentInfo>,

@@ -4,7 +4,7 @@
 
 use super::Mesh;
 use crate::identity::key::PublicKey;
-use crate::mesh::link::{Direction, Link, LinkId, RTT_MIN_BUCKET_MS};
+use crate::mesh::link::{Direction, Link, LinkId, RttWindow, RTT_MIN_BUCKET_MS};
 use crate::mesh::ping::{PingAction, PingTracker};
 use crate::mesh::trust::Refusal;
 use crate::mesh::{DownReason, MeshEvent, Output, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_NORMAL};
@@ -150,6 +150,7 @@ impl Mesh {
                 up_since: now,
                 last_seen: now,
                 advertised_rtt: RTT_MIN_BUCKET_MS,
+                rtt_window: RttWindow::default(),
             },
         );
         self.by_peer.insert(peer.clone(), link);
@@ -259,6 +260,7 @@ impl Mesh {
                 PingAction::Idle => {}
                 PingAction::Send { seq } => {
                     self.stats.pings_out += 1;
+                    l.rtt_window.sent(seq, now);
                     self.send_local(now, id, Body::Ping { seq, t: now });
                 }
                 PingAction::Dead => {
@@ -274,6 +276,7 @@ impl Mesh {
         let Some(l) = self.links.get_mut(&link) else {
             return;
         };
+        l.rtt_window.answered(seq, t, now);
         if l.ping.on_pong(now, seq, t).is_none() {
             return;
         }
