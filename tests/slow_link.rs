@@ -165,8 +165,11 @@ async fn read_forever(home: Arc<Node>, stop: Arc<AtomicBool>, bytes: Arc<AtomicU
 async fn control_frames_cross_a_1_mbit_link_loaded_with_1_mib_reads_within_50_ms_of_idle() {
     tokio::time::timeout(TEST_BOUND, async {
         let root = TempDir::new("slow-link");
-        std::fs::write(root.join("big.txt"), "0123456789abcde\n".repeat(READ_BYTES / 16))
-            .unwrap();
+        std::fs::write(
+            root.join("big.txt"),
+            "0123456789abcde\n".repeat(READ_BYTES / 16),
+        )
+        .unwrap();
         let fast = json!({"heartbeatIntervalMs": HEARTBEAT_MS, "heartbeatMisses": 100});
         let op = reserve_port();
         let mut extra = fast.clone();
@@ -245,7 +248,8 @@ async fn control_frames_cross_a_1_mbit_link_loaded_with_1_mib_reads_within_50_ms
         tokio::time::sleep(window.saturating_sub(t_load.elapsed())).await;
         let loaded_home = link_rtt(&home, "office").unwrap();
         let loaded_office = link_rtt(&office, "home").unwrap();
-        let goodput = (bytes.load(Ordering::SeqCst) - b_load) as f64 / t_load.elapsed().as_secs_f64();
+        let goodput =
+            (bytes.load(Ordering::SeqCst) - b_load) as f64 / t_load.elapsed().as_secs_f64();
         stop.store(true, Ordering::SeqCst);
 
         // Cancels still on their way get until 20 s after the last drop.

@@ -104,7 +104,9 @@ impl RttWindow {
     /// p50 and p99 (nearest rank) at `now`, once a ping was sent; a ping not answered yet
     /// counts with its age.
     pub fn percentiles(&self, now: u64) -> Option<RttPercentiles> {
-        let n = usize::try_from(self.pings).unwrap_or(RTT_WINDOW).min(RTT_WINDOW);
+        let n = usize::try_from(self.pings)
+            .unwrap_or(RTT_WINDOW)
+            .min(RTT_WINDOW);
         if n == 0 {
             return None;
         }

@@ -167,7 +167,14 @@ pub struct LocalInfo {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     /// Send one BINARY WebSocket message on `link` (use `try_send`; drop and count if full).
-    Send { link: LinkId, bytes: Vec<u8> },
+    /// `urgent`: a small control frame (`ping`, `pong`, and our own `cancel` and `credit`)
+    /// that may overtake the bulk frames queued on the link: its delay is the link's
+    /// liveness and the caller's flow control, and none of them is ordered against data.
+    Send {
+        link: LinkId,
+        bytes: Vec<u8>,
+        urgent: bool,
+    },
     /// Like `Send`, for a frame that goes unchanged to several links (gossip of the same
     /// records): encoded once and shared, so a change flooded to N links costs one buffer.
     SendShared {

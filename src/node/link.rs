@@ -1019,7 +1019,8 @@ mod tests {
                 for i in 0..PRODUCERS {
                     let q = Arc::clone(&queue_tx);
                     producers.push(tokio::spawn(async move {
-                        q.try_push(LinkOut::Frame(vec![i as u8; 100])).unwrap();
+                        q.try_push(LinkOut::Frame(vec![i as u8; 100]), false)
+                            .unwrap();
                     }));
                 }
                 for p in producers {

@@ -407,6 +407,37 @@ pub(crate) fn socket_fd(tcp: &tokio::net::TcpStream) -> Option<SocketFd> {
     return None;
 }
 
+/// Most bytes a link socket keeps written but not yet sent (`TCP_NOTSENT_LOWAT`): past it the
+/// socket stops accepting writes, so frames wait in the link's writer queue, where urgent ones
+/// can overtake them, instead of in the kernel, where nothing can. Without it Linux autotunes
+/// the send buffer to megabytes: on a 1 Mbit/s link a heartbeat queued behind them waited
+/// seconds. It bounds only what has not been sent, never what is in flight, so a fast path's
+/// window is untouched.
+pub const SEND_UNSENT_MAX: u32 = 4 * 1024;
+
+/// Apply [`SEND_UNSENT_MAX`] to a link socket (best effort: where the option is missing the
+/// kernel keeps its default).
+pub(crate) fn limit_unsent(tcp: &tokio::net::TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(tcp);
+        let v: libc::c_int = SEND_UNSENT_MAX as libc::c_int;
+        // SAFETY: setsockopt reads one c_int through the pointer, which points at `v`, of the
+        // length given; a failure leaves the socket as it was.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                &v as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = tcp;
+}
+
 /// Bytes waiting in the receive queue of `socket` (`FIONREAD`); 0 when unknown. For TLS these
 /// are ciphertext bytes, a hair more than the plaintext they carry.
 fn kernel_pending(socket: Option<SocketFd>) -> usize {

@@ -325,9 +325,14 @@ impl Mesh {
     }
 
     fn send_local(&mut self, now: u64, link: LinkId, body: Body) {
+        let urgent = matches!(body, Body::Ping { .. } | Body::Pong { .. });
         let h = self.header(now, None, body);
         match codec::encode(&h, &[]) {
-            Ok(bytes) => self.push(Output::Send { link, bytes }),
+            Ok(bytes) => self.push(Output::Send {
+                link,
+                bytes,
+                urgent,
+            }),
             // Only reachable with absurd records; the batchers keep headers small.
             Err(_) => self.stats.dropped_backpressure += 1,
         }

@@ -55,11 +55,16 @@ impl Mesh {
             .by_peer
             .get(&route.next_hop)
             .ok_or_else(|| SendError::NoRoute(dst.clone()))?;
+        let urgent = matches!(body, Body::Cancel { .. } | Body::Credit { .. });
         let header = self.header(now, Some(dst), body);
         let id = header.id;
         let bytes = self.seal_routed(header, payload)?;
         // Not remembered in the dedup cache: should it loop back, `src` == us drops it.
-        self.push(Output::Send { link, bytes });
+        self.push(Output::Send {
+            link,
+            bytes,
+            urgent,
+        });
         Ok(id)
     }
 
@@ -213,7 +218,12 @@ impl Mesh {
         match codec::encode_owned(&header, payload) {
             Ok(bytes) => {
                 self.stats.relayed += 1;
-                self.push(Output::Send { link: next, bytes });
+                // Sealed: its kind is not ours to see, so it keeps its place behind bulk.
+                self.push(Output::Send {
+                    link: next,
+                    bytes,
+                    urgent: false,
+                });
             }
             Err(e) => self.count_decode_error(&e),
         }
