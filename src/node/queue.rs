@@ -260,6 +260,14 @@ impl QueueReceiver {
         .await
     }
 
+    /// The next urgent item if one is queued (between the pieces of a frame).
+    pub fn try_recv_urgent(&self) -> Option<LinkOut> {
+        let mut st = self.0.lock();
+        let out = st.urgent.pop_front()?;
+        st.bytes -= out.len();
+        Some(out)
+    }
+
     /// The close request, if the actor sent one.
     pub fn try_closed(&self) -> Option<CloseCmd> {
         self.0.lock().close.take()

@@ -38,6 +38,20 @@ const COALESCE_MAX: usize = 16 * 1024;
 const OUT_HIGH: usize = 64 * 1024;
 /// Largest control-frame payload (RFC 6455 §5.5).
 const MAX_CONTROL: usize = 125;
+/// The 4 bytes ending a piece of a frame sent in pieces (docs/PROTOCOL.md §4.4): more pieces
+/// follow. A whole frame never ends like this: its trailer is a header length, at most
+/// `MAX_HEADER_BYTES` (64 KiB).
+pub const PIECE_MORE: [u8; 4] = [0xFF; 4];
+/// The 4 bytes ending the last piece of a frame.
+pub const PIECE_LAST: [u8; 4] = [0xFF, 0xFF, 0xFF, 0xFE];
+/// The time one piece may hold the wire (5 ms): a slow link's pieces are sized to it, so an
+/// urgent frame waits for at most about that much of the frame being written.
+const PIECE_TIME_US: u64 = 5_000;
+/// Smallest piece: below it the per-piece cost (a syscall, 8 to 18 bytes of framing) is no
+/// longer worth the latency.
+const MIN_PIECE: usize = 2 * 1024;
+/// A large write that took less than this (µs) says nothing about the link's rate.
+const SLOW_WRITE_US: u64 = 1_000;
 
 const OP_CONT: u8 = 0x0;
 const OP_TEXT: u8 = 0x1;
@@ -505,6 +519,57 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4]) {
     }
 }
 
+/// Puts back together the frames a peer sends in pieces (docs/PROTOCOL.md §4.4), for a
+/// link that negotiated them; on any other link every message is a frame as it is.
+#[derive(Debug, Default)]
+pub struct Reassembly {
+    on: bool,
+    /// The pieces so far of the frame being reassembled; empty (no allocation) between frames.
+    buf: Vec<u8>,
+}
+
+impl Reassembly {
+    pub fn new(on: bool) -> Self {
+        Reassembly {
+            on,
+            buf: Vec::new(),
+        }
+    }
+
+    /// One BINARY message: the frame it is or completes, `None` while more pieces are due.
+    /// A frame larger than `max` is refused ([`WsError::TooLarge`]) before it is held.
+    pub fn push(&mut self, mut msg: Vec<u8>, max: usize) -> Result<Option<Vec<u8>>, WsError> {
+        let n = msg.len();
+        let last = match msg.get(n.wrapping_sub(4)..) {
+            Some(t) if self.on && t == PIECE_MORE => false,
+            Some(t) if self.on && t == PIECE_LAST => true,
+            _ => return Ok(Some(msg)),
+        };
+        let size = self.buf.len() + (n - 4);
+        if size > max {
+            return Err(WsError::TooLarge {
+                size: size as u64,
+                limit: max,
+            });
+        }
+        msg.truncate(n - 4);
+        if self.buf.is_empty() {
+            if last {
+                return Ok(Some(msg));
+            }
+            self.buf = msg;
+            return Ok(None);
+        }
+        self.buf.extend_from_slice(&msg);
+        Ok(last.then(|| std::mem::take(&mut self.buf)))
+    }
+
+    /// Bytes held for a frame in pieces (for tests of the idle footprint).
+    pub fn buffered_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+}
+
 /// The writing half of a link.
 #[derive(Debug)]
 pub struct WsWriter<W> {
@@ -514,6 +579,11 @@ pub struct WsWriter<W> {
     out: Vec<u8>,
     /// Masking-key generator (client role): xorshift seeded from the OS.
     rng: u64,
+    /// Frames larger than this go in pieces ([`WsWriter::set_pieces`]); `usize::MAX` until a
+    /// large write is seen to be slow, and for ever when the peer does not take pieces.
+    piece: usize,
+    /// The peer reassembles pieces.
+    pieces: bool,
 }
 
 impl<W: AsyncWrite + Unpin> WsWriter<W> {
@@ -524,7 +594,55 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
             role,
             out: Vec::new(),
             rng: seed | 1,
+            piece: usize::MAX,
+            pieces: false,
         }
+    }
+
+    /// The peer reassembles frames sent in pieces (it offered the feature).
+    pub fn set_pieces(&mut self, on: bool) {
+        self.pieces = on;
+    }
+
+    /// The size of the pieces a frame of `len` bytes should go in now, or `None` to write it
+    /// whole: only once a large write was seen to be slow (on a fast link frames always go
+    /// whole, with no extra copy anywhere).
+    pub fn piece_for(&self, len: usize) -> Option<usize> {
+        (self.pieces && len > self.piece).then_some(self.piece)
+    }
+
+    /// A write of `bytes` took `us` µs: size the next pieces to [`PIECE_TIME_US`] of the rate
+    /// it showed, or, for a write the socket took at once, allow twice the size again.
+    fn observe(&mut self, bytes: usize, us: u64) {
+        if !self.pieces {
+            return;
+        }
+        self.piece = if us < SLOW_WRITE_US {
+            self.piece.saturating_mul(2)
+        } else {
+            let fit = (bytes as u64).saturating_mul(PIECE_TIME_US) / us;
+            usize::try_from(fit).unwrap_or(usize::MAX).max(MIN_PIECE)
+        };
+    }
+
+    /// One piece of a frame (`payload`, a slice of the frame; masked in place for clients)
+    /// as its own BINARY message ending with [`PIECE_MORE`] or [`PIECE_LAST`], after anything
+    /// coalesced, and flushed. Timed, like every large write, to size the next pieces.
+    pub async fn write_piece(&mut self, payload: &mut [u8], last: bool) -> io::Result<()> {
+        let (h, hl, key) = self.header_for(OP_BINARY, payload.len() + 4);
+        let mut marker = if last { PIECE_LAST } else { PIECE_MORE };
+        if let Some(key) = key {
+            apply_mask(payload, key);
+            let r = payload.len() % 4;
+            let rotated = [key[r], key[(r + 1) % 4], key[(r + 2) % 4], key[(r + 3) % 4]];
+            apply_mask(&mut marker, rotated);
+        }
+        self.out.extend_from_slice(&h[..hl]);
+        let head = std::mem::take(&mut self.out);
+        let t0 = std::time::Instant::now();
+        write_parts(&mut self.io, &[&head, payload, &marker]).await?;
+        self.observe(payload.len(), elapsed_us(t0));
+        self.io.flush().await
     }
 
     fn next_key(&mut self) -> Option<[u8; 4]> {
@@ -573,16 +691,22 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
         (h, hl)
     }
 
-    /// Write one frame now (after anything coalesced), with no copy of the payload.
+    /// Write one frame now (after anything coalesced), with no copy of the payload. A large
+    /// one is timed (see [`WsWriter::piece_for`]).
     pub async fn write_frame(&mut self, opcode: u8, mut payload: Vec<u8>) -> io::Result<()> {
         let (h, hl) = self.header(opcode, &mut payload);
+        let t0 = (payload.len() > COALESCE_MAX).then(std::time::Instant::now);
         if self.out.is_empty() {
-            write_two(&mut self.io, &h[..hl], &payload).await
+            write_two(&mut self.io, &h[..hl], &payload).await?;
         } else {
             self.out.extend_from_slice(&h[..hl]);
             let out = std::mem::take(&mut self.out);
-            write_two(&mut self.io, &out, &payload).await
+            write_two(&mut self.io, &out, &payload).await?;
         }
+        if let Some(t0) = t0 {
+            self.observe(payload.len(), elapsed_us(t0));
+        }
+        Ok(())
     }
 
     /// Add one frame to the current burst: small frames are coalesced (written once the burst
@@ -672,6 +796,38 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
     pub async fn shutdown(&mut self) -> io::Result<()> {
         self.io.shutdown().await
     }
+}
+
+fn elapsed_us(t0: std::time::Instant) -> u64 {
+    u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Write `parts` in order, completely, with vectored writes.
+async fn write_parts<W: AsyncWrite + Unpin>(io: &mut W, parts: &[&[u8]; 3]) -> io::Result<()> {
+    let (mut i, mut off) = (0, 0);
+    while i < parts.len() {
+        if off == parts[i].len() {
+            (i, off) = (i + 1, 0);
+            continue;
+        }
+        let bufs = [
+            IoSlice::new(&parts[i][off..]),
+            IoSlice::new(parts.get(i + 1).copied().unwrap_or_default()),
+            IoSlice::new(parts.get(i + 2).copied().unwrap_or_default()),
+        ];
+        let mut n = poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, &bufs)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 && i < parts.len() {
+            let take = n.min(parts[i].len() - off);
+            (n, off) = (n - take, off + take);
+            if off == parts[i].len() {
+                (i, off) = (i + 1, 0);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Write `a` then `b` completely, with vectored writes where the stream supports them.
