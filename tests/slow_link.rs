@@ -37,7 +37,7 @@ const RATE_BYTES_PER_S: f64 = 125_000.0;
 /// What the forwarder holds in hand (one segment: 12 ms at the rate).
 const SEGMENT: usize = 1500;
 /// The forwarder's socket buffers (the kernel at least doubles it).
-const SOCKET_BUFFER: u32 = 4096;
+const SOCKET_BUFFER: u32 = 2048;
 /// The bound: control frames within this of the idle RTT, at the 99th percentile.
 const BOUND_MS: u64 = 50;
 const HEARTBEAT_MS: u64 = 100;
@@ -271,7 +271,7 @@ async fn control_frames_cross_a_1_mbit_link_loaded_with_1_mib_reads_within_50_ms
         eprintln!(
             "slow link: goodput {:.0} KB/s of {:.0}; heartbeat RTT ms idle p50/p99 home {}/{} \
              office {}/{}; loaded p50/p99 home {}/{} office {}/{} ({} samples each); cancel ms \
-             p50 {c50:?} p99 {c99:?} (lost {})",
+             p50 {c50:?} p99 {c99:?} (lost {}) all {cancel_ms:?}",
             goodput / 1000.0,
             RATE_BYTES_PER_S / 1000.0,
             idle_home.p50,

@@ -128,7 +128,6 @@ async fn attempt(ctx: &LinkCtx, target: &DialTarget) -> Attempt {
         },
     };
     let _ = tcp.set_nodelay(true);
-    super::ws::limit_unsent(&tcp);
     let socket = super::ws::socket_fd(&tcp);
     let url = || target.peer.url.to_string();
     // One `.await` of the link, plain or TLS: two would each keep a link future's worth of

@@ -125,10 +125,9 @@ impl<S: AsyncRead + AsyncWrite> WsLink<S> {
         let mut rd = WsReader::new(r, role, HANDSHAKE_MAX_MESSAGE);
         // Only large messages consult it, and the handshake's are at most 4 KiB.
         rd.set_socket(socket);
-        WsLink {
-            rd,
-            wr: WsWriter::new(w, role, seed),
-        }
+        let mut wr = WsWriter::new(w, role, seed);
+        wr.set_socket(socket);
+        WsLink { rd, wr }
     }
 
     /// The peer authenticated: accept messages up to one maximum frame.
@@ -775,7 +774,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Established<R, W> {
                         let b = match pieces.push(b, MAX_FRAME_BYTES) {
                             Ok(Some(frame)) => frame,
                             Ok(None) => continue,
-                            Err(e) => return End::Protocol(ProtocolClose::FrameTooLarge, e.to_string()),
+                            Err(e) => {
+                                return End::Protocol(ProtocolClose::FrameTooLarge, e.to_string())
+                            }
                         };
                         let alive = match actor.try_data(link, b) {
                             Ok(alive) => alive,

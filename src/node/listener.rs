@@ -182,7 +182,6 @@ fn connection(
     slot: Slot,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let _ = sock.set_nodelay(true);
-    super::ws::limit_unsent(&sock);
     let deadline = PreauthDeadline::inbound(tokio::time::Instant::now(), this.handshake_timeout);
     // The hard deadline over the whole pre-auth part: whatever it waits on (a write to a peer
     // that never reads, the actor), the socket is dropped and the slot freed at `hard`.

@@ -49,7 +49,9 @@ pub const PIECE_LAST: [u8; 4] = [0xFF, 0xFF, 0xFF, 0xFE];
 const PIECE_TIME_US: u64 = 5_000;
 /// Smallest piece: below it the per-piece cost (a syscall, 8 to 18 bytes of framing) is no
 /// longer worth the latency.
-const MIN_PIECE: usize = 2 * 1024;
+const MIN_PIECE: usize = 1024;
+/// How long after its last slow write a link is taken as fast again.
+const SLOW_FORGET: std::time::Duration = std::time::Duration::from_secs(1);
 /// A large write that took less than this (µs) says nothing about the link's rate.
 const SLOW_WRITE_US: u64 = 1_000;
 
@@ -421,23 +423,25 @@ pub(crate) fn socket_fd(tcp: &tokio::net::TcpStream) -> Option<SocketFd> {
     return None;
 }
 
-/// Most bytes a link socket keeps written but not yet sent (`TCP_NOTSENT_LOWAT`): past it the
-/// socket stops accepting writes, so frames wait in the link's writer queue, where urgent ones
-/// can overtake them, instead of in the kernel, where nothing can. Without it Linux autotunes
-/// the send buffer to megabytes: on a 1 Mbit/s link a heartbeat queued behind them waited
-/// seconds. It bounds only what has not been sent, never what is in flight, so a fast path's
-/// window is untouched.
-pub const SEND_UNSENT_MAX: u32 = 4 * 1024;
+/// The most a link socket keeps written but not yet sent (`TCP_NOTSENT_LOWAT`) until its
+/// writer has seen how fast it drains: past it the socket stops accepting writes, so frames
+/// wait in the link's writer queue, where urgent ones can overtake them, instead of in the
+/// kernel, where nothing can. Linux otherwise autotunes the send buffer to megabytes: on a
+/// 1 Mbit/s link a heartbeat queued behind them waited seconds. It bounds only what has not
+/// been sent, never what is in flight, so a fast path's window is untouched; once a slow write
+/// shows the rate, the writer lowers it to a piece's worth ([`WsWriter::piece_for`]).
+pub const UNSENT_MAX: usize = 64 * 1024;
+/// The least a slow link's socket keeps unsent.
+const UNSENT_MIN: usize = 1024;
 
-/// Apply [`SEND_UNSENT_MAX`] to a link socket (best effort: where the option is missing the
+/// Set `TCP_NOTSENT_LOWAT` on a link socket (best effort: where the option is missing the
 /// kernel keeps its default).
-pub(crate) fn limit_unsent(tcp: &tokio::net::TcpStream) {
+pub(crate) fn set_unsent_limit(socket: Option<SocketFd>, bytes: usize) {
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        let fd = std::os::fd::AsRawFd::as_raw_fd(tcp);
-        let v: libc::c_int = SEND_UNSENT_MAX as libc::c_int;
+    if let Some(fd) = socket {
+        let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
         // SAFETY: setsockopt reads one c_int through the pointer, which points at `v`, of the
-        // length given; a failure leaves the socket as it was.
+        // length given; a bad fd or option makes it fail and leaves the socket as it was.
         unsafe {
             libc::setsockopt(
                 fd,
@@ -449,7 +453,7 @@ pub(crate) fn limit_unsent(tcp: &tokio::net::TcpStream) {
         }
     }
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = tcp;
+    let _ = (socket, bytes);
 }
 
 /// Bytes waiting in the receive queue of `socket` (`FIONREAD`); 0 when unknown. For TLS these
@@ -584,6 +588,11 @@ pub struct WsWriter<W> {
     piece: usize,
     /// The peer reassembles pieces.
     pieces: bool,
+    /// When a large write was last slow.
+    slow_at: Option<std::time::Instant>,
+    /// The TCP socket under `io`, for its unsent limit, and that limit as last set.
+    socket: Option<SocketFd>,
+    unsent: usize,
 }
 
 impl<W: AsyncWrite + Unpin> WsWriter<W> {
@@ -596,7 +605,18 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
             rng: seed | 1,
             piece: usize::MAX,
             pieces: false,
+            slow_at: None,
+            socket: None,
+            unsent: 0,
         }
+    }
+
+    /// The TCP socket under the writer (TLS included): its unsent limit starts at
+    /// [`UNSENT_MAX`] and follows the link's rate. The fd must outlive the writer.
+    pub fn set_socket(&mut self, socket: Option<SocketFd>) {
+        self.socket = socket;
+        self.unsent = UNSENT_MAX;
+        set_unsent_limit(socket, UNSENT_MAX);
     }
 
     /// The peer reassembles frames sent in pieces (it offered the feature).
@@ -612,17 +632,33 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
     }
 
     /// A write of `bytes` took `us` µs: size the next pieces to [`PIECE_TIME_US`] of the rate
-    /// it showed, or, for a write the socket took at once, allow twice the size again.
+    /// a slow write showed. A write the socket took at once says little (it may just have fit
+    /// under the unsent limit), so pieces grow back (twice the size per such write) only once
+    /// no write was slow for [`SLOW_FORGET`].
     fn observe(&mut self, bytes: usize, us: u64) {
         if !self.pieces {
             return;
         }
-        self.piece = if us < SLOW_WRITE_US {
-            self.piece.saturating_mul(2)
-        } else {
+        let now = std::time::Instant::now();
+        if us >= SLOW_WRITE_US {
             let fit = (bytes as u64).saturating_mul(PIECE_TIME_US) / us;
-            usize::try_from(fit).unwrap_or(usize::MAX).max(MIN_PIECE)
-        };
+            self.piece = usize::try_from(fit).unwrap_or(usize::MAX).max(MIN_PIECE);
+            self.slow_at = Some(now);
+        } else if self
+            .slow_at
+            .is_none_or(|t| now.duration_since(t) >= SLOW_FORGET)
+        {
+            self.piece = self.piece.saturating_mul(2);
+        } else {
+            return;
+        }
+        // The kernel keeps about a piece unsent; the option is set again only when that moved
+        // by half or more (a syscall per change of rate, not per write).
+        let unsent = self.piece.clamp(UNSENT_MIN, UNSENT_MAX);
+        if self.socket.is_some() && (unsent > self.unsent * 2 || unsent * 2 < self.unsent) {
+            self.unsent = unsent;
+            set_unsent_limit(self.socket, unsent);
+        }
     }
 
     /// One piece of a frame (`payload`, a slice of the frame; masked in place for clients)
