@@ -712,8 +712,7 @@ where
         queue: queue_tx,
     };
     ws.authenticated();
-    let pieces = features & FEATURE_PIECES != 0;
-    ws.wr.set_pieces(pieces);
+    ws.wr.set_pieces(features & FEATURE_PIECES != 0);
     if !ctx.actor.link_up(reg).await {
         close_ws(&mut ws, 1001, "node stopping").await;
         return None;
@@ -723,7 +722,7 @@ where
         rd,
         wr,
         queue,
-        pieces: Reassembly::new(pieces),
+        pieces: Reassembly::default(),
     })
 }
 
@@ -1089,7 +1088,7 @@ mod tests {
                 rd,
                 wr,
                 queue,
-                pieces: Reassembly::new(false),
+                pieces: Reassembly::default(),
             };
             link.pump(&actor, LinkId(1)).await;
         });
@@ -1147,7 +1146,7 @@ mod tests {
             rd,
             wr,
             queue,
-            pieces: Reassembly::new(false),
+            pieces: Reassembly::default(),
         };
         let pump = link.pump(&actor, LinkId(1));
         let size = std::mem::size_of_val(&pump);

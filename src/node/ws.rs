@@ -523,33 +523,30 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4]) {
     }
 }
 
-/// Puts back together the frames a peer sends in pieces (docs/PROTOCOL.md §4.4), for a
-/// link that negotiated them; on any other link every message is a frame as it is.
+/// Puts back together the frames a peer sends in pieces (docs/PROTOCOL.md §4.4). Every link
+/// accepts them (a whole frame never ends with a piece marker, so nothing else is taken for a
+/// piece); pieces are only sent to peers that offered the feature.
 #[derive(Debug, Default)]
 pub struct Reassembly {
-    on: bool,
-    /// The pieces so far of the frame being reassembled; empty (no allocation) between frames.
-    buf: Vec<u8>,
+    /// The pieces so far of the frame being reassembled; `None` (8 bytes inline, nothing
+    /// allocated) between frames, which is always on a fast link. Boxed on purpose: inline, a
+    /// `Vec` would add 16 bytes to every idle link's task.
+    #[allow(clippy::box_collection)]
+    buf: Option<Box<Vec<u8>>>,
 }
 
 impl Reassembly {
-    pub fn new(on: bool) -> Self {
-        Reassembly {
-            on,
-            buf: Vec::new(),
-        }
-    }
-
     /// One BINARY message: the frame it is or completes, `None` while more pieces are due.
     /// A frame larger than `max` is refused ([`WsError::TooLarge`]) before it is held.
     pub fn push(&mut self, mut msg: Vec<u8>, max: usize) -> Result<Option<Vec<u8>>, WsError> {
         let n = msg.len();
         let last = match msg.get(n.wrapping_sub(4)..) {
-            Some(t) if self.on && t == PIECE_MORE => false,
-            Some(t) if self.on && t == PIECE_LAST => true,
+            Some(t) if t == PIECE_MORE => false,
+            Some(t) if t == PIECE_LAST => true,
             _ => return Ok(Some(msg)),
         };
-        let size = self.buf.len() + (n - 4);
+        let held = self.buf.as_ref().map_or(0, |b| b.len());
+        let size = held + (n - 4);
         if size > max {
             return Err(WsError::TooLarge {
                 size: size as u64,
@@ -557,20 +554,28 @@ impl Reassembly {
             });
         }
         msg.truncate(n - 4);
-        if self.buf.is_empty() {
-            if last {
-                return Ok(Some(msg));
+        match (self.buf.as_mut(), last) {
+            (None, true) => Ok(Some(msg)),
+            (None, false) => {
+                self.buf = Some(Box::new(msg));
+                Ok(None)
             }
-            self.buf = msg;
-            return Ok(None);
+            (Some(buf), false) => {
+                buf.extend_from_slice(&msg);
+                Ok(None)
+            }
+            (Some(buf), true) => {
+                buf.extend_from_slice(&msg);
+                let frame = std::mem::take(&mut **buf);
+                self.buf = None;
+                Ok(Some(frame))
+            }
         }
-        self.buf.extend_from_slice(&msg);
-        Ok(last.then(|| std::mem::take(&mut self.buf)))
     }
 
     /// Bytes held for a frame in pieces (for tests of the idle footprint).
     pub fn buffered_capacity(&self) -> usize {
-        self.buf.capacity()
+        self.buf.as_ref().map_or(0, |b| b.capacity())
     }
 }
 
@@ -583,15 +588,22 @@ pub struct WsWriter<W> {
     out: Vec<u8>,
     /// Masking-key generator (client role): xorshift seeded from the OS.
     rng: u64,
-    /// Frames larger than this go in pieces ([`WsWriter::set_pieces`]); `usize::MAX` until a
-    /// large write is seen to be slow, and for ever when the peer does not take pieces.
-    piece: usize,
-    /// The peer reassembles pieces.
+    /// The peer reassembles pieces ([`WsWriter::set_pieces`]).
     pieces: bool,
+    /// The TCP socket under `io` (-1: none), for its unsent limit.
+    socket: SocketFd,
+    /// What a slow link's writer learned; `None` (nothing allocated) on a fast link.
+    slow: Option<Box<Slow>>,
+}
+
+/// A slow link's writer state (see [`WsWriter::piece_for`]).
+#[derive(Debug)]
+struct Slow {
+    /// Frames larger than this go in pieces.
+    piece: usize,
     /// When a large write was last slow.
-    slow_at: Option<std::time::Instant>,
-    /// The TCP socket under `io`, for its unsent limit, and that limit as last set.
-    socket: Option<SocketFd>,
+    at: std::time::Instant,
+    /// The socket's unsent limit as last set.
     unsent: usize,
 }
 
@@ -603,19 +615,16 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
             role,
             out: Vec::new(),
             rng: seed | 1,
-            piece: usize::MAX,
             pieces: false,
-            slow_at: None,
-            socket: None,
-            unsent: 0,
+            socket: -1,
+            slow: None,
         }
     }
 
     /// The TCP socket under the writer (TLS included): its unsent limit starts at
     /// [`UNSENT_MAX`] and follows the link's rate. The fd must outlive the writer.
     pub fn set_socket(&mut self, socket: Option<SocketFd>) {
-        self.socket = socket;
-        self.unsent = UNSENT_MAX;
+        self.socket = socket.unwrap_or(-1);
         set_unsent_limit(socket, UNSENT_MAX);
     }
 
@@ -628,7 +637,8 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
     /// whole: only once a large write was seen to be slow (on a fast link frames always go
     /// whole, with no extra copy anywhere).
     pub fn piece_for(&self, len: usize) -> Option<usize> {
-        (self.pieces && len > self.piece).then_some(self.piece)
+        let piece = self.slow.as_ref()?.piece;
+        (self.pieces && len > piece).then_some(piece)
     }
 
     /// A write of `bytes` took `us` µs: size the next pieces to [`PIECE_TIME_US`] of the rate
@@ -640,24 +650,37 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
             return;
         }
         let now = std::time::Instant::now();
+        let socket = (self.socket >= 0).then_some(self.socket);
         if us >= SLOW_WRITE_US {
             let fit = (bytes as u64).saturating_mul(PIECE_TIME_US) / us;
-            self.piece = usize::try_from(fit).unwrap_or(usize::MAX).max(MIN_PIECE);
-            self.slow_at = Some(now);
-        } else if self
-            .slow_at
-            .is_none_or(|t| now.duration_since(t) >= SLOW_FORGET)
-        {
-            self.piece = self.piece.saturating_mul(2);
-        } else {
-            return;
-        }
-        // The kernel keeps about a piece unsent; the option is set again only when that moved
-        // by half or more (a syscall per change of rate, not per write).
-        let unsent = self.piece.clamp(UNSENT_MIN, UNSENT_MAX);
-        if self.socket.is_some() && (unsent > self.unsent * 2 || unsent * 2 < self.unsent) {
-            self.unsent = unsent;
-            set_unsent_limit(self.socket, unsent);
+            let piece = usize::try_from(fit).unwrap_or(usize::MAX).max(MIN_PIECE);
+            let slow = self.slow.get_or_insert_with(|| {
+                Box::new(Slow {
+                    piece,
+                    at: now,
+                    unsent: UNSENT_MAX,
+                })
+            });
+            slow.piece = piece;
+            slow.at = now;
+            // The kernel keeps about a piece unsent; the option is set again only when that
+            // moved by half or more (a syscall per change of rate, not per write).
+            let unsent = piece.clamp(UNSENT_MIN, UNSENT_MAX);
+            if unsent > slow.unsent * 2 || unsent * 2 < slow.unsent {
+                slow.unsent = unsent;
+                set_unsent_limit(socket, unsent);
+            }
+        } else if let Some(slow) = &mut self.slow {
+            if now.duration_since(slow.at) >= SLOW_FORGET {
+                slow.piece = slow.piece.saturating_mul(2);
+                if slow.piece >= 4 * UNSENT_MAX {
+                    // Fast again: whole frames, the first unsent limit, nothing held.
+                    if slow.unsent != UNSENT_MAX {
+                        set_unsent_limit(socket, UNSENT_MAX);
+                    }
+                    self.slow = None;
+                }
+            }
         }
     }
 
@@ -1074,6 +1097,85 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         drop(writer.await.unwrap());
+    }
+
+    /// A frame written in pieces by a client (masked) and a server, with whole frames between
+    /// the pieces, comes out of the reader and [`Reassembly`] as it went in.
+    #[tokio::test]
+    async fn a_frame_in_pieces_with_frames_between_them_is_put_back_together() {
+        let (mut cw, mut sr, mut sw, mut cr) = pair(1 << 20);
+        let frame: Vec<u8> = (0..10_003u32).map(|i| (i * 31) as u8).collect();
+        for (w, r) in [(&mut cw, &mut sr), (&mut sw, &mut cr)] {
+            let mut bytes = frame.clone();
+            let mut re = Reassembly::default();
+            let pieces = [0..4_000, 4_000..4_001, 4_001..10_003];
+            for (k, range) in pieces.iter().enumerate() {
+                let last = k == pieces.len() - 1;
+                w.write_piece(&mut bytes[range.clone()], last)
+                    .await
+                    .unwrap();
+                if !last {
+                    w.feed_binary(vec![7u8; 5]).await.unwrap();
+                    w.flush().await.unwrap();
+                }
+            }
+            let mut got = Vec::new();
+            while got.len() < 3 {
+                let Some(WsMessage::Binary(m)) = r.next().await.unwrap() else {
+                    panic!("a binary message")
+                };
+                if let Some(f) = re.push(m, 1 << 20).unwrap() {
+                    got.push(f);
+                }
+            }
+            assert_eq!(got, [vec![7u8; 5], vec![7u8; 5], frame.clone()]);
+            assert_eq!(re.buffered_capacity(), 0);
+        }
+    }
+
+    #[test]
+    fn reassembly_bounds_the_frame_and_passes_whole_frames_through() {
+        let piece = |n: usize, end: [u8; 4]| {
+            let mut v = vec![1u8; n];
+            v.extend_from_slice(&end);
+            v
+        };
+        let mut re = Reassembly::default();
+        assert_eq!(re.push(piece(60, PIECE_MORE), 100).unwrap(), None);
+        assert!(matches!(
+            re.push(piece(41, PIECE_LAST), 100),
+            Err(WsError::TooLarge { size: 101, .. })
+        ));
+        // A single last piece is a whole frame; short messages are frames as they are.
+        let mut re = Reassembly::default();
+        assert_eq!(
+            re.push(piece(3, PIECE_LAST), 100).unwrap(),
+            Some(vec![1u8; 3])
+        );
+        assert_eq!(re.push(vec![0xFF; 3], 100).unwrap(), Some(vec![0xFF; 3]));
+    }
+
+    #[test]
+    fn pieces_start_only_after_a_slow_write_and_grow_back_once_writes_are_fast() {
+        let (a, _b) = tokio::io::duplex(64);
+        let mut w = WsWriter::new(a, Role::Server, 0);
+        w.observe(256 * 1024, 2_000_000);
+        assert_eq!(w.piece_for(1 << 20), None, "no pieces without the feature");
+        w.set_pieces(true);
+        w.observe(256 * 1024, 50);
+        assert_eq!(w.piece_for(1 << 20), None, "a fast write: whole frames");
+        // 256 KiB in 2 s: 5 ms of that rate is 655 bytes, so the smallest piece.
+        w.observe(256 * 1024, 2_000_000);
+        assert_eq!(w.piece_for(1 << 20), Some(MIN_PIECE));
+        assert_eq!(w.piece_for(MIN_PIECE), None);
+        // Fast writes right after a slow one change nothing; a second later they double it.
+        w.observe(MIN_PIECE, 10);
+        assert_eq!(w.piece_for(1 << 20), Some(MIN_PIECE));
+        if let Some(slow) = &mut w.slow {
+            slow.at -= SLOW_FORGET;
+        }
+        w.observe(MIN_PIECE, 10);
+        assert_eq!(w.piece_for(1 << 20), Some(2 * MIN_PIECE));
     }
 
     #[test]
