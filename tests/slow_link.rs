@@ -100,8 +100,9 @@ fn small_buffer_listener() -> TcpListener {
     sock.listen(16).expect("listen")
 }
 
-/// `slow.hold`: tells the test it started (payload = the probe's index), then waits for its
-/// cancel signal and records when it came.
+/// `slow.hold`: tells the test it started (payload = the probe's index), sends one chunk (a
+/// `cancel` goes urgent only for a call that was answered: then it cannot overtake the call
+/// itself), then waits for its cancel signal and records when it came.
 struct Hold {
     started: AtomicUsize,
     cancelled_at: Arc<Mutex<Vec<Option<Instant>>>>,
@@ -116,6 +117,7 @@ impl Service for Hold {
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(usize::MAX);
+            ctx.sink.send(b"held".to_vec()).await?;
             while !*ctx.cancel.borrow_and_update() {
                 if ctx.cancel.changed().await.is_err() {
                     break;
@@ -232,7 +234,7 @@ async fn slow_link(bound_ms: u64) {
         // Cancel probes: held open before the load starts.
         let mut probes = Vec::new();
         for i in 0..PROBES {
-            let s = office
+            let mut s = office
                 .call_stream(
                     "home",
                     "slow.hold",
@@ -243,6 +245,10 @@ async fn slow_link(bound_ms: u64) {
                 )
                 .await
                 .expect("probe opens");
+            match s.next().await {
+                Some(Ok(StreamItem::Chunk(c))) => assert_eq!(c, b"held"),
+                other => panic!("probe {i}: expected its chunk, got {other:?}"),
+            }
             probes.push(s);
         }
         wait_for("every probe held", Duration::from_secs(10), || {

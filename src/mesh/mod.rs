@@ -167,8 +167,9 @@ pub struct LocalInfo {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     /// Send one BINARY WebSocket message on `link` (use `try_send`; drop and count if full).
-    /// `urgent`: a small control frame (`ping`, `pong`, and our own `cancel` and `credit`)
-    /// that may overtake the bulk frames queued on the link: its delay is the link's
+    /// `urgent`: a small control frame that may overtake the bulk frames queued on the link
+    /// (`ping`, `pong`, our own `credit`, and our own `cancel` of a call that was answered
+    /// with a chunk, so it never overtakes the call it cancels): its delay is the link's
     /// liveness and the caller's flow control, and none of them is ordered against data.
     Send {
         link: LinkId,

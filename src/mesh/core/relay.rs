@@ -31,6 +31,21 @@ impl Mesh {
         body: Body,
         payload: Vec<u8>,
     ) -> Result<FrameId, SendError> {
+        // Credit only follows chunks, so it can never overtake its call.
+        let urgent = matches!(body, Body::Credit { .. });
+        self.send_as(now, dst, body, payload, urgent)
+    }
+
+    /// [`Mesh::send`], `urgent` saying whether the frame may overtake bulk queued on the link
+    /// ([`Output::Send`]).
+    pub(super) fn send_as(
+        &mut self,
+        now: u64,
+        dst: NodeId,
+        body: Body,
+        payload: Vec<u8>,
+        urgent: bool,
+    ) -> Result<FrameId, SendError> {
         self.touch(now);
         if self.shut_down {
             return Err(SendError::ShutDown);
@@ -55,7 +70,6 @@ impl Mesh {
             .by_peer
             .get(&route.next_hop)
             .ok_or_else(|| SendError::NoRoute(dst.clone()))?;
-        let urgent = matches!(body, Body::Cancel { .. } | Body::Credit { .. });
         let header = self.header(now, Some(dst), body);
         let id = header.id;
         let bytes = self.seal_routed(header, payload)?;
