@@ -272,7 +272,7 @@ async fn slow_link(bound_ms: u64) {
             drop(s);
             tokio::time::sleep(PROBE_EVERY).await;
         }
-        // A whole RTT window of heartbeats under load.
+        // Heartbeats under load for longer than the RTT window (32 pings).
         let window = Duration::from_millis(HEARTBEAT_MS * 130);
         tokio::time::sleep(window.saturating_sub(t_load.elapsed())).await;
         let loaded_home = link_rtt(&home, "office").unwrap();
