@@ -196,7 +196,7 @@ async fn relay(alpha: u16, omega: u16) -> Relay {
                 std::iter::from_fn(|| m.poll_output())
                     .filter_map(|o| {
                         let (link, bytes) = match o {
-                            Output::Send { link, bytes } => (link, bytes),
+                            Output::Send { link, bytes, .. } => (link, bytes),
                             Output::SendShared { link, bytes } => (link, bytes.to_vec()),
                             _ => return None,
                         };

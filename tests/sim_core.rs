@@ -376,3 +376,52 @@ fn revoked_and_pinned_keys_decide_admission() {
         "unpinned: trusted on first use"
     );
 }
+
+/// The `urgent` flag of every frame `m` queued (drained).
+fn urgency(m: &mut Mesh) -> Vec<bool> {
+    drain(m)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Send { urgent, .. } => Some(urgent),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_cancel_goes_urgent_only_once_its_call_was_answered_so_it_never_overtakes_the_call() {
+    let (mut a, mut b) = linked_pair();
+    // Unanswered: the call may still wait in the link's queue, so its cancel queues behind it.
+    let early = a
+        .start_call(1, "b".into(), "x".into(), vec![], 10_000)
+        .expect("starts");
+    assert_eq!(urgency(&mut a), [false], "the call");
+    assert!(a.cancel_call(1, early, "user"));
+    assert_eq!(urgency(&mut a), [false], "the cancel of an unanswered call");
+    // Answered with a chunk: credit and cancel go urgent.
+    let call = a
+        .start_call(2, "b".into(), "x".into(), vec![], 10_000)
+        .expect("starts");
+    drain(&mut a);
+    b.send(
+        2,
+        "a".into(),
+        Body::Chunk {
+            call_id: call,
+            seq: 0,
+        },
+        vec![1],
+    )
+    .expect("b answers");
+    for o in drain(&mut b) {
+        if let Output::Send { bytes, urgent, .. } = o {
+            assert!(!urgent, "a chunk is bulk");
+            a.handle_data(3, LinkId(1), &bytes);
+        }
+    }
+    drain(&mut a);
+    assert!(a.send_credit(4, call, 32));
+    assert_eq!(urgency(&mut a), [true], "the credit");
+    assert!(a.cancel_call(5, call, "user"));
+    assert_eq!(urgency(&mut a), [true], "the cancel of an answered call");
+}

@@ -21,6 +21,14 @@ pub struct CallState {
     pub next_seq: u64,
 }
 
+impl CallState {
+    /// A chunk came back, so the `call` frame has left this node: a `cancel` for it may go
+    /// urgent (ahead of queued bulk) without ever overtaking the call it cancels.
+    pub fn answered(&self) -> bool {
+        self.next_seq > 0
+    }
+}
+
 /// The in-flight table.
 ///
 /// The earliest deadline is kept as a lower bound instead of being searched for: the node asks

@@ -169,7 +169,15 @@ pub struct LocalInfo {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     /// Send one BINARY WebSocket message on `link` (use `try_send`; drop and count if full).
-    Send { link: LinkId, bytes: Vec<u8> },
+    /// `urgent`: a small control frame that may overtake the bulk frames queued on the link
+    /// (`ping`, `pong`, our own `credit`, and our own `cancel` of a call that was answered
+    /// with a chunk, so it never overtakes the call it cancels): its delay is the link's
+    /// liveness and the caller's flow control, and none of them is ordered against data.
+    Send {
+        link: LinkId,
+        bytes: Vec<u8>,
+        urgent: bool,
+    },
     /// Like `Send`, for a frame that goes unchanged to several links (gossip of the same
     /// records): encoded once and shared, so a change flooded to N links costs one buffer.
     SendShared {
@@ -355,6 +363,8 @@ pub struct PeerView {
     pub state: PeerState,
     /// Path latency (sum of link RTTs), when reachable.
     pub latency_ms: Option<u64>,
+    /// RTT percentiles of the direct link's recent heartbeats, when there is one.
+    pub link_rtt: Option<link::RttPercentiles>,
     pub hops: Option<u32>,
     pub listen: bool,
     pub agents: Vec<AgentInfo>,

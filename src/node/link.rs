@@ -31,14 +31,14 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use super::actor::{now_ms, ActorHandle, CloseCmd, LinkRegistration};
 use super::admission::{ProtocolClose, ShellCounters};
 use super::queue::{link_queue, LinkOut, QueueReceiver};
-use super::ws::{Role, WsError, WsMessage, WsReader, WsWriter};
+use super::ws::{Reassembly, Role, WsError, WsMessage, WsReader, WsWriter};
 use crate::events::{EventQueue, Level};
 use crate::identity::key::PublicKey;
 use crate::mesh::{Direction, LinkId};
 use crate::proto::handshake_frame::MAX_HANDSHAKE_BYTES;
 use crate::proto::{
     Acceptor, Dialer, HandshakeConfig, HandshakeFrame, NodeId, NonceCache, RejectCode, Step,
-    MAX_FRAME_BYTES,
+    FEATURE_PIECES, MAX_FRAME_BYTES,
 };
 
 /// Largest WebSocket message during the handshake (inbound): 4× the largest handshake frame, so
@@ -125,10 +125,9 @@ impl<S: AsyncRead + AsyncWrite> WsLink<S> {
         let mut rd = WsReader::new(r, role, HANDSHAKE_MAX_MESSAGE);
         // Only large messages consult it, and the handshake's are at most 4 KiB.
         rd.set_socket(socket);
-        WsLink {
-            rd,
-            wr: WsWriter::new(w, role, seed),
-        }
+        let mut wr = WsWriter::new(w, role, seed);
+        wr.set_socket(socket);
+        WsLink { rd, wr }
     }
 
     /// The peer authenticated: accept messages up to one maximum frame.
@@ -388,6 +387,8 @@ where
 pub(crate) struct Peer {
     pub node: NodeId,
     pub key: PublicKey,
+    /// The features both sides offered.
+    pub features: u64,
 }
 
 /// A handshake that ended refusing the peer's key after it proved the secret and the key:
@@ -472,7 +473,7 @@ where
                 send,
                 peer,
                 peer_key,
-                ..
+                features,
             } => {
                 if let Some(f) = send {
                     send_handshake(ws, ctx, &who, Some(&peer), &f, deadline, timeout_step).await?;
@@ -480,6 +481,7 @@ where
                 return Ok(Peer {
                     node: peer,
                     key: peer_key,
+                    features,
                 });
             }
             step @ Step::Rejected { .. } => {
@@ -551,10 +553,16 @@ where
                     return Err(HandshakeFailure::Aborted(e.to_string()));
                 }
             }
-            Step::Done { peer, peer_key, .. } => {
+            Step::Done {
+                peer,
+                peer_key,
+                features,
+                ..
+            } => {
                 return Ok(Peer {
                     node: peer,
                     key: peer_key,
+                    features,
                 })
             }
             step @ Step::Rejected { .. } => {
@@ -645,12 +653,16 @@ where
     S: AsyncRead + AsyncWrite + 'a,
 {
     let link = ctx.new_link_id();
-    let Peer { node: peer, key } = peer;
+    let Peer {
+        node: peer,
+        key,
+        features,
+    } = peer;
     let registered = Box::pin(register(
         ws,
         ctx,
         link,
-        (peer.clone(), key),
+        (peer.clone(), key, features),
         direction,
         addr,
     ));
@@ -667,11 +679,13 @@ where
     }
 }
 
-/// A registered link: its socket's two halves and its writer queue.
+/// A registered link: its socket's two halves, its writer queue, and the frames its peer
+/// sends in pieces being put back together.
 struct Established<R, W> {
     rd: WsReader<R>,
     wr: WsWriter<W>,
     queue: QueueReceiver,
+    pieces: Reassembly,
 }
 
 /// Hand the link to the actor; `None` (socket closed with 1001) when the actor is gone.
@@ -679,7 +693,7 @@ async fn register<S>(
     mut ws: WsLink<S>,
     ctx: &LinkCtx,
     link: LinkId,
-    (peer, key): (NodeId, PublicKey),
+    (peer, key, features): (NodeId, PublicKey, u64),
     direction: Direction,
     addr: String,
 ) -> Option<Established<ReadHalf<S>, WriteHalf<S>>>
@@ -698,12 +712,18 @@ where
         queue: queue_tx,
     };
     ws.authenticated();
+    ws.wr.set_pieces(features & FEATURE_PIECES != 0);
     if !ctx.actor.link_up(reg).await {
         close_ws(&mut ws, 1001, "node stopping").await;
         return None;
     }
     let WsLink { rd, wr } = ws;
-    Some(Established { rd, wr, queue })
+    Some(Established {
+        rd,
+        wr,
+        queue,
+        pieces: Reassembly::default(),
+    })
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Established<R, W> {
@@ -739,7 +759,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Established<R, W> {
 
     /// Until the actor asks to close or a side of the socket ends.
     async fn pump(&mut self, actor: &ActorHandle, link: LinkId) -> End {
-        let Established { rd, wr, queue } = self;
+        let Established {
+            rd,
+            wr,
+            queue,
+            pieces,
+        } = self;
         let queue = &*queue;
         let reader = async {
             loop {
@@ -760,6 +785,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Established<R, W> {
                 });
                 match next.await {
                     Ok(Some(WsMessage::Binary(b))) => {
+                        let b = match pieces.push(b, MAX_FRAME_BYTES) {
+                            Ok(Some(frame)) => frame,
+                            Ok(None) => continue,
+                            Err(e) => {
+                                return End::Protocol(ProtocolClose::FrameTooLarge, e.to_string())
+                            }
+                        };
                         let alive = match actor.try_data(link, b) {
                             Ok(alive) => alive,
                             // The actor's queue is full: wait (boxed: rare, and large inline).
@@ -802,7 +834,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Established<R, W> {
                 // inline they would be part of every idle link's task.
                 let r = match queue.try_recv() {
                     // A lone frame: one vectored write, no copy.
-                    None => Box::pin(write_lone(wr, first)).await,
+                    None => Box::pin(write_lone(wr, queue, first)).await,
                     // A burst: coalesce, then one flush.
                     Some(second) => Box::pin(write_burst(wr, queue, [first, second])).await,
                 };
@@ -830,7 +862,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Established<R, W> {
 
     /// Flush and close as asked, or answer the peer's close; the reason the link ended.
     async fn finish(&mut self, end: End) -> String {
-        let Established { rd, wr, queue } = self;
+        let Established { rd, wr, queue, .. } = self;
         match end {
             End::Close(cmd) => {
                 let cmd = cmd.unwrap_or(CloseCmd {
@@ -910,11 +942,58 @@ async fn feed<W: AsyncWrite + Unpin>(wr: &mut WsWriter<W>, out: LinkOut) -> std:
     }
 }
 
-async fn write_lone<W: AsyncWrite + Unpin>(
+/// [`feed`], except that a large frame on a slow link goes in pieces, with the urgent frames
+/// queued meanwhile written between them.
+async fn feed_interleaved<W: AsyncWrite + Unpin>(
     wr: &mut WsWriter<W>,
+    queue: &QueueReceiver,
     out: LinkOut,
 ) -> std::io::Result<()> {
     match out {
+        LinkOut::Frame(bytes) if wr.piece_for(bytes.len()).is_some() => {
+            write_in_pieces(wr, queue, bytes).await
+        }
+        other => feed(wr, other).await,
+    }
+}
+
+/// Write `bytes` as pieces (docs/PROTOCOL.md §4.4) sized by [`WsWriter::piece_for`] as it
+/// learns the link's rate; after each piece but the last, the urgent frames queued meanwhile.
+async fn write_in_pieces<W: AsyncWrite + Unpin>(
+    wr: &mut WsWriter<W>,
+    queue: &QueueReceiver,
+    mut bytes: Vec<u8>,
+) -> std::io::Result<()> {
+    let mut at = 0;
+    while at < bytes.len() {
+        let rest = bytes.len() - at;
+        let n = wr.piece_for(rest).unwrap_or(rest);
+        let last = n == rest;
+        wr.write_piece(&mut bytes[at..at + n], last).await?;
+        at += n;
+        if !last {
+            let mut any = false;
+            while let Some(u) = queue.try_recv_urgent() {
+                feed(wr, u).await?;
+                any = true;
+            }
+            if any {
+                wr.flush().await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn write_lone<W: AsyncWrite + Unpin>(
+    wr: &mut WsWriter<W>,
+    queue: &QueueReceiver,
+    out: LinkOut,
+) -> std::io::Result<()> {
+    match out {
+        LinkOut::Frame(bytes) if wr.piece_for(bytes.len()).is_some() => {
+            write_in_pieces(wr, queue, bytes).await
+        }
         LinkOut::Frame(bytes) => wr.send_binary(bytes).await,
         other => {
             feed(wr, other).await?;
@@ -930,11 +1009,11 @@ async fn write_burst<W: AsyncWrite + Unpin>(
     first: [LinkOut; 2],
 ) -> std::io::Result<()> {
     for out in first {
-        feed(wr, out).await?;
+        feed_interleaved(wr, queue, out).await?;
     }
     for _ in 2..BURST_FRAMES {
         match queue.try_recv() {
-            Some(out) => feed(wr, out).await?,
+            Some(out) => feed_interleaved(wr, queue, out).await?,
             None => break,
         }
     }
@@ -1020,7 +1099,12 @@ mod tests {
         let (queue_tx, queue) = link_queue();
         let queue_tx = Arc::new(queue_tx);
         let link = tokio::spawn(async move {
-            let mut link = Established { rd, wr, queue };
+            let mut link = Established {
+                rd,
+                wr,
+                queue,
+                pieces: Reassembly::default(),
+            };
             link.pump(&actor, LinkId(1)).await;
         });
         // Let the link task park on its empty queue, then start the producers from one task on
@@ -1034,7 +1118,8 @@ mod tests {
                 for i in 0..PRODUCERS {
                     let q = Arc::clone(&queue_tx);
                     producers.push(tokio::spawn(async move {
-                        q.try_push(LinkOut::Frame(vec![i as u8; 100])).unwrap();
+                        q.try_push(LinkOut::Frame(vec![i as u8; 100]), false)
+                            .unwrap();
                     }));
                 }
                 for p in producers {
@@ -1072,7 +1157,12 @@ mod tests {
         let (tx, _rx) = tokio::sync::mpsc::channel(1);
         let actor = ActorHandle { tx };
         let (_tx, queue) = link_queue();
-        let mut link = Established { rd, wr, queue };
+        let mut link = Established {
+            rd,
+            wr,
+            queue,
+            pieces: Reassembly::default(),
+        };
         let pump = link.pump(&actor, LinkId(1));
         let size = std::mem::size_of_val(&pump);
         assert!(size <= MAX_PUMP_FUTURE, "pump future is {size} bytes");

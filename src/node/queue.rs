@@ -21,6 +21,11 @@
 //! frame always fits an empty queue). Pongs count against the item bound only, not the bytes
 //! (≤ 125 bytes each, and they never came from the actor).
 //!
+//! Two lanes: urgent items (pongs, and frames the core marks urgent: `ping`, `pong`, our own
+//! `cancel` and `credit`) are taken before the bulk lane, so on a slow link they wait for the
+//! frame being written, not for every chunk queued before them. An urgent frame overtakes at
+//! most [`URGENT_MAX_OVERTAKE`] bulk frames; behind more it keeps its FIFO place (see there).
+//!
 //! A std `Mutex` is fine here: it is held for a few field updates, never across an `.await`,
 //! and its only two users are the actor and the link task.
 
@@ -43,6 +48,14 @@ pub const WRITER_QUEUE_FRAMES: usize =
 /// Per-link writer queue bound, in bytes: 16 MiB = one largest frame (`MAX_FRAME_BYTES`), so a
 /// single maximum frame always fits an empty queue while a stuck peer pins at most this much.
 pub const WRITER_QUEUE_BYTES: usize = crate::proto::MAX_FRAME_BYTES;
+/// Most bulk frames an urgent one may overtake. A sealed `cancel` or `credit` carries its
+/// node pair's next end-to-end counter, and the destination refuses a frame more than
+/// `mesh::e2e::WINDOW` (1024) counters below the highest it has seen: overtaking more than that
+/// many frames of the same pair would get them refused as replays. Half of it leaves margin;
+/// a bulk lane this long holds small frames only (the byte bound admits 64 maximum chunks), so
+/// it drains quickly anyway.
+pub const URGENT_MAX_OVERTAKE: usize = 512;
+
 /// What the actor tells a link task to do with its socket.
 #[derive(Debug, Clone)]
 pub(crate) struct CloseCmd {
@@ -105,6 +118,8 @@ struct Shared {
 #[derive(Debug, Default)]
 struct State {
     items: VecDeque<LinkOut>,
+    /// The urgent lane, taken first.
+    urgent: VecDeque<LinkOut>,
     /// Bytes of frames in `items` (what [`LinkOut::len`] counts).
     bytes: usize,
     /// The actor's close request, until the link task takes it.
@@ -150,8 +165,9 @@ pub(crate) struct QueueSender(Arc<Shared>);
 
 impl QueueSender {
     /// Queue one item now or hand it back; never waits. `Ok(drained)`: whether the queue,
-    /// this item included, is at most half of both bounds (a slow peer caught up).
-    pub fn try_push(&self, out: LinkOut) -> Result<bool, PushError> {
+    /// this item included, is at most half of both bounds (a slow peer caught up). `urgent`:
+    /// in the urgent lane (unless more than [`URGENT_MAX_OVERTAKE`] bulk frames wait).
+    pub fn try_push(&self, out: LinkOut, urgent: bool) -> Result<bool, PushError> {
         let len = out.len();
         let mut st = self.0.lock();
         if st.bytes > 0 && st.bytes + len > WRITER_QUEUE_BYTES {
@@ -160,10 +176,14 @@ impl QueueSender {
         if st.receiver_gone {
             return Err(PushError::Closed);
         }
-        if st.items.len() >= WRITER_QUEUE_FRAMES {
+        if st.items.len() + st.urgent.len() >= WRITER_QUEUE_FRAMES {
             return Err(PushError::Full);
         }
-        st.items.push_back(out);
+        if urgent && st.items.len() <= URGENT_MAX_OVERTAKE {
+            st.urgent.push_back(out);
+        } else {
+            st.items.push_back(out);
+        }
         st.bytes += len;
         let drained = drained(&st);
         wake(st, false);
@@ -222,13 +242,17 @@ impl QueueReceiver {
         if st.items.capacity() > 0 {
             st.items = VecDeque::new();
         }
+        if st.urgent.capacity() > 0 {
+            st.urgent = VecDeque::new();
+        }
         register(&mut st.recv_waker, cx);
         Poll::Pending
     }
 
     /// Whether nothing is queued right now.
     pub fn is_empty(&self) -> bool {
-        self.0.lock().items.is_empty()
+        let st = self.0.lock();
+        st.items.is_empty() && st.urgent.is_empty()
     }
 
     /// The next item if one is queued.
@@ -253,6 +277,14 @@ impl QueueReceiver {
         .await
     }
 
+    /// The next urgent item if one is queued (between the pieces of a frame).
+    pub fn try_recv_urgent(&self) -> Option<LinkOut> {
+        let mut st = self.0.lock();
+        let out = st.urgent.pop_front()?;
+        st.bytes -= out.len();
+        Some(out)
+    }
+
     /// The close request, if the actor sent one.
     pub fn try_closed(&self) -> Option<CloseCmd> {
         self.0.lock().close.take()
@@ -269,10 +301,10 @@ impl QueueReceiver {
     /// full, so a peer that floods pings loses pongs, nothing else).
     pub fn push_pong(&self, payload: Vec<u8>) {
         let mut st = self.0.lock();
-        if st.sender_gone || st.items.len() >= WRITER_QUEUE_FRAMES {
+        if st.sender_gone || st.items.len() + st.urgent.len() >= WRITER_QUEUE_FRAMES {
             return;
         }
-        st.items.push_back(LinkOut::Pong(payload));
+        st.urgent.push_back(LinkOut::Pong(payload));
         wake(st, false);
     }
 
@@ -283,7 +315,8 @@ impl QueueReceiver {
     /// Bytes held by the item buffer (for tests of the idle footprint).
     #[cfg(test)]
     pub fn buffered_capacity(&self) -> usize {
-        self.0.lock().items.capacity() * std::mem::size_of::<LinkOut>()
+        let st = self.0.lock();
+        (st.items.capacity() + st.urgent.capacity()) * std::mem::size_of::<LinkOut>()
     }
 }
 
@@ -293,7 +326,10 @@ impl Drop for QueueReceiver {
             let mut st = self.0.lock();
             st.receiver_gone = true;
             st.bytes = 0;
-            std::mem::take(&mut st.items)
+            (
+                std::mem::take(&mut st.items),
+                std::mem::take(&mut st.urgent),
+            )
         };
         // Frames are freed outside the lock.
         drop(items);
@@ -301,11 +337,15 @@ impl Drop for QueueReceiver {
 }
 
 fn drained(st: &State) -> bool {
-    st.bytes <= WRITER_QUEUE_BYTES / 2 && st.items.len() <= WRITER_QUEUE_FRAMES / 2
+    st.bytes <= WRITER_QUEUE_BYTES / 2
+        && st.items.len() + st.urgent.len() <= WRITER_QUEUE_FRAMES / 2
 }
 
 fn take(st: &mut State) -> Option<LinkOut> {
-    let out = st.items.pop_front()?;
+    let out = match st.urgent.pop_front() {
+        Some(out) => out,
+        None => st.items.pop_front()?,
+    };
     st.bytes -= out.len();
     Some(out)
 }
@@ -318,9 +358,44 @@ fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
 }
 
 #[cfg(test)]
+impl QueueSender {
+    fn try_push_bulk(&self, out: LinkOut) -> Result<bool, PushError> {
+        self.try_push(out, false)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn urgent_frames_overtake_queued_bulk_in_their_own_order_but_never_too_many() {
+        let (tx, rx) = link_queue();
+        tx.try_push_bulk(frame(1000)).unwrap();
+        tx.try_push_bulk(frame(1001)).unwrap();
+        tx.try_push(frame(1), true).unwrap();
+        rx.push_pong(vec![0; 2]);
+        tx.try_push(frame(3), true).unwrap();
+        let order: Vec<usize> = std::iter::from_fn(|| rx.try_recv())
+            .map(|o| match o {
+                LinkOut::Pong(p) => p.len(),
+                o => o.len(),
+            })
+            .collect();
+        assert_eq!(order, [1, 2, 3, 1000, 1001]);
+        assert_eq!(rx.0.lock().bytes, 0);
+        // Behind more than URGENT_MAX_OVERTAKE bulk frames an urgent one keeps its place.
+        for _ in 0..=URGENT_MAX_OVERTAKE {
+            tx.try_push_bulk(frame(10)).unwrap();
+        }
+        tx.try_push(frame(7), true).unwrap();
+        let lens: Vec<usize> = std::iter::from_fn(|| rx.try_recv())
+            .map(|o| o.len())
+            .collect();
+        assert_eq!(lens.len(), URGENT_MAX_OVERTAKE + 2);
+        assert_eq!(lens.last(), Some(&7));
+    }
 
     fn frame(n: usize) -> LinkOut {
         LinkOut::Frame(vec![0u8; n])
@@ -339,7 +414,7 @@ mod tests {
         let (tx, rx) = link_queue();
         assert_eq!(rx.buffered_capacity(), 0);
         for _ in 0..100 {
-            tx.try_push(frame(10)).unwrap();
+            tx.try_push_bulk(frame(10)).unwrap();
         }
         assert!(rx.buffered_capacity() > 0);
         while rx.try_recv().is_some() {}
@@ -354,9 +429,9 @@ mod tests {
     fn the_frame_bound_refuses_one_frame_more_and_drained_needs_half() {
         let (tx, rx) = link_queue();
         for _ in 0..WRITER_QUEUE_FRAMES {
-            tx.try_push(frame(1)).unwrap();
+            tx.try_push_bulk(frame(1)).unwrap();
         }
-        assert!(matches!(tx.try_push(frame(1)), Err(PushError::Full)));
+        assert!(matches!(tx.try_push_bulk(frame(1)), Err(PushError::Full)));
         assert!(!drained(&tx.0.lock()));
         for _ in 0..WRITER_QUEUE_FRAMES / 2 - 1 {
             rx.try_recv().unwrap();
@@ -369,14 +444,14 @@ mod tests {
     #[test]
     fn the_byte_bound_admits_one_maximum_frame_into_an_empty_queue_only() {
         let (tx, rx) = link_queue();
-        tx.try_push(frame(WRITER_QUEUE_BYTES)).unwrap();
-        assert!(matches!(tx.try_push(frame(1)), Err(PushError::Full)));
+        tx.try_push_bulk(frame(WRITER_QUEUE_BYTES)).unwrap();
+        assert!(matches!(tx.try_push_bulk(frame(1)), Err(PushError::Full)));
         assert!(!drained(&tx.0.lock()));
         rx.try_recv().unwrap();
         assert!(drained(&tx.0.lock()));
-        tx.try_push(frame(WRITER_QUEUE_BYTES / 2)).unwrap();
-        tx.try_push(frame(WRITER_QUEUE_BYTES / 2)).unwrap();
-        assert!(matches!(tx.try_push(frame(1)), Err(PushError::Full)));
+        tx.try_push_bulk(frame(WRITER_QUEUE_BYTES / 2)).unwrap();
+        tx.try_push_bulk(frame(WRITER_QUEUE_BYTES / 2)).unwrap();
+        assert!(matches!(tx.try_push_bulk(frame(1)), Err(PushError::Full)));
     }
 
     #[test]
@@ -384,7 +459,7 @@ mod tests {
         // A ping payload used to be subtracted from the byte count without ever being added.
         let (tx, rx) = link_queue();
         rx.push_pong(vec![7u8; 125]);
-        tx.try_push(frame(100)).unwrap();
+        tx.try_push_bulk(frame(100)).unwrap();
         assert!(matches!(rx.try_recv(), Some(LinkOut::Pong(_))));
         assert!(matches!(rx.try_recv(), Some(LinkOut::Frame(_))));
         assert_eq!(rx.0.lock().bytes, 0);
@@ -394,17 +469,17 @@ mod tests {
     #[test]
     fn a_dropped_receiver_refuses_with_closed_and_frees_the_frames() {
         let (tx, rx) = link_queue();
-        tx.try_push(frame(10)).unwrap();
+        tx.try_push_bulk(frame(10)).unwrap();
         drop(rx);
-        assert!(matches!(tx.try_push(frame(1)), Err(PushError::Closed)));
+        assert!(matches!(tx.try_push_bulk(frame(1)), Err(PushError::Closed)));
         assert_eq!(tx.0.lock().items.capacity(), 0);
     }
 
     #[tokio::test]
     async fn the_writer_drains_what_is_queued_after_the_sender_is_dropped_then_ends() {
         let (tx, rx) = link_queue();
-        tx.try_push(frame(1)).unwrap();
-        tx.try_push(frame(2)).unwrap();
+        tx.try_push_bulk(frame(1)).unwrap();
+        tx.try_push_bulk(frame(2)).unwrap();
         drop(tx);
         assert_eq!(rx.recv().await.map(|o| o.len()), Some(1));
         assert_eq!(rx.recv().await.map(|o| o.len()), Some(2));
@@ -426,7 +501,7 @@ mod tests {
             (first, cmd)
         });
         tokio::time::sleep(Duration::from_millis(10)).await;
-        tx.try_push(frame(3)).unwrap();
+        tx.try_push_bulk(frame(3)).unwrap();
         tokio::time::sleep(Duration::from_millis(10)).await;
         tx.close(cmd(1013));
         let r = tokio::time::timeout(Duration::from_secs(5), task).await;

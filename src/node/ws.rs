@@ -38,6 +38,22 @@ const COALESCE_MAX: usize = 16 * 1024;
 const OUT_HIGH: usize = 64 * 1024;
 /// Largest control-frame payload (RFC 6455 §5.5).
 const MAX_CONTROL: usize = 125;
+/// The 4 bytes ending a piece of a frame sent in pieces (docs/PROTOCOL.md §4.4): more pieces
+/// follow. A whole frame never ends like this: its trailer is a header length, at most
+/// `MAX_HEADER_BYTES` (64 KiB).
+pub const PIECE_MORE: [u8; 4] = [0xFF; 4];
+/// The 4 bytes ending the last piece of a frame.
+pub const PIECE_LAST: [u8; 4] = [0xFF, 0xFF, 0xFF, 0xFE];
+/// The time one piece may hold the wire (5 ms): a slow link's pieces are sized to it, so an
+/// urgent frame waits for at most about that much of the frame being written.
+const PIECE_TIME_US: u64 = 5_000;
+/// Smallest piece: below it the per-piece cost (a syscall, 8 to 18 bytes of framing) is no
+/// longer worth the latency.
+const MIN_PIECE: usize = 1024;
+/// How long after its last slow write a link is taken as fast again.
+const SLOW_FORGET: std::time::Duration = std::time::Duration::from_secs(1);
+/// A large write that took less than this (µs) says nothing about the link's rate.
+const SLOW_WRITE_US: u64 = 1_000;
 
 const OP_CONT: u8 = 0x0;
 const OP_TEXT: u8 = 0x1;
@@ -416,6 +432,39 @@ pub(crate) fn socket_fd(tcp: &tokio::net::TcpStream) -> Option<SocketFd> {
     return None;
 }
 
+/// The most a link socket keeps written but not yet sent (`TCP_NOTSENT_LOWAT`) until its
+/// writer has seen how fast it drains: past it the socket stops accepting writes, so frames
+/// wait in the link's writer queue, where urgent ones can overtake them, instead of in the
+/// kernel, where nothing can. Linux otherwise autotunes the send buffer to megabytes: on a
+/// 1 Mbit/s link a heartbeat queued behind them waited seconds. It bounds only what has not
+/// been sent, never what is in flight, so a fast path's window is untouched; once a slow write
+/// shows the rate, the writer lowers it to a piece's worth ([`WsWriter::piece_for`]).
+pub const UNSENT_MAX: usize = 64 * 1024;
+/// The least a slow link's socket keeps unsent.
+const UNSENT_MIN: usize = 1024;
+
+/// Set `TCP_NOTSENT_LOWAT` on a link socket (best effort: where the option is missing the
+/// kernel keeps its default).
+pub(crate) fn set_unsent_limit(socket: Option<SocketFd>, bytes: usize) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Some(fd) = socket {
+        let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        // SAFETY: setsockopt reads one c_int through the pointer, which points at `v`, of the
+        // length given; a bad fd or option makes it fail and leaves the socket as it was.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                &v as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (socket, bytes);
+}
+
 /// Bytes waiting in the receive queue of `socket` (`FIONREAD`); 0 when unknown. For TLS these
 /// are ciphertext bytes, a hair more than the plaintext they carry.
 fn kernel_pending(socket: Option<SocketFd>) -> usize {
@@ -483,6 +532,62 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4]) {
     }
 }
 
+/// Puts back together the frames a peer sends in pieces (docs/PROTOCOL.md §4.4). Every link
+/// accepts them (a whole frame never ends with a piece marker, so nothing else is taken for a
+/// piece); pieces are only sent to peers that offered the feature.
+#[derive(Debug, Default)]
+pub struct Reassembly {
+    /// The pieces so far of the frame being reassembled; `None` (8 bytes inline, nothing
+    /// allocated) between frames, which is always on a fast link. Boxed on purpose: inline, a
+    /// `Vec` would add 16 bytes to every idle link's task.
+    #[allow(clippy::box_collection)]
+    buf: Option<Box<Vec<u8>>>,
+}
+
+impl Reassembly {
+    /// One BINARY message: the frame it is or completes, `None` while more pieces are due.
+    /// A frame larger than `max` is refused ([`WsError::TooLarge`]) before it is held.
+    pub fn push(&mut self, mut msg: Vec<u8>, max: usize) -> Result<Option<Vec<u8>>, WsError> {
+        let n = msg.len();
+        let last = match msg.get(n.wrapping_sub(4)..) {
+            Some(t) if t == PIECE_MORE => false,
+            Some(t) if t == PIECE_LAST => true,
+            _ => return Ok(Some(msg)),
+        };
+        let held = self.buf.as_ref().map_or(0, |b| b.len());
+        let size = held + (n - 4);
+        if size > max {
+            return Err(WsError::TooLarge {
+                size: size as u64,
+                limit: max,
+            });
+        }
+        msg.truncate(n - 4);
+        match (self.buf.as_mut(), last) {
+            (None, true) => Ok(Some(msg)),
+            (None, false) => {
+                self.buf = Some(Box::new(msg));
+                Ok(None)
+            }
+            (Some(buf), false) => {
+                buf.extend_from_slice(&msg);
+                Ok(None)
+            }
+            (Some(buf), true) => {
+                buf.extend_from_slice(&msg);
+                let frame = std::mem::take(&mut **buf);
+                self.buf = None;
+                Ok(Some(frame))
+            }
+        }
+    }
+
+    /// Bytes held for a frame in pieces (for tests of the idle footprint).
+    pub fn buffered_capacity(&self) -> usize {
+        self.buf.as_ref().map_or(0, |b| b.capacity())
+    }
+}
+
 /// The writing half of a link.
 #[derive(Debug)]
 pub struct WsWriter<W> {
@@ -492,6 +597,23 @@ pub struct WsWriter<W> {
     out: Vec<u8>,
     /// Masking-key generator (client role): xorshift seeded from the OS.
     rng: u64,
+    /// The peer reassembles pieces ([`WsWriter::set_pieces`]).
+    pieces: bool,
+    /// The TCP socket under `io` (-1: none), for its unsent limit.
+    socket: SocketFd,
+    /// What a slow link's writer learned; `None` (nothing allocated) on a fast link.
+    slow: Option<Box<Slow>>,
+}
+
+/// A slow link's writer state (see [`WsWriter::piece_for`]).
+#[derive(Debug)]
+struct Slow {
+    /// Frames larger than this go in pieces.
+    piece: usize,
+    /// When a large write was last slow.
+    at: std::time::Instant,
+    /// The socket's unsent limit as last set.
+    unsent: usize,
 }
 
 impl<W: AsyncWrite + Unpin> WsWriter<W> {
@@ -502,7 +624,93 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
             role,
             out: Vec::new(),
             rng: seed | 1,
+            pieces: false,
+            socket: -1,
+            slow: None,
         }
+    }
+
+    /// The TCP socket under the writer (TLS included): its unsent limit starts at
+    /// [`UNSENT_MAX`] and follows the link's rate. The fd must outlive the writer.
+    pub fn set_socket(&mut self, socket: Option<SocketFd>) {
+        self.socket = socket.unwrap_or(-1);
+        set_unsent_limit(socket, UNSENT_MAX);
+    }
+
+    /// The peer reassembles frames sent in pieces (it offered the feature).
+    pub fn set_pieces(&mut self, on: bool) {
+        self.pieces = on;
+    }
+
+    /// The size of the pieces a frame of `len` bytes should go in now, or `None` to write it
+    /// whole: only once a large write was seen to be slow (on a fast link frames always go
+    /// whole, with no extra copy anywhere).
+    pub fn piece_for(&self, len: usize) -> Option<usize> {
+        let piece = self.slow.as_ref()?.piece;
+        (self.pieces && len > piece).then_some(piece)
+    }
+
+    /// A write of `bytes` took `us` µs: size the next pieces to [`PIECE_TIME_US`] of the rate
+    /// a slow write showed. A write the socket took at once says little (it may just have fit
+    /// under the unsent limit), so pieces grow back (twice the size per such write) only once
+    /// no write was slow for [`SLOW_FORGET`].
+    fn observe(&mut self, bytes: usize, us: u64) {
+        if !self.pieces {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let socket = (self.socket >= 0).then_some(self.socket);
+        if us >= SLOW_WRITE_US {
+            let fit = (bytes as u64).saturating_mul(PIECE_TIME_US) / us;
+            let piece = usize::try_from(fit).unwrap_or(usize::MAX).max(MIN_PIECE);
+            let slow = self.slow.get_or_insert_with(|| {
+                Box::new(Slow {
+                    piece,
+                    at: now,
+                    unsent: UNSENT_MAX,
+                })
+            });
+            slow.piece = piece;
+            slow.at = now;
+            // The kernel keeps about a piece unsent; the option is set again only when that
+            // moved by half or more (a syscall per change of rate, not per write).
+            let unsent = piece.clamp(UNSENT_MIN, UNSENT_MAX);
+            if unsent > slow.unsent * 2 || unsent * 2 < slow.unsent {
+                slow.unsent = unsent;
+                set_unsent_limit(socket, unsent);
+            }
+        } else if let Some(slow) = &mut self.slow {
+            if now.duration_since(slow.at) >= SLOW_FORGET {
+                slow.piece = slow.piece.saturating_mul(2);
+                if slow.piece >= 4 * UNSENT_MAX {
+                    // Fast again: whole frames, the first unsent limit, nothing held.
+                    if slow.unsent != UNSENT_MAX {
+                        set_unsent_limit(socket, UNSENT_MAX);
+                    }
+                    self.slow = None;
+                }
+            }
+        }
+    }
+
+    /// One piece of a frame (`payload`, a slice of the frame; masked in place for clients)
+    /// as its own BINARY message ending with [`PIECE_MORE`] or [`PIECE_LAST`], after anything
+    /// coalesced, and flushed. Timed, like every large write, to size the next pieces.
+    pub async fn write_piece(&mut self, payload: &mut [u8], last: bool) -> io::Result<()> {
+        let (h, hl, key) = self.header_for(OP_BINARY, payload.len() + 4);
+        let mut marker = if last { PIECE_LAST } else { PIECE_MORE };
+        if let Some(key) = key {
+            apply_mask(payload, key);
+            let r = payload.len() % 4;
+            let rotated = [key[r], key[(r + 1) % 4], key[(r + 2) % 4], key[(r + 3) % 4]];
+            apply_mask(&mut marker, rotated);
+        }
+        self.out.extend_from_slice(&h[..hl]);
+        let head = std::mem::take(&mut self.out);
+        let t0 = std::time::Instant::now();
+        write_parts(&mut self.io, &[&head, payload, &marker]).await?;
+        self.observe(payload.len(), elapsed_us(t0));
+        self.io.flush().await
     }
 
     fn next_key(&mut self) -> Option<[u8; 4]> {
@@ -551,16 +759,22 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
         (h, hl)
     }
 
-    /// Write one frame now (after anything coalesced), with no copy of the payload.
+    /// Write one frame now (after anything coalesced), with no copy of the payload. A large
+    /// one is timed (see [`WsWriter::piece_for`]).
     pub async fn write_frame(&mut self, opcode: u8, mut payload: Vec<u8>) -> io::Result<()> {
         let (h, hl) = self.header(opcode, &mut payload);
+        let t0 = (payload.len() > COALESCE_MAX).then(std::time::Instant::now);
         if self.out.is_empty() {
-            write_two(&mut self.io, &h[..hl], &payload).await
+            write_two(&mut self.io, &h[..hl], &payload).await?;
         } else {
             self.out.extend_from_slice(&h[..hl]);
             let out = std::mem::take(&mut self.out);
-            write_two(&mut self.io, &out, &payload).await
+            write_two(&mut self.io, &out, &payload).await?;
         }
+        if let Some(t0) = t0 {
+            self.observe(payload.len(), elapsed_us(t0));
+        }
+        Ok(())
     }
 
     /// Add one frame to the current burst: small frames are coalesced (written once the burst
@@ -650,6 +864,38 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
     pub async fn shutdown(&mut self) -> io::Result<()> {
         self.io.shutdown().await
     }
+}
+
+fn elapsed_us(t0: std::time::Instant) -> u64 {
+    u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Write `parts` in order, completely, with vectored writes.
+async fn write_parts<W: AsyncWrite + Unpin>(io: &mut W, parts: &[&[u8]; 3]) -> io::Result<()> {
+    let (mut i, mut off) = (0, 0);
+    while i < parts.len() {
+        if off == parts[i].len() {
+            (i, off) = (i + 1, 0);
+            continue;
+        }
+        let bufs = [
+            IoSlice::new(&parts[i][off..]),
+            IoSlice::new(parts.get(i + 1).copied().unwrap_or_default()),
+            IoSlice::new(parts.get(i + 2).copied().unwrap_or_default()),
+        ];
+        let mut n = poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, &bufs)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 && i < parts.len() {
+            let take = n.min(parts[i].len() - off);
+            (n, off) = (n - take, off + take);
+            if off == parts[i].len() {
+                (i, off) = (i + 1, 0);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Write `a` then `b` completely, with vectored writes where the stream supports them.
@@ -860,6 +1106,85 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         drop(writer.await.unwrap());
+    }
+
+    /// A frame written in pieces by a client (masked) and a server, with whole frames between
+    /// the pieces, comes out of the reader and [`Reassembly`] as it went in.
+    #[tokio::test]
+    async fn a_frame_in_pieces_with_frames_between_them_is_put_back_together() {
+        let (mut cw, mut sr, mut sw, mut cr) = pair(1 << 20);
+        let frame: Vec<u8> = (0..10_003u32).map(|i| (i * 31) as u8).collect();
+        for (w, r) in [(&mut cw, &mut sr), (&mut sw, &mut cr)] {
+            let mut bytes = frame.clone();
+            let mut re = Reassembly::default();
+            let pieces = [0..4_000, 4_000..4_001, 4_001..10_003];
+            for (k, range) in pieces.iter().enumerate() {
+                let last = k == pieces.len() - 1;
+                w.write_piece(&mut bytes[range.clone()], last)
+                    .await
+                    .unwrap();
+                if !last {
+                    w.feed_binary(vec![7u8; 5]).await.unwrap();
+                    w.flush().await.unwrap();
+                }
+            }
+            let mut got = Vec::new();
+            while got.len() < 3 {
+                let Some(WsMessage::Binary(m)) = r.next().await.unwrap() else {
+                    panic!("a binary message")
+                };
+                if let Some(f) = re.push(m, 1 << 20).unwrap() {
+                    got.push(f);
+                }
+            }
+            assert_eq!(got, [vec![7u8; 5], vec![7u8; 5], frame.clone()]);
+            assert_eq!(re.buffered_capacity(), 0);
+        }
+    }
+
+    #[test]
+    fn reassembly_bounds_the_frame_and_passes_whole_frames_through() {
+        let piece = |n: usize, end: [u8; 4]| {
+            let mut v = vec![1u8; n];
+            v.extend_from_slice(&end);
+            v
+        };
+        let mut re = Reassembly::default();
+        assert_eq!(re.push(piece(60, PIECE_MORE), 100).unwrap(), None);
+        assert!(matches!(
+            re.push(piece(41, PIECE_LAST), 100),
+            Err(WsError::TooLarge { size: 101, .. })
+        ));
+        // A single last piece is a whole frame; short messages are frames as they are.
+        let mut re = Reassembly::default();
+        assert_eq!(
+            re.push(piece(3, PIECE_LAST), 100).unwrap(),
+            Some(vec![1u8; 3])
+        );
+        assert_eq!(re.push(vec![0xFF; 3], 100).unwrap(), Some(vec![0xFF; 3]));
+    }
+
+    #[test]
+    fn pieces_start_only_after_a_slow_write_and_grow_back_once_writes_are_fast() {
+        let (a, _b) = tokio::io::duplex(64);
+        let mut w = WsWriter::new(a, Role::Server, 0);
+        w.observe(256 * 1024, 2_000_000);
+        assert_eq!(w.piece_for(1 << 20), None, "no pieces without the feature");
+        w.set_pieces(true);
+        w.observe(256 * 1024, 50);
+        assert_eq!(w.piece_for(1 << 20), None, "a fast write: whole frames");
+        // 256 KiB in 2 s: 5 ms of that rate is 655 bytes, so the smallest piece.
+        w.observe(256 * 1024, 2_000_000);
+        assert_eq!(w.piece_for(1 << 20), Some(MIN_PIECE));
+        assert_eq!(w.piece_for(MIN_PIECE), None);
+        // Fast writes right after a slow one change nothing; a second later they double it.
+        w.observe(MIN_PIECE, 10);
+        assert_eq!(w.piece_for(1 << 20), Some(MIN_PIECE));
+        if let Some(slow) = &mut w.slow {
+            slow.at -= SLOW_FORGET;
+        }
+        w.observe(MIN_PIECE, 10);
+        assert_eq!(w.piece_for(1 << 20), Some(2 * MIN_PIECE));
     }
 
     #[test]

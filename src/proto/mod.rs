@@ -52,6 +52,9 @@ pub const MAX_VERSION: u16 = 3;
 pub const FEATURE_BINARY_FRAMES: u64 = 1 << 0;
 /// Feature bit 1: chunked streams (`chunk`/`end`).
 pub const FEATURE_STREAMS: u64 = 1 << 1;
+/// Feature bit 2: a large frame may travel in pieces with other frames between them
+/// (`docs/PROTOCOL.md` §4.4); a link sends pieces only when both sides offer it.
+pub const FEATURE_PIECES: u64 = 1 << 2;
 /// Stream flow-control window, in chunks: a server may have this many chunks in flight beyond
 /// the credit the receiver granted (implicit at call open). 64 × [`MAX_CHUNK_BYTES`] = 16 MiB,
 /// one maximum frame, so a stalled consumer pins at most that much per stream.
@@ -60,6 +63,6 @@ pub const STREAM_WINDOW_CHUNKS: u64 = 64;
 /// queue and interleaves streams finely; larger payloads are split by the sender.
 pub const MAX_CHUNK_BYTES: usize = 256 * 1024;
 /// Features this build offers.
-pub const FEATURES: u64 = FEATURE_BINARY_FRAMES | FEATURE_STREAMS;
+pub const FEATURES: u64 = FEATURE_BINARY_FRAMES | FEATURE_STREAMS | FEATURE_PIECES;
 /// Features a peer must offer to be accepted.
 pub const FEATURES_REQUIRED: u64 = FEATURE_BINARY_FRAMES;

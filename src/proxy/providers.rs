@@ -208,6 +208,7 @@ mod tests {
             node: node.into(),
             state: PeerState::Direct,
             latency_ms: Some(1),
+            link_rtt: None,
             hops: Some(1),
             listen: false,
             agents: vec![],

@@ -165,6 +165,7 @@ mod tests {
             node: node.into(),
             state,
             latency_ms: Some(latency),
+            link_rtt: None,
             hops: Some(1),
             listen: false,
             agents: vec![],

@@ -285,7 +285,7 @@ impl Sim {
     pub fn drain(&mut self, i: usize) {
         while let Some(out) = self.nodes[i].mesh.poll_output() {
             match out {
-                Output::Send { link, bytes } => self.transmit(i, link, bytes),
+                Output::Send { link, bytes, .. } => self.transmit(i, link, bytes),
                 Output::SendShared { link, bytes } => self.transmit(i, link, bytes.to_vec()),
                 Output::Close { link, .. } => {
                     let c = link.0 as usize;

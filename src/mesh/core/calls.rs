@@ -53,7 +53,8 @@ impl Mesh {
             call_id,
             reason: reason.to_string(),
         };
-        let _ = self.send(now, c.dst, body, Vec::new());
+        let urgent = c.answered();
+        let _ = self.send_as(now, c.dst, body, Vec::new(), urgent);
         true
     }
 
@@ -142,7 +143,7 @@ impl Mesh {
                 call_id,
                 reason: "deadline".to_string(),
             };
-            let _ = self.send(now, c.dst.clone(), body, Vec::new());
+            let _ = self.send_as(now, c.dst.clone(), body, Vec::new(), c.answered());
             self.fail_call(call_id, c.dst, CallFailure::Deadline);
         }
     }
@@ -178,7 +179,7 @@ impl Mesh {
                     call_id,
                     reason: "integrity".to_string(),
                 };
-                let _ = self.send(now, c.dst.clone(), body, Vec::new());
+                let _ = self.send_as(now, c.dst.clone(), body, Vec::new(), c.answered());
                 self.fail_call(call_id, c.dst, CallFailure::Integrity);
             }
         }

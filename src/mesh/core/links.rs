@@ -3,7 +3,7 @@
 
 use super::Mesh;
 use crate::identity::key::PublicKey;
-use crate::mesh::link::{Direction, Link, LinkId, RTT_MIN_BUCKET_MS};
+use crate::mesh::link::{Direction, Link, LinkId, RttWindow, RTT_MIN_BUCKET_MS};
 use crate::mesh::ping::PingTracker;
 use crate::mesh::trust::Refusal;
 use crate::mesh::{DownReason, MeshEvent, Output, CLOSE_NORMAL};
@@ -150,6 +150,7 @@ impl Mesh {
                 last_seen: now,
                 advertised_rtt: RTT_MIN_BUCKET_MS,
                 probe: None,
+                rtt_window: RttWindow::default(),
             },
         );
         self.by_peer.insert(peer.clone(), link);
@@ -252,6 +253,7 @@ impl Mesh {
         let Some(l) = self.links.get_mut(&link) else {
             return;
         };
+        l.rtt_window.answered(seq, t, now);
         if l.ping.on_pong(now, seq, t).is_none() {
             return;
         }

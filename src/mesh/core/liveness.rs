@@ -58,6 +58,7 @@ impl Mesh {
                     PingAction::Idle => break,
                     PingAction::Send { seq } => {
                         self.stats.pings_out += 1;
+                        l.rtt_window.sent(seq, now);
                         self.send_local(now, id, Body::Ping { seq, t: now });
                     }
                     PingAction::Suspect => self.probe_indirectly(now, id),

@@ -355,9 +355,18 @@ impl Mesh {
     }
 
     fn send_local(&mut self, now: u64, link: LinkId, body: Body) {
+        // Liveness frames: a probe about a silent peer is as time-critical as a ping.
+        let urgent = matches!(
+            body,
+            Body::Ping { .. } | Body::Pong { .. } | Body::Probe { .. } | Body::ProbeAck { .. }
+        );
         let h = self.header(now, None, body);
         match codec::encode(&h, &[]) {
-            Ok(bytes) => self.push(Output::Send { link, bytes }),
+            Ok(bytes) => self.push(Output::Send {
+                link,
+                bytes,
+                urgent,
+            }),
             // Only reachable with absurd records; the batchers keep headers small.
             Err(_) => self.stats.dropped_backpressure += 1,
         }

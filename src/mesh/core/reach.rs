@@ -43,6 +43,7 @@ impl Mesh {
                     node: node.clone(),
                     state,
                     latency_ms: route.map(|r| self.path_latency(r)),
+                    link_rtt: direct.and_then(|l| l.rtt_window.percentiles(self.last_now)),
                     hops: route.map(|r| r.hops),
                     listen: e.record.listen,
                     agents: e.record.agents.clone(),

@@ -31,6 +31,21 @@ impl Mesh {
         body: Body,
         payload: Vec<u8>,
     ) -> Result<FrameId, SendError> {
+        // Credit only follows chunks, so it can never overtake its call.
+        let urgent = matches!(body, Body::Credit { .. });
+        self.send_as(now, dst, body, payload, urgent)
+    }
+
+    /// [`Mesh::send`], `urgent` saying whether the frame may overtake bulk queued on the link
+    /// ([`Output::Send`]).
+    pub(super) fn send_as(
+        &mut self,
+        now: u64,
+        dst: NodeId,
+        body: Body,
+        payload: Vec<u8>,
+        urgent: bool,
+    ) -> Result<FrameId, SendError> {
         self.touch(now);
         if self.shut_down {
             return Err(SendError::ShutDown);
@@ -59,7 +74,11 @@ impl Mesh {
         let id = header.id;
         let bytes = self.seal_routed(header, payload)?;
         // Not remembered in the dedup cache: should it loop back, `src` == us drops it.
-        self.push(Output::Send { link, bytes });
+        self.push(Output::Send {
+            link,
+            bytes,
+            urgent,
+        });
         Ok(id)
     }
 
@@ -213,7 +232,12 @@ impl Mesh {
         match codec::encode_owned(&header, payload) {
             Ok(bytes) => {
                 self.stats.relayed += 1;
-                self.push(Output::Send { link: next, bytes });
+                // Sealed: its kind is not ours to see, so it keeps its place behind bulk.
+                self.push(Output::Send {
+                    link: next,
+                    bytes,
+                    urgent: false,
+                });
             }
             Err(e) => self.count_decode_error(&e),
         }

@@ -39,9 +39,13 @@ impl Actor {
         while let Some(out) = self.mesh.poll_output() {
             self.dirty = true;
             match out {
-                Output::Send { link, bytes } => self.send_to_link(link, LinkOut::Frame(bytes)),
+                Output::Send {
+                    link,
+                    bytes,
+                    urgent,
+                } => self.send_to_link(link, LinkOut::Frame(bytes), urgent),
                 Output::SendShared { link, bytes } => {
-                    self.send_to_link(link, LinkOut::Shared(bytes))
+                    self.send_to_link(link, LinkOut::Shared(bytes), false)
                 }
                 Output::Close { link, code, reason } => {
                     self.close_link(link, code, &reason, true);
@@ -57,13 +61,13 @@ impl Actor {
     }
 
     /// Queue one frame on a link without ever waiting (house rule: edges out use try_send).
-    fn send_to_link(&mut self, link: LinkId, bytes: LinkOut) {
+    fn send_to_link(&mut self, link: LinkId, bytes: LinkOut, urgent: bool) {
         let Some(e) = self.links.get_mut(&link) else {
             // The link task already ended; its LinkDown is on the way.
             return;
         };
         // A shared frame counts in full on every link that queues it (a conservative bound).
-        match e.queue.try_push(bytes) {
+        match e.queue.try_push(bytes, urgent) {
             // Small frames may still slip into a queue that is full for big ones: only a
             // queue that drained to half of both bounds counts as having caught up.
             Ok(drained) => {
