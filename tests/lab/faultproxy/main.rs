@@ -25,26 +25,61 @@ fn main() {
     let mut seed = None;
     let mut stdin_watch = false;
     while let Some(a) = args.next() {
-        let mut val = |name: &str| args.next().unwrap_or_else(|| usage(&format!("{name}: missing value")));
+        let mut val = |name: &str| {
+            args.next()
+                .unwrap_or_else(|| usage(&format!("{name}: missing value")))
+        };
         match a.as_str() {
-            "--target" => target = Some(loopback_target(&val("--target")).unwrap_or_else(|e| usage(&e))),
-            "--listen" => listen_port = val("--listen").parse().unwrap_or_else(|_| usage("--listen: not a port")),
-            "--control" => control_port = val("--control").parse().unwrap_or_else(|_| usage("--control: not a port")),
-            "--sockbuf" => sockbuf = Some(val("--sockbuf").parse().unwrap_or_else(|_| usage("--sockbuf: not a byte count"))),
-            "--seed" => seed = Some(val("--seed").parse().unwrap_or_else(|_| usage("--seed: not a u64"))),
+            "--target" => {
+                target = Some(loopback_target(&val("--target")).unwrap_or_else(|e| usage(&e)))
+            }
+            "--listen" => {
+                listen_port = val("--listen")
+                    .parse()
+                    .unwrap_or_else(|_| usage("--listen: not a port"))
+            }
+            "--control" => {
+                control_port = val("--control")
+                    .parse()
+                    .unwrap_or_else(|_| usage("--control: not a port"))
+            }
+            "--sockbuf" => {
+                sockbuf = Some(
+                    val("--sockbuf")
+                        .parse()
+                        .unwrap_or_else(|_| usage("--sockbuf: not a byte count")),
+                )
+            }
+            "--seed" => {
+                seed = Some(
+                    val("--seed")
+                        .parse()
+                        .unwrap_or_else(|_| usage("--seed: not a u64")),
+                )
+            }
             "--exit-on-stdin-close" => stdin_watch = true,
             other => usage(&format!("unknown argument {other:?}")),
         }
     }
-    let Some(target) = target else { usage("--target is required") };
+    let Some(target) = target else {
+        usage("--target is required")
+    };
     let seed = seed.unwrap_or_else(|| getrandom::u64().unwrap_or(0x5EED));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap_or_else(|e| usage(&format!("runtime: {e}")));
     rt.block_on(async move {
-        let opts = Options { listen_port, control_port, target, sockbuf, seed };
-        let running = start(opts).await.unwrap_or_else(|e| usage(&format!("bind: {e}")));
+        let opts = Options {
+            listen_port,
+            control_port,
+            target,
+            sockbuf,
+            seed,
+        };
+        let running = start(opts)
+            .await
+            .unwrap_or_else(|e| usage(&format!("bind: {e}")));
         println!(
             "{}",
             serde_json::json!({

@@ -426,7 +426,10 @@ impl Proxy {
         }
         if let Some(Some(r)) = &cmd.rate {
             if r.queue_bytes < PACKET as u64 && r.bytes_per_sec > 0 {
-                return Err(format!("rate.queueBytes: {} is below {PACKET}", r.queue_bytes));
+                return Err(format!(
+                    "rate.queueBytes: {} is below {PACKET}",
+                    r.queue_bytes
+                ));
             }
         }
         let now = Instant::now();
@@ -516,7 +519,9 @@ impl Proxy {
 
     async fn serve(self: Arc<Self>, client: TcpStream) {
         self.counters.connections.fetch_add(1, Ordering::Relaxed);
-        self.counters.connections_open.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .connections_open
+            .fetch_add(1, Ordering::Relaxed);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (reset_tx, mut reset_rx) = watch::channel(false);
         self.conns
@@ -551,14 +556,18 @@ impl Proxy {
         };
         if let Err(e) = work.await {
             if e.to_string() == "reset" {
-                self.counters.connections_reset.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .connections_reset
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
         self.conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
-        self.counters.connections_open.fetch_sub(1, Ordering::Relaxed);
+        self.counters
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
     }
 
     /// One direction: a reader fills the queue, a writer drains it through the faults.
@@ -591,12 +600,18 @@ impl Proxy {
                     }
                 };
                 budget.give(max - n);
-                self.counters.dir(d).bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                self.counters
+                    .dir(d)
+                    .bytes_in
+                    .fetch_add(n as u64, Ordering::Relaxed);
                 if n == 0 {
                     let _ = tx.send(Item::Eof);
                     return Ok(());
                 }
-                if tx.send(Item::Data(buf[..n].to_vec(), Instant::now())).is_err() {
+                if tx
+                    .send(Item::Data(buf[..n].to_vec(), Instant::now()))
+                    .is_err()
+                {
                     return Ok(());
                 }
             }
@@ -689,7 +704,8 @@ impl Proxy {
                 }
             }
         };
-        let Ok(Some((head, body))) = tokio::time::timeout(Duration::from_secs(5), read).await else {
+        let Ok(Some((head, body))) = tokio::time::timeout(Duration::from_secs(5), read).await
+        else {
             return;
         };
         let line = head.lines().next().unwrap_or("");
@@ -707,7 +723,10 @@ impl Proxy {
                 },
                 Err(e) => (400, serde_json::json!({ "error": format!("body: {e}") })),
             },
-            _ => (404, serde_json::json!({ "error": format!("no route {method} {path}") })),
+            _ => (
+                404,
+                serde_json::json!({ "error": format!("no route {method} {path}") }),
+            ),
         };
         let body = out.to_string();
         let reason = match code {
