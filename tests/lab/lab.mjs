@@ -176,7 +176,15 @@ export async function meshCounters(lab) {
   const out = {};
   for (const [name, g] of Object.entries(lab.gw)) {
     if (!g.running) continue;
-    const s = await fastStatus(g);
+    // A loaded 2-core box has taken over 10 s to answer one status call: allow 30 s, 3 tries.
+    let s;
+    for (let attempt = 1; !s; attempt++) {
+      try {
+        s = await fastStatus(g, { timeoutMs: 30_000 });
+      } catch (e) {
+        if (attempt >= 3) throw e;
+      }
+    }
     out[name] = { ...s.mesh, peers: Object.fromEntries(s.peers.map((p) => [p.nodeId, p.state])) };
   }
   return out;
@@ -186,8 +194,8 @@ export async function meshCounters(lab) {
  * A gateway's clawmatrix status in ~tens of ms: the `cluster_peers` tool through POST
  * /tools/invoke returns the status report as its details (`openclaw gateway call` takes seconds).
  */
-export async function fastStatus(gw) {
-  const r = await invokeTool(gw, "cluster_peers", {}, { timeoutMs: 10_000 });
+export async function fastStatus(gw, { timeoutMs = 10_000 } = {}) {
+  const r = await invokeTool(gw, "cluster_peers", {}, { timeoutMs });
   const details = r.raw?.result?.details;
   if (!r.ok || !details?.peers) throw new Error(`${gw.name}: cluster_peers: ${r.error ?? "no status in its details"}`);
   return details;
