@@ -43,12 +43,12 @@ const LOSSY = { dir: "both", delay: { p: 0.02, ms: 300, jitterMs: 100 } };
 if (!opt["no-build"]) await build();
 // Imported after the build: the harness stages dist/ and native/.
 const { startSuite, endSuite, waitStatus } = await import("../tests/e2e/plugin-package.mjs");
-const { startLab, meshCounters, LAB_HEARTBEAT } = await import("../tests/lab/lab.mjs");
+const { startLab, meshCounters, LAB_DEFAULTS } = await import("../tests/lab/lab.mjs");
 const W = await import("../tests/lab/workload.mjs");
 
 const log = (...a) => console.log(`[soak ${new Date().toISOString().slice(11, 19)}]`, ...a);
 const fx = {};
-const figures = { minutes: MINUTES, heartbeat: LAB_HEARTBEAT, faults: LOSSY };
+const figures = { minutes: MINUTES, heartbeat: LAB_DEFAULTS, faults: LOSSY };
 let lab;
 let exitCode = 1;
 

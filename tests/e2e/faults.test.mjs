@@ -17,7 +17,7 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startSuite, endSuite, waitStatus } from "./plugin-package.mjs";
-import { startLab, meshCounters, waitFast, fastStatus, LAB_DETECT_MS, LAB_HEARTBEAT } from "../lab/lab.mjs";
+import { startLab, meshCounters, waitFast, fastStatus, LAB_DETECT_MS, LAB_DEFAULTS } from "../lab/lab.mjs";
 import * as W from "../lab/workload.mjs";
 
 const LOSSY_MINUTES = Number(process.env.CLAWMATRIX_LAB_LOSSY_MINUTES || 1);
@@ -29,7 +29,7 @@ const DETECT_SLACK_MS = 1_500;
 const BACKOFF = { minMs: 1_000, maxMs: 60_000, jitter: 0.2 };
 
 const fx = {};
-const metrics = { heartbeat: LAB_HEARTBEAT };
+const metrics = { heartbeat: LAB_DEFAULTS };
 /** @type {any} */
 let lab;
 let nonces;
