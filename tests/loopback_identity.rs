@@ -133,13 +133,22 @@ async fn a_key_persists_pins_link_and_a_new_key_is_refused_until_its_trust_is_re
         )
         .await;
         assert_eq!(trust_state(&hub, "office").as_deref(), Some("first_seen"));
-        // The new binding was persisted: the hub remembers it across its own restart.
-        let trust: Value = serde_json::from_str(
-            &std::fs::read_to_string(hub_state.0.join("trust.json")).expect("trust store"),
-        )
-        .expect("json");
+        // The new binding was persisted (by the store's own task, off the actor: poll for it):
+        // the hub remembers it across its own restart.
         let new_key = office.status().identity.expect("running").key;
-        assert_eq!(trust["nodes"]["office"]["key"], new_key.as_str());
+        let path = hub_state.0.join("trust.json");
+        let persisted = || {
+            std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .is_some_and(|t| t["nodes"]["office"]["key"] == new_key.as_str())
+        };
+        wait_for(
+            "the new key in trust.json",
+            Duration::from_secs(10),
+            persisted,
+        )
+        .await;
         office.stop();
         hub.stop();
     })
