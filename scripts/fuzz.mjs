@@ -97,6 +97,7 @@ export async function fuzzTarget(target, { seconds, runs, log = console.log } = 
   const ms = Date.now() - t0;
   const res = { target, ms, exit, ...parseRun(text) };
   if (exit !== 0) res.crashed = true;
+  log(`[fuzz] ${target}: ${res.execs ?? "?"} executions in ${(ms / 1000).toFixed(0)} s, ${res.crashed ? "CRASHED" : "no crash"}`);
   if (res.crashed) {
     // The end of libFuzzer's output: the panic message, the stack, the artifact.
     log(text.split("\n").slice(-60).join("\n"));
