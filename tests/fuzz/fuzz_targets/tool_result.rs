@@ -42,6 +42,10 @@ fuzz_target!(|data: &[u8]| {
             match r {
                 Ok(()) => pushed.extend_from_slice(part),
                 Err(e) => {
+                    // The form is the first byte sent, this refused part's if it was the first.
+                    if pushed.is_empty() {
+                        pushed.extend_from_slice(&part[..part.len().min(1)]);
+                    }
                     failed = Some(e);
                     break 'ops;
                 }
