@@ -2,6 +2,7 @@
 //  1. npm deps, addon (debug) and shim build
 //  2. lint gates: cargo fmt --check, cargo clippy -D warnings, tsc --noEmit, binding typings drift
 //  3. cargo test (unit, simulation, loopback)
+//  3b. fuzz: each cargo-fuzz target in tests/fuzz for 15 s (scripts/fuzz.mjs; nightly)
 //  4. JS tests (shim with a recording host, mock LLM)
 //  5. real-gateway end-to-end tests (provisions Node 24 + the pinned OpenClaw into the cache)
 // Prints one closing line "total: N passed, N failed". Exit code 1 if anything failed.
@@ -91,6 +92,23 @@ if (want("lint")) {
 if (want("cargo")) {
   // --lib --tests: every unit, simulation and loopback test; benches run only under `npm run bench`.
   await step("cargo test", () => counted(cargoCounts, "cargo", ["test", "--lib", "--tests"]));
+}
+if (want("fuzz")) {
+  // Each target briefly from the committed seeds: one passed test per target that ran without
+  // a crash. CLAWMATRIX_FUZZ_SECONDS changes the time per target.
+  const seconds = Number(process.env.CLAWMATRIX_FUZZ_SECONDS ?? 15);
+  await step(`fuzz (${seconds} s per target)`, async () => {
+    const { fuzzAll, table } = await import("./fuzz.mjs");
+    const { results } = await fuzzAll({ seconds });
+    console.log(table(results));
+    const bad = results.filter((r) => r.crashed);
+    const counts = { passed: results.length - bad.length, failed: bad.length };
+    if (bad.length) {
+      const names = bad.map((r) => `${r.target} (${r.artifact ?? "see output"})`).join(", ");
+      throw Object.assign(new Error(`fuzz target crashed: ${names}`), { counts });
+    }
+    return counts;
+  });
 }
 if (want("js")) {
   const files = [...testFiles("tests/js", ".test.mjs"), ...testFiles("tests/harness", ".test.mjs")];

@@ -255,6 +255,17 @@ impl Assembler {
         }
     }
 
+    /// Bytes the assembler holds (its buffers' capacity): what a peer's parts and announced
+    /// lengths cost the caller (the fuzz target checks it against [`MAX_RESULT_BYTES`]).
+    #[doc(hidden)]
+    pub fn held_bytes(&self) -> usize {
+        self.buf.capacity()
+            + self
+                .raw
+                .as_ref()
+                .map_or(0, |r| r.head.capacity() + r.text.capacity())
+    }
+
     pub fn push(&mut self, bytes: &[u8]) -> Assembly<()> {
         self.total += bytes.len();
         if self.total > MAX_RESULT_BYTES {
@@ -263,6 +274,15 @@ impl Assembler {
             )));
         }
         let Some(raw) = &mut self.raw else {
+            let need = self.buf.len() + bytes.len();
+            if need > self.buf.capacity() {
+                // Doubling as `Vec` does, but never past the limit: a result just under it
+                // must not hold nearly twice its size (`need` ≤ `total` ≤ the limit here).
+                let cap = need
+                    .max(self.buf.capacity().saturating_mul(2))
+                    .min(MAX_RESULT_BYTES);
+                self.buf.reserve_exact(cap - self.buf.len());
+            }
             self.buf.extend_from_slice(bytes);
             if self.buf.first() == Some(&RAW_RESULT) && self.buf.len() >= RAW_FIXED {
                 self.start_raw()?;
@@ -532,5 +552,24 @@ mod tests {
             .block_on(decode_raw(b"{".to_vec(), b"x".to_vec(), 0))
             .expect_err("bad head");
         assert!(e.contains("raw result head"), "{e}");
+    }
+
+    /// Found by the `tool_result` fuzz target: parts of 300,000 bytes grew the JSON buffer by
+    /// doubling to 19.2 MB for a result of 16.5 MB, over the limit the assembler promises.
+    #[test]
+    fn a_json_result_near_the_limit_never_holds_more_than_the_limit() {
+        let part = vec![b'x'; 300_000];
+        let mut asm = Assembler::new(String::new());
+        let mut pushed = 0;
+        while pushed + part.len() <= MAX_RESULT_BYTES {
+            asm.push(&part).expect("under the limit");
+            pushed += part.len();
+            assert!(
+                asm.held_bytes() <= MAX_RESULT_BYTES,
+                "holds {} bytes after {pushed} pushed",
+                asm.held_bytes()
+            );
+        }
+        assert!(matches!(asm.push(&part), Err(AssemblyError::TooLarge(_))));
     }
 }
