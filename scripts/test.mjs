@@ -125,7 +125,7 @@ if (want("e2e")) {
   // One file at a time: each suite starts its own real gateways (~1 GiB, ~25 s each).
   await step("real-gateway e2e", () =>
     counted(nodeTestCounts, process.execPath, ["--test", "--test-concurrency=1", "--test-reporter=tap", ...files], {
-      timeoutMs: 25 * 60_000,
+      timeoutMs: 40 * 60_000,
     }),
   );
 }
