@@ -39,6 +39,7 @@ fn peer(node: &str, state: PeerState, latency: u64, models: &[&str]) -> PeerView
         incarnation: 1,
         version: 1,
         key: Bytes32([7; 32]),
+        link_rtt: None,
     }
 }
 
