@@ -658,13 +658,18 @@ mod tests {
         assert!(e.message.contains("limit"), "{}", e.message);
     }
 
-    #[test]
-    fn a_serving_deadline_is_the_smallest_limit_less_the_answers_way_back() {
-        let rt = tokio::runtime::Builder::new_current_thread()
+    /// A current-thread runtime on tokio's paused clock (deadlines pass at once).
+    fn paused_rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .start_paused(true)
             .build()
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn a_serving_deadline_is_the_smallest_limit_less_the_answers_way_back() {
+        let rt = paused_rt();
         rt.block_on(async {
             let d = HostDeadline::serving([
                 Some((Duration::from_secs(60), "a".to_string())),
@@ -686,11 +691,7 @@ mod tests {
 
     #[test]
     fn a_host_call_past_its_deadline_fails_naming_what_governed_it_and_is_cancelled_on_the_host() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap();
+        let rt = paused_rt();
         rt.block_on(async {
             let b = HostBridge::new();
             b.lock().attached = true;

@@ -261,3 +261,35 @@ fn a_call_whose_relay_dies_fails_at_once_with_path_broken_while_a_second_relay_e
         )
         .is_empty());
 }
+
+#[test]
+fn a_probe_naming_no_valid_node_is_counted_as_malformed_and_not_answered() {
+    use clawmatrix::proto::frame::{Header, ENVELOPE_VERSION, MAX_NODE_ID_BYTES};
+    use clawmatrix::proto::{codec, FrameId};
+    let mut sim = triangle(13);
+    let served = sim.mesh(1).stats().probes_served;
+    for (i, node) in ["".to_string(), "x".repeat(MAX_NODE_ID_BYTES + 1)]
+        .into_iter()
+        .enumerate()
+    {
+        let h = Header {
+            v: ENVELOPE_VERSION,
+            id: FrameId([i as u8 + 1; 16]),
+            src: node_name(0),
+            dst: None,
+            ttl: 1,
+            hops: 0,
+            ts: sim.now,
+            body: Body::Probe { node, seq: 7 },
+        };
+        sim.inject(0, 1, codec::encode(&h, &[]).expect("encodes"));
+    }
+    sim.run_for(100);
+    let st = sim.mesh(1).stats();
+    assert_eq!(
+        st.decode_errors_by_code.get("bad_probe"),
+        Some(&2),
+        "{st:?}"
+    );
+    assert_eq!(st.probes_served, served, "no answer to a malformed probe");
+}

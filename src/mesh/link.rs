@@ -50,8 +50,8 @@ pub struct Probe {
     pub asked: u8,
     /// Answers received.
     pub answered: u8,
-    /// A neighbour that still hears the peer: the peer is alive, this link is what failed.
-    pub alive_via: Option<NodeId>,
+    /// A neighbour still hears the peer: the peer is alive, this link is what failed.
+    pub peer_heard: bool,
     /// The silence was already blamed on ourselves once this spell (see `mesh::health`).
     pub doubted: bool,
 }

@@ -7,7 +7,7 @@
 //! A peer is judged by *silence*, the time since anything arrived from it (a frame, or bytes of
 //! a large frame still arriving, which the shell reports as activity), not by counting lost
 //! pings: a pong that is late behind a big transfer still leaves the link talking. With the
-//! timeout `T = interval × misses` (4 s by default), scaled by the node's local health
+//! timeout `T = interval × misses` (3.75 s by default), scaled by the node's local health
 //! ([`crate::mesh::health`]: an overloaded node gives its peers longer):
 //! - silence ≥ `T/2`: [`PingAction::Suspect`], once per silent spell: the core asks other
 //!   neighbours whether they still hear the peer (an indirect probe, as SWIM does);
@@ -59,8 +59,6 @@ pub struct PingTracker {
     next_ping_at: u64,
     outstanding: Option<u64>,
     seq: u64,
-    /// Pings sent since the peer was last heard.
-    misses: u32,
     /// When anything last arrived from the peer (or the link came up).
     last_heard: u64,
     /// `Suspect` was reported for the current silent spell.
@@ -82,7 +80,6 @@ impl PingTracker {
             next_ping_at: now,
             outstanding: None,
             seq: 0,
-            misses: 0,
             last_heard: now,
             suspected: false,
             srtt_x8: None,
@@ -125,9 +122,6 @@ impl PingTracker {
         if now < self.next_ping_at {
             return PingAction::Idle;
         }
-        if self.outstanding.is_some() {
-            self.misses = self.misses.saturating_add(1);
-        }
         self.seq += 1;
         self.outstanding = Some(self.seq);
         let spread = self.interval_ms / 10 + 1;
@@ -166,7 +160,6 @@ impl PingTracker {
 
     /// Anything from the peer proves it alive: the silence clock restarts.
     pub fn on_activity(&mut self, now: u64) {
-        self.misses = 0;
         self.suspected = false;
         self.last_heard = self.last_heard.max(now);
     }
@@ -212,11 +205,6 @@ impl PingTracker {
     pub fn window_full(&self) -> bool {
         self.slots >= MIN_RTT_WINDOW
     }
-
-    /// Pings sent since the peer was last heard.
-    pub fn misses(&self) -> u32 {
-        self.misses
-    }
 }
 
 #[cfg(test)]
@@ -250,7 +238,11 @@ mod tests {
             due(&mut p, 2_000, 1),
             vec![PingAction::Suspect, PingAction::Send { seq: 3 }]
         );
-        assert_eq!(p.misses(), 2);
+        assert_eq!(
+            p.silence_ms(2_000),
+            2_000,
+            "nothing heard since the link came up"
+        );
         assert_eq!(due(&mut p, 3_000, 1), vec![PingAction::Send { seq: 4 }]);
         assert_eq!(p.deadline(1), 4_000);
         assert_eq!(due(&mut p, 3_999, 1), vec![]);
@@ -266,7 +258,7 @@ mod tests {
         // A chunk of a big transfer arrives: no pong yet, but the peer talks.
         p.on_activity(3_500);
         assert!(!p.suspected());
-        assert_eq!(p.misses(), 0);
+        assert_eq!(p.silence_ms(3_500), 0);
         assert_eq!(due(&mut p, 4_000, 1), vec![PingAction::Send { seq: 4 }]);
         assert_eq!(p.deadline(1), 5_000, "next ping; suspicion at 5.5 s");
         assert_eq!(
@@ -314,7 +306,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pong_resets_misses_and_smooths_rtt() {
+    fn a_pong_is_the_peer_heard_and_smooths_rtt() {
         let mut p = PingTracker::new(0, 1_000, 3);
         let PingAction::Send { seq } = p.poll(0, 0, 1) else {
             panic!()
@@ -331,7 +323,7 @@ mod tests {
         );
         assert_eq!(p.on_pong(1_160, seq, 1_000), Some(160));
         assert_eq!(p.srtt_ms(), Some(90), "80 + (160 - 80) / 8");
-        assert_eq!(p.misses(), 0);
+        assert_eq!(p.silence_ms(1_160), 0, "a pong is the peer heard");
     }
 
     #[test]

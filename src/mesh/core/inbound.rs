@@ -39,11 +39,16 @@ impl Mesh {
 
     /// Count a decode error the shell hit itself (e.g. a TEXT message after the handshake).
     pub fn count_decode_error(&mut self, e: &CodecError) {
+        self.count_decode_code(e.code());
+    }
+
+    /// Count a frame refused as malformed, under `code`.
+    pub(super) fn count_decode_code(&mut self, code: &str) {
         self.stats.decode_errors += 1;
         *self
             .stats
             .decode_errors_by_code
-            .entry(e.code().to_string())
+            .entry(code.to_string())
             .or_insert(0) += 1;
     }
 

@@ -136,7 +136,7 @@ impl Mesh {
             .links
             .get(&link)
             .and_then(|l| l.probe.as_ref())
-            .is_some_and(|p| p.alive_via.is_some())
+            .is_some_and(|p| p.peer_heard)
         {
             self.stats.heartbeat_timeouts_peer_alive += 1;
         }
@@ -147,12 +147,7 @@ impl Mesh {
     /// A neighbour asks whether we still hear `node`: answer from our own link to it.
     pub(super) fn on_probe(&mut self, now: u64, link: LinkId, node: NodeId, seq: u64) {
         if node.is_empty() || node.len() > MAX_NODE_ID_BYTES {
-            self.stats.decode_errors += 1;
-            *self
-                .stats
-                .decode_errors_by_code
-                .entry("bad_probe".to_string())
-                .or_insert(0) += 1;
+            self.count_decode_code("bad_probe");
             return;
         }
         let heard_ms = self
@@ -181,9 +176,9 @@ impl Mesh {
         heard_ms: Option<u64>,
     ) {
         let talking = self.base_timeout_ms() / 2;
-        let Some(helper) = self.links.get(&link).map(|h| h.peer.clone()) else {
+        if !self.links.contains_key(&link) {
             return;
-        };
+        }
         let Some(l) = self
             .by_peer
             .get(&node)
@@ -196,9 +191,7 @@ impl Mesh {
         };
         self.stats.probe_acks += 1;
         p.answered = p.answered.saturating_add(1);
-        if heard_ms.is_some_and(|h| h < talking) {
-            p.alive_via = Some(helper);
-        }
+        p.peer_heard |= heard_ms.is_some_and(|h| h < talking);
     }
 
     /// Bytes of a frame arrived on `link` at `at` (a large message still in transit): the
